@@ -1,0 +1,519 @@
+"""Typed run configuration: dataclasses, YAML presets, ``key=value`` overrides, validation.
+
+The section and key names follow the authors' YAML schema (``reference-notes.md`` section 3), so their
+config files load unchanged; keys this project adds are marked "(fedspear)" in their help text.
+Unknown keys and bad values raise :class:`ConfigError`, whose message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGORITHMS = ("spear", "feedback_sft", "grpo", "opsd", "rltf_sd")
+TASKS = ("arc_challenge", "hellaswag", "math_mcqa", "strategy_qa", "world")
+AGGREGATIONS = ("fedavg", "fedadam", "fedyogi")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key and the fix."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses.field(metadata={"help": ...})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}")
+
+
+@dataclass
+class ModelConfig:
+    model_name: str = _f("fedspear/world-base", "Hugging Face model id or local folder ('fedspear/world-base' = built-in)")
+    tokenizer_name: str | None = _f(None, "tokenizer id or folder; None = model_name")
+    trust_remote_code: bool = _f(False, "allow custom modelling code from the hub")
+    max_seq_len: int = _f(2048, "prompt + completion tokens kept; prompts are left-truncated to fit")
+    dtype: str = _f("bf16", "weight dtype: fp32 | bf16 | fp16 | auto (bf16 stays bf16)")
+    device_map: str = _f("auto", "'auto' = CUDA when present else CPU, or an explicit device such as 'cpu', 'cuda:1'")
+    load_in_4bit: bool = _f(False, "4-bit base weights via bitsandbytes (CUDA only)")
+    gradient_checkpointing: bool = _f(True, "recompute activations in backward to save memory")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank")
+    alpha: float = _f(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = _f(0.05, "LoRA dropout")
+    bias: str = _f("none", "LoRA bias: none | all | lora_only")
+    last_n_layers: int = _f(6, "adapt only the last N transformer blocks (>= number of layers = all)")
+    target_modules: list[str] = _f([], "module-name suffixes to adapt; [] = auto-detect by family")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("arc_challenge", f"task: one of {', '.join(TASKS)}")
+    path: str | None = _f(None, "(fedspear) local file or folder with the data; None = the hub id")
+    split: str = _f("train", "training split name")
+    eval_split: str | None = _f(None, "evaluation split name; None = the task's default")
+    eval_fraction: float = _f(0.02, "share of training rows carved out for eval when no eval split exists")
+    max_attempts: int = _f(3, "accepted for compatibility with the authors' schema; unused")
+    num_clients: int = _f(20, "number of clients N (1 = centralized)")
+    dirichlet_alpha: float = _f(0.3, "Dirichlet concentration of the non-IID partition")
+    dirichlet_num_classes: int = _f(10, "accepted for compatibility; labels come from the task")
+    max_examples_per_client: int = _f(500, "cap per client, a random subsample across classes")
+    seed: int = _f(42, "seed for data shuffling, partition, client sampling and every client update")
+    eval_every: int = _f(5, "evaluate every N rounds (and at round 0 and the last round)")
+    eval_every_round_up_to: int = _f(10, "also evaluate every round up to this one")
+    max_eval_examples: int = _f(10000, "(fedspear) cap on evaluation rows (a seeded subsample)")
+    eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
+
+
+@dataclass
+class FLConfig:
+    rounds: int = _f(20, "federated rounds")
+    clients_per_round: int = _f(5, "clients K sampled per round")
+    local_train_steps: int = _f(50, "optimizer steps S per client-round")
+    local_rollout_steps: int = _f(25, "rollout prompts P per client-round")
+    aggregation: str = _f("fedavg", "fedavg | fedadam | fedyogi")
+    fedprox_mu: float = _f(0.0, "FedProx proximal weight (mu/2 * ||theta - theta_global||^2)")
+    server_lr: float = _f(1e-2, "FedAdam/FedYogi server learning rate")
+    server_beta1: float = _f(0.9, "FedAdam/FedYogi beta1")
+    server_beta2: float = _f(0.99, "FedAdam/FedYogi beta2")
+    server_tau: float = _f(5e-3, "FedAdam/FedYogi adaptivity tau (v starts at tau^2)")
+    min_clients: int = _f(1, "(fedspear) fewest successful client results a round needs to aggregate")
+
+
+@dataclass
+class GenConfig:
+    max_new_tokens_y0: int = _f(256, "new tokens for first answers")
+    max_new_tokens_y1: int = _f(256, "new tokens for revisions")
+    num_revisions: int = _f(1, "revision attempts R per wrong answer")
+    do_sample: bool = _f(False, "sample rollouts (False = greedy)")
+    temperature: float = _f(0.7, "rollout sampling temperature")
+    top_p: float = _f(0.95, "rollout nucleus sampling")
+    rollout_batch_size: int = _f(8, "prompts per generation batch")
+    eval_batch_size: int = _f(8, "prompts per evaluation batch")
+    eval_do_sample: bool = _f(False, "(fedspear) sample during evaluation")
+    eval_temperature: float = _f(1.0, "(fedspear) evaluation temperature when sampling")
+    eval_top_p: float = _f(1.0, "(fedspear) evaluation top_p when sampling")
+    eval_max_new_tokens: int | None = _f(None, "(fedspear) evaluation new tokens; None = max_new_tokens_y0")
+
+
+@dataclass
+class SpearConfig:
+    lambda_win: float = _f(1.0, "weight of the likelihood term on wins")
+    lambda_lose: float = _f(0.3, "weight of the unlikelihood term on losses")
+    lambda_anchor: float = _f(0.01, "weight of the L2 anchor to the round-start adapter (mean per tensor)")
+    unlikelihood_margin: float = _f(0.1, "penalise a lose token only where p > margin")
+    ema_decay: float = _f(0.0, "theta <- ema*global + (1-ema)*theta after training (0 = off)")
+    ul_answer_only: bool = _f(False, "penalise only the answer suffix of lose traces")
+    ul_tail_tokens: int = _f(0, "penalise only the last N completion tokens (0 = all)")
+    ul_skip_math_ops: bool = _f(False, "never penalise math operators / LaTeX structure tokens")
+    max_lose_ratio: float = _f(2.0, "keep at most ratio * wins lose traces")
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = _f(4, "samples G per prompt (also RLTF-SD's N)")
+    beta_kl: float = _f(0.02, "weight of the k3 KL to the round-start adapter")
+    clip_range: float = _f(0.2, "PPO clip epsilon")
+    normalize_advantage: bool = _f(True, "divide group advantages by their std")
+    reward_scale: float = _f(1.0, "reward multiplier")
+    reward_clip: float | None = _f(None, "clip rewards to +-value")
+
+
+@dataclass
+class RLTFSDConfig:
+    gamma: float = _f(1.0, "discount of the revision reward")
+    sd_coeff: float = _f(0.1, "weight of the self-distillation term")
+    rl_coeff: float = _f(1.0, "weight of the two REINFORCE terms")
+    early_termination: bool = _f(True, "correct first answers get no revision")
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = _f(2.0, "OPSD distillation temperature T")
+    kl_weight: float = _f(1.0, "accepted for compatibility; unused")
+    anchor_weight: float = _f(0.0, "accepted for compatibility; unused")
+    priv_max_chars: int = _f(2000, "cap on the privileged teacher context")
+    feedback_max_chars: int = _f(800, "cap on feedback text (RLTF-SD)")
+    num_demos: int = _f(1, "accepted for compatibility; unused")
+    demo_max_chars: int = _f(1800, "accepted for compatibility; unused")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-4, "peak learning rate")
+    weight_decay: float = _f(1e-3, "AdamW weight decay")
+    batch_size: int = _f(1, "micro-batch size B (wins and losses each)")
+    grad_accum_steps: int = _f(4, "micro-steps A per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip")
+    warmup_ratio: float = _f(0.1, "share of rounds with linear warm-up")
+    lr_min: float = _f(1e-5, "final learning rate of the cosine schedule")
+    use_warmup: bool = _f(False, "warm-up + cosine schedule over rounds (False = constant lr)")
+    micro_batch_size: int | None = _f(None, "chunk forwards to this many sequences (None = no chunking)")
+
+
+@dataclass
+class FeedbackConfig:
+    provider: str = _f("oracle", "oracle | none")
+    mc_hint_words: int = _f(3, "words of the correct option given as a hint")
+
+
+@dataclass
+class HFConfig:
+    offline: bool = _f(False, "never contact the hub")
+    hf_home: str | None = _f(None, "HF_HOME")
+    model_cache_dir: str | None = _f(None, "model cache folder")
+    dataset_cache_dir: str | None = _f(None, "dataset cache folder")
+    hub_cache_dir: str | None = _f(None, "hub cache folder")
+
+
+@dataclass
+class Config:
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
+    spear: SpearConfig = field(default_factory=SpearConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rltf_sd: RLTFSDConfig = field(default_factory=RLTFSDConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    output_dir: str = _f("runs/exp", "run folder")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.0)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _all_keys() -> dict[str, list[str]]:
+    """``{key: [sections holding it]}`` for every dataclass field, to suggest keys put in the wrong section."""
+    out: dict[str, list[str]] = {}
+    for section, hint in _section_hints(Config).items():
+        if dataclasses.is_dataclass(hint):
+            for name in _section_hints(hint):
+                out.setdefault(name, []).append(section)
+    return out
+
+
+def _suggest_key(section: str, key: str, options: list[str]) -> str:
+    """The closest valid spelling of ``section.key``: the same key in another section, else the closest in this one."""
+    elsewhere = _all_keys().get(key, [])
+    if elsewhere:
+        return f" (did you mean '{elsewhere[0]}.{key}'?)"
+    match = difflib.get_close_matches(str(key), options, n=1, cutoff=0.0)
+    return f" (did you mean '{section}.{match[0]}'?)" if match else ""
+
+
+def _suggest_section(name: str, sections: list[str]) -> str:
+    """The closest section, or ``section.name`` when ``name`` is a key written without its section."""
+    elsewhere = _all_keys().get(name, [])
+    if elsewhere:
+        return f" (did you mean '{elsewhere[0]}.{name}'?)"
+    return _closest(name, sections)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML value or raw CLI text to the field's type, or raise ConfigError naming the key and the fix."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        return _coerce_list(key, value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{key}: expected true or false, got {value!r}; write e.g. {key}=true")
+    if hint is int:
+        return _coerce_int(key, value)
+    if hint is float:
+        return _coerce_float(key, value)
+    if hint is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}; write e.g. {key}=some_text")
+        return str(value)
+    return value
+
+
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+def _coerce_list(key: str, value: Any) -> list[str]:
+    """A list of strings from a YAML list, ``"[a,b]"`` or ``"a,b"``; ``None`` and ``"[]"`` give ``[]``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: cannot read {value!r} as a list; write e.g. {key}=[q_proj,v_proj]") from None
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or any(isinstance(v, (list, dict)) or v is None for v in value):
+        raise ConfigError(f"{key}: expected a list of names, got {value!r}; write e.g. {key}=[q_proj,v_proj]")
+    return [str(v) for v in value]
+
+
+def _coerce_int(key: str, value: Any) -> int:
+    """An int from an int, an integral float (``5.0``, ``1e3``) or their text; bools are refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number: Any = None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    raise ConfigError(f"{key}: expected an integer, got {value!r}; write e.g. {key}=3")
+
+
+def _coerce_float(key: str, value: Any) -> float:
+    """A float from a number or its text (``5e-5`` works); bools and NaN are refused."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or math.isnan(number):
+        raise ConfigError(f"{key}: expected a number, got {value!r}; write e.g. {key}=0.5 or {key}=5e-5")
+    return number
+
+
+def _section_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_LIST_KEYS_HINT = "run `fedspear check --list` to see every key"
+
+
+def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
+    """Set the values of ``{section: {key: value}}`` (or ``{"output_dir": value}``) on ``cfg``.
+
+    Raises:
+        ConfigError: an unknown section or key (naming the closest valid one) or a value of the wrong type,
+            prefixed with ``source`` (a file path or "override").
+    """
+    top_hints = _section_hints(Config)
+    for section, values in data.items():
+        section = str(section)
+        try:
+            if section not in top_hints:
+                raise ConfigError(
+                    f"unknown section '{section}'{_suggest_section(section, list(top_hints))}; {_LIST_KEYS_HINT}"
+                )
+            if section == "output_dir":
+                cfg.output_dir = _coerce("output_dir", values, str)
+                continue
+            if values is None:
+                continue
+            obj = getattr(cfg, section)
+            hints = _section_hints(type(obj))
+            if not isinstance(values, dict):
+                raise ConfigError(
+                    f"'{section}' is a section, not a value, got {values!r}; "
+                    f"set its keys instead, e.g. {section}.{next(iter(hints))}=..."
+                )
+            for key, value in values.items():
+                key = str(key)
+                if key not in hints:
+                    raise ConfigError(
+                        f"unknown key '{section}.{key}'{_suggest_key(section, key, list(hints))}; {_LIST_KEYS_HINT}"
+                    )
+                setattr(obj, key, _coerce(f"{section}.{key}", value, hints[key]))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["fl.rounds=3", "output_dir=x"]`` into ``{"fl": {"rounds": "3"}, "output_dir": "x"}``.
+
+    Values stay raw text: each is converted by the field's own type when applied, so a string field keeps
+    exactly what was typed (``model.model_name=1.10`` stays "1.10") while ``fl.rounds=3`` becomes 3,
+    ``lora.target_modules=[q_proj,v_proj]`` a list and ``model.tokenizer_name=null`` None.
+
+    Args:
+        overrides: ``SECTION.KEY=VALUE`` or ``output_dir=VALUE`` items.
+
+    Returns:
+        The nested dict of raw string values.
+
+    Raises:
+        ConfigError: an item is not ``KEY=VALUE`` or its key has more than one dot.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not KEY=VALUE; write e.g. fl.rounds=3")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"override key '{key}' must be SECTION.KEY (e.g. fl.rounds) or output_dir")
+        if len(parts) == 1:
+            nested[parts[0]] = raw
+            continue
+        section = nested.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"override '{item}': '{parts[0]}' was also given a plain value")
+        section[parts[1]] = raw
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file plus ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _apply(cfg, data, str(path))
+    if overrides:
+        _apply(cfg, parse_overrides(overrides), "override")
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` overrides to an existing Config in place, then validate it."""
+    _apply(cfg, parse_overrides(overrides), "override")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a run folder's config.yaml)."""
+    cfg = Config()
+    _apply(cfg, data, "config")
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
+    _check(value in options, key, f"'{value}' is not one of {', '.join(options)}{_closest(value, list(options))}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for values no run could use."""
+    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS)
+    _one_of(cfg.data.dataset, "data.dataset", TASKS)
+    _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
+    _one_of(cfg.model.dtype, "model.dtype", DTYPES)
+    _one_of(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
+    _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
+    _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
+    positive = {
+        "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,
+        "data.num_clients": cfg.data.num_clients, "data.max_examples_per_client": cfg.data.max_examples_per_client,
+        "data.eval_every": cfg.data.eval_every, "data.max_eval_examples": cfg.data.max_eval_examples,
+        "fl.rounds": cfg.fl.rounds, "fl.clients_per_round": cfg.fl.clients_per_round,
+        "fl.local_rollout_steps": cfg.fl.local_rollout_steps, "fl.min_clients": cfg.fl.min_clients,
+        "gen.max_new_tokens_y0": cfg.gen.max_new_tokens_y0, "gen.max_new_tokens_y1": cfg.gen.max_new_tokens_y1,
+        "gen.rollout_batch_size": cfg.gen.rollout_batch_size, "gen.eval_batch_size": cfg.gen.eval_batch_size,
+        "grpo.num_generations": cfg.grpo.num_generations, "optim.batch_size": cfg.optim.batch_size,
+        "optim.grad_accum_steps": cfg.optim.grad_accum_steps, "distill.temperature": cfg.distill.temperature,
+        "data.dirichlet_alpha": cfg.data.dirichlet_alpha, "lora.alpha": cfg.lora.alpha,
+        "optim.max_grad_norm": cfg.optim.max_grad_norm,
+    }
+    for key, value in positive.items():
+        _check(value > 0, key, f"must be > 0, got {value}")
+    non_negative = {
+        "fl.local_train_steps": cfg.fl.local_train_steps, "gen.num_revisions": cfg.gen.num_revisions,
+        "optim.lr": cfg.optim.lr, "optim.lr_min": cfg.optim.lr_min, "optim.weight_decay": cfg.optim.weight_decay,
+        "spear.lambda_win": cfg.spear.lambda_win, "spear.lambda_lose": cfg.spear.lambda_lose,
+        "spear.lambda_anchor": cfg.spear.lambda_anchor, "spear.ul_tail_tokens": cfg.spear.ul_tail_tokens,
+        "spear.max_lose_ratio": cfg.spear.max_lose_ratio, "fl.fedprox_mu": cfg.fl.fedprox_mu,
+        "grpo.beta_kl": cfg.grpo.beta_kl, "grpo.clip_range": cfg.grpo.clip_range, "lora.dropout": cfg.lora.dropout,
+        "data.eval_every_round_up_to": cfg.data.eval_every_round_up_to,
+    }
+    for key, value in non_negative.items():
+        _check(value >= 0, key, f"must be >= 0, got {value}")
+    _check(0 <= cfg.spear.unlikelihood_margin < 1, "spear.unlikelihood_margin", "must be in [0, 1)")
+    _check(0 <= cfg.spear.ema_decay < 1, "spear.ema_decay", "must be in [0, 1)")
+    _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
+    _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")
+    _check(cfg.gen.temperature > 0 or not cfg.gen.do_sample, "gen.temperature", "must be > 0 when sampling")
+    _check(0 < cfg.gen.eval_top_p <= 1, "gen.eval_top_p", "must be in (0, 1]")
+    _check(cfg.gen.eval_temperature > 0 or not cfg.gen.eval_do_sample, "gen.eval_temperature",
+           "must be > 0 when gen.eval_do_sample is true")
+    optional_positive = {
+        "gen.eval_max_new_tokens": cfg.gen.eval_max_new_tokens, "optim.micro_batch_size": cfg.optim.micro_batch_size,
+        "grpo.reward_clip": cfg.grpo.reward_clip,
+    }
+    for key, value in optional_positive.items():
+        _check(value is None or value > 0, key, f"must be > 0 or null (= off), got {value}")
+    _check(
+        cfg.fl.clients_per_round <= cfg.data.num_clients, "fl.clients_per_round",
+        f"{cfg.fl.clients_per_round} > data.num_clients={cfg.data.num_clients}; lower it or add clients",
+    )
+    _check(cfg.fl.min_clients <= cfg.fl.clients_per_round, "fl.min_clients", "must be <= fl.clients_per_round")
+
+
+def field_help() -> dict[str, str]:
+    """``{"section.key": help}`` for every field, for docs and ``fedspear check --list``."""
+    out: dict[str, str] = {}
+    for section in dataclasses.fields(Config):
+        if section.name == "output_dir":
+            out["output_dir"] = section.metadata.get("help", "")
+            continue
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            out[f"{section.name}.{f.name}"] = f.metadata.get("help", "")
+    return out
+

@@ -1,0 +1,242 @@
+"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (SPEAR.md section 3).
+
+States are adapter state dicts ``dict[str, Tensor]`` (PEFT names, CPU tensors, the same keys and shapes
+for every client). Every function returns freshly allocated tensors: nothing returned shares memory with
+an input, so a client state can never alias the global adapter or another client (the reference's FedAvg
+returns the last client's adapter because its states alias the live weights; SPEAR.md section 6 item 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from fedspear.config import FLConfig
+
+State = dict[str, torch.Tensor]
+
+SERVER_OPTIMIZERS = ("fedadam", "fedyogi")
+TENSOR_PREFIX = "server_opt."
+
+
+def _check_same_layout(reference: State, other: State, what: str) -> None:
+    if reference.keys() != other.keys():
+        missing = sorted(set(reference) ^ set(other))[:3]
+        raise ValueError(f"{what}: adapter keys differ (e.g. {missing}); all states must come from the same adapter")
+    for key, tensor in reference.items():
+        if other[key].shape != tensor.shape:
+            raise ValueError(f"{what}: '{key}' has shape {tuple(other[key].shape)}, expected {tuple(tensor.shape)}")
+
+
+def is_finite_state(state: State) -> bool:
+    """Whether every floating-point tensor of ``state`` is free of NaN and +-inf (integer tensors always are)."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point() or t.is_complex())
+
+
+def fedavg(states: list[State | None], weights: list[float]) -> State | None:
+    """Weighted mean of client adapters over the clients that sent one with a positive weight.
+
+    ``avg[k] = sum_i w_i * state_i[k] / sum_i w_i`` over the clients with ``w_i > 0`` and a non-None state,
+    accumulated in float64 and cast back to each tensor's input dtype.
+
+    Args:
+        states: one adapter state per client, or None for a client without an update.
+        weights: one aggregation weight (n_eff) per client, >= 0.
+
+    Returns:
+        The averaged state (new tensors), or None when no client contributed; the caller then keeps the
+        global adapter unchanged.
+
+    Raises:
+        ValueError: on mismatched lengths, a negative or non-finite weight, or states with different layouts.
+    """
+    if len(states) != len(weights):
+        raise ValueError(f"fedavg: {len(states)} states but {len(weights)} weights")
+    used: list[tuple[State, float]] = []
+    for state, weight in zip(states, weights, strict=True):
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"fedavg: aggregation weights must be finite and >= 0, got {weight}")
+        if state is not None and weight > 0:
+            used.append((state, float(weight)))
+    if not used:
+        return None
+    first = used[0][0]
+    for state, _ in used[1:]:
+        _check_same_layout(first, state, "fedavg")
+    total = sum(weight for _, weight in used)
+    averaged: State = {}
+    for key, tensor in first.items():
+        acc = torch.zeros(tensor.shape, dtype=torch.float64, device=tensor.device)
+        for state, weight in used:
+            acc.add_(state[key].to(device=acc.device, dtype=torch.float64), alpha=weight / total)
+        averaged[key] = acc.to(tensor.dtype)  # acc is new memory; .to() on it never aliases an input
+    return averaged
+
+
+class ServerOptimizer:
+    """FedAdam / FedYogi server optimizer (Reddi et al. 2020, "Adaptive Federated Optimization").
+
+    Each round, with the pseudo-gradient ``delta = avg - global``:
+        m = beta1 * m + (1 - beta1) * delta
+        v = beta2 * v + (1 - beta2) * delta**2                          (FedAdam)
+        v = v - (1 - beta2) * delta**2 * sign(v - delta**2)               (FedYogi)
+        new = global + lr * m / (sqrt(v) + tau)
+    with m starting at 0 and v at tau**2, no bias correction (as in the paper's algorithm). m and v are
+    float32 tensors keyed like the adapter, created at the first step.
+
+    Args:
+        kind: "fedadam" or "fedyogi".
+        lr: server learning rate (``fl.server_lr``).
+        beta1: first-moment decay (``fl.server_beta1``).
+        beta2: second-moment decay (``fl.server_beta2``).
+        tau: adaptivity / initial sqrt(v) (``fl.server_tau``).
+    """
+
+    def __init__(self, kind: str, lr: float, beta1: float, beta2: float, tau: float) -> None:
+        if kind not in SERVER_OPTIMIZERS:
+            raise ValueError(f"server optimizer must be one of {SERVER_OPTIMIZERS}, got '{kind}'")
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and tau > 0 and lr > 0):
+            raise ValueError(
+                f"{kind}: need 0 <= beta1, beta2 < 1, tau > 0, lr > 0 (got {beta1}, {beta2}, {tau}, {lr})"
+            )
+        self.kind = kind
+        self.lr = float(lr)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.tau = float(tau)
+        self.num_steps = 0
+        self.m: State = {}
+        self.v: State = {}
+
+    @classmethod
+    def from_config(cls, fl_cfg: FLConfig) -> ServerOptimizer:
+        """The optimizer ``fl.aggregation`` names (must be fedadam or fedyogi), with ``fl.server_*`` settings."""
+        return cls(fl_cfg.aggregation, fl_cfg.server_lr, fl_cfg.server_beta1, fl_cfg.server_beta2, fl_cfg.server_tau)
+
+    def step(self, global_state: State, avg_state: State) -> State:
+        """One server update of the global adapter towards the clients' average.
+
+        Args:
+            global_state: the round-start global adapter.
+            avg_state: the FedAvg of the clients' adapters (same layout).
+
+        Returns:
+            The new global adapter: new tensors in ``global_state``'s dtypes; updates m and v in place.
+        """
+        _check_same_layout(global_state, avg_state, self.kind)
+        if not self.m:
+            self.m = {k: torch.zeros(t.shape, dtype=torch.float32) for k, t in global_state.items()}
+            self.v = {k: torch.full(t.shape, self.tau**2, dtype=torch.float32) for k, t in global_state.items()}
+        else:
+            _check_same_layout(self.m, global_state, f"{self.kind} state")
+        new_state: State = {}
+        for key, global_t in global_state.items():
+            delta = avg_state[key].to(device="cpu", dtype=torch.float32) - global_t.to(
+                device="cpu", dtype=torch.float32
+            )
+            delta_sq = delta * delta
+            m, v = self.m[key], self.v[key]
+            m.mul_(self.beta1).add_(delta, alpha=1 - self.beta1)
+            if self.kind == "fedadam":
+                v.mul_(self.beta2).add_(delta_sq, alpha=1 - self.beta2)
+            else:
+                v.sub_(delta_sq * torch.sign(v - delta_sq), alpha=1 - self.beta2)
+            update = m / (v.sqrt() + self.tau)
+            new_t = global_t.to(device="cpu", dtype=torch.float32) + self.lr * update
+            new_state[key] = new_t.to(device=global_t.device, dtype=global_t.dtype)
+        self.num_steps += 1
+        return new_state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue identically (tensors are copies)."""
+        return {
+            "kind": self.kind,
+            "num_steps": self.num_steps,
+            "m": {k: t.clone() for k, t in self.m.items()},
+            "v": {k: t.clone() for k, t in self.v.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (hyperparameters come from the config, the kind must match)."""
+        if state["kind"] != self.kind:
+            raise ValueError(f"saved server optimizer is '{state['kind']}' but the config asks for '{self.kind}'")
+        if state["m"].keys() != state["v"].keys():
+            raise ValueError("server optimizer state: m and v have different keys")
+        self.num_steps = int(state["num_steps"])
+        self.m = {k: t.detach().to("cpu", torch.float32).clone() for k, t in state["m"].items()}
+        self.v = {k: t.detach().to("cpu", torch.float32).clone() for k, t in state["v"].items()}
+
+    def to_tensors(self, prefix: str = TENSOR_PREFIX) -> State:
+        """The state as a flat tensor dict for ``safetensors.torch.save_file``.
+
+        Keys: ``{prefix}num_steps`` (int64, shape [1]), ``{prefix}m.{adapter key}`` and ``{prefix}v.{adapter key}``.
+        """
+        tensors: State = {f"{prefix}num_steps": torch.tensor([self.num_steps], dtype=torch.int64)}
+        for key in self.m:
+            tensors[f"{prefix}m.{key}"] = self.m[key].clone().contiguous()
+            tensors[f"{prefix}v.{key}"] = self.v[key].clone().contiguous()
+        return tensors
+
+    def from_tensors(self, tensors: State, prefix: str = TENSOR_PREFIX) -> ServerOptimizer:
+        """Load a state written by :meth:`to_tensors`; keys without ``prefix`` are ignored.
+
+        Returns:
+            self, so ``ServerOptimizer.from_config(cfg.fl).from_tensors(loaded)`` works.
+        """
+        steps_key = f"{prefix}num_steps"
+        if steps_key not in tensors:
+            raise ValueError(f"no server optimizer state in the tensors (missing '{steps_key}')")
+        m = {k[len(prefix) + 2 :]: t for k, t in tensors.items() if k.startswith(f"{prefix}m.")}
+        v = {k[len(prefix) + 2 :]: t for k, t in tensors.items() if k.startswith(f"{prefix}v.")}
+        self.load_state_dict({"kind": self.kind, "num_steps": int(tensors[steps_key][0]), "m": m, "v": v})
+        return self
+
+
+def build_server_optimizer(fl_cfg: FLConfig) -> ServerOptimizer | None:
+    """The server optimizer for ``fl.aggregation``, or None for plain FedAvg."""
+    if fl_cfg.aggregation == "fedavg":
+        return None
+    return ServerOptimizer.from_config(fl_cfg)
+
+
+def aggregate(
+    global_state: State, results: list[tuple[State | None, float]], server_opt: ServerOptimizer | None
+) -> tuple[State, dict[str, Any]]:
+    """One server round: drop non-finite updates, FedAvg the rest, then apply the server optimizer if any.
+
+    Args:
+        global_state: the round-start global adapter.
+        results: (adapter state or None, weight) per selected client.
+        server_opt: FedAdam/FedYogi optimizer, or None for plain FedAvg (the average becomes the new global).
+
+    Returns:
+        (new global state, info). The new state is always new memory; when nothing was aggregated it is a
+        copy of ``global_state`` (and the server optimizer does not step). info holds ``num_aggregated``,
+        ``num_excluded_nonfinite`` (updates with NaN/inf tensors or a non-finite weight),
+        ``num_without_update`` (None state or weight 0) and ``total_weight`` of the aggregated clients.
+    """
+    kept_states: list[State] = []
+    kept_weights: list[float] = []
+    num_nonfinite = num_without_update = 0
+    for state, weight in results:
+        if state is None or weight == 0:
+            num_without_update += 1
+        elif not math.isfinite(weight) or not is_finite_state(state):
+            num_nonfinite += 1
+        else:
+            kept_states.append(state)
+            kept_weights.append(float(weight))
+    avg = fedavg(kept_states, kept_weights)
+    info: dict[str, Any] = {
+        "num_aggregated": len(kept_states),
+        "num_excluded_nonfinite": num_nonfinite,
+        "num_without_update": num_without_update,
+        "total_weight": float(sum(kept_weights)),
+    }
+    if avg is None:
+        return {k: t.clone() for k, t in global_state.items()}, info
+    if server_opt is None:
+        return avg, info
+    return server_opt.step(global_state, avg), info

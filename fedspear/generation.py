@@ -1,0 +1,131 @@
+"""Batched generation that returns the sampled token ids (never re-encoded text).
+
+Prompts are token-id lists (tokenized once by the caller), grouped by length into left-padded batches,
+generated with Hugging Face ``generate``, and returned in input order. Each completion keeps the exact
+sampled ids up to and including the first EOS; nothing after it (padding) is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fedspear.models import Engine
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """Decoding settings for one generate call."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Completion:
+    """One generated answer.
+
+    Attributes:
+        prompt_ids: prompt token ids as fed to the model (after left truncation).
+        ids: sampled completion ids, ending with EOS only where generation emitted it.
+        text: decoded completion (special tokens skipped, stripped).
+        finished: whether generation emitted EOS.
+    """
+
+    prompt_ids: list[int]
+    ids: list[int]
+    text: str
+    finished: bool
+
+
+@dataclass
+class GenStats:
+    """Counters for cost accounting."""
+
+    sequences: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def _batches(order: list[int], batch_size: int) -> list[list[int]]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate(
+    engine: Engine, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None
+) -> list[Completion]:
+    """Generate one completion per prompt with the live model (its current adapter).
+
+    Args:
+        engine: the engine holding model and tokenizer.
+        prompts: token-id lists, one per prompt.
+        settings: decoding settings.
+        seed: seeds the sampler; the same prompts, settings and seed give the same completions.
+        stats: optional counters updated in place.
+
+    Returns:
+        One Completion per prompt, in input order.
+    """
+    if not prompts:
+        return []
+    model, tok, cfg = engine.model, engine.tokenizer, engine.cfg
+    start = time.perf_counter()
+    max_prompt = max(1, cfg.model.max_seq_len - settings.max_new_tokens)
+    prompts = [p[-max_prompt:] for p in prompts]
+    # Length-sorted batches waste less compute on padding; results go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    was_training = model.training
+    model.eval()
+    out: list[Completion | None] = [None] * len(prompts)
+    eos_ids = _eos_ids(engine)
+    gen_kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(eos_ids), "use_cache": True}
+    if settings.do_sample:
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(seed)
+    for batch in _batches(order, cfg.gen.rollout_batch_size):
+        width = max(len(prompts[i]) for i in batch)
+        input_ids_BT = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        attention_BT = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids = prompts[i]
+            input_ids_BT[row, width - len(ids) :] = torch.tensor(ids)
+            attention_BT[row, width - len(ids) :] = 1
+        sequences_BS = model.generate(
+            input_ids=input_ids_BT.to(engine.device), attention_mask=attention_BT.to(engine.device), **gen_kwargs
+        ).cpu()
+        new_BN = sequences_BS[:, width:].tolist()
+        for row, i in enumerate(batch):
+            ids, finished = _cut_at_eos(new_BN[row], eos_ids)
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            out[i] = Completion(prompts[i], ids, text, finished)
+    model.train(was_training)
+    if stats is not None:
+        stats.sequences += len(prompts)
+        stats.tokens += sum(len(c.ids) for c in out if c is not None)
+        stats.seconds += time.perf_counter() - start
+    return [c for c in out if c is not None]
+
+
+def _eos_ids(engine: Engine) -> set[int]:
+    ids = {engine.tokenizer.eos_token_id}
+    config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif isinstance(config_eos, list):
+        ids.update(config_eos)
+    return ids
+
+
+def _cut_at_eos(ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    for pos, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: pos + 1], True
+    return ids, False

@@ -1,0 +1,265 @@
+"""Models: loading any causal LM, LoRA placement on the last layers, and adapter state.
+
+The global model is a frozen base plus one LoRA adapter ("default"). Adapter state travels as
+``dict[str, Tensor]`` keyed by PEFT's state-dict names (``get_peft_model_state_dict``), always as CPU copies
+that share no memory with the live model, so FedAvg sees distinct client updates (SPEAR.md section 6.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("fedspear")
+
+BUILTIN_MODELS = {"fedspear/world-base": Path(__file__).parent / "assets" / "world-base"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Projection-name families, most specific first: (family, suffixes).
+LORA_FAMILIES = (
+    ("llama/qwen/mistral", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    ("phi-3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
+    ("phi", ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")),
+    ("gpt-2", ("c_attn", "c_proj", "c_fc")),
+    ("gpt-neox", ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
+)
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the built-in model name to its packaged folder; other names pass through unchanged."""
+    path = BUILTIN_MODELS.get(name)
+    if path is None:
+        return name
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in model '{name}' is missing at {path}; rebuild it with `fedspear make-base --out {path}`"
+        )
+    return str(path)
+
+
+def resolve_device(device_map: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; otherwise the named device."""
+    if device_map in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device_map)
+
+
+def _hf_kwargs(cfg: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.hf.model_cache_dir:
+        kwargs["cache_dir"] = cfg.hf.model_cache_dir
+    if cfg.hf.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        kwargs["local_files_only"] = True
+    if cfg.hf.hf_home:
+        os.environ.setdefault("HF_HOME", cfg.hf.hf_home)
+    return kwargs
+
+
+def load_tokenizer(cfg: Any) -> Any:
+    """Load the tokenizer: pad := eos when missing, left padding and truncation (prompts keep their end)."""
+    from transformers import AutoTokenizer
+
+    name = resolve_model_path(cfg.model.tokenizer_name or cfg.model.model_name)
+    tok = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+    tok.padding_side = "left"
+    tok.truncation_side = "left"
+    return tok
+
+
+def load_base_model(cfg: Any, device: torch.device) -> nn.Module:
+    """Load the base causal LM in the configured dtype ('auto' keeps the checkpoint's dtype)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = _hf_kwargs(cfg)
+    kwargs["dtype"] = "auto" if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
+    if cfg.model.load_in_4bit:
+        if device.type != "cuda":
+            raise ValueError("model.load_in_4bit needs CUDA; set model.load_in_4bit=false on CPU")
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if cfg.model.dtype in ("bf16", "auto") else DTYPES[cfg.model.dtype]
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": device.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.model_name), **kwargs)
+    if not cfg.model.load_in_4bit:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def find_layer_stack(model: nn.Module) -> tuple[str, int]:
+    """Return (dotted name of the transformer block list, number of blocks).
+
+    Picks the largest ``nn.ModuleList`` whose name ends in ``layers``/``h``/``blocks``, else the largest ModuleList.
+    """
+    best: tuple[str, int] | None = None
+    fallback: tuple[str, int] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("layers", "h", "blocks") and (best is None or len(module) > best[1]):
+                best = (name, len(module))
+            if fallback is None or len(module) > fallback[1]:
+                fallback = (name, len(module))
+    found = best or fallback
+    if found is None:
+        raise ValueError("could not find the transformer layer stack; set lora.target_modules explicitly")
+    return found
+
+
+def lora_target_modules(model: nn.Module, lora_cfg: Any) -> tuple[list[str], str]:
+    """Full module names to adapt: the chosen projection suffixes inside the last ``last_n_layers`` blocks.
+
+    Returns:
+        (module names, family description).
+    """
+    stack, num_layers = find_layer_stack(model)
+    first = max(0, num_layers - max(1, lora_cfg.last_n_layers))
+    pattern = re.compile(rf"^{re.escape(stack)}\.(\d+)\.")
+    candidates: dict[str, str] = {}  # full name -> suffix
+    for name, module in model.named_modules():
+        match = pattern.match(name)
+        if match and int(match.group(1)) >= first and _is_adaptable(module):
+            candidates[name] = name.rsplit(".", 1)[-1]
+    suffixes = set(candidates.values())
+    if lora_cfg.target_modules:
+        chosen, family = set(lora_cfg.target_modules), "explicit"
+        missing = chosen - suffixes
+        if missing:
+            raise ValueError(
+                f"lora.target_modules {sorted(missing)} not found in the last {lora_cfg.last_n_layers} layers; "
+                f"available: {sorted(suffixes)}"
+            )
+    else:
+        family, best = "first linear layers", ()
+        for fam, names in LORA_FAMILIES:
+            if sum(n in suffixes for n in names) > sum(n in suffixes for n in best):
+                family, best = fam, names
+        chosen = set(best) if best else set(sorted(suffixes)[:4])
+    names = sorted(n for n, s in candidates.items() if s in chosen)
+    if not names:
+        raise ValueError("no LoRA target modules found; set lora.target_modules explicitly")
+    return names, family
+
+
+def _is_adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in ("Conv1D", "Linear4bit", "Linear8bitLt")
+
+
+def attach_lora(model: nn.Module, cfg: Any, seed: int) -> nn.Module:
+    """Wrap the base model in a PEFT LoRA model on the last ``lora.last_n_layers`` layers (seeded init)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets, family = lora_target_modules(model, cfg.lora)
+    fan_in_fan_out = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in set(targets))
+    peft_cfg = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias=cfg.lora.bias,
+        target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, peft_cfg)
+    if cfg.model.gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.enable_input_require_grads()
+    logger.info("LoRA on %d modules (%s family), %d trainable parameters", len(targets), family,
+                sum(p.numel() for p in peft_model.parameters() if p.requires_grad))
+    return peft_model
+
+
+@dataclass
+class AdapterHandle:
+    """Maps PEFT state-dict names to the live LoRA parameters, for fast get/set without copies of the base."""
+
+    params: dict[str, nn.Parameter] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, peft_model: nn.Module) -> AdapterHandle:
+        from peft import get_peft_model_state_dict
+
+        live = dict(peft_model.named_parameters())
+        params = {}
+        for key in get_peft_model_state_dict(peft_model):
+            param_name = re.sub(r"\.(lora_[AB]|lora_embedding_[AB])\.", r".\1.default.", key)
+            if param_name not in live:
+                param_name = key  # e.g. bias terms keep their name
+            params[key] = live[param_name]
+        return cls(params)
+
+    def get(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the adapter tensors (never aliasing the live weights)."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()}
+
+    def set(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.params) - set(state)
+        if missing:
+            raise KeyError(f"adapter state lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(state[k].to(p.device, p.dtype))
+
+
+@dataclass
+class Engine:
+    """Everything a client update needs: the live PEFT model, tokenizer, task, config and global adapter.
+
+    Attributes:
+        model: the PEFT model (base frozen, LoRA "default" trainable).
+        tokenizer: the tokenizer (left padding).
+        task: the Task.
+        cfg: the run Config.
+        device: where the model lives.
+        adapter: handle on the live LoRA parameters.
+        global_state: the round-start global adapter (CPU tensors).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    task: Any
+    cfg: Any
+    device: torch.device
+    adapter: AdapterHandle
+    global_state: dict[str, torch.Tensor]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
+        ids = self.cache.setdefault("encode", {}).get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            self.cache["encode"][text] = ids
+        return ids
+
+    def load_global(self) -> None:
+        """Put the round-start global adapter into the live model."""
+        self.adapter.set(self.global_state)
+
+
+def build_engine(cfg: Any, task: Any) -> Engine:
+    """Load tokenizer, base model and LoRA for a run."""
+    device = resolve_device(cfg.model.device_map)
+    tokenizer = load_tokenizer(cfg)
+    base = load_base_model(cfg, device)
+    model = attach_lora(base, cfg, seed=cfg.data.seed)
+    handle = AdapterHandle.from_model(model)
+    return Engine(model, tokenizer, task, cfg, device, handle, handle.get())
+
+
+def save_adapter(engine: Engine, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """Save an adapter state in PEFT's format (loadable with ``PeftModel.from_pretrained``)."""
+    current = engine.adapter.get()
+    engine.adapter.set(state)
+    engine.model.save_pretrained(str(out_dir))
+    engine.adapter.set(current)

@@ -1,0 +1,108 @@
+"""What every task provides: examples, a prompt, a verifier and oracle feedback.
+
+A task is data + prompt + verifier + oracle feedback for one benchmark (SPEAR.md section 7). The gold
+answer lives in :class:`Example` but never enters a model context: only the verifier and the oracle
+read it (and OPSD's teacher, which is privileged by design).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a client's stream.
+
+    Attributes:
+        id: stable row id.
+        prompt: the task prompt x0; ends with the answer cue (e.g. "Answer:").
+        answer: the gold answer as the verifier compares it: an option letter, or "yes"/"no".
+        label: the class used by the Dirichlet partition (the answer letter, yes/no, a problem type...).
+        choices: option texts for multiple choice, in letter order; empty otherwise.
+        meta: extra gold data (solution, supporting facts, group tags) for the oracle, OPSD and reports.
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    label: str
+    choices: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class LoadStats:
+    """Counts from loading a dataset: rows read, kept, and skipped as malformed (by reason)."""
+
+    read: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+
+@dataclass
+class TaskData:
+    """A loaded task: train and eval examples plus the load statistics."""
+
+    train: list[Example]
+    eval: list[Example]
+    stats: LoadStats
+
+
+class DataError(ValueError):
+    """Data cannot be used (missing file, empty dataset, unknown format); the message says what to fix."""
+
+
+class Task:
+    """Base class for tasks. Subclasses set the class attributes and implement the abstract methods.
+
+    Class attributes:
+        name: the ``data.dataset`` value.
+        kind: "mc" (answered by an option letter; log-likelihood eval available) or "reasoning".
+        answer_marker: the answer-format marker protected from unlikelihood (e.g. "Answer:").
+        answer_format: how the final answer must be written, quoted in revision prompts and feedback.
+        hub_id: (path, config name) for ``datasets.load_dataset`` when the hub is reachable.
+    """
+
+    name: str = ""
+    kind: Literal["mc", "reasoning"] = "mc"
+    answer_marker: str = "Answer:"
+    answer_format: str = "the option letter only"
+    hub_id: tuple[str, str | None] = ("", None)
+
+    # -- data -------------------------------------------------------------------------------------------
+    def load(self, cfg: Any) -> TaskData:
+        """Load train/eval examples according to ``cfg.data`` (and ``cfg.hf``)."""
+        raise NotImplementedError
+
+    # -- verifier ---------------------------------------------------------------------------------------
+    def extract(self, completion: str) -> str | None:
+        """The final answer the completion declares (a letter, "yes"/"no"), or None."""
+        raise NotImplementedError
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return self.extract(completion) == example.answer
+
+    # -- oracle feedback --------------------------------------------------------------------------------
+    def feedback(self, example: Example, completion: str, cfg: Any) -> str:
+        """Partial feedback on a wrong completion: never contains the gold letter/answer (cfg = Config)."""
+        raise NotImplementedError
+
+    # -- prompts for other algorithms / eval -------------------------------------------------------------
+    def choice_continuations(self, example: Example) -> list[str]:
+        """Continuation strings scored by log-likelihood eval, one per option, e.g. [" A", " B", ...]."""
+        return [" " + LETTERS[i] for i in range(len(example.choices))]
+
+    def privileged_context(self, example: Example) -> str:
+        """Gold information for OPSD's teacher (answer, plus solution / supporting facts)."""
+        raise NotImplementedError

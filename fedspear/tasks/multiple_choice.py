@@ -1,0 +1,210 @@
+"""Shared parts of the multiple-choice tasks: lettered prompts, letter verifiers and the oracle's hint.
+
+The oracle hint for a wrong answer is the first ``feedback.mc_hint_words`` words of the correct option's
+text (SPEAR.md section 7), with two guards against the reference's leaks (reference-notes section 4.9):
+when those words are the whole option, fewer are given (at most half of its words, at least one), and a
+word that contains the gold letter as a standalone token (``\\bB\\b``) is dropped, so the feedback never
+names the gold letter. If nothing is left, a generic hint is used.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fedspear.tasks.base import LETTERS, Example, Task
+from fedspear.tasks.loaders import MalformedRow
+
+MC_ANSWER_FORMAT = "the option letter only"
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def format_options(choices: tuple[str, ...] | list[str]) -> str:
+    """Lettered option lines: ``"A. text\\nB. text"``."""
+    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(choices))
+
+
+def build_mc_prompt(instruction: str, body: str, choices: tuple[str, ...] | list[str], cue: str = "Answer:") -> str:
+    """An instruction, the question (or context), the lettered options, and the cue line (no trailing space)."""
+    return f"{instruction}\n\n{body}\n{format_options(choices)}\n{cue}"
+
+
+# --------------------------------------------------------------------------- verifiers
+
+
+def _letter_pattern(num_options: int) -> re.Pattern[str]:
+    """A capital option letter standing alone: not inside a word, number or contraction ("I'm")."""
+    letters = LETTERS[: max(1, min(num_options, len(LETTERS)))]
+    return re.compile(rf"(?<![\w'’])([{letters}])(?![\w'’])")
+
+
+def first_option_letter(text: str, num_options: int) -> str | None:
+    """The first standalone capital letter among the first ``num_options`` letters (" B", "(B)", "B) x").
+
+    Args:
+        text: the model's output.
+        num_options: how many options the question has (letters A.. are valid).
+
+    Returns:
+        The letter, or None when there is none.
+    """
+    match = _letter_pattern(num_options).search(text or "")
+    return match.group(1) if match else None
+
+
+def last_option_letter(text: str, num_options: int) -> str | None:
+    """The last standalone valid option letter in ``text``, or None."""
+    matches = _letter_pattern(num_options).findall(text or "")
+    return matches[-1] if matches else None
+
+
+def last_declared_letter(text: str, num_options: int) -> str | None:
+    """The letter of the last "Answer: X" declaration (also "**Answer:** (X)"), else the last bare letter.
+
+    Args:
+        text: the model's output.
+        num_options: how many options the question has.
+
+    Returns:
+        The declared letter, or None.
+    """
+    letters = LETTERS[: max(1, min(num_options, len(LETTERS)))]
+    declared = re.findall(rf"answer\s*\**\s*[:：]\s*[*(\[\s]*([{letters}])(?![\w'’])", text or "", re.IGNORECASE)
+    # The letter class is case-insensitive under IGNORECASE; only a capital letter counts as a declaration.
+    declared = [letter for letter in declared if letter.isupper()]
+    return declared[-1] if declared else last_option_letter(text, num_options)
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def has_token(text: str, token: str, ignore_case: bool = False) -> bool:
+    """Whether ``token`` occurs in ``text`` as a standalone word (regex ``\\b`` boundaries)."""
+    return re.search(rf"\b{re.escape(token)}\b", text, re.IGNORECASE if ignore_case else 0) is not None
+
+
+def option_words_hint(option_text: str, max_words: int, gold_letter: str) -> tuple[str, bool] | None:
+    """The first words of the correct option, never the whole option (unless it is one word) nor the gold letter.
+
+    Args:
+        option_text: the correct option's text.
+        max_words: ``feedback.mc_hint_words``.
+        gold_letter: the correct option's letter; words holding it as a standalone token are dropped.
+
+    Returns:
+        (hint words, whether they are a plain prefix of the option), or None when no word is left.
+    """
+    words = option_text.split()
+    count = min(max(1, max_words), len(words))
+    if count >= len(words):  # the whole option would be given away: at most half of it, at least one word
+        count = max(1, len(words) // 2)
+    kept = [word for word in words[:count] if not has_token(word, gold_letter)]
+    if not kept:
+        return None
+    return " ".join(kept), len(kept) == count
+
+
+def hint_from_option(option_text: str, max_words: int, gold_letter: str) -> str | None:
+    """The option-words hint as a sentence, or None when :func:`option_words_hint` finds nothing to say."""
+    found = option_words_hint(option_text, max_words, gold_letter)
+    return None if found is None else option_hint_sentence(*found)
+
+
+def option_hint_sentence(words: str, is_prefix: bool) -> str:
+    """The hint sentence for the words :func:`option_words_hint` returned."""
+    if is_prefix:
+        return f'Hint: the correct option begins with "{words} ...".'
+    return f'Hint: the correct option contains the words "{words}".'
+
+
+def compose_feedback(intro: str, hint: str, format_line: str, repeat_line: str) -> str:
+    """Feedback lines in the fixed order: verdict, one hint, the required format, the request not to repeat."""
+    return "\n".join(line for line in (intro, hint, format_line, repeat_line) if line)
+
+
+def letter_verdict(given: str | None, gold: str) -> tuple[str, str]:
+    """(verdict line, repeat request) naming the model's letter; the gold letter is never named.
+
+    ``given == gold`` cannot happen for a wrong answer; it is treated like "no letter" so that a misuse
+    of the oracle still cannot print the gold letter.
+    """
+    if given is None or given == gold:
+        return ("Your answer is incorrect: no valid option letter was found in it.",
+                "Do not repeat your previous answer.")
+    return f"Your answer ({given}) is incorrect.", f"Do not choose option {given} again."
+
+
+def cut(text: str, max_chars: int | None) -> str:
+    """``text`` cut to ``max_chars`` characters (None = unchanged)."""
+    return text if max_chars is None else text[: max(0, max_chars)]
+
+
+class MultipleChoiceTask(Task):
+    """A task answered by one option letter (ARC, HellaSwag): first-letter verifier, option-words hint.
+
+    Subclasses set the Task class attributes, ``max_options`` (valid letters when the example is not
+    known) and ``hint_nudge`` (the sentence added after the hint), and implement ``load``.
+    """
+
+    kind = "mc"
+    answer_format = MC_ANSWER_FORMAT
+    max_options: int = 4
+    hint_nudge: str = ""
+    generic_hint: str = "Hint: compare every option with the question and rule out the ones that cannot be right."
+
+    def extract(self, completion: str, num_options: int | None = None) -> str | None:
+        """The first option letter in the completion (valid letters: ``num_options`` or ``max_options``)."""
+        return first_option_letter(completion, num_options or self.max_options)
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return self.extract(completion, len(example.choices)) == example.answer
+
+    def hint(self, example: Example, cfg: Any) -> str:
+        """The single hint sentence (with the task's nudge) for a wrong answer to ``example``."""
+        gold_text = example.choices[LETTERS.index(example.answer)]
+        hint = hint_from_option(gold_text, cfg.feedback.mc_hint_words, example.answer) or self.generic_hint
+        return f"{hint} {self.hint_nudge}".strip()
+
+    def feedback(self, example: Example, completion: str, cfg: Any) -> str:
+        """Verdict naming the model's letter, one hint, the required format, and a request not to repeat."""
+        intro, repeat = letter_verdict(self.extract(completion, len(example.choices)), example.answer)
+        return compose_feedback(intro, self.hint(example, cfg), f"Required format: {self.answer_format}.", repeat)
+
+    def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
+        """The gold letter and option text (OPSD teacher), cut to ``max_chars`` (``distill.priv_max_chars``)."""
+        gold_text = example.choices[LETTERS.index(example.answer)]
+        return cut(f"Correct answer: {example.answer}. {gold_text}", max_chars)
+
+
+def choices_and_answer(texts: list[Any], labels: list[Any], key: Any) -> tuple[tuple[str, ...], str]:
+    """Map labelled options (labels "A".."E", "1".."4", ...) to letters by position and find the gold letter.
+
+    Args:
+        texts: option texts.
+        labels: option labels in the same order.
+        key: the gold label.
+
+    Returns:
+        (option texts, gold letter).
+
+    Raises:
+        MalformedRow: too few options, empty text, duplicate labels, or a key not among the labels.
+    """
+    if len(texts) != len(labels):
+        raise MalformedRow("choice texts and labels differ in length")
+    if len(texts) < 2:
+        raise MalformedRow("fewer than 2 options")
+    if len(texts) > len(LETTERS):
+        raise MalformedRow("more options than letters")
+    options = tuple("" if t is None else str(t).strip() for t in texts)
+    if not all(options):
+        raise MalformedRow("empty option text")
+    label_strs = [str(label).strip() for label in labels]
+    if len(set(label_strs)) != len(label_strs):
+        raise MalformedRow("duplicate option labels")
+    key_str = "" if key is None else str(key).strip()
+    if key_str not in label_strs:
+        raise MalformedRow("answer key not among labels")
+    return options, LETTERS[label_strs.index(key_str)]

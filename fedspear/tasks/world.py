@@ -1,0 +1,361 @@
+"""The built-in offline world: invented creatures, their facts, and questions with verifiable answers.
+
+The world is generated from :data:`WORLD_SEED` (never from ``cfg.data.seed``), so it is the same world the
+shipped base model (``fedspear/assets/world-base``, built by :mod:`fedspear.world_base`) was pretrained on.
+
+- **Entities and facts.** :data:`NUM_REGIONS` regions hold :data:`ENTITIES_PER_REGION` invented creatures
+  each (``zorvik``, ...); every creature has one value for each attribute of :data:`ATTRIBUTES`
+  (color, home, food; six values each). That is one *fact* per (creature, attribute).
+- **Beliefs.** The base model was pretrained on a *belief* for every fact. For half of the facts
+  (balanced per attribute) the belief is the truth (group ``"known"``); for the other half it is a
+  consistent wrong value (group ``"misconception"``). The task's gold answers are always the truth, so a
+  model starts right on known facts and wrong on misconceptions, and SPEAR has something to learn.
+- **Two parts.** ``kind="mc"``: a question with four lettered options, answered by a letter (`` C``).
+  ``kind="reasoning"``: the same question without options, answered by one short step then a
+  declaration (`` the zorvik is green. Answer: green``), so that tail-token unlikelihood and the
+  protected ``Answer:`` marker matter. Every prompt ends with the ``Answer:`` cue.
+- **Splits.** Per fact, training holds two multiple-choice questions (question wordings 0 and 1) and one
+  reasoning question (wording 0); evaluation holds a multiple-choice question in wording 2 whose gold
+  letter differs from both training ones, and a reasoning question in wording 2. So evaluation asks
+  about the same facts in words and option orders never trained on.
+- **Labels.** ``Example.label`` is the creature's region: a Dirichlet partition over it gives each client
+  the creatures of a few regions, whose users never ask about the others'. ``meta["group"]`` is
+  ``"known"``/``"misconception"`` (evaluation reports accuracy per group), ``meta["kind"]`` the part.
+- **Oracle feedback** (only for wrong answers) names the given answer, gives one clue to the true
+  value (``Hint: think of grass.`` for green), never the gold letter nor the gold word, then the format
+  and a request not to repeat. Clues are unique to one value and never a value word themselves.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from fedspear.tasks.base import LETTERS, Example, LoadStats, Task, TaskData
+from fedspear.tasks.loaders import cap_examples
+
+WORLD_SEED = 20260513
+NUM_REGIONS = 6
+ENTITIES_PER_REGION = 4
+NUM_OPTIONS = 4
+REGIONS = ("north", "south", "east", "west", "isles", "highlands")
+
+# attribute -> value -> clue words (a clue belongs to exactly one value and is never a value word).
+ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    "color": {
+        "red": ("fire", "blood", "cherry"),
+        "green": ("grass", "frog", "emerald"),
+        "blue": ("sky", "sapphire", "jeans"),
+        "yellow": ("sun", "lemon", "banana"),
+        "white": ("snow", "milk", "cloud"),
+        "black": ("night", "coal", "crow"),
+    },
+    "home": {
+        "sea": ("waves", "salt", "tide"),
+        "desert": ("sand", "cactus", "dunes"),
+        "forest": ("trees", "oak", "pine"),
+        "mountain": ("peak", "cliff", "summit"),
+        "river": ("stream", "current", "ford"),
+        "cave": ("darkness", "bats", "tunnel"),
+    },
+    "food": {
+        "nuts": ("acorn", "shell", "squirrel"),
+        "fish": ("fins", "gills", "trout"),
+        "honey": ("bees", "hive", "nectar"),
+        "seeds": ("grain", "sowing", "sunflower"),
+        "berries": ("bramble", "jam", "bush"),
+        "insects": ("beetles", "ants", "crickets"),
+    },
+}
+# Three wordings per attribute: 0 and 1 are trained, 2 is held out for evaluation.
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "color": ("What color is the {name}?", "Which color does the {name} have?", "The {name} has which color?"),
+    "home": ("Where does the {name} live?", "What is the home of the {name}?", "In which place does the {name} live?"),
+    "food": ("What does the {name} eat?", "What is the food of the {name}?", "Which food does the {name} eat?"),
+}
+STEPS: dict[str, str] = {
+    "color": "the {name} is {value}.",
+    "home": "the {name} lives in the {value}.",
+    "food": "the {name} eats {value}.",
+}
+MC_INSTRUCTION = "Reply with the option letter only."
+REASONING_INSTRUCTION = "Give one short step, then Answer: and one word."
+ANSWER_FORMAT = 'the option letter only when there are options, else one short step then "Answer: word"'
+EVAL_WORDING = 2
+
+_SYLLABLES_START = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+                    "br", "dr", "gl", "kr", "pl", "tr", "sn", "sk", "qu", "th", "wh")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "", "n", "r", "l", "k", "x", "s", "m", "th")
+_DECLARATION = re.compile(r"Answer\s*:\s*([A-Za-z]+)")
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+# --------------------------------------------------------------------------- the world
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One (creature, attribute) fact: the truth, and what the base model was pretrained to believe."""
+
+    entity: str
+    region: str
+    attribute: str
+    truth: str
+    belief: str
+
+    @property
+    def group(self) -> str:
+        return "known" if self.truth == self.belief else "misconception"
+
+
+def invent_names(count: int, rng: random.Random, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``count`` distinct invented creature names of two syllables (``zorvik``), none in ``exclude``.
+
+    Args:
+        count: how many names.
+        rng: the random source (the same state gives the same names).
+        exclude: names (or any words) that must not be produced.
+
+    Returns:
+        The names, in generation order.
+    """
+    taken = set(exclude) | set(_all_template_words())
+    names: list[str] = []
+    while len(names) < count:
+        name = "".join(rng.choice(_SYLLABLES_START) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2))
+        if 4 <= len(name) <= 9 and name not in taken:
+            taken.add(name)
+            names.append(name)
+    return names
+
+
+def _all_template_words() -> set[str]:
+    words = {w.lower() for text in (*QUESTIONS.values(),) for t in text for w in _WORD.findall(t)}
+    for values in ATTRIBUTES.values():
+        for value, clues in values.items():
+            words.add(value)
+            words.update(clues)
+    return words
+
+
+def build_world(seed: int = WORLD_SEED) -> list[Fact]:
+    """The world's facts, in (region, creature, attribute) order; the same seed gives the same world.
+
+    For each attribute, half of the creatures (a seeded choice) hold a misconception: a belief drawn
+    uniformly from the attribute's other values.
+    """
+    rng = random.Random(seed)
+    names = invent_names(NUM_REGIONS * ENTITIES_PER_REGION, rng)
+    entities = [(name, REGIONS[i // ENTITIES_PER_REGION]) for i, name in enumerate(names)]
+    facts: list[Fact] = []
+    wrong_by_attribute = {}
+    for attribute in ATTRIBUTES:
+        order = list(range(len(entities)))
+        rng.shuffle(order)
+        wrong_by_attribute[attribute] = set(order[: len(entities) // 2])
+    for idx, (name, region) in enumerate(entities):
+        for attribute, values in ATTRIBUTES.items():
+            truth = rng.choice(list(values))
+            belief = truth
+            if idx in wrong_by_attribute[attribute]:
+                belief = rng.choice([v for v in values if v != truth])
+            facts.append(Fact(name, region, attribute, truth, belief))
+    return facts
+
+
+# --------------------------------------------------------------------------- prompts and answers
+
+
+def mc_prompt(entity: str, attribute: str, wording: int, options: list[str] | tuple[str, ...]) -> str:
+    """A lettered question about one fact, ending with the ``Answer:`` cue."""
+    lines = [f"Question: {QUESTIONS[attribute][wording].format(name=entity)}"]
+    lines += [f"{LETTERS[i]}) {text}" for i, text in enumerate(options)]
+    return "\n".join([*lines, MC_INSTRUCTION, "Answer:"])
+
+
+def reasoning_prompt(entity: str, attribute: str, wording: int) -> str:
+    """The same question without options: one short step, then ``Answer: word``; ends with ``Answer:``."""
+    return "\n".join([f"Question: {QUESTIONS[attribute][wording].format(name=entity)}", REASONING_INSTRUCTION,
+                      "Answer:"])
+
+
+def mc_completion(letter: str) -> str:
+    """The completion of a multiple-choice answer: a space and the letter (the model then emits EOS)."""
+    return f" {letter}"
+
+
+def reasoning_completion(entity: str, attribute: str, value: str) -> str:
+    """The completion of a reasoning answer: `` the zorvik is green. Answer: green``."""
+    return f" {STEPS[attribute].format(name=entity, value=value)} Answer: {value}"
+
+
+def hint(attribute: str, value: str, clue_index: int) -> str:
+    """The hint sentence for ``value``: one of its clues (``clue_index`` modulo the number of clues)."""
+    clues = ATTRIBUTES[attribute][value]
+    return f"Hint: think of {clues[clue_index % len(clues)]}."
+
+
+def feedback_text(kind: str, given: str | None, hint_line: str) -> str:
+    """Oracle feedback lines: verdict naming the given answer, the hint, the format, no repeat.
+
+    Args:
+        kind: "mc" or "reasoning".
+        given: the answer the model gave (a letter or word), or None when none was found.
+        hint_line: the hint sentence (:func:`hint`).
+
+    Returns:
+        Four lines of feedback.
+    """
+    if kind == "mc":
+        fmt = "Required format: the option letter only."
+        if given is None:
+            return "\n".join(["Your answer is incorrect: no option letter was found in it.", hint_line, fmt,
+                              "Do not repeat your previous answer."])
+        return "\n".join([f"Your answer ({given}) is incorrect.", hint_line, fmt, f"Do not choose option {given} again."])
+    fmt = "Required format: one short step, then Answer: and one word."
+    if given is None:
+        return "\n".join(["Your answer is incorrect: no answer word was found in it.", hint_line, fmt,
+                          "Do not repeat your previous answer."])
+    return "\n".join([f"Your answer ({given}) is incorrect.", hint_line, fmt, f"Do not answer {given} again."])
+
+
+def oracle_feedback(kind: str, attribute: str, truth: str, gold: str, given: str | None, clue_index: int) -> str:
+    """Feedback on a wrong answer (the one code path for the task's oracle and the pretraining corpus).
+
+    Args:
+        kind: "mc" or "reasoning".
+        attribute: the fact's attribute.
+        truth: the fact's true value (the hint is one of its clues).
+        gold: the gold answer (letter or word); never named, even if ``given`` equals it by misuse.
+        given: the extracted answer of the wrong completion (:func:`extract_answer`), or None.
+        clue_index: which of the value's clues to give (taken modulo their number).
+
+    Returns:
+        The feedback text.
+    """
+    if given == gold or (kind == "mc" and given is not None and not (len(given) == 1 and given.isupper())):
+        given = None  # the gold answer is never named; a word where a letter was asked counts as no letter
+    return feedback_text(kind, given, hint(attribute, truth, clue_index))
+
+
+def extract_answer(completion: str) -> str | None:
+    """The declared answer: the word after the last ``Answer:``, else the first word (the prompt's cue
+    already said ``Answer:``). A single capital letter stays a letter; a word is lower-cased.
+
+    Handles the word-level tokenizer's decoding (``"the zorvik is green . Answer : green"``).
+    """
+    declared = _DECLARATION.findall(completion or "")
+    if declared:
+        word = declared[-1]
+    else:
+        words = _WORD.findall(completion or "")
+        if not words:
+            return None
+        word = words[0]
+    if len(word) == 1 and word.isupper():
+        return word
+    return word.lower()
+
+
+# --------------------------------------------------------------------------- questions per fact
+
+
+def _mc_options(fact: Fact, rng: random.Random, gold_index: int) -> list[str]:
+    """Four options of the fact's attribute: the truth at ``gold_index``, the belief, and random others."""
+    values = list(ATTRIBUTES[fact.attribute])
+    others = [v for v in values if v not in (fact.truth, fact.belief)]
+    rng.shuffle(others)
+    rest = ([fact.belief] if fact.belief != fact.truth else []) + others
+    rest = rest[: NUM_OPTIONS - 1]
+    rng.shuffle(rest)
+    return rest[:gold_index] + [fact.truth] + rest[gold_index:]
+
+
+def fact_examples(fact: Fact, index: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples for one fact; option orders depend only on the world seed and ``index``."""
+    rng = random.Random(WORLD_SEED * 1000 + index)
+    letters = list(range(NUM_OPTIONS))
+    rng.shuffle(letters)  # gold positions: two for training, a third (never trained) for evaluation
+    meta = {"group": fact.group, "entity": fact.entity, "attribute": fact.attribute, "truth": fact.truth,
+            "belief": fact.belief}
+    base_id = f"{fact.entity}-{fact.attribute}"
+
+    def mc(wording: int, gold_index: int, split: str) -> Example:
+        options = tuple(_mc_options(fact, rng, gold_index))
+        return Example(id=f"{base_id}-mc{wording}-{split}", prompt=mc_prompt(fact.entity, fact.attribute, wording, options),
+                       answer=LETTERS[gold_index], label=fact.region, choices=options,
+                       meta={**meta, "kind": "mc", "wording": wording})
+
+    def reasoning(wording: int, split: str) -> Example:
+        return Example(id=f"{base_id}-r{wording}-{split}", prompt=reasoning_prompt(fact.entity, fact.attribute, wording),
+                       answer=fact.truth, label=fact.region, meta={**meta, "kind": "reasoning", "wording": wording})
+
+    train = [mc(0, letters[0], "train"), mc(1, letters[1], "train"), reasoning(0, "train")]
+    held_out = [mc(EVAL_WORDING, letters[2], "eval"), reasoning(EVAL_WORDING, "eval")]
+    return train, held_out
+
+
+def world_examples() -> tuple[list[Example], list[Example]]:
+    """All (train, eval) examples of the world, in fact order (no shuffling, no cap)."""
+    train: list[Example] = []
+    held_out: list[Example] = []
+    for index, fact in enumerate(build_world()):
+        t, e = fact_examples(fact, index)
+        train.extend(t)
+        held_out.extend(e)
+    return train, held_out
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class WorldTask(Task):
+    """The built-in world: multiple-choice and short-reasoning questions about invented creatures.
+
+    ``kind`` is "reasoning" because the parts mix letters and words: evaluation is generative.
+    """
+
+    name = "world"
+    kind = "reasoning"
+    answer_marker = "Answer:"
+    answer_format = ANSWER_FORMAT
+
+    def load(self, cfg: Any) -> TaskData:
+        """Train/eval examples of the fixed world; ``cfg.data.seed`` shuffles train and picks the eval cap.
+
+        ``cfg.data.path`` and the split settings do not apply (the world is generated, not read).
+        """
+        train, held_out = world_examples()
+        random.Random(cfg.data.seed).shuffle(train)
+        stats = LoadStats(read=len(train) + len(held_out), kept=len(train) + len(held_out))
+        return TaskData(train=train, eval=cap_examples(held_out, cfg.data.max_eval_examples, cfg.data.seed),
+                        stats=stats)
+
+    def extract(self, completion: str) -> str | None:
+        """The declared letter or (lower-cased) word; see :func:`extract_answer`."""
+        return extract_answer(completion)
+
+    def is_correct(self, example: Example, completion: str) -> bool:
+        return self.extract(completion) == example.answer
+
+    def feedback(self, example: Example, completion: str, cfg: Any = None) -> str:
+        """Verdict naming the given answer, one clue (never the gold letter or word), format, no repeat."""
+        given = self.extract(completion)
+        clue_index = zlib.crc32(f"{example.id}|{given}".encode())  # stable; another wrong answer, maybe another clue
+        meta = example.meta
+        return oracle_feedback(meta["kind"], meta["attribute"], meta["truth"], example.answer, given, clue_index)
+
+    def choice_continuations(self, example: Example) -> list[str]:
+        """`` A`` .. for the lettered part; nothing for the reasoning part (it is evaluated generatively)."""
+        return [" " + LETTERS[i] for i in range(len(example.choices))]
+
+    def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
+        """The gold fact for OPSD's teacher: ``Fact: the zorvik is green. Correct answer: C.``"""
+        meta = example.meta
+        step = STEPS[meta["attribute"]].format(name=meta["entity"], value=meta["truth"])
+        text = f"Fact: {step} Correct answer: {example.answer}."
+        return text if max_chars is None else text[:max_chars]

@@ -1,0 +1,61 @@
+"""Shared training pieces: batching alignment, completion log-probs, the optimiser loop."""
+
+from __future__ import annotations
+
+import torch
+
+from fedspear.algorithms.base import Trace
+from fedspear.algorithms.common import completion_logprobs, make_batch, optimise
+from fedspear.config import load_config
+from fedspear.models import build_engine
+
+
+class _Task:
+    name = "none"
+    answer_marker = "Answer:"
+
+
+def _engine(model_dir, **kw):
+    over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
+            "model.gradient_checkpointing": False, "lora.r": 4, "lora.dropout": 0.0, "fl.local_train_steps": 2,
+            "optim.grad_accum_steps": 1, "spear.lambda_anchor": 0.0}
+    over.update(kw)
+    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), _Task())
+
+
+def test_make_batch_right_aligns_completions():
+    batch = make_batch([Trace([1, 2, 3], [4, 5]), Trace([7], [8, 9, 10])], pad_id=0, max_len=64,
+                       device=torch.device("cpu"))
+    assert batch.input_ids_BT.tolist() == [[1, 2, 3, 4, 5], [0, 7, 8, 9, 10]]
+    assert batch.targets_BL.tolist() == [[3, 4, 5], [8, 9, 10]]
+    assert batch.mask_BL.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert batch.position_ids_BT.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
+
+
+def test_completion_logprobs_match_unpadded_forward(tiny_llama):
+    engine = _engine(tiny_llama)
+    traces = [Trace(engine.encode("Which is hot?\nAnswer:"), [5, 6]),
+              Trace(engine.encode("Plants need light and water to grow.\nAnswer:"), [7, 8, 9])]
+    batch = make_batch(traces, engine.tokenizer.pad_token_id, 512, engine.device)
+    with torch.no_grad():
+        logp_BL = completion_logprobs(engine.model, batch)
+        for i, t in enumerate(traces):
+            ids = torch.tensor([t.prompt_ids + t.completion_ids])
+            logits = engine.model(input_ids=ids).logits[0].log_softmax(-1)
+            n = len(t.completion_ids)
+            expected = [logits[len(t.prompt_ids) - 1 + j, t.completion_ids[j]].item() for j in range(n)]
+            torch.testing.assert_close(logp_BL[i, -n:], torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_nonfinite_gradient_skips_step(tiny_qwen):
+    engine = _engine(tiny_qwen)
+    before = engine.adapter.get()
+
+    def nan_step(rng):
+        p = next(iter(engine.adapter.params.values()))
+        return p.sum() * float("nan"), 1, {}
+
+    stats = optimise(engine, lr=1e-2, seed=0, micro_step=nan_step)
+    assert stats.skipped_steps == 2 and stats.steps == 0
+    after = engine.adapter.get()
+    assert all(torch.equal(before[k], after[k]) for k in before)

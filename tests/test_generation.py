@@ -1,0 +1,52 @@
+"""Batched generation returns the sampled ids in input order, cut after EOS."""
+
+from __future__ import annotations
+
+import torch
+
+from fedspear.config import load_config
+from fedspear.generation import GenSettings, _cut_at_eos, generate
+from fedspear.models import build_engine
+
+
+class _NoTask:
+    name = "none"
+
+
+def _engine(model_dir, batch_size):
+    over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
+            "model.gradient_checkpointing": False, "lora.r": 4, "gen.rollout_batch_size": batch_size}
+    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), _NoTask())
+
+
+def test_cut_at_eos():
+    assert _cut_at_eos([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], True)
+    assert _cut_at_eos([5, 6, 7], {2}) == ([5, 6, 7], False)
+
+
+def test_batched_greedy_equals_one_by_one(tiny_qwen):
+    prompts_text = ["Which gas do plants take in?\nAnswer:", "Water boils at\nAnswer:", "Light\nAnswer:"]
+    settings = GenSettings(max_new_tokens=5, do_sample=False)
+    batched = _engine(tiny_qwen, 8)
+    prompts = [batched.encode(p) for p in prompts_text]
+    together = generate(batched, prompts, settings, seed=0)
+    single = _engine(tiny_qwen, 1)
+    alone = [generate(single, [p], settings, seed=0)[0] for p in prompts]
+    assert [c.ids for c in together] == [c.ids for c in alone]  # left padding does not change greedy output
+    for comp, prompt in zip(together, prompts):
+        assert comp.prompt_ids == prompt
+        assert 1 <= len(comp.ids) <= 5
+        eos = batched.tokenizer.eos_token_id
+        assert eos not in comp.ids[:-1]  # nothing kept after the first EOS
+        assert comp.finished == (comp.ids[-1] == eos)
+        assert comp.text == batched.tokenizer.decode(comp.ids, skip_special_tokens=True).strip()
+
+
+def test_sampling_is_seeded(tiny_qwen):
+    engine = _engine(tiny_qwen, 4)
+    prompts = [engine.encode("Which is hot?\nAnswer:")] * 6
+    settings = GenSettings(max_new_tokens=4, do_sample=True, temperature=1.0, top_p=1.0)
+    a = generate(engine, prompts, settings, seed=3)
+    b = generate(engine, prompts, settings, seed=3)
+    assert [c.ids for c in a] == [c.ids for c in b]
+    assert torch.is_tensor(torch.tensor(a[0].ids))

@@ -1,0 +1,54 @@
+"""Model loading, LoRA placement and adapter state."""
+
+from __future__ import annotations
+
+import torch
+
+from fedspear.config import load_config
+from fedspear.models import AdapterHandle, attach_lora, load_base_model, load_tokenizer, lora_target_modules
+
+
+def _cfg(model_dir, **kw):
+    over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
+            "model.gradient_checkpointing": False, "lora.r": 4, "lora.alpha": 8, "lora.last_n_layers": 1}
+    over.update(kw)
+    return load_config(None, [f"{k}={v}" for k, v in over.items()])
+
+
+def test_lora_targets_last_layers_all_projections(tiny_qwen, tiny_llama):
+    for model_dir in (tiny_qwen, tiny_llama):
+        cfg = _cfg(model_dir)
+        model = load_base_model(cfg, torch.device("cpu"))
+        names, family = lora_target_modules(model, cfg.lora)
+        assert family == "llama/qwen/mistral"
+        # last_n_layers=1 of 2 -> only block 1, all 7 projections
+        assert len(names) == 7 and all(".layers.1." in n for n in names)
+        cfg.lora.last_n_layers = 5  # more than the model has -> all layers
+        assert len(lora_target_modules(model, cfg.lora)[0]) == 14
+
+
+def test_bf16_weights_stay_bf16(tiny_qwen):
+    model = load_base_model(_cfg(tiny_qwen, **{"model.dtype": "bf16"}), torch.device("cpu"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_tokenizer_left_padding_and_pad(tiny_llama):
+    tok = load_tokenizer(_cfg(tiny_llama))
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id  # Llama-style BOS kept consistently
+
+
+def test_adapter_state_copies_share_no_memory(tiny_qwen):
+    cfg = _cfg(tiny_qwen)
+    model = attach_lora(load_base_model(cfg, torch.device("cpu")), cfg, seed=0)
+    handle = AdapterHandle.from_model(model)
+    state = handle.get()
+    live = {p.data_ptr() for p in handle.params.values()}
+    assert not any(t.data_ptr() in live for t in state.values())
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        for p in handle.params.values():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], state[k]) for k in state)  # training the live model leaves copies alone
+    handle.set(before)
+    assert all(torch.equal(handle.get()[k], before[k]) for k in before)
