@@ -228,7 +228,9 @@ def _suggest_key(section: str, key: str, options: list[str]) -> str:
     elsewhere = _all_keys().get(key, [])
     if elsewhere:
         return f" (did you mean '{elsewhere[0]}.{key}'?)"
-    match = difflib.get_close_matches(str(key), options, n=1, cutoff=0.0)
+    initials = "".join(word[0] for word in key.split("_") if word)  # learning_rate -> lr
+    match = [initials] if len(initials) > 1 and initials in options else []
+    match = match or difflib.get_close_matches(str(key), options, n=1, cutoff=0.0)
     return f" (did you mean '{section}.{match[0]}'?)" if match else ""
 
 

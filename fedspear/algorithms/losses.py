@@ -264,7 +264,8 @@ def spear_loss(
             (or for feedback_sft); the three lose arguments are None together.
         lose_mask_BT: the penalised positions of the lose traces.
         lose_conf_B: confidences of the lose traces ``[B']``.
-        cfg_spear: ``lambda_win``, ``lambda_lose`` and ``unlikelihood_margin`` are read.
+        cfg_spear: ``lambda_win``, ``lambda_lose`` and ``unlikelihood_margin`` are read; the lose term is skipped
+            (stats 0) when ``lambda_lose`` is 0.
 
     Returns:
         (loss, SpearStats).

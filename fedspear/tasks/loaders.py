@@ -24,6 +24,7 @@ import bz2
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
 import os
@@ -76,11 +77,12 @@ def split_of_filename(name: str) -> str | None:
 # --------------------------------------------------------------------------- value helpers
 
 
+_NUMPY_ARRAY = re.compile(r"\barray\((\[.*?\])(?:,\s*dtype=\w+)?\)", re.DOTALL)
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
 
 
 def parse_structured(value: Any) -> Any:
-    """Decode a list/dict that a CSV cell stores as text (JSON, Python repr, or numpy's ``['a' 'b']``).
+    """Decode a list/dict that a CSV cell stores as text (JSON, Python repr, or the numpy reprs pandas writes).
 
     Args:
         value: a cell value; non-strings are returned unchanged.
@@ -93,14 +95,35 @@ def parse_structured(value: Any) -> Any:
     text = value.strip()
     if not text or text[0] not in "[{":
         return value
-    for decode in (json.loads, ast.literal_eval):
-        try:
-            return decode(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            pass
-    if text[0] == "[" and text[-1] == "]":  # numpy array repr: quoted items separated by blanks
-        return [ast.literal_eval(m.group(0)) for m in _QUOTED.finditer(text)]
-    return value
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    items = _numpy_repr_items(text)
+    if items is not None:
+        return items
+    try:  # pandas writes a struct of lists as "{'text': array(['a', 'b'], dtype=object), ...}"
+        return ast.literal_eval(_NUMPY_ARRAY.sub(r"\1", text))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def _numpy_repr_items(text: str) -> list[str] | None:
+    """The items of a numpy string-array repr ``['a' 'b c']`` (quoted items separated by blanks only), else None.
+
+    Python would read that text as ONE string (``'a' 'b c'`` is implicit concatenation), so it is
+    recognized before ``ast.literal_eval`` is tried.
+    """
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    matches = list(_QUOTED.finditer(text))
+    if len(matches) < 2:
+        return None
+    edges = [text[1:matches[0].start()], text[matches[-1].end():-1]]
+    gaps = [text[a.end():b.start()] for a, b in itertools.pairwise(matches)]
+    if any(part.strip() for part in edges + gaps):
+        return None
+    return [ast.literal_eval(m.group(0)) for m in matches]
 
 
 def text_field(row: dict[str, Any], key: str) -> str:
@@ -217,7 +240,9 @@ def read_file(path: Path) -> Rows:
                         "HellaSwag .txt (optionally .bz2/.gz/.xz), or a datasets save_to_disk folder")
     try:
         return readers[fmt](path)
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError, csv.Error) as exc:  # ValueError covers bad UTF-8 and bad Parquet
         raise DataError(f"{path}: cannot read it as {fmt} ({exc})") from None
 
 

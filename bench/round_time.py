@@ -1,0 +1,132 @@
+"""Round-time bench: seconds per federated round, split by phase, on the shared bench setting.
+
+The setting is ``../shared/bench/bench.yaml`` (authors' schema) with the tiny random Qwen2 model and ARC-shaped
+rows that ``../shared/bench/make_bench.py`` builds. A round's time is rollout (generation) + feedback + training +
+aggregation, without evaluation, as the authors' implementation records it. The first round is a warm-up and is
+not counted.
+
+Usage:
+    python bench/round_time.py                      # SPEAR and GRPO, 1 warm-up + 5 timed rounds each
+    python bench/round_time.py --rounds 3 --algorithms spear
+    python bench/round_time.py --bench-dir /tmp/bench --json
+    python bench/round_time.py --model-config qwen2-0.5b --device cuda   # the GPU setting (bench/RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+
+
+def build_bench(bench_dir: Path) -> Path:
+    """Run the shared make_bench.py into ``bench_dir`` unless it is already there."""
+    if not (bench_dir / "model" / "config.json").is_file():
+        subprocess.run([sys.executable, str(SHARED_BENCH / "make_bench.py"), str(bench_dir)], check=True,
+                       stdout=subprocess.DEVNULL)
+    return bench_dir
+
+
+def bench_config(bench_dir: Path, algorithm: str, rounds: int, extra: list[str]):
+    from fedspear.config import load_config
+
+    overrides = [f"algorithm.name={algorithm}", f"model.model_name={bench_dir / 'model'}",
+                 f"data.path={bench_dir / 'data'}", f"fl.rounds={rounds}", "data.eval_every=100000",
+                 "data.eval_every_round_up_to=0", f"output_dir={tempfile.mkdtemp(prefix='fedspear-bench-')}", *extra]
+    return load_config(SHARED_BENCH / "bench.yaml", overrides)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str]) -> dict:
+    """Run ``rounds`` rounds (the first is a warm-up) and return medians per phase."""
+    from fedspear.federation import simulator
+    from fedspear.federation.aggregation import build_server_optimizer
+    from fedspear.records import RunRecord
+
+    cfg = bench_config(bench_dir, algorithm, rounds, extra)
+    record = RunRecord(Path(cfg.output_dir))
+    record.create(cfg)
+    fed = simulator.setup(cfg, record)
+    server_opt = build_server_optimizer(cfg.fl)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    rows = []
+    for round_idx in range(1, rounds + 1):
+        start = time.perf_counter()
+        row = simulator.run_round(fed, round_idx, server_opt)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        row["time"]["wall_s"] = time.perf_counter() - start
+        rows.append(row)
+    timed = rows[1:] or rows
+    med = {k: statistics.median(r["time"][k] for r in timed)
+           for k in ("wall_s", "generation_s", "feedback_s", "training_s", "aggregation_s")}
+    gen_tokens = sum(r["aggregate"]["tokens_generated"] for r in timed)
+    train_tokens = sum(r["aggregate"]["tokens_trained"] for r in timed)
+    gen_s = sum(r["time"]["generation_s"] for r in timed)
+    train_s = sum(r["time"]["training_s"] for r in timed)
+    out = {
+        "algorithm": algorithm, "rounds_timed": len(timed), "round_s": med["wall_s"],
+        "round_s_all": [round(r["time"]["wall_s"], 3) for r in timed],
+        "generation_s": med["generation_s"], "feedback_s": med["feedback_s"], "training_s": med["training_s"],
+        "aggregation_s": med["aggregation_s"],
+        "generated_tokens_per_s": gen_tokens / gen_s if gen_s else None,
+        "trained_tokens_per_s": train_tokens / train_s if train_s else None,
+        "generations_per_round": statistics.median(r["aggregate"]["generations"] for r in timed),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if torch.cuda.is_available():
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench-dir", type=Path, default=None, help="reuse an existing make_bench.py output")
+    parser.add_argument("--algorithms", default="spear,grpo", help="comma-separated algorithms to time")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per algorithm, the first is a warm-up")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    bench_dir = args.bench_dir or Path(tempfile.gettempdir()) / "fedspear-bench"
+    build_bench(bench_dir)
+    results = {a: time_algorithm(bench_dir, a, args.rounds, args.overrides) for a in args.algorithms.split(",")}
+    summary = {f"{a}_round_s": r["round_s"] for a, r in results.items()}
+    summary.update({"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+                    "results": results})
+    if args.json:
+        print(json.dumps(summary))
+        return summary
+    print(f"bench: {SHARED_BENCH / 'bench.yaml'} on {summary['device']} ({summary['threads']} threads), "
+          f"median of {args.rounds - 1} rounds after a warm-up")
+    header = f"{'algorithm':<14}{'round s':>9}{'gen s':>8}{'fb s':>7}{'train s':>9}{'agg s':>7}" \
+             f"{'gen tok/s':>11}{'train tok/s':>13}{'peak RSS MB':>13}"
+    print(header)
+    for a, r in results.items():
+        print(f"{a:<14}{r['round_s']:>9.2f}{r['generation_s']:>8.2f}{r['feedback_s']:>7.3f}{r['training_s']:>9.2f}"
+              f"{r['aggregation_s']:>7.3f}{r['generated_tokens_per_s'] or 0:>11.0f}"
+              f"{r['trained_tokens_per_s'] or 0:>13.0f}{r['peak_rss_mb']:>13.0f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

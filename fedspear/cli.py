@@ -1,0 +1,275 @@
+"""The ``fedspear`` command line.
+
+    fedspear run [--config FILE|PRESET] [KEY=VALUE ...]     start a run (default preset: the offline world)
+    fedspear run --resume RUN_DIR [KEY=VALUE ...]           continue an interrupted run
+    fedspear check [--config FILE|PRESET] [KEY=VALUE ...]   validate and print the resolved config as YAML
+    fedspear check --list                                   every config key with its default and help
+    fedspear report RUN_DIR                                 (re)write a run's report
+    fedspear make-base --out DIR [--preset default|tiny]    build the offline world's base model
+
+``--config`` takes a YAML path or the name of a preset shipped in ``fedspear/configs/`` (e.g.
+``--config arc_challenge-qwen2.5-1.5b``); overrides are dotted ``SECTION.KEY=VALUE`` items such as
+``fl.rounds=3`` or ``output_dir=runs/x``. Each subcommand is one function of ``args``; :data:`COMMANDS`
+maps names to them. Modules that import torch are imported inside the commands that need them, so
+``check`` stays fast. Mistakes a user can fix (bad config, missing data or run folder, an output folder
+that already holds a run) print one line ``fedspear: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedspear import __version__
+from fedspear.config import Config, ConfigError, field_help, load_config
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_PRESET = "default"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
+_USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError"})
+
+logger = logging.getLogger("fedspear")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; always use the live stderr
+        pass
+
+
+_log_handler: _StderrHandler | None = None
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``fedspear/configs/`` (file stems, sorted)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name: str | None) -> Path:
+    """Find the YAML file for ``--config``.
+
+    Args:
+        name: a path to a YAML file, a preset name with or without ``.yaml``, or None for the default preset.
+
+    Returns:
+        The path of the file to load.
+
+    Raises:
+        ConfigError: no such file and no such preset; the message names the closest preset.
+    """
+    if name is None:
+        return PRESETS_DIR / f"{DEFAULT_PRESET}.yaml"
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if Path(name).name == name:  # a bare name: look among the presets
+        for candidate in (PRESETS_DIR / name, PRESETS_DIR / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    presets = list_presets()
+    match = difflib.get_close_matches(Path(name).stem, presets, n=1, cutoff=0.0)
+    hint = f" (did you mean '{match[0]}'?)" if match else ""
+    raise ConfigError(f"--config {name}: no such file and no such preset{hint}; presets: {', '.join(presets)}")
+
+
+def format_field_list() -> str:
+    """One line per config key: ``section.key  default  help``, aligned."""
+    defaults = Config().to_dict()
+    rows = []
+    for key, help_text in field_help().items():
+        value: Any = defaults
+        for part in key.split("."):
+            value = value[part]
+        rows.append((key, _yaml_scalar(value), help_text))
+    key_width = max(len(r[0]) for r in rows)
+    value_width = min(24, max(len(r[1]) for r in rows))
+    return "\n".join(f"{k:<{key_width}}  {v:<{value_width}}  {h}".rstrip() for k, v, h in rows)
+
+
+def _yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("...").strip()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start a run from ``--config`` + overrides, or continue ``--resume RUN_DIR``; print the run folder."""
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config "
+                              "(KEY=VALUE overrides are still allowed)")
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such run folder")
+        from fedspear.federation import simulator  # imports torch
+
+        out = simulator.resume(run_dir, list(args.overrides))
+    else:
+        cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
+        from fedspear.federation import simulator
+
+        out = simulator.run(cfg)
+    print(out)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate ``--config`` + overrides and print the resolved config as YAML (or ``--list`` every key)."""
+    if args.list:
+        if args.config is not None or args.overrides:
+            raise ConfigError("--list prints every key and takes no --config or KEY=VALUE")
+        print(format_field_list())
+        return 0
+    path = resolve_config(args.config)
+    cfg = load_config(path, args.overrides)
+    sources = " + ".join([str(path), *args.overrides])
+    sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write ``RUN_DIR``'s report from its records and print the report's path."""
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    from fedspear.records import write_report
+
+    print(write_report(run_dir))
+    return 0
+
+
+def cmd_make_base(args: argparse.Namespace) -> int:
+    """Build the offline world's base model into ``--out`` and print where it went."""
+    from fedspear.world_base import build_base  # imports torch
+
+    out_dir = Path(args.out)
+    build_base(out_dir, preset=args.preset, seed=args.seed)
+    print(out_dir)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "report": cmd_report,
+    "make-base": cmd_make_base,
+}
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subparser per entry of :data:`COMMANDS`."""
+    verbosity = argparse.ArgumentParser(add_help=False)
+    group = verbosity.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="log more (-v: debug messages and tracebacks of reported errors)")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="log warnings and errors only")
+    parser = argparse.ArgumentParser(
+        prog="fedspear", parents=[verbosity],
+        description="Online federated fine-tuning of LLMs from real-time feedback (SPEAR and its baselines).",
+    )
+    parser.add_argument("--version", action="version", version=f"fedspear {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = f"presets (for --config): {', '.join(list_presets())}"
+
+    run = sub.add_parser("run", parents=[verbosity], help="start or resume a run", epilog=presets)
+    run.add_argument("--config", metavar="FILE|PRESET", help=f"YAML file or preset name (default: {DEFAULT_PRESET})")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides such as fl.rounds=3 output_dir=x")
+
+    check = sub.add_parser("check", parents=[verbosity], help="validate a config and print it resolved",
+                           epilog=presets)
+    check.add_argument("--config", metavar="FILE|PRESET", help=f"YAML file or preset name (default: {DEFAULT_PRESET})")
+    check.add_argument("--list", action="store_true", help="list every key with its default and help text")
+    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides such as fl.rounds=3")
+
+    report = sub.add_parser("report", parents=[verbosity], help="write a run's report and print its path")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (the run's output_dir)")
+
+    base = sub.add_parser("make-base", parents=[verbosity], help="build the offline world's base model")
+    base.add_argument("--out", required=True, metavar="DIR", help="folder to write the model and tokenizer to")
+    base.add_argument("--preset", choices=("default", "tiny"), default="default", help="model size")
+    base.add_argument("--seed", type=int, default=0, help="initialisation and pre-training seed")
+
+    if set(sub.choices) != set(COMMANDS):  # the table and the parser must name the same commands
+        raise AssertionError(f"parser commands {sorted(sub.choices)} != COMMANDS {sorted(COMMANDS)}")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, also accepting KEY=VALUE overrides written after an option (``run --config x a=1 b=2``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Send the ``fedspear`` logger to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
+    global _log_handler
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 0 else logging.INFO
+    if _log_handler is None:
+        _log_handler = _StderrHandler()
+        _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(_log_handler)
+    logger.setLevel(level)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for errors a user fixes by changing the command, config, data or folders (no traceback needed)."""
+    if isinstance(exc, (ConfigError, FileNotFoundError)):
+        return True
+    return any(cls.__name__ in _USER_ERROR_NAMES and cls.__module__.startswith("fedspear.")
+               for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedspear`` console script.
+
+    Args:
+        argv: the arguments after the program name; None = ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 2 for a user error (one line on stderr), 130 when interrupted.
+        argparse itself exits with status 2 on a malformed command line.
+    """
+    args = parse_args(build_parser(), argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("fedspear: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        logger.debug("%s details", type(exc).__name__, exc_info=True)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fedspear: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR

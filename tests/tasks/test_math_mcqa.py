@@ -1,0 +1,132 @@
+"""MATH-MCQA rows, prompts, verifier, solution hint and privileged context (fedspear/tasks/math_mcqa.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fedspear.config import Config
+from fedspear.tasks.loaders import MalformedRow
+from fedspear.tasks.math_mcqa import (
+    MathMCQATask,
+    boxed_answers,
+    math_row_to_example,
+    remove_boxed,
+    solution_hint,
+)
+
+ROW = {"problem": "Solve $2x+3=11$.", "level": "Level 2", "type": "Algebra",
+       "solution": "Subtract 3 from both sides.\nThen $2x=8$ and $x=\\boxed{4}$.",
+       "choices": ["$3$", "$5$", "$4$", "$8$"], "answer": 2}
+
+
+def _cfg(path=None, hint_words: int = 10) -> Config:
+    cfg = Config()
+    cfg.data.path = None if path is None else str(path)
+    cfg.feedback.mc_hint_words = hint_words
+    return cfg
+
+
+def test_row_to_example_prompt_answer_and_meta():
+    ex = math_row_to_example(ROW, "train-3")
+    assert ex.prompt == (
+        'Solve the following problem. Reason step by step, then finish with a final line of the form '
+        '"Answer: <letter>", where <letter> is the letter of the correct option.\n\n'
+        "Problem: Solve $2x+3=11$.\n\nOptions:\nA. $3$\nB. $5$\nC. $4$\nD. $8$\n\nSolution:"
+    )
+    assert (ex.id, ex.answer, ex.label) == ("train-3", "C", "C")
+    assert ex.meta == {"solution": ROW["solution"], "level": "Level 2", "type": "Algebra", "boxed": "4"}
+
+
+@pytest.mark.parametrize(("answer", "letter"), [(0, "A"), ("3", "D"), ("B", "B"), (1.0, "B")])
+def test_answer_index_forms(answer, letter):
+    assert math_row_to_example({**ROW, "answer": answer}, "r").answer == letter
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"answer": 4}, "answer index out of range"), ({"answer": None}, "missing answer"),
+     ({"answer": "x"}, "answer is not an option index"), ({"answer": True}, "missing answer"),
+     ({"problem": ""}, "empty problem"), ({"choices": None}, "missing choices"),
+     ({"choices": ["1", " ", "3", "4"]}, "empty option text")],
+)
+def test_malformed_rows(change, reason):
+    with pytest.raises(MalformedRow, match=reason):
+        math_row_to_example({**ROW, **change}, "r")
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [("2x = 8 so x = 4.\nAnswer: C", "C"), ("Answer: A\nNo wait.\nAnswer: D.", "D"), ("I pick B, not C", "C"),
+     ("**Answer: (B)**", "B"), ("", None), ("x=4", None)],
+)
+def test_extract_takes_the_last_declaration(text, letter):
+    assert MathMCQATask().extract(text) == letter
+
+
+def test_boxed_helpers_handle_nested_braces():
+    text = "so $\\boxed{\\frac{1}{2}}$ and \\boxed {x^{2}}."
+    assert boxed_answers(text) == ["\\frac{1}{2}", "x^{2}"]
+    assert remove_boxed(text) == "so $$ and ."
+
+
+def test_solution_hint_keeps_three_clean_lines_within_300_characters():
+    solution = "Line one.\n\nThe answer 4 is here.\nLine two.\nPoint C lies on it.\nLine three.\nLine four."
+    assert solution_hint(solution, ["4"], "C") == "Line one.\nLine two.\nLine three."
+    long = ("word " * 100).strip()
+    hint = solution_hint(long, ["zzz"], "C")
+    assert len(hint) <= 300 and hint.endswith(" ...") and hint.startswith("word word")
+    assert solution_hint("so 4\n4 again\n\\boxed{4}", ["4"], "C") is None  # the box alone leaves an empty line
+
+
+def test_feedback_uses_solution_lines_without_the_answer():
+    ex = math_row_to_example(ROW, "r")
+    assert MathMCQATask().feedback(ex, "Answer: A", _cfg()) == (
+        "Your answer (A) is incorrect.\n"
+        "Hint: part of a correct solution:\nSubtract 3 from both sides.\nThen $2x=8$ and $x=$.\n"
+        'Required format: a final line "Answer: <letter>" with the letter of the correct option.\n'
+        "Do not choose option A again."
+    )
+
+
+def test_feedback_falls_back_to_option_words_then_to_a_generic_hint():
+    # Every solution line states the answer 4, so no line is left.
+    row = {**ROW, "solution": "Since 4 works, $x=\\boxed{4}$.", "choices": ["1", "2", "x equals four exactly", "3"]}
+    text = MathMCQATask().feedback(math_row_to_example(row, "r"), "Answer: B", _cfg(hint_words=10))
+    assert 'Hint: the correct option begins with "x equals ...".' in text
+    row_one_word = {**ROW, "solution": "It is 4: $x=\\boxed{4}$."}  # the only option word is the answer itself
+    text = MathMCQATask().feedback(math_row_to_example(row_one_word, "r"), "Answer: B", _cfg())
+    assert "Hint: recheck every step" in text and "4" not in text
+
+
+def test_privileged_context_has_the_answer_and_the_solution():
+    ex = math_row_to_example(ROW, "r")
+    task = MathMCQATask()
+    assert task.privileged_context(ex) == f"Correct answer: C. $4$\n\nSolution:\n{ROW['solution']}"
+    assert task.privileged_context(ex, max_chars=20) == "Correct answer: C. $"
+    assert (task.name, task.kind, task.answer_marker) == ("math_mcqa", "reasoning", "Answer:")
+
+
+def test_loads_hub_schema_jsonl_and_csv(tmp_path):
+    (tmp_path / "math_train.jsonl").write_text("".join(json.dumps({**ROW, "answer": i % 4}) + "\n" for i in range(4)))
+    with open(tmp_path / "math_test.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(ROW))
+        writer.writeheader()
+        writer.writerow({**ROW, "choices": str(ROW["choices"])})
+        writer.writerow({**ROW, "choices": str(ROW["choices"]), "answer": "9"})
+    data = MathMCQATask().load(_cfg(tmp_path))
+    assert [e.answer for e in data.train] == ["A", "B", "C", "D"]
+    assert [e.choices for e in data.eval] == [("$3$", "$5$", "$4$", "$8$")]
+    assert data.stats.skipped == {"answer index out of range": 1}
+
+
+def test_hub_schema_written_by_datasets_to_csv(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([ROW, {**ROW, "answer": 0}]).to_csv(str(tmp_path / "math.csv"))
+    data = MathMCQATask().load(_cfg(tmp_path / "math.csv"))
+    examples = data.train + data.eval
+    assert sorted(e.answer for e in examples) == ["A", "C"]
+    assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt}
