@@ -196,7 +196,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     hf: HFConfig = field(default_factory=HFConfig)
-    output_dir: str = _f("runs/exp", "run folder")
+    output_dir: str = _f("runs/exp", "run folder; may use {time}, {algorithm}, {dataset}, {seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fedspear.algorithms import get_algorithm
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
-from fedspear.config import Config, apply_overrides, config_from_dict
+from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import aggregate, build_server_optimizer
 from fedspear.federation.partition import client_seed, dirichlet_partition, sample_clients
@@ -222,8 +222,19 @@ def _finish(fed: Federation) -> Path:
     return fed.record.run_dir
 
 
+def expand_output_dir(cfg: Config) -> str:
+    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``."""
+    try:
+        return cfg.output_dir.format(time=time.strftime("%Y%m%d-%H%M%S"), algorithm=cfg.algorithm.name,
+                                     dataset=cfg.data.dataset, seed=cfg.data.seed)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"output_dir: bad placeholder in '{cfg.output_dir}' ({exc}); use {{time}}, "
+                          "{algorithm}, {dataset} or {seed}") from None
+
+
 def run(cfg: Config) -> Path:
-    """Start a new run in ``cfg.output_dir``; returns the run folder."""
+    """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder."""
+    cfg.output_dir = expand_output_dir(cfg)
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
     fed = setup(cfg, record)
