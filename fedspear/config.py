@@ -109,6 +109,7 @@ class GenConfig:
     eval_temperature: float = _f(1.0, "(fedspear) evaluation temperature when sampling")
     eval_top_p: float = _f(1.0, "(fedspear) evaluation top_p when sampling")
     eval_max_new_tokens: int | None = _f(None, "(fedspear) evaluation new tokens; None = max_new_tokens_y0")
+    merge_lora: bool = _f(True, "(fedspear) fold LoRA into the base weights while generating (faster; exact restore)")
 
 
 @dataclass
@@ -164,6 +165,7 @@ class OptimConfig:
     lr_min: float = _f(1e-5, "final learning rate of the cosine schedule")
     use_warmup: bool = _f(False, "warm-up + cosine schedule over rounds (False = constant lr)")
     micro_batch_size: int | None = _f(None, "chunk forwards to this many sequences (None = no chunking)")
+    dedup_draws: bool = _f(True, "(fedspear) compute a trace drawn k times once, weighted by k (same loss, less work)")
 
 
 @dataclass

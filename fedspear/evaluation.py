@@ -14,7 +14,7 @@ import torch
 
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch
-from fedspear.generation import GenSettings, generate
+from fedspear.generation import GenSettings, generate, merged_lora
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
 
@@ -64,12 +64,13 @@ def log_likelihood_correct(engine: Engine, examples: list[Example]) -> list[bool
     was_training = engine.model.training
     engine.model.eval()
     size = cfg.gen.eval_batch_size
-    for start in range(0, len(pairs), size):
-        chunk = pairs[start : start + size]
-        batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, engine.device)
-        sums = completion_logprobs(engine.model, batch).sum(-1).tolist()
-        for (idx, _), s in zip(chunk, sums):
-            scores[idx].append(s)
+    with merged_lora(engine):
+        for start in range(0, len(pairs), size):
+            chunk = pairs[start : start + size]
+            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, engine.device)
+            sums = completion_logprobs(engine.model, batch).sum(-1).tolist()
+            for (idx, _), s in zip(chunk, sums):
+                scores[idx].append(s)
     engine.model.train(was_training)
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return [letters[max(range(len(s)), key=s.__getitem__)] == ex.answer for ex, s in zip(examples, scores)]

@@ -76,21 +76,32 @@ def build_tiny_model(out_dir: Path, family: str) -> Path:
     return out_dir
 
 
-def _teach_answer_format(model, tok, steps: int = 60) -> None:
-    """A few steps so the random model answers "... Answer:" with " <letter>" + EOS (about chance accuracy),
-    which gives SPEAR wins and losses to train on."""
+def _teach_answer_format(model, tok, steps: int = 80) -> None:
+    """A few steps so the random model answers an ARC-style prompt ending in "Answer:" with " <letter>" + EOS
+    (about chance accuracy), which gives SPEAR wins and losses to train on."""
     import torch
 
     rng = random.Random(1)
-    words = "which best describes the plant water energy light heat earth sun option".split()
+    words = "which best describes the plant water energy light heat earth sun option rock gas".split()
+
+    def sample() -> str:
+        options = "".join(f"\n{c}. " + " ".join(rng.choice(words) for _ in range(3)) for c in "ABCD")
+        question = " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))
+        return f"Answer with the letter.\n\nQuestion: {question}{options}\nAnswer:"
+
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) + "\nAnswer: " + rng.choice("ABCD")
-                 + tok.eos_token for _ in range(16)]
-        batch = tok(texts, return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        prompts = [sample() for _ in range(16)]
+        answers = [" " + rng.choice("ABCD") + tok.eos_token for _ in prompts]
+        enc = [tok(p)["input_ids"] + tok(a, add_special_tokens=False)["input_ids"] for p, a in zip(prompts, answers)]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), tok.pad_token_id)
+        labels = torch.full((len(enc), width), -100)
+        for i, e in enumerate(enc):
+            ids[i, : len(e)] = torch.tensor(e)
+            labels[i, len(e) - 2 : len(e)] = torch.tensor(e[-2:])  # only the letter and EOS
+        loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -50,3 +50,20 @@ def test_sampling_is_seeded(tiny_qwen):
     b = generate(engine, prompts, settings, seed=3)
     assert [c.ids for c in a] == [c.ids for c in b]
     assert torch.is_tensor(torch.tensor(a[0].ids))
+
+
+def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen):
+    engine = _engine(tiny_qwen, 8)
+    with torch.no_grad():  # a non-trivial adapter, so merging really changes the weights
+        for name, p in engine.adapter.params.items():
+            p.copy_(torch.randn_like(p) * 0.05)
+    base_before = {k: v.clone() for k, v in engine.model.state_dict().items() if "base_layer" in k}
+    prompts = [engine.encode(t) for t in ("Which gas do plants take in?\nAnswer:", "Light\nAnswer:")]
+    settings = GenSettings(max_new_tokens=6, do_sample=False)
+    engine.cfg.gen.merge_lora = True
+    merged = generate(engine, prompts, settings, seed=0)
+    engine.cfg.gen.merge_lora = False
+    plain = generate(engine, prompts, settings, seed=0)
+    assert [c.ids for c in merged] == [c.ids for c in plain]
+    after = {k: v for k, v in engine.model.state_dict().items() if "base_layer" in k}
+    assert all(torch.equal(base_before[k], after[k]) for k in base_before)  # no merge/unmerge drift

@@ -29,6 +29,7 @@ import torch
 
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.common import (
+    collapse,
     completion_logprobs,
     draw,
     finish_update,
@@ -72,7 +73,7 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
     """
     cfg, task = engine.cfg, engine.task
     engine.load_global()
-    rollouts = [FeedbackRollout() for _ in jobs]
+    rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
     gen_stats = GenStats()
     feedback_s = 0.0
     # (job index, example, x0 ids) for every sampled prompt, in job order.
@@ -122,7 +123,6 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
     for j, r in enumerate(rollouts):
         n = sum(1 for item in items if item[0] == j)
         m = r.metrics
-        m.setdefault("prompts", 0)
         m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, n)
         m["wins_revision"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
         m["revision_successes"] = m["wins_revision"]
@@ -196,17 +196,19 @@ def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: fl
     pad, max_len, device, bsz = engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device, cfg.optim.batch_size
 
     def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
-        w = draw(step_rng, wins, bsz)
-        u = draw(step_rng, losses, bsz)
+        w, w_count = collapse(draw(step_rng, wins, bsz), cfg.optim.dedup_draws)
+        u, u_count = collapse(draw(step_rng, losses, bsz), cfg.optim.dedup_draws)
         batch = make_batch(w + u, pad, max_len, device)  # one forward for wins and losses
         logp_BL = completion_logprobs(engine.model, batch)
-        nw, length = len(w), batch.mask_BL.shape[1]
+        # A trace drawn k times counts k times in both losses' numerators and denominators.
+        mask_BL = batch.mask_BL * torch.tensor(w_count + u_count, dtype=torch.float32, device=device)[:, None]
+        nw, length = len(w), mask_BL.shape[1]
         lose_logp = lose_mask = conf_B = None
         if u:
             lose_logp = logp_BL[nw:]
-            lose_mask = right_align([lose_masks[id(t)] for t in u], length, device) * batch.mask_BL[nw:]
+            lose_mask = right_align([lose_masks[id(t)] for t in u], length, device) * mask_BL[nw:]
             conf_B = torch.tensor([t.confidence for t in u], device=device)
-        loss, stats = spear_loss(logp_BL[:nw], batch.mask_BL[:nw], lose_logp, lose_mask, conf_B,
+        loss, stats = spear_loss(logp_BL[:nw], mask_BL[:nw], lose_logp, lose_mask, conf_B,
                                  _with_lambda(cfg.spear, lam_lose))
         terms = {k: float(v) for k, v in stats._asdict().items()}
         return loss, batch.num_tokens, terms

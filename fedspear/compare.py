@@ -1,0 +1,341 @@
+"""Run several algorithms on the same federation and compare them: ``fedspear compare``.
+
+:func:`compare` runs each algorithm on a copy of one Config that differs only in ``algorithm.name`` and
+``output_dir`` (``<output_dir>/<algorithm>``), so with the same seed every run sees the same partition, the same
+client schedule and the same per-(round, client) seeds. With ``centralized`` it also runs each algorithm with one
+client holding all training data (``<output_dir>/centralized/<algorithm>``). Finished runs already in those folders
+are reused and interrupted ones resumed, so an interrupted comparison continues where it stopped.
+
+:func:`write_comparison` builds ``comparison.md`` and ``plots/*.png`` from finished run folders; it is what
+``compare`` calls last, and it can rebuild the report without rerunning anything. The figures follow the
+paper's: accuracy per round (Figure 3 style), cumulative time (Figure 2), cumulative successful revisions and
+samples needing revision (Figures 4-5), the share of first answers needing revision per round (Figure 6) and
+the centralized accuracy (Figure 7).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
+from fedspear.federation import simulator
+from fedspear.plots import Point, nested_get, plot_series
+from fedspear.records import RunExistsError, RunRecord
+
+logger = logging.getLogger("fedspear")
+
+COMPARISON_FILE = "comparison.md"
+CENTRALIZED_DIR = "centralized"
+# Algorithms that never ask the feedback source: left out of the revision figures.
+NO_FEEDBACK_ALGORITHMS = ("grpo", "opsd")
+# data.max_examples_per_client in centralized runs: no cap (the one client holds all training data).
+ALL_EXAMPLES = 2**31 - 1
+
+
+# --------------------------------------------------------------------------- running
+
+
+def variant(cfg: Config, algorithm: str, output_dir: Path, centralized: bool = False) -> Config:
+    """A validated copy of ``cfg`` for one algorithm; with ``centralized``, one client holding all training data.
+
+    Args:
+        cfg: the shared configuration (not modified).
+        algorithm: the ``algorithm.name`` of the copy.
+        output_dir: the copy's run folder.
+        centralized: set ``data.num_clients = fl.clients_per_round = fl.min_clients = 1`` and lift
+            ``data.max_examples_per_client`` (SPEAR.md section 3, centralized mode).
+
+    Returns:
+        The copy.
+    """
+    out = copy.deepcopy(cfg)
+    out.algorithm.name = algorithm
+    out.output_dir = str(output_dir)
+    if centralized:
+        out.data.num_clients = out.fl.clients_per_round = out.fl.min_clients = 1
+        out.data.max_examples_per_client = ALL_EXAMPLES
+    validate(out)
+    return out
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            diff = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
+
+
+def run_or_reuse(cfg: Config) -> Path:
+    """Run ``cfg`` in ``cfg.output_dir``; reuse a finished run there with the same config, resume an interrupted one.
+
+    Raises:
+        RunExistsError: the folder holds a run with a different configuration, or a run that cannot be resumed.
+    """
+    record = RunRecord(Path(cfg.output_dir))
+    if not record.has_run():
+        return simulator.run(cfg)
+    if record.config_path.is_file():
+        existing = config_from_dict(yaml.safe_load(record.config_path.read_text(encoding="utf-8"))).to_dict()
+        diff = _first_difference(existing, cfg.to_dict())
+        if diff:
+            raise RunExistsError(f"{record.run_dir} holds a run with another configuration ({diff}); remove it or "
+                                 "choose another output_dir")
+    if record.last_completed_round() >= cfg.fl.rounds:
+        logger.info("reusing the finished run in %s", record.run_dir)
+        return record.run_dir
+    if (record.checkpoint_dir() / "round.json").is_file():
+        return simulator.resume(record.run_dir)
+    raise RunExistsError(f"{record.run_dir} holds a run that stopped before its first checkpoint; remove it and "
+                         "run the comparison again")
+
+
+def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Path:
+    """Run every algorithm on the same federation (and, optionally, centralized), then write the comparison.
+
+    Args:
+        cfg: the shared configuration; ``output_dir`` (placeholders expanded, ``{algorithm}`` = "compare") is
+            the comparison folder.
+        algorithms: algorithm names, each at most once, e.g. ``["spear", "grpo"]``.
+        centralized: also run each algorithm with one client holding all training data.
+
+    Returns:
+        The path of ``comparison.md``.
+
+    Raises:
+        ConfigError: no algorithm, an unknown or repeated one; every variant is validated before anything runs.
+    """
+    if not algorithms:
+        raise ConfigError(f"compare: name at least one algorithm ({', '.join(ALGORITHMS)})")
+    repeated = sorted({a for a in algorithms if algorithms.count(a) > 1})
+    if repeated:
+        raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")
+    named = copy.deepcopy(cfg)
+    named.algorithm.name = "compare"
+    base = Path(simulator.expand_output_dir(named))
+    runs = {a: variant(cfg, a, base / a) for a in algorithms}
+    central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} if centralized \
+        else {}
+    run_dirs = {a: run_or_reuse(c) for a, c in runs.items()}
+    central_dirs = {a: run_or_reuse(c) for a, c in central.items()} or None
+    return write_comparison(run_dirs, base, central_dirs)
+
+
+# --------------------------------------------------------------------------- reading metrics
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows with an integer round, sorted by round."""
+    rows = [r for r in RunRecord(run_dir).read_metrics() if isinstance(r.get("round"), int)]
+    return sorted(rows, key=lambda r: r["round"])
+
+
+def client_sum(row: dict[str, Any], key: str) -> float | None:
+    """Sum of ``metrics[key]`` over the round's clients (None when no client reports it).
+
+    ``samples_y0`` falls back to ``prompts`` for algorithms with one first answer per prompt.
+    """
+    values = []
+    for client in row.get("clients") or []:
+        metrics = client.get("metrics") if isinstance(client, dict) else None
+        if not isinstance(metrics, dict):
+            continue
+        value = metrics.get(key)
+        if value is None and key == "samples_y0":
+            value = metrics.get("prompts")
+        if _num(value) is not None:
+            values.append(float(value))
+    return sum(values) if values else None
+
+
+def _ratio(row: dict[str, Any], num: str, den: str, scale: float = 1.0) -> float | None:
+    top, bottom = client_sum(row, num), client_sum(row, den)
+    return scale * top / bottom if top is not None and bottom else None
+
+
+def _cumulative(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[Point]:
+    """Running total of ``value(row)`` over training rounds, starting at (0, 0)."""
+    out: list[Point] = [(0.0, 0.0)]
+    total = 0.0
+    for row in rows:
+        v = _num(value(row))
+        if row["round"] >= 1 and v is not None:
+            total += v
+            out.append((float(row["round"]), total))
+    return out if len(out) > 1 else []
+
+
+def _series(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any], first: int = 1) -> list[Point]:
+    return [(float(r["round"]), float(v)) for r in rows if r["round"] >= first and (v := _num(value(r))) is not None]
+
+
+def _algorithm_of(run_dir: Path, label: str) -> str:
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        name = nested_get(cfg, "algorithm", "name") if isinstance(cfg, dict) else None
+        if isinstance(name, str):
+            return name
+    return label
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
+    head = ("| algorithm | final accuracy (round) | best accuracy | rounds | total time (s) | time per round (s) | "
+            "training time (s) | generations | tokens generated | tokens trained | forward-only tokens |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for label, rows in metrics.items():
+        evals = [(r["round"], a) for r in rows if (a := _num(nested_get(r, "eval", "accuracy"))) is not None]
+        trained = [r for r in rows if r["round"] >= 1]
+        total = sum(_num(nested_get(r, "time", "round_s")) or 0.0 for r in trained)
+
+        def tot(key: str, rows: list[dict[str, Any]] = trained) -> str:
+            vals = [v for r in rows if (v := client_sum(r, key)) is not None]
+            return f"{int(sum(vals))}" if vals else "-"
+
+        training = sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained)
+        cells = [
+            label,
+            f"{evals[-1][1]:.4f} ({evals[-1][0]})" if evals else "-",
+            f"{max(a for _, a in evals):.4f}" if evals else "-",
+            str(len(trained)),
+            f"{total:.1f}" if trained else "-",
+            f"{total / len(trained):.2f}" if trained else "-",
+            f"{training:.1f}" if trained else "-",
+            tot("generations"), tot("tokens_generated"), tot("tokens_trained"), tot("tokens_forward"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _figures(metrics: dict[str, list[dict[str, Any]]], algos: dict[str, str], plot_dir: Path, prefix: str = ""
+             ) -> list[tuple[str, Path | None, str]]:
+    """(title, written path or None, caption) of every comparison figure."""
+
+    def per_algo(fn: Callable[[list[dict[str, Any]]], list[Point]], only_feedback: bool = False
+                 ) -> dict[str, list[Point]]:
+        return {label: fn(rows) for label, rows in metrics.items()
+                if not (only_feedback and algos[label] in NO_FEEDBACK_ALGORITHMS)}
+
+    def fig(name: str, title: str, ylabel: str, series: dict[str, list[Point]], caption: str):
+        return title, plot_series(series, title, "round", ylabel, plot_dir / f"{prefix}{name}.png"), caption
+
+    acc = per_algo(lambda rows: _series(rows, lambda r: nested_get(r, "eval", "accuracy"), first=0))
+    if prefix:
+        return [fig("accuracy", "Centralized: evaluation accuracy", "accuracy", acc,
+                    "One client holding all training data (paper Figure 7).")]
+    no_fb = [label for label in metrics if algos[label] in NO_FEEDBACK_ALGORITHMS]
+    fb_note = f" Left out (they ask for no feedback): {', '.join(no_fb)}." if no_fb else ""
+    return [
+        fig("accuracy", "Evaluation accuracy of the global model", "accuracy", acc,
+            "Evaluation accuracy after each evaluated round (round 0 = before training)."),
+        fig("y0_accuracy", "First-answer accuracy during rollouts", "accuracy",
+            per_algo(lambda rows: _series(rows, lambda r: _ratio(r, "wins_y0", "samples_y0"))),
+            "Correct first answers / first answers sampled in the round, over the round's clients."),
+        fig("cumulative_round_time", "Cumulative round time (generation + feedback + training + aggregation)",
+            "seconds", per_algo(lambda rows: _cumulative(rows, lambda r: nested_get(r, "time", "round_s"))),
+            "Cumulative `time.round_s`: wall time of each round's client work and aggregation, evaluation "
+            "excluded (paper Figure 2)."),
+        fig("cumulative_training_time", "Cumulative training time (optimisation only)", "seconds",
+            per_algo(lambda rows: _cumulative(rows, lambda r: nested_get(r, "time", "training_s"))),
+            "Cumulative `time.training_s`, summed over clients: optimisation plus the no-grad reference/teacher "
+            "passes, without generation or feedback."),
+        fig("cumulative_revision_successes", "Cumulative successful revisions", "samples",
+            per_algo(lambda rows: _cumulative(rows, lambda r: client_sum(r, "revision_successes")), True),
+            "Wrong first answers fixed by a feedback-guided revision, cumulative (paper Figure 4)." + fb_note),
+        fig("cumulative_needs_revision", "Cumulative samples needing revision", "samples",
+            per_algo(lambda rows: _cumulative(rows, lambda r: client_sum(r, "needs_revision")), True),
+            "Wrong first answers sent for feedback, cumulative (paper Figure 5)." + fb_note),
+        fig("needs_revision_pct", "Samples needing revision per round", "% of first answers",
+            per_algo(lambda rows: _series(rows, lambda r: _ratio(r, "needs_revision", "samples_y0", 100.0)), True),
+            "Wrong first answers / first answers sampled, per round (paper Figure 6)." + fb_note),
+    ]
+
+
+def _figure_lines(figures: list[tuple[str, Path | None, str]], out_dir: Path) -> list[str]:
+    lines = []
+    for title, path, caption in figures:
+        if path is None:
+            lines += [f"### {title}", "", "(no data)", ""]
+        else:
+            lines += [f"### {title}", "", f"![{title}]({path.relative_to(out_dir).as_posix()})", "", caption, ""]
+    return lines
+
+
+def _setting(run_dirs: dict[str, Path]) -> list[str]:
+    """The shared setting, read from the first run folder that has a config.yaml."""
+    paths = [Path(d) / "config.yaml" for d in run_dirs.values()]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        return []
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+    def get(*keys: str) -> Any:
+        value = nested_get(cfg, *keys)
+        return "?" if value is None else value
+
+    return [f"- task: {get('data', 'dataset')}, model: {get('model', 'model_name')}",
+            f"- rounds: {get('fl', 'rounds')}, clients: {get('data', 'num_clients')} "
+            f"({get('fl', 'clients_per_round')} per round), seed: {get('data', 'seed')}",
+            f"- rollout prompts P: {get('fl', 'local_rollout_steps')}, optimizer steps S: "
+            f"{get('fl', 'local_train_steps')}, G/N: {get('grpo', 'num_generations')}", ""]
+
+
+def write_comparison(run_dirs: dict[str, Path], out_dir: Path, centralized_dirs: dict[str, Path] | None = None
+                     ) -> Path:
+    """Write ``out_dir/comparison.md`` and ``out_dir/plots/*.png`` from finished (or partial) run folders.
+
+    Args:
+        run_dirs: label (usually the algorithm name) -> federated run folder.
+        out_dir: where the report and plots go.
+        centralized_dirs: label -> centralized run folder, or None.
+
+    Returns:
+        The path of comparison.md.
+    """
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    metrics = {label: _rounds(Path(d)) for label, d in run_dirs.items()}
+    algos = {label: _algorithm_of(Path(d), label) for label, d in run_dirs.items()}
+    lines = ["# Algorithm comparison", ""] + _setting(run_dirs)
+    lines += ["Runs: " + ", ".join(f"[{label}]({_rel(Path(d), out_dir)})" for label, d in run_dirs.items()), ""]
+    lines += ["## Summary (federated)", ""] + _summary_rows(metrics)
+    lines += ["Total time = sum of `time.round_s` over training rounds (generation + feedback + training + "
+              "aggregation; evaluation excluded). Training time = sum of `time.training_s`. Tokens trained count "
+              "forward+backward tokens; forward-only tokens are the no-grad reference, old-policy and teacher "
+              "passes. Generations count every sampled answer (first answers and revisions).", ""]
+    lines += ["## Figures (federated)", ""] + _figure_lines(_figures(metrics, algos, plot_dir), out_dir)
+    if centralized_dirs:
+        central = {label: _rounds(Path(d)) for label, d in centralized_dirs.items()}
+        central_algos = {label: _algorithm_of(Path(d), label) for label, d in centralized_dirs.items()}
+        lines += ["## Centralized", "", "One client holding all training data, same client update.", ""]
+        lines += _summary_rows(central)
+        lines += _figure_lines(_figures(central, central_algos, plot_dir, prefix="centralized_"), out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / COMPARISON_FILE
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _rel(path: Path, start: Path) -> str:
+    try:
+        return path.resolve().relative_to(start.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()

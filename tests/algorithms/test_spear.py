@@ -1,0 +1,153 @@
+"""SPEAR's client update: rollout bookkeeping, no-win clients, and fast path == plain path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import require_shared_data, tiny_overrides
+
+from fedspear.algorithms import spear
+from fedspear.algorithms.base import ClientJob
+from fedspear.config import load_config
+from fedspear.generation import Completion
+from fedspear.models import build_engine
+from fedspear.tasks import get_task
+from fedspear.tasks.base import Example, Task
+
+
+class ScriptTask(Task):
+    """Answers are correct when they contain the example's answer word; feedback is a fixed clue."""
+
+    name = "script"
+    kind = "reasoning"
+
+    def __init__(self):
+        self.feedback_calls = []
+
+    def extract(self, completion):
+        return completion.strip() or None
+
+    def feedback(self, example, completion, cfg):
+        self.feedback_calls.append((example.id, completion))
+        return "think again"
+
+
+def _scripted_generate(script):
+    """generate() stand-in: the i-th call returns script[i] (a text per prompt), with fake token ids."""
+    calls = []
+
+    def fake(engine, prompts, settings, seed, stats=None):
+        texts = script[len(calls)]
+        calls.append(prompts)
+        assert len(texts) == len(prompts)
+        if stats is not None:
+            stats.tokens += len(prompts)
+        return [Completion(p, [100 + len(t)], t, True) for p, t in zip(prompts, texts)]
+
+    return fake, calls
+
+
+@pytest.fixture()
+def engine(tiny_qwen):
+    cfg = load_config(None, [f"model.model_name={tiny_qwen}", "model.dtype=fp32", "model.device_map=cpu",
+                             "model.gradient_checkpointing=false", "gen.num_revisions=2",
+                             "fl.local_rollout_steps=3"])
+    return build_engine(cfg, ScriptTask())
+
+
+def _examples():
+    return [Example(f"e{i}", f"question {i}\nAnswer:", answer=a, label="x") for i, a in enumerate(["p", "q", "r"])]
+
+
+def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
+    exs = _examples()
+    # sample order is seeded; map outputs by prompt text so the script does not depend on it
+    by_prompt = {engine.encode(e.prompt)[-1]: e for e in exs}
+    del by_prompt
+    # first answers: e0 right, e1 wrong, e2 wrong; attempt 1: both still wrong; attempt 2: e1 fixed, e2 not
+    script = {0: {"e0": "p", "e1": "x", "e2": "y"}, 1: {"e1": "x2", "e2": "y2"}, 2: {"e1": "q", "e2": "y3"}}
+    order = {}
+
+    def fake(engine_, prompts, settings, seed, stats=None):
+        call = len(order)
+        order[call] = prompts
+        if call == 0:
+            ids = {tuple(engine_.encode(e.prompt)): e.id for e in exs}
+            keys = [ids[tuple(p)] for p in prompts]
+            fake.pending = [k for k in keys if script[0][k] != exs[int(k[1])].answer]
+        else:
+            keys = fake.pending
+            fixed = [k for k in keys if script[call][k] == exs[int(k[1])].answer]
+            fake.next_pending = [k for k in keys if k not in fixed]
+        texts = [script[call][k] for k in keys]
+        if call > 0:
+            fake.pending = fake.next_pending
+        return [Completion(p, [200 + call, 300 + i], t, True) for i, (p, t) in enumerate(zip(prompts, texts))]
+
+    monkeypatch.setattr(spear, "generate", fake)
+    job = ClientJob(0, 1, exs, 1e-3, seed=5)
+    (out,) = spear.rollout(engine, [job])
+    m = out.metrics
+    assert m["prompts"] == 3 and m["wins_y0"] == 1 and m["needs_revision"] == 2
+    assert m["revision_attempts_1"] == 2 and m["revision_attempts_2"] == 2 and m["revision_successes_2"] == 1
+    assert len(out.wins) == 2 and len(out.losses) == 2
+    x0 = {e.id: engine.encode(e.prompt) for e in exs}
+    revision_win = [w for w in out.wins if w.text == "q"][0]
+    assert revision_win.prompt_ids == x0["e1"]  # the revision is trained under the ORIGINAL prompt
+    assert revision_win.completion_ids[0] == 202  # the sampled ids of attempt 2, not re-encoded text
+    conf = {t.text: t.confidence for t in out.losses}
+    assert conf == {"x": 1.0, "y": 0.5}  # fixed later -> 1.0, never fixed -> 0.5 (both keep y0)
+    assert [c[0] for c in engine.task.feedback_calls] == ["e1", "e2", "e1", "e2"] or \
+        sorted(c[0] for c in engine.task.feedback_calls) == ["e1", "e1", "e2", "e2"]
+    assert ("e1", "x2") in engine.task.feedback_calls  # feedback is on the LATEST answer
+
+
+def test_no_feedback_source_makes_every_wrong_answer_a_half_confidence_loss(engine, monkeypatch):
+    engine.cfg.feedback.provider = "none"
+    fake, calls = _scripted_generate([["zz", "zz", "zz"]])
+    monkeypatch.setattr(spear, "generate", fake)
+    (out,) = spear.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    assert len(calls) == 1 and not out.wins and [t.confidence for t in out.losses] == [0.5] * 3
+
+
+def test_client_without_wins_returns_no_update(engine, monkeypatch):
+    fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    job = ClientJob(0, 1, _examples(), 1e-3, seed=1)
+    result = spear.train(engine, job, spear.rollout(engine, [job])[0])
+    assert result.adapter is None and result.weight == 0.0 and result.metrics["skipped_no_wins"] == 1
+
+
+def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
+    """Batched cross-client rollout + merged-LoRA generation + deduplicated draws give the same client updates
+    as one prompt per generate call, unmerged LoRA and every draw computed separately (greedy decoding, no
+    dropout, so both paths see the same samples)."""
+    require_shared_data()
+    common = {"gen.do_sample": False, "lora.dropout": 0.0, "fl.local_rollout_steps": 8, "optim.batch_size": 6}
+    fast_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "a", **common))
+    plain_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "b", **common, **{
+        "gen.rollout_batch_size": 1, "gen.merge_lora": False, "optim.dedup_draws": False}))
+    task = get_task("arc_challenge")
+    data = task.load(fast_cfg)
+    results = {}
+    for name, cfg in (("fast", fast_cfg), ("plain", plain_cfg)):
+        engine = build_engine(cfg, task)
+        with torch.no_grad():  # start from a non-zero global adapter so generation depends on the merge
+            for k, v in engine.global_state.items():
+                v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
+        jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
+        if name == "fast":
+            rollouts = spear.rollout(engine, jobs)
+        else:
+            rollouts = [spear.rollout(engine, [j])[0] for j in jobs]
+        results[name] = [spear.train(engine, j, r) for j, r in zip(jobs, rollouts)]
+    for fast, plain in zip(results["fast"], results["plain"]):
+        for key in ("wins", "losses", "wins_y0", "wins_revision", "losses_fixed", "losses_unfixed"):
+            assert fast.metrics[key] == plain.metrics[key], key
+        assert fast.weight == plain.weight
+        if fast.adapter is None:
+            assert plain.adapter is None
+            continue
+        for k in fast.adapter:
+            torch.testing.assert_close(fast.adapter[k], plain.adapter[k], rtol=1e-4, atol=1e-5)
+    assert any(r.adapter is not None for r in results["fast"])  # at least one client really trained
