@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_BENCH = REPO.parent / "shared" / "bench"
+# ../shared/bench beside the checkout; on a device machine a copy carried in .gpu/bench (see bench/gpu.sh).
+SHARED_BENCH = next((p for p in (REPO.parent / "shared" / "bench", REPO / ".gpu" / "bench") if p.is_dir()),
+                    REPO.parent / "shared" / "bench")
 
 
 def build_bench(bench_dir: Path) -> Path:
@@ -48,11 +50,72 @@ def bench_config(bench_dir: Path, algorithm: str, rounds: int, extra: list[str])
     return load_config(SHARED_BENCH / "bench.yaml", overrides)
 
 
+# Qwen2.5-0.5B's shape (random weights; no download is possible on the bench machines).
+QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True)
+# The realistic setting of issue 6: prompt ~256 tokens, up to 128 new tokens, 3 clients x 64 rollouts.
+REALISTIC = ["model.dtype=bf16", "model.max_seq_len=1024", "gen.max_new_tokens_y0=128", "gen.max_new_tokens_y1=128",
+             "fl.clients_per_round=3", "fl.local_rollout_steps=64", "data.max_examples_per_client=64",
+             "gen.rollout_batch_size=192", "lora.r=16", "lora.alpha=32", "lora.last_n_layers=24"]
+
+
+def build_realistic(bench_dir: Path, shape: dict) -> Path:
+    """A Qwen2 model of ``shape`` (random bf16 weights, the bench tokenizer) and ARC-shaped rows with ~256-token
+    prompts, next to the make_bench.py output."""
+    import random
+
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = bench_dir / f"realistic-{shape['hidden_size']}x{shape['num_hidden_layers']}"
+    if (out / "model" / "config.json").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(bench_dir / "model")
+    tok.save_pretrained(out / "model")
+    cfg = Qwen2Config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out / "model")
+    rng = random.Random(2)
+    words = "what is the best answer choose plant water light heat cell animal earth sun moon rock gas".split()
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 600), ("test", 64)):
+        with open(out / "data" / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                row = {"id": f"{split}_{i}", "question": " ".join(rng.choice(words) for _ in range(200)) + "?",
+                       "choices": {"text": [" ".join(rng.choice(words) for _ in range(6)) for _ in range(4)],
+                                   "label": list("ABCD")}, "answerKey": rng.choice("ABCD")}
+                f.write(json.dumps(row) + "\n")
+    return out
+
+
+class CoinFlipTask:
+    """Wraps a task so a completion is 'correct' by the parity of a hash of its text: random-weight models never
+    answer right, and a cost bench needs wins, losses and revisions in realistic proportions (about half)."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def is_correct(self, example, completion: str) -> bool:
+        import zlib
+
+        return zlib.crc32(f"{example.id}|{completion}".encode()) % 2 == 0
+
+
+def flops_per_trained_token(model) -> float:
+    """Training FLOPs per token with frozen base weights: forward 2N + input-gradient backward 2N (no weight
+    gradients for the base), N = parameters in matmuls (embeddings excluded, the LM head included)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name)
+    head = model.get_output_embeddings().weight.numel()
+    return 4.0 * (n + head)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str]) -> dict:
+def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str], coin_flip: bool = False) -> dict:
     """Run ``rounds`` rounds (the first is a warm-up) and return medians per phase."""
     from fedspear.federation import simulator
     from fedspear.federation.aggregation import build_server_optimizer
@@ -62,6 +125,8 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
     fed = simulator.setup(cfg, record)
+    if coin_flip:
+        fed.engine.task = CoinFlipTask(fed.engine.task)
     server_opt = build_server_optimizer(cfg.fl)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -92,6 +157,17 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     }
     if torch.cuda.is_available():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+        card = next((v for k, v in peak.items() if k in torch.cuda.get_device_name()), None)
+        if card and out["trained_tokens_per_s"]:
+            out["train_mfu"] = out["trained_tokens_per_s"] * flops_per_trained_token(fed.engine.model) / card
+    ev_start = time.perf_counter()
+    from fedspear.evaluation import evaluate
+
+    fed.engine.load_global()
+    ev = evaluate(fed.engine, fed.eval_set)
+    out["eval_s"] = time.perf_counter() - ev_start
+    out["eval_n"] = ev["n"]
     return out
 
 
@@ -102,6 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per algorithm, the first is a warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--realistic", action="store_true",
+                        help="the GPU setting: Qwen2-0.5B shape in bf16, ~256-token prompts, 128 new tokens, "
+                             "3 clients x 64 rollouts, coin-flip verifier")
+    parser.add_argument("--shape", default=None, help="JSON overrides of the realistic model shape (for CPU checks)")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = parser.parse_args(argv)
     if args.threads:
@@ -109,7 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TQDM_DISABLE", "1")
     bench_dir = args.bench_dir or Path(tempfile.gettempdir()) / "fedspear-bench"
     build_bench(bench_dir)
-    results = {a: time_algorithm(bench_dir, a, args.rounds, args.overrides) for a in args.algorithms.split(",")}
+    run_dir, extra = bench_dir, list(args.overrides)
+    if args.realistic:
+        shape = {**QWEN2_05B, **json.loads(args.shape or "{}")}
+        run_dir = build_realistic(bench_dir, shape)
+        extra = REALISTIC + extra
+    results = {a: time_algorithm(run_dir, a, args.rounds, extra, coin_flip=args.realistic)
+               for a in args.algorithms.split(",")}
     summary = {f"{a}_round_s": r["round_s"] for a, r in results.items()}
     summary.update({"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
                     "results": results})
@@ -118,13 +204,16 @@ def main(argv: list[str] | None = None) -> dict:
         return summary
     print(f"bench: {SHARED_BENCH / 'bench.yaml'} on {summary['device']} ({summary['threads']} threads), "
           f"median of {args.rounds - 1} rounds after a warm-up")
-    header = f"{'algorithm':<14}{'round s':>9}{'gen s':>8}{'fb s':>7}{'train s':>9}{'agg s':>7}" \
+    header = f"{'algorithm':<14}{'round s':>9}{'gen s':>8}{'fb s':>7}{'train s':>9}{'agg s':>7}{'eval s':>8}" \
              f"{'gen tok/s':>11}{'train tok/s':>13}{'peak RSS MB':>13}"
     print(header)
     for a, r in results.items():
         print(f"{a:<14}{r['round_s']:>9.2f}{r['generation_s']:>8.2f}{r['feedback_s']:>7.3f}{r['training_s']:>9.2f}"
-              f"{r['aggregation_s']:>7.3f}{r['generated_tokens_per_s'] or 0:>11.0f}"
+              f"{r['aggregation_s']:>7.3f}{r['eval_s']:>8.2f}{r['generated_tokens_per_s'] or 0:>11.0f}"
               f"{r['trained_tokens_per_s'] or 0:>13.0f}{r['peak_rss_mb']:>13.0f}")
+    for a, r in results.items():
+        if "gpu_peak_mb" in r:
+            print(f"{a}: GPU peak {r['gpu_peak_mb']:.0f} MB, training MFU {r.get('train_mfu', 0):.1%}")
     return summary
 
 

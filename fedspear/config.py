@@ -93,6 +93,8 @@ class FLConfig:
     server_beta2: float = _f(0.99, "FedAdam/FedYogi beta2")
     server_tau: float = _f(5e-3, "FedAdam/FedYogi adaptivity tau (v starts at tau^2)")
     min_clients: int = _f(1, "(fedspear) fewest successful client results a round needs to aggregate")
+    batch_clients: bool = _f(True, "(fedspear) one batched rollout for all of a round's clients (faster); "
+                             "false = each client generates alone from its own seed, as a Flower client does")
 
 
 @dataclass

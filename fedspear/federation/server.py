@@ -1,0 +1,321 @@
+"""The server side of a federated run, shared by the in-process simulator and the Flower ServerApp.
+
+A :class:`FederatedServer` owns the global adapter (``engine.global_state``), the server optimizer and the run
+folder. Each round it plans who takes part (:meth:`FederatedServer.plan_round`: the sampled clients, the round's
+learning rate and every client's seed), hands the plan to a *client runner* (in-process clients for the simulator,
+Flower messages for the ServerApp), then aggregates what came back (:meth:`FederatedServer.aggregate_round`:
+failed clients are recorded and excluded, fewer than ``fl.min_clients`` results keep the global adapter),
+evaluates on schedule, appends the metrics row and checkpoints (:meth:`FederatedServer.end_round`).
+
+Every random choice is seeded by (seed, round[, client]), so whoever runs the clients, the same plan and the
+same client results give the same global adapter, and a run resumed from its checkpoint after round k ends
+with the same adapter as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from fedspear.algorithms.base import ClientJob, LocalUpdateResult
+from fedspear.config import Config
+from fedspear.evaluation import evaluate
+from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer
+from fedspear.federation.partition import client_seed, sample_clients
+from fedspear.federation.schedule import round_lr, should_evaluate
+from fedspear.models import Engine, save_adapter
+from fedspear.records import RunRecord, write_report
+from fedspear.tasks.base import Example
+
+logger = logging.getLogger("fedspear")
+
+State = dict[str, torch.Tensor]
+
+# Summed over clients in a round's "aggregate" metrics.
+COUNT_KEYS = ("prompts", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
+              "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
+              "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
+              "generation_s", "feedback_s", "training_s")
+
+
+@dataclass
+class RoundPlan:
+    """Who takes part in one round and with what settings; a pure function of (config, round).
+
+    Attributes:
+        round_idx: 1-based round index.
+        lr: the clients' learning rate this round.
+        selected: the sampled client ids, ascending.
+        seeds: each selected client's seed, ``client_seed(data.seed, round_idx, client_id)``.
+        start: ``time.perf_counter()`` when the round was planned (the round's wall time starts here).
+    """
+
+    round_idx: int
+    lr: float
+    selected: list[int]
+    seeds: dict[int, int]
+    start: float = field(default_factory=time.perf_counter)
+
+    def job(self, client_id: int, examples: list[Example]) -> ClientJob:
+        """The :class:`ClientJob` of one selected client, given its local examples."""
+        return ClientJob(client_id, self.round_idx, examples, self.lr, self.seeds[client_id])
+
+
+@dataclass
+class ClientReport:
+    """What the server learned from one selected client in a round.
+
+    Attributes:
+        client_id: the client.
+        adapter: its adapter state (PEFT names, CPU tensors), or None without an update or on failure.
+        weight: aggregation weight (n_eff); 0 without an update or on failure.
+        metrics: the client's scalar metrics.
+        error: why the client failed (an exception, a lost node, a timeout), or None when it succeeded.
+        details: runtime-specific facts merged into the client's metrics row (e.g. a Flower node id).
+    """
+
+    client_id: int
+    adapter: State | None = None
+    weight: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_result(cls, client_id: int, result: LocalUpdateResult) -> ClientReport:
+        """A successful client's report."""
+        return cls(client_id, result.adapter, float(result.weight), dict(result.metrics))
+
+    @classmethod
+    def failure(cls, client_id: int, error: str) -> ClientReport:
+        """A failed client's report (excluded from aggregation, counted in ``num_failed_clients``)."""
+        return cls(client_id, error=error)
+
+
+class ClientRunner(Protocol):
+    """Runs a round's selected clients from the given global adapter and reports on each of them."""
+
+    def __call__(self, plan: RoundPlan, global_state: State) -> list[ClientReport]: ...
+
+
+def sum_client_metrics(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A round's ``aggregate`` metrics: :data:`COUNT_KEYS` summed over clients, plus y0 accuracy and revision share.
+
+    Args:
+        results: the clients' metrics dicts (missing keys count as 0).
+
+    Returns:
+        ``{key: sum}`` for every count key, ``y0_accuracy`` = wins_y0 / prompts and ``needs_revision_pct``
+        (both None when there were no prompts).
+    """
+    agg: dict[str, Any] = {k: 0 for k in COUNT_KEYS}
+    for m in results:
+        for k in COUNT_KEYS:
+            agg[k] += m.get(k, 0) or 0
+    agg["y0_accuracy"] = agg["wins_y0"] / agg["prompts"] if agg["prompts"] else None
+    agg["needs_revision_pct"] = 100.0 * agg["needs_revision"] / agg["prompts"] if agg["prompts"] else None
+    return agg
+
+
+def summary_line(row: dict[str, Any], rounds: int) -> str:
+    """One human-readable line for a metrics row (printed after every round)."""
+    agg, ev = row.get("aggregate", {}), row.get("eval")
+    parts = [f"round {row['round']:>3}/{rounds}"]
+    if agg:
+        y0 = agg.get("y0_accuracy")
+        parts += [f"lr {row['lr']:.2e}", f"y0 acc {y0:.2f}" if y0 is not None else "y0 acc -",
+                  f"wins {agg['wins']} (rev {agg['wins_revision']})", f"losses {agg['losses']}",
+                  f"{row['time']['round_s']:.1f}s"]
+        failed = row.get("aggregation", {}).get("num_failed_clients")
+        if failed:
+            parts.append(f"{failed} failed")
+    if ev:
+        groups = " ".join(f"{g} {a:.2f}" for g, a in ev.get("groups", {}).items())
+        parts.append(f"eval {ev['accuracy']:.3f}" + (f" ({groups})" if groups else ""))
+    return " | ".join(parts)
+
+
+class FederatedServer:
+    """Server state and round logic of one run.
+
+    Args:
+        cfg: the run configuration.
+        record: the run folder.
+        engine: the server's engine; ``engine.global_state`` is the global adapter (evaluation and adapter
+            saving use its model).
+        eval_set: the evaluation examples.
+        server_opt: FedAdam/FedYogi state; None builds the one ``fl.aggregation`` names (None for FedAvg).
+    """
+
+    def __init__(self, cfg: Config, record: RunRecord, engine: Engine, eval_set: list[Example],
+                 server_opt: ServerOptimizer | None = None) -> None:
+        self.cfg = cfg
+        self.record = record
+        self.engine = engine
+        self.eval_set = eval_set
+        self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
+
+    @property
+    def global_state(self) -> State:
+        """The current global adapter (CPU tensors)."""
+        return self.engine.global_state
+
+    # ----------------------------------------------------------------------------------------- rounds
+
+    def plan_round(self, round_idx: int) -> RoundPlan:
+        """Sample the round's clients and fix its learning rate and client seeds."""
+        cfg = self.cfg
+        selected = sample_clients(cfg.data.num_clients, cfg.fl.clients_per_round, cfg.data.seed, round_idx)
+        seeds = {cid: client_seed(cfg.data.seed, round_idx, cid) for cid in selected}
+        return RoundPlan(round_idx, round_lr(round_idx, cfg.fl.rounds, cfg.optim), selected, seeds)
+
+    def aggregate_round(self, plan: RoundPlan, reports: list[ClientReport],
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Aggregate the clients' reports into the new global adapter; returns the metrics row (without eval).
+
+        Failed clients are recorded with their error and excluded. When fewer than ``fl.min_clients`` clients
+        succeeded, the round keeps the global adapter (``aggregation.skipped_round`` says why) and the
+        server optimizer does not step. A selected client without a report counts as failed.
+
+        Args:
+            plan: the round's plan.
+            reports: one report per selected client (any order).
+            extra: more keys for the row (e.g. the runtime's own details).
+
+        Returns:
+            The row: round, lr, selected_clients, clients, aggregate, aggregation, time (and ``extra``).
+        """
+        by_client = {r.client_id: r for r in reports}
+        client_rows, results = [], []
+        for cid in plan.selected:
+            report = by_client.get(cid) or ClientReport.failure(cid, "no report from the client")
+            row: dict[str, Any] = {"client_id": cid, **report.details}
+            if report.error is not None:
+                logger.warning("client %d failed in round %d: %s", cid, plan.round_idx, report.error)
+                row.update(weight=0.0, error=report.error, metrics=report.metrics)
+            else:
+                row.update(weight=report.weight, metrics=report.metrics)
+                results.append((report.adapter, report.weight))
+            client_rows.append(row)
+        agg_start = time.perf_counter()
+        min_clients = self.cfg.fl.min_clients
+        info: dict[str, Any]
+        if len(results) < min_clients:
+            new_state, info = {k: v.clone() for k, v in self.global_state.items()}, {"num_aggregated": 0}
+            info["skipped_round"] = f"only {len(results)} client results < fl.min_clients={min_clients}"
+            logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
+        else:
+            new_state, info = aggregate(self.global_state, results, self.server_opt)
+        info["num_failed_clients"] = sum(1 for r in client_rows if "error" in r)
+        self.engine.global_state = new_state
+        self.engine.load_global()
+        agg = sum_client_metrics([r["metrics"] for r in client_rows])
+        row = {
+            "round": plan.round_idx, "lr": plan.lr, "selected_clients": list(plan.selected), "clients": client_rows,
+            "aggregate": agg, "aggregation": info,
+            "time": {"round_s": time.perf_counter() - plan.start, "generation_s": agg["generation_s"],
+                     "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
+                     "aggregation_s": time.perf_counter() - agg_start},
+        }
+        row.update(extra or {})
+        return row
+
+    def run_round(self, round_idx: int, runner: ClientRunner) -> dict[str, Any]:
+        """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval)."""
+        plan = self.plan_round(round_idx)
+        return self.aggregate_round(plan, runner(plan, self.global_state))
+
+    def evaluate(self, round_idx: int) -> dict[str, Any]:
+        """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
+        self.engine.load_global()
+        result = evaluate(self.engine, self.eval_set)
+        save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
+        return result
+
+    def end_round(self, row: dict[str, Any]) -> None:
+        """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line."""
+        round_idx = row["round"]
+        if should_evaluate(round_idx, self.cfg.fl.rounds, self.cfg.data):
+            ev_start = time.perf_counter()
+            row["eval"] = self.evaluate(round_idx)
+            row["time"]["eval_s"] = time.perf_counter() - ev_start
+        self.record.append_metrics(row)
+        self.save_checkpoint(round_idx)
+        tqdm.write(summary_line(row, self.cfg.fl.rounds))
+
+    def run_rounds(self, runner: ClientRunner, start_round: int,
+                   after_round: Callable[[int], None] | None = None) -> None:
+        """Rounds ``start_round .. fl.rounds``, each ended by :meth:`end_round`, then ``after_round(round)``."""
+        bar = tqdm(range(start_round, self.cfg.fl.rounds + 1), desc="rounds", unit="round", dynamic_ncols=True,
+                   disable=None)
+        for round_idx in bar:
+            self.end_round(self.run_round(round_idx, runner))
+            if after_round is not None:
+                after_round(round_idx)
+
+    # ------------------------------------------------------------------------------- start / resume / end
+
+    def start(self, load_stats: dict[str, Any] | None = None) -> None:
+        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint."""
+        ev_start = time.perf_counter()
+        row0: dict[str, Any] = {"round": 0, "eval": self.evaluate(0), "time": {"eval_s": time.perf_counter() - ev_start}}
+        if load_stats is not None:
+            row0["data"] = load_stats
+        self.record.append_metrics(row0)
+        self.save_checkpoint(0)
+        tqdm.write(summary_line(row0, self.cfg.fl.rounds))
+
+    def resume(self) -> int:
+        """Load the checkpoint, drop metrics rows after it and return the last completed round."""
+        done = self.load_checkpoint()
+        self.record.truncate_metrics_after(done)
+        tqdm.write(f"resuming {self.record.run_dir} after round {done}")
+        return done
+
+    def finish(self) -> Path:
+        """Save the final adapter (if the last round did not) and write the report; returns the run folder."""
+        final = self.record.adapter_dir(self.cfg.fl.rounds)
+        if not final.exists():
+            save_adapter(self.engine, self.global_state, final)
+        report = write_report(self.record.run_dir)
+        tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
+        return self.record.run_dir
+
+    def has_checkpoint(self) -> bool:
+        """Whether the run folder holds a checkpoint to resume from."""
+        return (self.record.checkpoint_dir() / "round.json").is_file()
+
+    def save_checkpoint(self, round_idx: int) -> None:
+        """Atomically write the global adapter, the server optimizer state and the round index."""
+        ckpt = self.record.checkpoint_dir()
+        ckpt.mkdir(parents=True, exist_ok=True)
+        tensors = {f"global.{k}": v.contiguous() for k, v in self.global_state.items()}
+        if self.server_opt is not None:
+            tensors.update(self.server_opt.to_tensors())
+        tmp = ckpt / "state.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, ckpt / "state.safetensors")
+        meta_tmp = ckpt / "round.json.tmp"
+        meta_tmp.write_text(json.dumps({"round": round_idx}))
+        os.replace(meta_tmp, ckpt / "round.json")
+
+    def load_checkpoint(self) -> int:
+        """Restore the global adapter and server optimizer from the checkpoint; returns its round."""
+        ckpt = self.record.checkpoint_dir()
+        round_idx = json.loads((ckpt / "round.json").read_text())["round"]
+        tensors = load_file(str(ckpt / "state.safetensors"))
+        self.engine.global_state = {k[len("global."):]: v for k, v in tensors.items() if k.startswith("global.")}
+        if self.server_opt is not None:
+            self.server_opt.from_tensors(tensors)
+        self.engine.load_global()
+        return round_idx

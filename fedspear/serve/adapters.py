@@ -1,0 +1,254 @@
+"""Numbered adapter versions in a client's state folder, and the one the running app serves.
+
+Layout of ``<state>/adapters/``::
+
+    v0000.safetensors ...   one file per published version (PEFT state-dict names -> CPU tensors)
+    current.json            {"version", "label", "model", "file", "created_at"} of the version to serve
+    history.jsonl           one line per published version, oldest first
+
+:meth:`AdapterRegistry.publish` writes the tensors (temporary file, fsync, rename) before it points
+``current.json`` at them (also by rename), so a reader sees either the old or the new version, never a
+partial file. Whoever obtains a new global adapter publishes it (``fedspear train-local``, a Flower client
+receiving the server's aggregate, ``fedspear serve --adapter``); the app calls :meth:`LiveAdapter.refresh`
+before each answer and loads it without a restart.
+
+A version belongs to one base model, named by :func:`model_fingerprint`: a version of another model (the
+client switched base models) is never loaded; the app then publishes the new model's initial adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedspear.models import Engine
+
+logger = logging.getLogger("fedspear")
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One published adapter.
+
+    Attributes:
+        version: its number (0, 1, ...), unique within the state folder.
+        label: where it came from ("initial", "local round 3", "server round 7", ...).
+        model: the fingerprint of the base model it belongs to.
+        file: its tensor file, relative to the adapters folder.
+        created_at: publication time (Unix seconds).
+    """
+
+    version: int
+    label: str
+    model: str
+    file: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_fingerprint(engine: Engine) -> str:
+    """``<model name>@<12 hex digits>``: the digits hash the tokenizer's vocabulary and the adapter's layout.
+
+    Stored token ids and adapter tensors are only meaningful for the same tokenizer and LoRA layout, so a
+    trace or adapter of another fingerprint is never trained on or loaded.
+    """
+    cached = engine.cache.get("serve_fingerprint")
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    vocab = engine.tokenizer.get_vocab()
+    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    for key, param in sorted(engine.adapter.params.items()):
+        h.update(f"{key}:{tuple(param.shape)};".encode())
+    out = f"{engine.cfg.model.model_name}@{h.hexdigest()[:12]}"
+    engine.cache["serve_fingerprint"] = out
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class AdapterRegistry:
+    """The adapter versions of one client (see the module docstring).
+
+    Args:
+        folder: the adapters folder (created when missing).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def current_file(self) -> Path:
+        return self.folder / "current.json"
+
+    def current(self) -> AdapterVersion | None:
+        """The version to serve, or None when none was published yet."""
+        try:
+            data = json.loads(self.current_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{self.current_file}: unreadable ({exc}); delete it to start from the initial "
+                               "adapter") from None
+        return AdapterVersion(**data)
+
+    def history(self) -> list[AdapterVersion]:
+        """Every published version, oldest first."""
+        path = self.folder / "history.jsonl"
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(AdapterVersion(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue  # a torn last line after a crash; the version itself is in current.json
+        return out
+
+    def _next_version(self) -> int:
+        numbers = [int(p.stem[1:]) for p in self.folder.glob("v*.safetensors") if p.stem[1:].isdigit()]
+        current = self.current()
+        if current is not None:
+            numbers.append(current.version)
+        return max(numbers, default=-1) + 1
+
+    def publish(self, state: dict[str, torch.Tensor], label: str, model: str) -> AdapterVersion:
+        """Save ``state`` as the next version and make it current.
+
+        Args:
+            state: adapter tensors (PEFT state-dict names).
+            label: where it came from, shown on the page.
+            model: the base model's :func:`model_fingerprint`.
+
+        Returns:
+            The new version.
+        """
+        version = self._next_version()
+        name = f"v{version:04d}.safetensors"
+        tmp = self.folder / (name + ".tmp")
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"model": model, "label": label})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.folder / name)
+        entry = AdapterVersion(version, label, model, name, time.time())
+        _atomic_write_bytes(self.current_file, json.dumps(entry.to_dict()).encode())
+        with open(self.folder / "history.jsonl", "a") as f:
+            f.write(json.dumps(entry.to_dict()) + "\n")
+        logger.info("published adapter v%d (%s)", version, label)
+        return entry
+
+    def load(self, version: AdapterVersion) -> dict[str, torch.Tensor]:
+        """The tensors of a published version (CPU)."""
+        return load_file(str(self.folder / version.file))
+
+
+def load_peft_adapter(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read an adapter saved by ``save_adapter`` / ``save_pretrained`` (e.g. ``runs/x/adapters/round_010``).
+
+    Raises:
+        FileNotFoundError: the folder holds no ``adapter_model.safetensors``.
+    """
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such adapter file; pass a folder written by `fedspear run`")
+    return load_file(str(path))
+
+
+class LiveAdapter:
+    """The adapter loaded into a served engine, kept in step with the registry's current version.
+
+    Args:
+        engine: the served engine (its ``global_state`` is replaced when a new version is loaded).
+        registry: the client's adapter registry.
+    """
+
+    def __init__(self, engine: Engine, registry: AdapterRegistry) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.fingerprint = model_fingerprint(engine)
+        self.loaded: AdapterVersion | None = None
+        self._seen: tuple[int, int] | None = None
+
+    def start(self, initial: dict[str, torch.Tensor] | None = None, label: str = "") -> AdapterVersion:
+        """Load the current version, or publish one first: ``initial`` when given, else the engine's own.
+
+        A current version of another base model is left in the history and replaced by this model's initial
+        adapter.
+        """
+        current = self.registry.current()
+        if initial is not None:
+            current = self.registry.publish(initial, label or "imported", self.fingerprint)
+        elif current is None or current.model != self.fingerprint:
+            if current is not None:
+                logger.warning("adapter v%d belongs to %s, not %s; starting from this model's initial adapter",
+                               current.version, current.model, self.fingerprint)
+            current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint)
+        self._load(current)
+        return current
+
+    def refresh(self) -> bool:
+        """Load the registry's current version when it changed; call it while holding the model lock.
+
+        Returns:
+            True when a new version was loaded.
+        """
+        try:
+            st = self.registry.current_file.stat()
+        except FileNotFoundError:
+            return False
+        seen = (st.st_mtime_ns, st.st_size)
+        if seen == self._seen:
+            return False
+        current = self.registry.current()
+        self._seen = seen
+        if current is None or (self.loaded is not None and current.version == self.loaded.version):
+            return False
+        if current.model != self.fingerprint:
+            logger.warning("ignoring adapter v%d: it belongs to %s, not %s", current.version, current.model,
+                           self.fingerprint)
+            return False
+        self._load(current, seen)
+        logger.info("now serving adapter v%d (%s)", current.version, current.label)
+        return True
+
+    def _load(self, version: AdapterVersion, seen: tuple[int, int] | None = None) -> None:
+        state = self.registry.load(version)
+        self.engine.adapter.set(state)  # raises KeyError when the layout differs
+        self.engine.global_state = {k: v.clone() for k, v in state.items()}
+        self.loaded = version
+        if seen is None:
+            st = self.registry.current_file.stat()
+            seen = (st.st_mtime_ns, st.st_size)
+        self._seen = seen

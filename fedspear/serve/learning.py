@@ -1,0 +1,171 @@
+"""SPEAR's client update, trained from a served client's trace store (people's feedback instead of the oracle).
+
+The store replaces SPEAR's rollout (SPEAR.md 2.1-2.4): the answers were generated when people asked, and
+their verdicts and hints are the feedback source. The traces are exactly those the oracle rollout builds:
+
+    first answer accepted                     -> win  (x0, y0)
+    a revision accepted (a verified fix)      -> win  (x0, y')  and lose (x0, y0) with confidence 1.0
+    wrong, and no accepted revision           -> lose (x0, y0) with confidence 0.5
+
+where x0 is the task prompt's ids and y0 / y' the sampled ids, as stored. The revision is trained under the
+original prompt, so the hint is distilled into the policy. Training is :func:`fedspear.algorithms.spear.train`
+unchanged (no wins: no update, weight 0), and ``algorithm.name=feedback_sft`` trains on the wins only.
+
+For a Flower ClientApp backed by the store, the whole client update is::
+
+    from fedspear.serve.learning import update_from_store, publish_global
+    engine.global_state = <the round's global adapter from the server message>
+    result = update_from_store(engine, store, job)         # -> LocalUpdateResult(adapter | None, weight, metrics)
+    reply with result.adapter (ArrayRecord), result.weight ("num-examples") and result.metrics (MetricRecord)
+    publish_global(registry, engine, new_global, "server round 7")   # when a new global adapter arrives
+
+Only adapter tensors and scalar metrics are returned: no prompt, answer, hint or token id leaves the device.
+``fedspear train-local`` (:func:`train_local`) runs the same update with no server: the update becomes the
+client's next adapter version, which a running ``fedspear serve`` picks up without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedspear.algorithms import spear
+from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.spear import FeedbackRollout
+from fedspear.models import Engine
+from fedspear.serve.adapters import AdapterRegistry, AdapterVersion, model_fingerprint
+from fedspear.serve.store import ACCEPTED, FIXED, UNFIXED, Interaction, TraceStore
+
+logger = logging.getLogger("fedspear")
+
+ALGORITHMS = ("spear", "feedback_sft")
+
+
+def rollout_from_interactions(interactions: list[Interaction]) -> FeedbackRollout:
+    """Turn closed, judged interactions into SPEAR's wins and losses, with the rollout's metrics.
+
+    Args:
+        interactions: interactions in state accepted, fixed or unfixed (others are skipped).
+
+    Returns:
+        The rollout: wins, losses (confidence 1.0 fixed / 0.5 unfixed) and metrics (prompts, y0 accuracy,
+        revision attempts and successes per attempt index, generation seconds, the people's feedback
+        seconds and generated tokens).
+    """
+    rollout = FeedbackRollout()
+    m: dict[str, float] = {"prompts": 0, "wins_y0": 0, "needs_revision": 0, "generation_s": 0.0,
+                           "feedback_s": 0.0, "tokens_generated": 0, "generations": 0}
+    for it in interactions:
+        if it.state not in (ACCEPTED, FIXED, UNFIXED) or not it.attempts:
+            continue
+        first = it.attempts[0]
+        x0 = first.prompt_ids
+        m["prompts"] += 1
+        for prev, a in zip([None, *it.attempts[:-1]], it.attempts, strict=True):
+            m["generations"] += 1
+            m["generation_s"] += a.gen_seconds
+            m["tokens_generated"] += len(a.completion_ids)
+            if prev is not None and prev.verdict_at is not None:  # the person's time to write the hint
+                m["feedback_s"] += max(0.0, a.created_at - a.gen_seconds - prev.verdict_at)
+            if a.idx > 0:
+                m[f"revision_attempts_{a.idx}"] = m.get(f"revision_attempts_{a.idx}", 0) + 1
+                if a.verdict:
+                    m[f"revision_successes_{a.idx}"] = m.get(f"revision_successes_{a.idx}", 0) + 1
+        if it.state == ACCEPTED:
+            m["wins_y0"] += 1
+            rollout.wins.append(Trace(x0, first.completion_ids, text=first.text))
+            continue
+        m["needs_revision"] += 1
+        if it.state == FIXED:
+            fixed = it.attempts[-1]
+            rollout.wins.append(Trace(x0, fixed.completion_ids, text=fixed.text))  # y' trained under x0
+            rollout.losses.append(Trace(x0, first.completion_ids, confidence=1.0, text=first.text))
+        else:
+            rollout.losses.append(Trace(x0, first.completion_ids, confidence=0.5, text=first.text))
+    m["y0_accuracy"] = m["wins_y0"] / max(1, m["prompts"])
+    m["wins_revision"] = m["revision_successes"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
+    m["losses_fixed"] = sum(1 for t in rollout.losses if t.confidence == 1.0)
+    m["losses_unfixed"] = sum(1 for t in rollout.losses if t.confidence != 1.0)
+    rollout.metrics = m
+    return rollout
+
+
+def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: str | None = None) -> LocalUpdateResult:
+    """One client update from the people's traces: select, build wins and losses, train with SPEAR.
+
+    Takes up to ``fl.local_rollout_steps`` closed, judged interactions of this base model (least-trained
+    first, then newest), trains from ``engine.global_state`` exactly as :func:`fedspear.algorithms.spear.train`,
+    and, when an update was produced, counts the interactions as trained in the store.
+
+    Args:
+        engine: the engine; ``engine.global_state`` must hold the round's global adapter.
+        store: the client's trace store.
+        job: round index, learning rate and seed (``job.examples`` is not used).
+        label: the training log's label (default ``"round <job.round_idx>"``).
+
+    Returns:
+        The update (None adapter and weight 0 when there are no wins), metrics numeric only.
+
+    Raises:
+        ValueError: ``algorithm.name`` is not spear or feedback_sft.
+    """
+    name = engine.cfg.algorithm.name
+    if name not in ALGORITHMS:
+        raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
+    interactions = store.training_candidates(model_fingerprint(engine), engine.cfg.fl.local_rollout_steps)
+    rollout = rollout_from_interactions(interactions)
+    result = spear.train(engine, job, rollout, lambda_lose=0.0 if name == "feedback_sft" else None)
+    result.metrics["store_interactions"] = len(interactions)
+    result.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if result.adapter is not None:
+        store.mark_trained([it.id for it in interactions], label or f"round {job.round_idx}", result.metrics)
+    return result
+
+
+def publish_global(registry: AdapterRegistry, engine: Engine, state: dict[str, torch.Tensor],
+                   label: str) -> AdapterVersion:
+    """Make ``state`` the client's current adapter (a running app loads it before its next answer)."""
+    return registry.publish(state, label, model_fingerprint(engine))
+
+
+def train_local(engine: Engine, state_dir: str | Path, client_id: int = 0, lr: float | None = None) -> dict[str, Any]:
+    """``fedspear train-local``: one SPEAR update from the store, published as the next adapter version.
+
+    The update starts from the client's current adapter (or the engine's initial one when none of this model
+    exists). With no wins there is no update and nothing is published.
+
+    Args:
+        engine: a loaded engine for the client's config.
+        state_dir: the client's state folder (``traces.sqlite``, ``adapters/``).
+        client_id: the client index used in the seed.
+        lr: learning rate (default ``optim.lr``).
+
+    Returns:
+        A summary: ``round``, ``published`` (the new version or None), ``from_version`` and the metrics.
+    """
+    from fedspear.federation.partition import client_seed
+    from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
+
+    state_dir = Path(state_dir)
+    registry = AdapterRegistry(state_dir / ADAPTERS_DIR)
+    fingerprint = model_fingerprint(engine)
+    current = registry.current()
+    if current is not None and current.model == fingerprint:
+        engine.global_state = registry.load(current)
+    else:
+        current = None
+    engine.load_global()
+    with TraceStore(state_dir / STORE_FILE) as store:
+        round_idx = len(store.trainings()) + 1
+        job = ClientJob(client_id, round_idx, [], engine.cfg.optim.lr if lr is None else lr,
+                        client_seed(engine.cfg.data.seed, round_idx, client_id))
+        result = update_from_store(engine, store, job, label=f"local round {round_idx}")
+    published = None
+    if result.adapter is not None:
+        published = publish_global(registry, engine, result.adapter, f"local round {round_idx}")
+    return {"round": round_idx, "from_version": current.version if current else None,
+            "published": published.to_dict() if published else None, "weight": result.weight,
+            "metrics": result.metrics}
