@@ -145,7 +145,8 @@ MicroStep = Callable[[random.Random], tuple[torch.Tensor, int, dict[str, float]]
 def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> TrainStats:
     """Run S optimizer steps of A micro-steps each on the live adapter, starting from the global adapter.
 
-    Adds the anchor (``spear.lambda_anchor``, mean) and FedProx (``fl.fedprox_mu``, sum) terms; clips the
+    Adds the anchor (``spear.lambda_anchor``, mean; SPEAR and feedback-SFT only) and FedProx (``fl.fedprox_mu``,
+    sum) terms; clips the
     gradient norm; skips (and counts) a step whose gradient norm is not finite. Fresh AdamW per call.
     """
     cfg, model = engine.cfg, engine.model
@@ -156,8 +157,10 @@ def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> Tra
     if cfg.fl.local_train_steps == 0:
         return stats
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    # spear.lambda_anchor belongs to SPEAR and feedback-SFT; FedProx (fl.fedprox_mu) applies to every algorithm.
+    lambda_anchor = cfg.spear.lambda_anchor if cfg.algorithm.name in ("spear", "feedback_sft") else 0.0
     anchor = None
-    if cfg.spear.lambda_anchor > 0 or cfg.fl.fedprox_mu > 0:
+    if lambda_anchor > 0 or cfg.fl.fedprox_mu > 0:
         anchor = {k: v.to(engine.device) for k, v in engine.global_state.items()}
     rng = random.Random(seed)
     torch.manual_seed(seed)  # LoRA dropout
@@ -169,8 +172,8 @@ def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> Tra
             loss, tokens, terms = micro_step(rng)
             if anchor is not None:
                 live = engine.adapter.params
-                if cfg.spear.lambda_anchor > 0:
-                    loss = loss + cfg.spear.lambda_anchor * anchor_loss(live, anchor, reduction="mean")[0]
+                if lambda_anchor > 0:
+                    loss = loss + lambda_anchor * anchor_loss(live, anchor, reduction="mean")[0]
                 if cfg.fl.fedprox_mu > 0:
                     loss = loss + 0.5 * cfg.fl.fedprox_mu * anchor_loss(live, anchor, reduction="sum")[0]
             (loss / accum).backward()
@@ -191,7 +194,7 @@ def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> Tra
 def finish_update(engine: Engine) -> dict[str, torch.Tensor]:
     """The trained adapter as CPU copies, after the optional EMA toward the global adapter."""
     state = engine.adapter.get()
-    ema = engine.cfg.spear.ema_decay
+    ema = engine.cfg.spear.ema_decay if engine.cfg.algorithm.name in ("spear", "feedback_sft") else 0.0
     if ema > 0:
         state = {k: ema * engine.global_state[k].to(v.dtype) + (1 - ema) * v for k, v in state.items()}
     return state
