@@ -6,6 +6,9 @@
     fedspear check --list                                   every config key with its default and help
     fedspear report RUN_DIR                                 (re)write a run's report
     fedspear make-base --out DIR [--preset default|tiny]    build the offline world's base model
+    fedspear flower-config [--config ...] [--out DIR] [KEY=VALUE ...]  a Flower app folder for a config
+    fedspear serve [--state DIR] [--port N] [KEY=VALUE ...]  a local web page that answers and takes feedback
+    fedspear train-local [--state DIR] [KEY=VALUE ...]      one SPEAR update from the page's stored feedback
 
 ``--config`` takes a YAML path or the name of a preset shipped in ``fedspear/configs/`` (e.g.
 ``--config arc_challenge-qwen2.5-1.5b``); overrides are dotted ``SECTION.KEY=VALUE`` items such as
@@ -35,7 +38,7 @@ DEFAULT_PRESET = "default"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
-_USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError"})
+_USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError"})
 
 logger = logging.getLogger("fedspear")
 
@@ -168,11 +171,46 @@ def cmd_make_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run several algorithms on the same seed, partition and schedule; print the comparison report's path."""
+    cfg = load_config(resolve_config(args.config), args.overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    from fedspear.compare import compare  # imports torch
+
+    print(compare(cfg, algorithms, centralized=args.centralized))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the client's web page (``fedspear.serve.commands.cmd_serve``)."""
+    from fedspear.serve.commands import cmd_serve as serve
+
+    return serve(args)
+
+
+def cmd_train_local(args: argparse.Namespace) -> int:
+    """Train once from the client's stored feedback (``fedspear.serve.commands.cmd_train_local``)."""
+    from fedspear.serve.commands import cmd_train_local as train_local
+
+    return train_local(args)
+
+
+def cmd_flower_config(args: argparse.Namespace) -> int:
+    """Write a Flower app folder for a config (``fedspear.flower.app_config.cmd_flower_config``)."""
+    from fedspear.flower.app_config import cmd_flower_config as flower_config
+
+    return flower_config(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "report": cmd_report,
     "make-base": cmd_make_base,
+    "compare": cmd_compare,
+    "flower-config": cmd_flower_config,
+    "serve": cmd_serve,
+    "train-local": cmd_train_local,
 }
 
 
@@ -213,6 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--out", required=True, metavar="DIR", help="folder to write the model and tokenizer to")
     base.add_argument("--preset", choices=("default", "tiny"), default="default", help="model size")
     base.add_argument("--seed", type=int, default=0, help="initialisation and pre-training seed")
+
+    comp = sub.add_parser("compare", parents=[verbosity], help="compare algorithms on the same federation",
+                          epilog=presets)
+    comp.add_argument("--config", metavar="FILE|PRESET", help=f"YAML file or preset name (default: {DEFAULT_PRESET})")
+    comp.add_argument("--algorithms", default="spear,grpo,opsd,rltf_sd,feedback_sft",
+                      help="comma-separated algorithms (default: all five)")
+    comp.add_argument("--centralized", action="store_true",
+                      help="also run each algorithm centralized (one client holding all data; paper Figure 7)")
+    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every algorithm")
+
+    from fedspear.serve.commands import add_parsers as add_serve_parsers  # no torch / web imports
+
+    add_serve_parsers(sub, [verbosity])
+
+    from fedspear.flower.app_config import add_parser as add_flower_parser  # no Flower / torch imports
+
+    add_flower_parser(sub, [verbosity])
 
     if set(sub.choices) != set(COMMANDS):  # the table and the parser must name the same commands
         raise AssertionError(f"parser commands {sorted(sub.choices)} != COMMANDS {sorted(COMMANDS)}")
