@@ -55,7 +55,7 @@ def test_sampling_is_seeded(tiny_qwen):
 def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen):
     engine = _engine(tiny_qwen, 8)
     with torch.no_grad():  # a non-trivial adapter, so merging really changes the weights
-        for name, p in engine.adapter.params.items():
+        for p in engine.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
     base_before = {k: v.clone() for k, v in engine.model.state_dict().items() if "base_layer" in k}
     prompts = [engine.encode(t) for t in ("Which gas do plants take in?\nAnswer:", "Light\nAnswer:")]

@@ -101,7 +101,7 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
             break
         start = time.perf_counter()
         prompts = []
-        for (j, ex, _), _, latest in pending:
+        for (_, ex, _), _, latest in pending:
             hint = task.feedback(ex, latest.text, cfg)
             prompts.append(engine.encode(build_revision_prompt(ex.prompt, latest.text, hint, task.answer_format)))
         feedback_s += time.perf_counter() - start
