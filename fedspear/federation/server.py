@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
-from fedspear.config import Config
+from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer
 from fedspear.federation.partition import client_seed, sample_clients
@@ -97,9 +97,9 @@ class ClientReport:
         return cls(client_id, result.adapter, float(result.weight), dict(result.metrics))
 
     @classmethod
-    def failure(cls, client_id: int, error: str) -> ClientReport:
+    def failure(cls, client_id: int, error: str, details: dict[str, Any] | None = None) -> ClientReport:
         """A failed client's report (excluded from aggregation, counted in ``num_failed_clients``)."""
-        return cls(client_id, error=error)
+        return cls(client_id, error=error, details=dict(details or {}))
 
 
 class ClientRunner(Protocol):
@@ -319,3 +319,52 @@ class FederatedServer:
             self.server_opt.from_tensors(tensors)
         self.engine.load_global()
         return round_idx
+
+
+def expand_output_dir(cfg: Config) -> str:
+    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``."""
+    try:
+        return cfg.output_dir.format(time=time.strftime("%Y%m%d-%H%M%S"), algorithm=cfg.algorithm.name,
+                                     dataset=cfg.data.dataset, seed=cfg.data.seed)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"output_dir: bad placeholder in '{cfg.output_dir}' ({exc}); use {{time}}, "
+                          "{algorithm}, {dataset} or {seed}") from None
+
+
+def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int]:
+    """A server holding only the evaluation side of the data: start a run, or continue it from its checkpoint.
+
+    Used where the clients run elsewhere (the Flower ServerApp). ``output_dir`` placeholders are expanded;
+    the server reads the task's data for its evaluation rows and loads the model (for evaluation and adapters).
+
+    Args:
+        cfg: the run configuration.
+        resume: continue the run in ``output_dir`` after its last checkpoint; without a checkpoint there a new
+            run starts (so a server that is restarted with ``resume`` always does the right thing).
+
+    Returns:
+        (server, first round to run); a new run has its round-0 row and checkpoint written.
+
+    Raises:
+        RunExistsError: not resuming and ``output_dir`` already holds a run.
+        DataError: the task has no evaluation rows.
+    """
+    from fedspear.models import build_engine
+    from fedspear.tasks import get_task
+    from fedspear.tasks.base import DataError
+
+    cfg.output_dir = expand_output_dir(cfg)
+    record = RunRecord(Path(cfg.output_dir))
+    resuming = resume and (record.checkpoint_dir() / "round.json").is_file()
+    record.create(cfg, resume=resuming)
+    task = get_task(cfg.data.dataset)
+    data = task.load(cfg)
+    if not data.eval:
+        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+    server = FederatedServer(cfg, record, build_engine(cfg, task), data.eval)
+    if resuming:
+        return server, server.resume() + 1
+    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
+             "train": len(data.train), "eval": len(data.eval)}
+    server.start(stats)
+    return server, 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from typing import Any
 import torch
 
 from fedspear.algorithms import get_algorithm
-from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict
+from fedspear.config import Config, apply_overrides, config_from_dict
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
-from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan
+from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
 from fedspear.models import Engine, build_engine
 from fedspear.records import RunRecord
 from fedspear.tasks import get_task
@@ -103,16 +102,6 @@ def _after_round(round_idx: int) -> None:
 def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
     """Rounds ``start_round .. fl.rounds``, each followed by its checkpoint."""
     _server(fed, server_opt).run_rounds(LocalClients(fed), start_round, _after_round)
-
-
-def expand_output_dir(cfg: Config) -> str:
-    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``."""
-    try:
-        return cfg.output_dir.format(time=time.strftime("%Y%m%d-%H%M%S"), algorithm=cfg.algorithm.name,
-                                     dataset=cfg.data.dataset, seed=cfg.data.seed)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"output_dir: bad placeholder in '{cfg.output_dir}' ({exc}); use {{time}}, "
-                          "{algorithm}, {dataset} or {seed}") from None
 
 
 def run(cfg: Config) -> Path:

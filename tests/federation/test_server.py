@@ -1,0 +1,117 @@
+"""The server-side round logic shared by the simulator and the Flower ServerApp: planning, aggregation with
+failures and fl.min_clients, metrics rows, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedspear.config import load_config
+from fedspear.federation.partition import client_seed
+from fedspear.federation.server import ClientReport, FederatedServer, sum_client_metrics
+from fedspear.records import RunRecord
+
+
+class FakeEngine:
+    """Just the engine's global-adapter interface (aggregation never touches a model)."""
+
+    def __init__(self, state):
+        self.global_state = state
+        self.loaded = 0
+
+    def load_global(self):
+        self.loaded += 1
+
+
+def _server(tmp_path, **overrides):
+    items = {"data.num_clients": 4, "fl.clients_per_round": 3, "fl.rounds": 2, "data.seed": 5, **overrides}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
+    engine = FakeEngine({"w": torch.tensor([1.0, 1.0])})
+    return FederatedServer(cfg, RunRecord(tmp_path / "run"), engine, [])
+
+
+def test_plan_is_a_function_of_config_and_round(tmp_path):
+    server = _server(tmp_path)
+    a, b = server.plan_round(2), server.plan_round(2)
+    assert a.selected == b.selected and len(a.selected) == 3 and a.selected == sorted(a.selected)
+    assert a.seeds == {c: client_seed(5, 2, c) for c in a.selected}
+    job = a.job(a.selected[0], [])
+    assert (job.round_idx, job.lr, job.seed) == (2, a.lr, a.seeds[a.selected[0]])
+
+
+def test_aggregate_weights_by_wins_and_excludes_failures(tmp_path):
+    server = _server(tmp_path)
+    plan = server.plan_round(1)
+    c0, c1, c2 = plan.selected
+    reports = [
+        ClientReport(c0, {"w": torch.tensor([3.0, 0.0])}, 1.0, {"wins": 1, "prompts": 2, "wins_y0": 1}),
+        ClientReport(c1, {"w": torch.tensor([0.0, 6.0])}, 2.0, {"wins": 2, "prompts": 2}, details={"node_id": 9}),
+        ClientReport.failure(c2, "node went offline during the round", details={"node_id": 7}),
+    ]
+    row = server.aggregate_round(plan, reports)
+    # FedAvg over the two successful clients, weights 1 and 2: (3*1 + 0*2)/3 = 1, (0*1 + 6*2)/3 = 4.
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 4.0]))
+    assert row["aggregation"]["num_aggregated"] == 2 and row["aggregation"]["num_failed_clients"] == 1
+    failed = [c for c in row["clients"] if "error" in c]
+    assert failed == [{"client_id": c2, "node_id": 7, "weight": 0.0, "error": "node went offline during the round",
+                       "metrics": {}}]
+    assert row["clients"][1]["node_id"] == 9
+    assert row["aggregate"]["wins"] == 3 and row["aggregate"]["y0_accuracy"] == 0.25
+    assert row["selected_clients"] == plan.selected and row["round"] == 1
+
+
+def test_missing_report_counts_as_failure(tmp_path):
+    server = _server(tmp_path)
+    plan = server.plan_round(1)
+    row = server.aggregate_round(plan, [ClientReport(plan.selected[0], {"w": torch.tensor([5.0, 5.0])}, 1.0)])
+    assert row["aggregation"]["num_failed_clients"] == 2
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([5.0, 5.0]))
+
+
+def test_min_clients_keeps_global_adapter(tmp_path):
+    server = _server(tmp_path, **{"fl.min_clients": 2})
+    plan = server.plan_round(1)
+    reports = [ClientReport(plan.selected[0], {"w": torch.tensor([9.0, 9.0])}, 1.0)]
+    reports += [ClientReport.failure(c, "boom") for c in plan.selected[1:]]
+    row = server.aggregate_round(plan, reports)
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 1.0]))
+    assert "fl.min_clients=2" in row["aggregation"]["skipped_round"]
+    assert row["aggregation"]["num_aggregated"] == 0 and row["aggregation"]["num_failed_clients"] == 2
+
+
+def test_clients_without_wins_send_no_update_but_count_toward_min_clients(tmp_path):
+    server = _server(tmp_path, **{"fl.min_clients": 3})
+    plan = server.plan_round(1)
+    reports = [ClientReport(plan.selected[0], {"w": torch.tensor([4.0, 2.0])}, 2.0)]
+    reports += [ClientReport(c, None, 0.0, {"skipped_no_wins": 1}) for c in plan.selected[1:]]
+    row = server.aggregate_round(plan, reports)
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([4.0, 2.0]))
+    assert row["aggregation"]["num_without_update"] == 2 and row["aggregate"]["skipped_no_wins"] == 2
+
+
+def test_fedadam_state_survives_checkpoint(tmp_path):
+    server = _server(tmp_path, **{"fl.aggregation": "fedadam"})
+    plan = server.plan_round(1)
+    server.aggregate_round(plan, [ClientReport(c, {"w": torch.tensor([2.0, 0.0])}, 1.0) for c in plan.selected])
+    server.save_checkpoint(1)
+    after_one = {k: v.clone() for k, v in server.global_state.items()}
+    again = _server(tmp_path, **{"fl.aggregation": "fedadam"})
+    assert again.has_checkpoint() and again.load_checkpoint() == 1
+    torch.testing.assert_close(again.global_state["w"], after_one["w"])
+    assert again.server_opt.num_steps == 1
+    torch.testing.assert_close(again.server_opt.m["w"], server.server_opt.m["w"])
+
+
+def test_sum_client_metrics_handles_no_prompts():
+    agg = sum_client_metrics([{}, {"wins": 2}])
+    assert agg["wins"] == 2 and agg["y0_accuracy"] is None and agg["needs_revision_pct"] is None
+
+
+@pytest.mark.parametrize("bad", ["{nope}", "{0}"])
+def test_expand_output_dir_rejects_unknown_placeholders(bad):
+    from fedspear.config import ConfigError
+    from fedspear.federation.server import expand_output_dir
+
+    cfg = load_config(None, [f"output_dir=runs/{bad}"])
+    with pytest.raises(ConfigError):
+        expand_output_dir(cfg)
