@@ -79,7 +79,8 @@ def sampling_settings(engine: Engine, max_new_tokens: int) -> GenSettings:
 def choose_prompts(engine: Engine, job: ClientJob, count: int) -> list[tuple[Example, list[int]]]:
     """``min(|D_c|, count)`` examples without replacement, seeded by ``job.seed``, with their x0 token ids.
 
-    The same seed as SPEAR's rollout, so every algorithm rolls out the same prompts for a (round, client).
+    The same draw as SPEAR's rollout: algorithms with the same budget roll out the same prompts for a
+    (round, client).
     """
     rng = random.Random(job.seed)
     chosen = rng.sample(job.examples, min(len(job.examples), max(0, count)))

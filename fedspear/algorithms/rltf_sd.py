@@ -230,6 +230,22 @@ def micro_loss(engine: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, i
     return loss, tokens, terms
 
 
+def set_reference_logprobs(engine: Engine, samples: list[SDSample]) -> int:
+    """Set ``ref_rl0`` / ``ref_rl1``: sequence log-probs of (x0, y0) and (x1, y1) under the round-start adapter.
+
+    Returns:
+        The number of forward tokens.
+    """
+    revised = [s for s in samples if s.revised]
+    rows, tokens = score_traces(engine, [s.rl0 for s in samples] + [s.rl1 for s in revised])
+    sums = [sum(row) for row in rows]
+    for s, v in zip(samples, sums[: len(samples)], strict=True):
+        s.ref_rl0 = v
+    for s, v in zip(revised, sums[len(samples) :], strict=True):
+        s.ref_rl1 = v
+    return tokens
+
+
 def train(engine: Engine, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
     """Reference log-probs under the round-start adapter, then S optimizer steps of A micro-steps.
 
@@ -248,13 +264,7 @@ def train(engine: Engine, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
         metrics.update(steps=0, skipped_steps=0, tokens_trained=0, tokens_forward=0, training_s=0.0)
         return LocalUpdateResult(None, 0.0, metrics)
     start = time.perf_counter()
-    revised = [s for s in samples if s.revised]
-    rows, forward_tokens = score_traces(engine, [s.rl0 for s in samples] + [s.rl1 for s in revised])
-    sums = [sum(row) for row in rows]
-    for s, v in zip(samples, sums[: len(samples)], strict=True):
-        s.ref_rl0 = v
-    for s, v in zip(revised, sums[len(samples) :], strict=True):
-        s.ref_rl1 = v
+    forward_tokens = set_reference_logprobs(engine, samples)
     score_seconds = time.perf_counter() - start
 
     def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:

@@ -1,0 +1,103 @@
+"""The comparison command: runs on one federation, reuse of finished runs, and the report from run folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import require_shared_data, tiny_overrides
+
+from fedspear import compare as cmp
+from fedspear.config import Config, ConfigError, load_config
+from fedspear.federation import simulator
+from fedspear.records import RunExistsError
+
+
+def test_compare_runs_each_algorithm_on_the_same_federation_and_reuses_finished_runs(tiny_qwen, tmp_path,
+                                                                                    monkeypatch):
+    require_shared_data()
+    over = tiny_overrides(tiny_qwen, tmp_path / "cmp", **{"fl.rounds": 1, "fl.local_rollout_steps": 2,
+                                                          "fl.local_train_steps": 1, "grpo.num_generations": 2,
+                                                          "data.max_eval_examples": 4})
+    cfg = load_config(None, over)
+    report = cmp.compare(cfg, ["opsd", "grpo"])
+    assert report == tmp_path / "cmp" / "comparison.md"
+    text = report.read_text()
+    configs = {a: yaml.safe_load((tmp_path / "cmp" / a / "config.yaml").read_text()) for a in ("opsd", "grpo")}
+    for a, c in configs.items():  # the copies differ only in algorithm.name and output_dir
+        assert c["algorithm"]["name"] == a and c["output_dir"] == str(tmp_path / "cmp" / a)
+        c.pop("output_dir"), c.pop("algorithm")
+    assert configs["opsd"] == configs["grpo"]
+    schedules = {a: [json.loads(line).get("selected_clients") for line in
+                     (tmp_path / "cmp" / a / "metrics.jsonl").read_text().splitlines()] for a in configs}
+    assert schedules["opsd"] == schedules["grpo"] == [None, [0, 1]]
+    for name in ("accuracy", "y0_accuracy", "cumulative_round_time", "cumulative_training_time"):
+        assert (tmp_path / "cmp" / "plots" / f"{name}.png").stat().st_size > 1000
+        assert f"(plots/{name}.png)" in text
+    assert "| opsd |" in text and "| grpo |" in text
+    # neither algorithm asks for feedback, so the revision figures have no data
+    assert not (tmp_path / "cmp" / "plots" / "cumulative_revision_successes.png").exists()
+
+    # A second call reuses the finished runs (nothing is trained again) and rebuilds the report.
+    monkeypatch.setattr(simulator, "run", lambda cfg: pytest.fail("a finished run was started again"))
+    assert cmp.compare(cfg, ["opsd", "grpo"]) == report
+    # A different configuration in the same folder is refused, not silently reused.
+    with pytest.raises(RunExistsError, match="fl.local_train_steps: 1 there, 2 now"):
+        cmp.compare(load_config(None, over + ["fl.local_train_steps=2"]), ["grpo"])
+
+
+def test_compare_validates_every_variant_before_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(simulator, "run", lambda cfg: pytest.fail("nothing may run"))
+    cfg = Config()
+    cfg.output_dir = str(tmp_path)
+    with pytest.raises(ConfigError, match="not one of"):
+        cmp.compare(cfg, ["grpo", "ppo"])
+    with pytest.raises(ConfigError, match="more than once"):
+        cmp.compare(cfg, ["grpo", "grpo"])
+    central = cmp.variant(cfg, "opsd", tmp_path / "c", centralized=True)
+    assert (central.data.num_clients, central.fl.clients_per_round, central.fl.min_clients) == (1, 1, 1)
+    assert central.data.max_examples_per_client == cmp.ALL_EXAMPLES and cfg.data.num_clients == 20  # cfg untouched
+
+
+def _fake_run(run_dir, algorithm, rounds):
+    """A run folder with config.yaml and metrics.jsonl: rounds = [(accuracy, round_s, training_s, clients)]."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"name": algorithm},
+                                                         "data": {"dataset": "arc_challenge", "num_clients": 2}}))
+    lines = [json.dumps({"round": 0, "eval": {"accuracy": 0.25}})]
+    for r, (acc, round_s, training_s, clients) in enumerate(rounds, start=1):
+        lines.append(json.dumps({"round": r, "eval": {"accuracy": acc},
+                                 "time": {"round_s": round_s, "training_s": training_s},
+                                 "clients": [{"client_id": i, "metrics": m} for i, m in enumerate(clients)]}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def test_write_comparison_from_run_folders(tmp_path):
+    spear_client = {"prompts": 10, "wins_y0": 4, "needs_revision": 6, "revision_successes": 3, "generations": 18,
+                    "tokens_generated": 100, "tokens_trained": 400}
+    grpo_client = {"prompts": 5, "samples_y0": 20, "wins_y0": 5, "generations": 20, "tokens_generated": 150,
+                   "tokens_trained": 300, "tokens_forward": 500}
+    runs = {
+        "spear": _fake_run(tmp_path / "spear", "spear", [(0.5, 10.0, 4.0, [spear_client] * 2),
+                                                          (0.6, 12.0, 5.0, [spear_client] * 2)]),
+        "grpo": _fake_run(tmp_path / "grpo", "grpo", [(0.3, 30.0, 20.0, [grpo_client] * 2)]),
+    }
+    central = {"spear": _fake_run(tmp_path / "c" / "spear", "spear", [(0.7, 5.0, 2.0, [spear_client])])}
+    path = cmp.write_comparison(runs, tmp_path / "out", central)
+    text = path.read_text()
+    # spear: final 0.6 at round 2, best 0.6, 2 rounds, 22 s total, 11 s per round, 9 s training,
+    # 2 rounds x 2 clients x 18 generations = 72, x 100 = 400 tokens generated, x 400 = 1600 trained, no forward-only
+    assert "| spear | 0.6000 (2) | 0.6000 | 2 | 22.0 | 11.00 | 9.0 | 72 | 400 | 1600 | - |" in text
+    assert "| grpo | 0.3000 (1) | 0.3000 | 1 | 30.0 | 30.00 | 20.0 | 40 | 300 | 600 | 1000 |" in text
+    assert "| spear | 0.7000 (1) | 0.7000 | 1 | 5.0 | 5.00 | 2.0 | 18 | 100 | 400 | - |" in text  # centralized
+    plots = tmp_path / "out" / "plots"
+    for name in ("accuracy", "y0_accuracy", "cumulative_round_time", "cumulative_training_time",
+                 "cumulative_revision_successes", "cumulative_needs_revision", "needs_revision_pct",
+                 "centralized_accuracy"):
+        assert (plots / f"{name}.png").is_file(), name
+    assert "Left out (they ask for no feedback): grpo." in text
+    rows = cmp._rounds(runs["grpo"])
+    assert cmp._ratio(rows[1], "wins_y0", "samples_y0") == 0.25  # 10 right of 40 samples, not 10 of 10 prompts
+    assert cmp._ratio(cmp._rounds(runs["spear"])[1], "needs_revision", "samples_y0", 100.0) == 60.0
