@@ -42,7 +42,7 @@ logger = logging.getLogger("fedspear")
 State = dict[str, torch.Tensor]
 
 # Summed over clients in a round's "aggregate" metrics.
-COUNT_KEYS = ("prompts", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
+COUNT_KEYS = ("prompts", "samples_y0", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
               "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
               "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
               "generation_s", "feedback_s", "training_s")
@@ -115,15 +115,17 @@ def sum_client_metrics(results: list[dict[str, Any]]) -> dict[str, Any]:
         results: the clients' metrics dicts (missing keys count as 0).
 
     Returns:
-        ``{key: sum}`` for every count key, ``y0_accuracy`` = wins_y0 / prompts and ``needs_revision_pct``
+        ``{key: sum}`` for every count key, ``y0_accuracy`` = wins_y0 / first answers sampled and ``needs_revision_pct``
         (both None when there were no prompts).
     """
     agg: dict[str, Any] = {k: 0 for k in COUNT_KEYS}
     for m in results:
         for k in COUNT_KEYS:
             agg[k] += m.get(k, 0) or 0
-    agg["y0_accuracy"] = agg["wins_y0"] / agg["prompts"] if agg["prompts"] else None
-    agg["needs_revision_pct"] = 100.0 * agg["needs_revision"] / agg["prompts"] if agg["prompts"] else None
+    # GRPO and RLTF-SD sample several first answers per prompt (samples_y0); SPEAR samples one (prompts).
+    samples = agg["samples_y0"] or agg["prompts"]
+    agg["y0_accuracy"] = agg["wins_y0"] / samples if samples else None
+    agg["needs_revision_pct"] = 100.0 * agg["needs_revision"] / samples if samples else None
     return agg
 
 
