@@ -1,7 +1,7 @@
 # Developer entry points. `make run` and `make test` create the virtual environment on first use.
 #   make run                      the main job: a SPEAR run on the built-in offline world (fedspear/configs/default.yaml)
 #   make run ARGS="fl.rounds=3"   the same with config overrides (any `fedspear run` arguments)
-#   make test                     the test suite (what CI runs)
+#   make test                     the whole test suite incl. slow, Flower and browser tests (what CI runs)
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -24,7 +24,7 @@ run: install
 	$(VENV)/bin/fedspear run $(ARGS)
 
 test: install
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,7 @@ from safetensors.torch import load_file  # noqa: E402
 from fedspear.config import load_config  # noqa: E402
 from fedspear.flower.app_config import write_flower_app  # noqa: E402
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
 NUM_CLIENTS = 3
 RUN_TIMEOUT = 480
