@@ -17,7 +17,7 @@ install: $(STAMP)
 # wheel directory pip is configured with (find-links).
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -e '.[dev,flower]'
+	$(PYTHON) -m pip install -e '.[dev,flower,serve]'
 	touch $(STAMP)
 
 run: install
