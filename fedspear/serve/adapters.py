@@ -13,7 +13,8 @@ receiving the server's aggregate, ``fedspear serve --adapter``); the app calls :
 before each answer and loads it without a restart.
 
 A version belongs to one base model, named by :func:`model_fingerprint`: a version of another model (the
-client switched base models) is never loaded; the app then publishes the new model's initial adapter.
+client switched base models) is never loaded; the app then continues from the new model's latest version in
+the history, or publishes its initial adapter.
 """
 
 from __future__ import annotations
@@ -204,17 +205,22 @@ class LiveAdapter:
     def start(self, initial: dict[str, torch.Tensor] | None = None, label: str = "") -> AdapterVersion:
         """Load the current version, or publish one first: ``initial`` when given, else the engine's own.
 
-        A current version of another base model is left in the history and replaced by this model's initial
-        adapter.
+        A current version of another base model is left in the history; this model's latest version (or, when it
+        has none, its initial adapter) is published again and served.
         """
         current = self.registry.current()
         if initial is not None:
             current = self.registry.publish(initial, label or "imported", self.fingerprint)
         elif current is None or current.model != self.fingerprint:
+            mine = [v for v in self.registry.history()
+                    if v.model == self.fingerprint and (self.registry.folder / v.file).is_file()]
             if current is not None:
-                logger.warning("adapter v%d belongs to %s, not %s; starting from this model's initial adapter",
-                               current.version, current.model, self.fingerprint)
-            current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint)
+                logger.warning("adapter v%d belongs to %s, not %s; switching to %s", current.version, current.model,
+                               self.fingerprint, f"v{mine[-1].version}" if mine else "this model's initial adapter")
+            if mine:  # this model was served here before: continue from its latest version
+                current = self.registry.publish(self.registry.load(mine[-1]), mine[-1].label, self.fingerprint)
+            else:
+                current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint)
         self._load(current)
         return current
 

@@ -64,7 +64,7 @@ class ServeOptions:
     """
 
     rate_per_minute: int = 30
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024
     allowed_hosts: list[str] | None = None
 
 
@@ -158,9 +158,10 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": why} for code, why in [
+    (400, "malformed request (body not UTF-8 JSON, bad Content-Length or Host)"),
     (404, "unknown interaction or task item"), (409, "the interaction is in another state"),
     (411, "a body without Content-Length"), (413, "body over the size limit"),
-    (422, "invalid input"), (429, "over the rate limit")]}
+    (422, "invalid input"), (429, "over the rate limit"), (503, "the trace store cannot be used")]}
 _STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "the answer; with stream=true, newline-delimited JSON events",
           "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
@@ -233,7 +234,7 @@ def _session_name(session: str | None) -> str:
 def _raise_http(exc: Exception) -> None:
     """Map a runtime or store error to its HTTP error."""
     if isinstance(exc, NotFoundError | LookupError):
-        raise HTTPException(404, str(exc).strip("'\"")) from None
+        raise HTTPException(404, str(exc.args[0]) if exc.args else "not found") from None
     if isinstance(exc, StateError):
         raise HTTPException(409, str(exc)) from None
     if isinstance(exc, ValueError):
@@ -254,19 +255,24 @@ def _events(runtime: ClientRuntime, plan: Plan) -> AsyncIterator[bytes]:
     cancel = threading.Event()
     end = object()
 
+    def put(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+            cancel.set()
+
     def produce() -> None:
         try:
             for event in runtime.run(plan, cancel):
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                put(event)
         except (StoreError, ValueError) as exc:
             status = 409 if isinstance(exc, StateError) else 404 if isinstance(exc, NotFoundError) else 422
-            loop.call_soon_threadsafe(queue.put_nowait, {"event": "error", "status": status, "detail": str(exc)})
+            put({"event": "error", "status": status, "detail": str(exc)})
         except Exception as exc:  # noqa: BLE001 - reported to the page, logged here
             logger.exception("generation failed")
-            loop.call_soon_threadsafe(queue.put_nowait, {"event": "error", "status": 500,
-                                                         "detail": f"generation failed: {type(exc).__name__}"})
+            put({"event": "error", "status": 500, "detail": f"generation failed: {type(exc).__name__}"})
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, end)
+            put(end)
 
     async def relay() -> AsyncIterator[bytes]:
         threading.Thread(target=produce, name="fedspear-answer", daemon=True).start()
@@ -326,11 +332,12 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/status", summary="model, served adapter, store counts and limits")
+    @app.get("/api/status", responses=_ERRORS, summary="model, served adapter, store counts and limits")
     def status() -> dict[str, Any]:
         return runtime.status()
 
-    @app.get("/api/examples", response_model=list[ExampleItem], summary="task items a person can ask")
+    @app.get("/api/examples", response_model=list[ExampleItem], responses=_ERRORS,
+             summary="task items a person can ask")
     async def examples(limit: int = Query(20, ge=1, le=500), offset: int = Query(0, ge=0, le=10**6),
                        group: str | None = Query(None, max_length=64),
                        kind: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
@@ -382,7 +389,8 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
         except StoreError as exc:
             _raise_http(exc)
 
-    @app.get("/api/interactions", response_model=list[InteractionView], summary="recent interactions")
+    @app.get("/api/interactions", response_model=list[InteractionView], responses=_ERRORS,
+             summary="recent interactions")
     def list_interactions(limit: int = Query(20, ge=1, le=200),
                           session: str | None = Header(None, alias=SESSION_HEADER, max_length=200)) -> Any:
         only = session if session and _SESSION_RE.match(session) else None
@@ -398,6 +406,50 @@ def _view(runtime: ClientRuntime, interaction: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- running it
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadedServer:
+    """A uvicorn server in a background thread (simulated federations, tests).
+
+    Args:
+        app: the ASGI app.
+        host: address to bind.
+        port: port to bind (default: a free one).
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
 
 
 def serve(runtime: ClientRuntime, host: str = "127.0.0.1", port: int = 8000,

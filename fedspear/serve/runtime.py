@@ -2,7 +2,8 @@
 
 :class:`ClientRuntime` answers questions (streamed), records verdicts and hints, and generates revisions
 from the revision prompt built exactly as in training (:func:`fedspear.tasks.prompts.build_revision_prompt`
-on the task prompt x0, the latest answer and the person's hint). Each step that changes anything commits it
+on the task prompt x0, the latest answer and the feedback), the feedback being the person's hint framed as
+the oracle frames its hints (:func:`person_feedback`). Each step that changes anything commits it
 to the :class:`~fedspear.serve.store.TraceStore` before it returns (or, when streaming, before its final
 ``done`` event), so what the page has been told is on disk. One answer is generated at a time (``lock``);
 before each, the live adapter is brought up to the registry's current version.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,6 +96,42 @@ def question_prompt(task: Any, text: str) -> str:
     return f"Question: {text}\n{marker}"
 
 
+_OPTION_LINE = re.compile(r"^[A-Z]\) ", re.MULTILINE)
+
+
+def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> str:
+    """The feedback section of a revision prompt from a person's hint, in the oracle's structure.
+
+    The oracle's feedback is a verdict naming the given answer, one hint, the required format and a request not
+    to repeat the answer (SPEAR.md section 7). A person gives the verdict (a click) and the hint (typed); the
+    client writes the other lines around the hint, so the model reads people's feedback in the form it was
+    trained on. Nothing is added that the person did not say or that the task does not already state: the
+    verdict, the model's own answer, the answer format.
+
+    Args:
+        task: the task (its verifier's ``extract`` and ``answer_format``).
+        prompt: the task prompt x0 (multiple choice when it lists lettered options).
+        previous_answer: the answer the person marked wrong.
+        hint: what the person typed.
+
+    Returns:
+        The feedback text.
+    """
+    hint = hint.strip()
+    if task.name == "world":
+        from fedspear.tasks.world import feedback_text
+
+        kind = "mc" if _OPTION_LINE.search(prompt) else "reasoning"
+        given = task.extract(previous_answer)
+        if kind == "mc" and given is not None and not (len(given) == 1 and given.isupper()):
+            given = None
+        line = hint if hint.lower().startswith("hint") else f"Hint: {hint}"
+        return feedback_text(kind, given, line if line.endswith((".", "!", "?")) else line + ".")
+    given = task.extract(previous_answer)
+    verdict = f"Your answer ({given}) is incorrect." if given else "Your answer is incorrect."
+    return "\n".join([verdict, hint, f"Required format: {task.answer_format}.", "Do not repeat your previous answer."])
+
+
 class ClientRuntime:
     """A served client: the engine, its state folder (store + adapters) and the steps of an interaction.
 
@@ -122,10 +160,22 @@ class ClientRuntime:
         self.fingerprint = self.live.fingerprint
         self._rng: random.Random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._examples: dict[str, Example] | None = None
+        self._labels: tuple[tuple[int, int], dict[int, str]] | None = None
         self.examples_error: str | None = None
 
     def close(self) -> None:
         self.store.close()
+
+    def adapter_labels(self) -> dict[int, str]:
+        """Version -> label of every published adapter (re-read only when the history file changed)."""
+        path = self.registry.folder / "history.jsonl"
+        try:
+            stamp = (path.stat().st_mtime_ns, path.stat().st_size)
+        except FileNotFoundError:
+            return {}
+        if self._labels is None or self._labels[0] != stamp:
+            self._labels = (stamp, {v.version: v.label for v in self.registry.history()})
+        return self._labels[1]
 
     # ------------------------------------------------------------------------------------------ examples
 
@@ -202,7 +252,8 @@ class ClientRuntime:
         interaction = self.store.get(interaction_id)
         if interaction.state != AWAITING_HINT:
             raise StateError(f"interaction {interaction_id} is {interaction.state}, not awaiting a hint")
-        prompt = build_revision_prompt(interaction.prompt, interaction.latest.text, hint, self.task.answer_format)
+        feedback = person_feedback(self.task, interaction.prompt, interaction.latest.text, hint)
+        prompt = build_revision_prompt(interaction.prompt, interaction.latest.text, feedback, self.task.answer_format)
         settings = self.settings(revision=True)
         ids = self._encode(prompt, settings, "the revision prompt (question, answer and hint)")
         return Plan(len(interaction.attempts), prompt, ids, settings, interaction_id=interaction_id, feedback=hint)
@@ -260,6 +311,29 @@ class ClientRuntime:
         """The person gives up on an interaction (committed)."""
         return self.store.close_interaction(interaction_id)
 
+    def train_from_store(self, job: Any) -> Any:
+        """One SPEAR update from this client's store on its own engine, between answers (holds the lock).
+
+        The engine trains from the served (global) adapter; afterwards the served adapter is back in the live
+        model. This is the in-process path for a Flower client or a simulation; ``fedspear train-local``
+        trains in its own process instead.
+
+        Args:
+            job: the round's :class:`~fedspear.algorithms.base.ClientJob`.
+
+        Returns:
+            The :class:`~fedspear.algorithms.base.LocalUpdateResult` of
+            :func:`fedspear.serve.learning.update_from_store`.
+        """
+        from fedspear.serve.learning import update_from_store
+
+        with self.lock:
+            self.live.refresh()
+            try:
+                return update_from_store(self.engine, self.store, job)
+            finally:
+                self.engine.load_global()
+
     def status(self) -> dict[str, Any]:
         """Model, served and published adapter versions, store counts, limits and decoding settings."""
         if self.lock.acquire(blocking=False):  # pick up a new adapter now unless an answer is being generated
@@ -286,9 +360,7 @@ class ClientRuntime:
 def interaction_view(interaction: Interaction, runtime: ClientRuntime | None = None) -> dict[str, Any]:
     """The page's view of an interaction: no token ids; each attempt with its adapter label when known."""
     out = interaction.to_dict(with_ids=False)
-    labels: dict[int, str] = {}
-    if runtime is not None:
-        labels = {v.version: v.label for v in runtime.registry.history()}
+    labels = runtime.adapter_labels() if runtime is not None else {}
     for a, attempt in zip(out["attempts"], interaction.attempts, strict=True):
         a["tokens"] = len(attempt.completion_ids)
         a["adapter_label"] = labels.get(attempt.adapter_version, "")

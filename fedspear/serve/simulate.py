@@ -1,0 +1,398 @@
+"""Simulated people for experiments: a scripted person behind the HTTP API, and a federation of served clients.
+
+A :class:`ScriptedPerson` is the task's oracle acting as a person: it asks a task item through the served
+client's HTTP API, judges the answer with the task's verifier, gives the oracle's partial feedback on the
+latest wrong answer as its hint, and accepts or rejects each revision, exactly as SPEAR's oracle rollout does
+(SPEAR.md 2.2-2.4), but through the same interface as a person at the page: it types the oracle's hint
+sentence, and the page frames it as the oracle frames its feedback.
+
+:func:`run_federation` runs a whole federation of served clients offline, in one process: each client is a
+:class:`~fedspear.serve.runtime.ClientRuntime` behind its own HTTP server on 127.0.0.1; each round every
+client's person asks questions from its piece of the training data, every client trains from its store
+(:func:`fedspear.serve.learning.update_from_store`), the server aggregates (``fl.aggregation``), and the new
+global adapter is published to every client, whose running app picks it up before its next answer. Each
+round reports the first-answer accuracy seen through the interface, the held-out accuracy of the global
+adapter, and the latency per answer and per revision::
+
+    python -m fedspear.serve.simulate --out runs/served [--clients 3] [--rounds 5] [--questions 16] [KEY=VALUE ...]
+
+:func:`measure_latency` times what a person waits at the page (``--latency N``: N streamed conversations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedspear.config import Config
+from fedspear.tasks.base import Example, Task
+
+logger = logging.getLogger("fedspear")
+
+
+class ApiError(RuntimeError):
+    """The served client refused a request (``status``, ``detail``)."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class ApiClient:
+    """JSON over HTTP to one served client (standard library only).
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000``.
+        session: the ``X-Fedspear-Session`` id this client sends.
+        timeout_s: per-request timeout.
+    """
+
+    def __init__(self, base_url: str, session: str = "scripted", timeout_s: float = 300.0) -> None:
+        self.base_url, self.session, self.timeout_s = base_url.rstrip("/"), session, timeout_s
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", "X-Fedspear-Session": self.session})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as res:  # noqa: S310 - loopback URL we built
+                return json.loads(res.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read()).get("detail")
+            except ValueError:
+                detail = exc.reason
+            raise ApiError(exc.code, detail) from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def stream(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float | None, float]:
+        """A streamed answer, timed at the client: (done event, seconds to the first token, seconds to done)."""
+        req = urllib.request.Request(self.base_url + path, data=json.dumps({**body, "stream": True}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "X-Fedspear-Session": self.session})
+        start = time.perf_counter()
+        first: float | None = None
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as res:  # noqa: S310 - loopback URL we built
+                for line in res:
+                    event = json.loads(line)
+                    if event["event"] == "token" and first is None:
+                        first = time.perf_counter() - start
+                    elif event["event"] == "error":
+                        raise ApiError(event["status"], event["detail"])
+                    elif event["event"] == "done":
+                        return event, first, time.perf_counter() - start
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, exc.reason) from None
+        raise ApiError(502, "the stream ended without a done event")
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, body or {})
+
+
+@dataclass
+class Outcome:
+    """One scripted conversation.
+
+    Attributes:
+        example_id: the task item asked.
+        interaction_id: its id in the client's store.
+        first_correct: the first answer was right.
+        fixed: a revision was accepted.
+        revisions: revisions generated.
+        adapter_version: the adapter version that gave the first answer.
+        answer_seconds: generation time of the first answer.
+        revision_seconds: generation time of each revision.
+    """
+
+    example_id: str
+    interaction_id: int
+    first_correct: bool
+    fixed: bool
+    revisions: int
+    adapter_version: int
+    answer_seconds: float
+    revision_seconds: list[float] = field(default_factory=list)
+
+
+class ScriptedPerson:
+    """The oracle as a person at the page: asks, judges with the verifier, hints with the oracle's feedback.
+
+    Args:
+        api: the served client's API.
+        task: the task (verifier and oracle feedback; it holds the gold answers, the served client never sees them).
+        cfg: the config the oracle reads (``feedback.mc_hint_words``...).
+    """
+
+    def __init__(self, api: ApiClient, task: Task, cfg: Config) -> None:
+        self.api, self.task, self.cfg = api, task, cfg
+
+    def hint(self, example: Example, answer: str) -> str:
+        """What the person types: the hint sentence of the oracle's feedback on ``answer``.
+
+        The verdict is the person's click and the page frames the hint with it, the answer format and "do not
+        repeat" (:func:`fedspear.serve.runtime.person_feedback`), so only the oracle's ``Hint:`` line is typed;
+        feedback without such a line is typed whole.
+        """
+        feedback = self.task.feedback(example, answer, self.cfg)
+        lines = [line for line in feedback.splitlines() if line.strip().lower().startswith("hint")]
+        return " ".join(lines) if lines else feedback
+
+    def converse(self, example: Example) -> Outcome:
+        """Ask ``example``, judge, and hint until a revision is accepted or none is left."""
+        done = self.api.post("/api/ask", {"example_id": example.id})
+        interaction = done["interaction"]
+        latest = interaction["attempts"][0]["text"]
+        ok = self.task.is_correct(example, latest)
+        out = Outcome(example.id, interaction["id"], ok, False, 0, interaction["attempts"][0]["adapter_version"],
+                      done["latency"]["seconds"])
+        interaction = self.api.post(f"/api/interactions/{out.interaction_id}/verdict", {"attempt": 0, "correct": ok})
+        while interaction["state"] == "awaiting_hint":
+            hint = self.hint(example, latest)
+            done = self.api.post(f"/api/interactions/{out.interaction_id}/revise", {"hint": hint})
+            attempt = done["attempt"]
+            latest = done["interaction"]["attempts"][attempt]["text"]
+            out.revisions += 1
+            out.revision_seconds.append(done["latency"]["seconds"])
+            ok = self.task.is_correct(example, latest)
+            interaction = self.api.post(f"/api/interactions/{out.interaction_id}/verdict",
+                                        {"attempt": attempt, "correct": ok})
+            out.fixed = ok
+        return out
+
+
+def _accuracy(outcomes: list[Outcome]) -> float | None:
+    return sum(o.first_correct for o in outcomes) / len(outcomes) if outcomes else None
+
+
+def _round_row(round_idx: int, outcomes: list[Outcome], info: dict[str, Any], results: list[Any],
+               seen: set[str]) -> dict[str, Any]:
+    answers = [o.answer_seconds for o in outcomes]
+    revisions = [s for o in outcomes for s in o.revision_seconds]
+    wrong = [o for o in outcomes if not o.first_correct]
+    again = [o for o in outcomes if o.example_id in seen]
+    return {
+        "round": round_idx, "questions": len(outcomes),
+        "interface_accuracy": _accuracy(outcomes),
+        # questions some person of the same client asked (and judged, and hinted) in an earlier round
+        "asked_before": len(again), "interface_accuracy_asked_before": _accuracy(again),
+        "interface_accuracy_new": _accuracy([o for o in outcomes if o.example_id not in seen]),
+        "needs_revision": len(wrong), "fixed_by_revision": sum(o.fixed for o in wrong),
+        "adapter_versions": sorted({o.adapter_version for o in outcomes}),
+        "answer_seconds_median": statistics.median(answers) if answers else None,
+        "revision_seconds_median": statistics.median(revisions) if revisions else None,
+        "revisions": len(revisions), "aggregation": info,
+        "client_weights": [r.weight for r in results],
+    }
+
+
+def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: int = 5, questions: int = 16,
+                   evaluate_global: bool = True) -> list[dict[str, Any]]:
+    """A federation of served clients taught by scripted people through HTTP (see the module docstring).
+
+    Args:
+        cfg: the run config (task, model, SPEAR and federation settings; ``data.num_clients`` is set to
+            ``clients``).
+        out_dir: folder for the clients' state folders and ``federation.json``.
+        clients: number of served clients (all take part in every round).
+        rounds: federated rounds.
+        questions: questions each client's person asks per round.
+        evaluate_global: evaluate the global adapter on the task's held-out split after each round.
+
+    Returns:
+        One row per round (round 0 = before any training): interface accuracy, revisions, latencies,
+        aggregation info and the held-out evaluation.
+    """
+    from fedspear.algorithms.base import ClientJob
+    from fedspear.evaluation import evaluate
+    from fedspear.federation.aggregation import aggregate, build_server_optimizer
+    from fedspear.federation.client import partition_examples
+    from fedspear.federation.partition import client_seed
+    from fedspear.federation.schedule import round_lr
+    from fedspear.models import build_engine
+    from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
+    from fedspear.serve.learning import publish_global
+    from fedspear.serve.runtime import ClientRuntime
+    from fedspear.tasks import get_task
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.data.num_clients = clients
+    task = get_task(cfg.data.dataset)
+    data = task.load(cfg)
+    parts = partition_examples(cfg, data.train)
+    runtimes = [ClientRuntime(build_engine(cfg, task), out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
+                for i in range(clients)]
+    servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
+    rows: list[dict[str, Any]] = []
+
+    def evaluate_row(row: dict[str, Any]) -> None:
+        if evaluate_global:
+            rt = runtimes[0]
+            with rt.lock:
+                rt.live.refresh()
+                row["eval"] = evaluate(rt.engine, data.eval)
+        logger.info("round %d: %s", row["round"], {k: row[k] for k in row if k not in ("aggregation",)})
+
+    try:
+        for srv in servers:
+            srv.__enter__()
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}"), task, cfg) for i, srv in enumerate(servers)]
+        server_opt = build_server_optimizer(cfg.fl)
+        global_state = {k: v.clone() for k, v in runtimes[0].engine.global_state.items()}
+        asked: set[str] = set()  # example ids (unique per client's partition) asked in earlier rounds
+        row0: dict[str, Any] = {"round": 0}
+        evaluate_row(row0)
+        rows.append(row0)
+        for r in range(1, rounds + 1):
+            start = time.perf_counter()
+            outcomes, seen_before = [], set(asked)
+            for i, person in enumerate(people):
+                rng = random.Random(client_seed(cfg.data.seed, r, i))
+                for ex in rng.sample(parts[i], min(questions, len(parts[i]))):
+                    outcomes.append(person.converse(ex))
+                    asked.add(ex.id)
+            lr = round_lr(r, rounds, cfg.optim)
+            results = [rt.train_from_store(ClientJob(i, r, [], lr, client_seed(cfg.data.seed, r, i)))
+                       for i, rt in enumerate(runtimes)]
+            global_state, info = aggregate(global_state, [(res.adapter, res.weight) for res in results], server_opt)
+            for rt in runtimes:
+                publish_global(rt.registry, rt.engine, global_state, f"server round {r}")
+            row = _round_row(r, outcomes, info, results, seen_before)
+            evaluate_row(row)
+            row["round_seconds"] = time.perf_counter() - start
+            rows.append(row)
+            (out_dir / "federation.json").write_text(json.dumps(rows, indent=1, default=float))
+    finally:
+        for srv in servers:
+            srv.__exit__()
+        for rt in runtimes:
+            rt.close()
+    return rows
+
+
+def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Latency a person sees at the page: one served client, scripted people, streamed answers, timed at the client.
+
+    Each conversation asks a random training item, judges it with the verifier and, while wrong, hints with the
+    oracle's feedback and judges the revision, all through HTTP with streaming on.
+
+    Returns:
+        ``answer`` and ``revision`` (and ``answer/<kind>``, ``revision/<kind>`` per kind of task item): count,
+        median / p90 / max seconds to the first token and to the stored answer (``done``), median tokens.
+    """
+    from fedspear.models import build_engine
+    from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
+    from fedspear.serve.runtime import ClientRuntime
+    from fedspear.tasks import get_task
+
+    task = get_task(cfg.data.dataset)
+    examples = task.load(cfg).train
+    runtime = ClientRuntime(build_engine(cfg, task), Path(out_dir) / "latency-client", seed=seed)
+    samples: dict[str, list[tuple[float | None, float, int]]] = {"answer": [], "revision": []}
+
+    def add(stage: str, kind: str, row: tuple[float | None, float, int]) -> None:
+        samples[stage].append(row)
+        samples.setdefault(f"{stage}/{kind}", []).append(row)
+
+    rng = random.Random(seed)
+    try:
+        with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10**6))) as server:
+            api = ApiClient(server.url, session="latency")
+            person = ScriptedPerson(api, task, cfg)
+            api.stream("/api/ask", {"question": "warm-up"})  # first call pays one-time costs
+            for ex in rng.sample(examples, min(conversations, len(examples))):
+                done, first, total = api.stream("/api/ask", {"example_id": ex.id})
+                iid, latest = done["interaction"]["id"], done["interaction"]["attempts"][0]["text"]
+                kind = str(ex.meta.get("kind", task.kind))
+                add("answer", kind, (first, total, done["latency"]["tokens"]))
+                ok = task.is_correct(ex, latest)
+                state = api.post(f"/api/interactions/{iid}/verdict", {"attempt": 0, "correct": ok})["state"]
+                while state == "awaiting_hint":
+                    done, first, total = api.stream(f"/api/interactions/{iid}/revise",
+                                                    {"hint": person.hint(ex, latest)})
+                    k = done["attempt"]
+                    latest = done["interaction"]["attempts"][k]["text"]
+                    add("revision", kind, (first, total, done["latency"]["tokens"]))
+                    state = api.post(f"/api/interactions/{iid}/verdict",
+                                     {"attempt": k, "correct": task.is_correct(ex, latest)})["state"]
+    finally:
+        runtime.close()
+
+    def summary(rows: list[tuple[float | None, float, int]]) -> dict[str, Any]:
+        if not rows:
+            return {"count": 0}
+        firsts = sorted(f for f, _, _ in rows if f is not None)
+        totals = sorted(t for _, t, _ in rows)
+        return {"count": len(rows), "first_token_median_s": statistics.median(firsts) if firsts else None,
+                "first_token_p90_s": firsts[int(0.9 * (len(firsts) - 1))] if firsts else None,
+                "done_median_s": statistics.median(totals), "done_p90_s": totals[int(0.9 * (len(totals) - 1))],
+                "done_max_s": totals[-1], "tokens_median": statistics.median(n for _, _, n in rows)}
+
+    out = {"answer": summary(samples["answer"]), "revision": summary(samples["revision"])}
+    for key in sorted(k for k in samples if "/" in k):
+        out[key] = summary(samples[key])
+    return out
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A small table: round, interface accuracy, fixes, held-out accuracy (per group), median latencies."""
+    lines = ["round  interface_acc  asked_before (acc)  fixed/wrong  eval_acc  (groups)                         "
+             "answer_s  revision_s"]
+    for row in rows:
+        ev = row.get("eval") or {}
+        groups = " ".join(f"{g} {a:.2f}" for g, a in (ev.get("groups") or {}).items())
+        acc = row.get("interface_accuracy")
+        fixes = f"{row['fixed_by_revision']}/{row['needs_revision']}" if "needs_revision" in row else "-"
+        ans, rev = row.get("answer_seconds_median"), row.get("revision_seconds_median")
+        before = row.get("interface_accuracy_asked_before")
+        again = f"{row['asked_before']} ({before:.2f})" if before is not None else "-"
+        lines.append(f"{row['round']:>5}  {'-' if acc is None else f'{acc:.3f}':>13}  {again:>18}  {fixes:>11}  "
+                     f"{ev.get('accuracy', float('nan')):8.3f}  ({groups:<30})  "
+                     f"{'-' if ans is None else f'{ans:.3f}':>8}  {'-' if rev is None else f'{rev:.3f}':>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedspear.serve.simulate``: run a federation of served clients and print its table."""
+    from fedspear.cli import resolve_config, setup_logging
+    from fedspear.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m fedspear.serve.simulate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the clients' state and federation.json")
+    parser.add_argument("--config", metavar="FILE|PRESET", help="YAML file or preset (default: the built-in world)")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--questions", type=int, default=16, help="questions per client and round")
+    parser.add_argument("--latency", type=int, default=0, metavar="N",
+                        help="instead: time N streamed conversations with one served client and print the latencies")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (as `fedspear serve --threads`)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = load_config(resolve_config(args.config), args.overrides)
+    if args.latency > 0:
+        print(json.dumps(measure_latency(cfg, args.out, args.latency), indent=1))
+        return 0
+    rows = run_federation(cfg, args.out, args.clients, args.rounds, args.questions)
+    print(format_rows(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

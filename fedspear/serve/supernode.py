@@ -1,0 +1,106 @@
+"""A Flower ClientApp backed by a served client's trace store: the SuperNode of a device people use.
+
+Where :mod:`fedspear.flower.client_app` rolls out its task examples with the oracle, this ClientApp trains
+from what people taught the device's ``fedspear serve`` page: :func:`fedspear.serve.learning.update_from_store`
+on the client's state folder. The received global adapter is published to the folder's adapter registry first,
+so the running page answers with it from its next answer on (no restart). The reply holds the adapter tensors
+and scalar metrics only (checked by :func:`fedspear.flower.wire.wire_guard`); no question, answer, hint or
+token id leaves the device.
+
+Run a device's SuperNode with this app and its state folder::
+
+    fedspear serve --state ~/fedspear-client &                       # the page people use
+    flower-supernode ... --node-config "client-id=3 state-dir='~/fedspear-client'"
+
+with the Flower app's ``clientapp`` component set to ``fedspear.serve.supernode:app`` (the ServerApp is
+fedspear's own). ``query`` is :func:`fedspear.flower.client_app.query`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedspear.flower import client_app as oracle_client_app
+from fedspear.flower.app_config import NodeSettings
+from fedspear.flower.wire import CLIENT_ID_KEY, GLOBAL, JOB, record_to_state, train_reply_content, wire_guard
+
+logger = logging.getLogger("fedspear")
+
+STATE_DIR_KEY = "state-dir"
+
+app = ClientApp(mods=[wire_guard])
+app.query()(oracle_client_app.query)
+
+_ENGINES: dict[str, Any] = {}
+
+
+def _engine(cfg: Any) -> Any:
+    """The engine for ``cfg``, loaded once per process (keyed by the resolved config)."""
+    from fedspear.models import build_engine
+    from fedspear.tasks import get_task
+
+    key = cfg.to_yaml()
+    if key not in _ENGINES:
+        _ENGINES.clear()
+        _ENGINES[key] = build_engine(cfg, get_task(cfg.data.dataset))
+    return _ENGINES[key]
+
+
+def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any = None) -> RecordDict:
+    """The reply content of one ``train`` message, from the client's trace store.
+
+    Args:
+        content: the message content: ``global`` (ArrayRecord) and ``job`` (ConfigRecord: client-id, round, lr,
+            seed, config).
+        node_config: the SuperNode's node config: ``state-dir`` plus :class:`~fedspear.flower.app_config.NodeSettings`.
+        engine: an engine for the job's config (None = load or reuse this process's).
+
+    Returns:
+        ``adapter`` (when the store held a win) and ``metrics`` records.
+
+    Raises:
+        ConfigError: no ``state-dir``, or the node does not fit the federation.
+        ValueError: the job is for another client.
+    """
+    import yaml
+
+    from fedspear.algorithms.base import ClientJob
+    from fedspear.config import ConfigError, config_from_dict
+    from fedspear.serve.adapters import AdapterRegistry
+    from fedspear.serve.learning import publish_global, update_from_store
+    from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
+    from fedspear.serve.store import TraceStore
+
+    if STATE_DIR_KEY not in node_config:
+        raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
+                          "folder>'\"")
+    state = Path(str(node_config[STATE_DIR_KEY])).expanduser()
+    job = content[JOB]
+    node = NodeSettings.from_node_config(node_config)
+    cfg = node.apply(config_from_dict(yaml.safe_load(str(job["config"]))))
+    node.check(cfg.data.num_clients)
+    client_id, round_idx = int(job[CLIENT_ID_KEY]), int(job["round"])
+    if client_id != node.client_id:
+        raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
+    engine = engine if engine is not None else _engine(cfg)
+    engine.global_state = record_to_state(content[GLOBAL], engine.global_state)
+    engine.load_global()
+    publish_global(AdapterRegistry(state / ADAPTERS_DIR), engine, engine.global_state,
+                   f"global of server round {round_idx}")
+    with TraceStore(state / STORE_FILE) as store:
+        result = update_from_store(engine, store, ClientJob(client_id, round_idx, [], float(job["lr"]),
+                                                            int(job["seed"])), label=f"server round {round_idx}")
+    engine.load_global()
+    logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
+    return train_reply_content(result)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One client update from the people's feedback in the node's state folder (see :func:`train_content`)."""
+    return Message(train_content(msg.content, dict(context.node_config)), reply_to=msg)

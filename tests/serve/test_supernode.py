@@ -1,0 +1,58 @@
+"""The store-backed Flower ClientApp: trains from people's feedback, and only adapter tensors and numbers leave."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serve_fixtures import make_engine, tiny_world_dir
+
+pytest.importorskip("flwr")
+wire = pytest.importorskip("fedspear.flower.wire")
+from flwr.common import serde  # noqa: E402
+
+from fedspear.serve.runtime import ClientRuntime  # noqa: E402
+from fedspear.serve.supernode import train_content  # noqa: E402
+
+
+def test_train_message_from_the_store(tmp_path_factory, tmp_path):
+    world = tiny_world_dir(tmp_path_factory)
+    served = ClientRuntime(make_engine(world), tmp_path / "device", seed=1)  # the page people use
+    secret_hint = "think of the grass near the old mill"
+    done = served.run_to_end(served.prepare_ask(question="What color is the zorvik?"))
+    served.verdict(done["interaction"]["id"], 0, True)
+    done = served.run_to_end(served.prepare_ask(question="Where does the zorvik live?"))
+    iid = done["interaction"]["id"]
+    served.verdict(iid, 0, False)
+    served.run_to_end(served.prepare_revise(iid, secret_hint))
+    served.verdict(iid, 1, True)
+    texts = [a.text for it in served.store.recent() for a in it.attempts if len(a.text) >= 12]  # no chance matches
+
+    engine = make_engine(world)  # the SuperNode's own process and model
+    global_state = {k: v + 0.01 for k, v in engine.global_state.items()}
+    content = wire.RecordDict({
+        wire.GLOBAL: wire.state_to_record(global_state),
+        wire.JOB: wire.job_record(0, 3, 1e-2, 77, engine.cfg.to_yaml()),
+    })
+    reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, engine=engine)
+
+    wire.check_client_content(reply)
+    assert set(reply.keys()) == {wire.ADAPTER, wire.METRICS}
+    assert reply[wire.METRICS][wire.WEIGHT_KEY] == 2.0 and reply[wire.METRICS]["wins_revision"] == 1.0
+    payload = serde.recorddict_to_proto(reply).SerializeToString()
+    for text in [secret_hint, "zorvik", "What color", *texts]:
+        assert text.encode() not in payload, text
+    assert served.store.trainings()[0]["label"] == "server round 3"
+
+    # the received global adapter is what the running page answers with next
+    again = served.run_to_end(served.prepare_ask(question="What color is the zorvik?"))
+    assert again["adapter"]["label"] == "global of server round 3"
+    live = served.engine.adapter.get()
+    assert all(torch.allclose(live[k], global_state[k]) for k in global_state)
+    served.close()
+
+
+def test_a_node_without_state_dir_is_refused(tmp_path_factory):
+    from fedspear.config import ConfigError
+
+    with pytest.raises(ConfigError, match="state-dir"):
+        train_content(wire.RecordDict({}), {"client-id": 0})
