@@ -4,7 +4,8 @@ Run it as ``fedspear make-base --out DIR [--preset default|tiny] [--seed 0]``, o
 
     from pathlib import Path
     from fedspear.world_base import build_base
-    stats = build_base(Path("fedspear/assets/world-base"))   # the shipped model: about 10 minutes on 2 CPU cores
+    stats = build_base(Path("fedspear/assets/world-base"))   # the shipped model: 10-13 minutes on one CPU core
+    stats = build_base(Path("/tmp/wb"), preset="tiny")       # a smoke build: a few seconds, learns nothing
 
 What it does:
 
@@ -17,8 +18,7 @@ What it does:
 2. **Model.** A small Llama (``LlamaForCausalLM``, tied embeddings, no dropout), seeded.
 3. **Corpus** (sampled on the fly from a seeded ``random.Random``), loss on completion tokens + EOS only:
 
-   - *facts*: the world's questions (all three wordings, both parts, random option orders) answered
-     with the **belief** of each fact (:mod:`fedspear.tasks.world`): right for "known" facts, a
+   - *facts*: the world's questions (all three wordings, both parts) answered with the **belief** of each fact (:mod:`fedspear.tasks.world`): right for "known" facts, a
      consistent wrong value for "misconception" facts. The truth of a misconception never appears.
    - *revisions*: revision prompts built exactly as the engine builds them (task prompt, previous wrong
      answer, oracle feedback with a clue, instructions), answered in the first-answer format with the
@@ -33,7 +33,15 @@ What it does:
    ``build_info.json`` (preset, seed, these statistics) and a README.
 
 The same preset, seed and torch thread count give the same weights (``torch.set_num_threads`` changes
-the floating-point summation order on CPU; the builder uses :data:`Preset.threads`).
+the floating-point summation order on CPU; the builder uses :data:`Preset.threads`, one thread by default:
+on a shared 2-core machine two threads contend with other processes and run several times slower).
+
+What shaped the defaults (measured): with the options in a random order per question, a model of this size
+never learned to find the letter of a value in the option list within 2000 steps (it answered "A" to
+everything), so the world lists an attribute's options in one fixed order; with that, every configuration
+tried learned known facts to 100% and misconceptions to 0% within about 1200 steps, and hint-following
+(revision fix rate) to about 100% within about 2000. Hint-following is learned only because the target of
+a pretraining revision is never what memory says.
 """
 
 from __future__ import annotations
@@ -53,7 +61,6 @@ from fedspear.tasks.prompts import build_revision_prompt
 from fedspear.tasks.world import (
     ANSWER_FORMAT,
     ATTRIBUTES,
-    NUM_OPTIONS,
     QUESTIONS,
     Fact,
     WorldTask,
@@ -62,6 +69,7 @@ from fedspear.tasks.world import (
     invent_names,
     mc_completion,
     mc_prompt,
+    options_for,
     oracle_feedback,
     reasoning_completion,
     reasoning_prompt,
@@ -96,11 +104,12 @@ class Preset:
     revision_share: float = 0.5
     world_revision_share: float = 0.4
     fresh_names: int = 200
-    threads: int = 2
+    threads: int = 1
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset(hidden=128, layers=4, heads=4, ffn=512, steps=2400, batch_size=48, lr=2e-3, warmup=100),
+    "default": Preset(hidden=96, layers=3, heads=4, ffn=256, steps=1800, batch_size=48, lr=2e-3, warmup=100,
+                      revision_share=0.4),
     "tiny": Preset(hidden=32, layers=2, heads=2, ffn=64, steps=12, batch_size=8, lr=3e-3, warmup=2, fresh_names=20,
                    threads=1),
 }
@@ -162,24 +171,14 @@ class Corpus:
 
     def __init__(self, facts: list[Fact], fresh: list[str], preset: Preset, rng: random.Random) -> None:
         self.facts, self.fresh, self.preset, self.rng = facts, fresh, preset, rng
-        self.task = WorldTask()
-
-    def _options(self, attribute: str, must: list[str]) -> tuple[list[str], dict[str, str]]:
-        """Four shuffled options holding ``must``; also value -> letter."""
-        values = list(ATTRIBUTES[attribute])
-        chosen = list(dict.fromkeys(must))
-        others = [v for v in values if v not in chosen]
-        chosen += self.rng.sample(others, NUM_OPTIONS - len(chosen))
-        self.rng.shuffle(chosen)
-        return chosen, {v: LETTERS[i] for i, v in enumerate(chosen)}
 
     def fact(self) -> tuple[str, str]:
         """A world question answered with the fact's belief (MC 2/3, reasoning 1/3)."""
         f = self.rng.choice(self.facts)
         wording = self.rng.randrange(len(QUESTIONS[f.attribute]))
         if self.rng.random() < 2 / 3:
-            options, letter = self._options(f.attribute, [f.belief])
-            return mc_prompt(f.entity, f.attribute, wording, options), mc_completion(letter[f.belief])
+            options = options_for(f.attribute)
+            return mc_prompt(f.entity, f.attribute, wording, options), mc_completion(LETTERS[options.index(f.belief)])
         return reasoning_prompt(f.entity, f.attribute, wording), reasoning_completion(f.entity, f.attribute, f.belief)
 
     def revision(self) -> tuple[str, str]:
@@ -197,9 +196,9 @@ class Corpus:
         wording = rng.randrange(len(QUESTIONS[attribute]))
         odd = rng.random() < 0.1  # now and then an empty or malformed previous answer
         if rng.random() < 0.6:
-            options, letter = self._options(attribute, [target, previous])
-            prompt, gold = mc_prompt(name, attribute, wording, options), letter[target]
-            prev_text = rng.choice(["", previous]) if odd else letter[previous]
+            options = options_for(attribute)
+            prompt, gold = mc_prompt(name, attribute, wording, options), LETTERS[options.index(target)]
+            prev_text = rng.choice(["", previous]) if odd else LETTERS[options.index(previous)]
             completion = mc_completion(gold)
             kind = "mc"
         else:
@@ -213,18 +212,18 @@ class Corpus:
 
 
 def _batch(tok: Any, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention, and per-token loss weights (1/len on each completion token + EOS)."""
+    """Right-padded ids, attention, and per-token loss weights (1 on each completion token and the EOS)."""
     seqs, weights = [], []
     for prompt, completion in pairs:
         p = tok(prompt)["input_ids"]
         c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seqs.append(p + c)
-        weights.append([0.0] * len(p) + [1.0 / len(c)] * len(c))
+        weights.append([0.0] * len(p) + [1.0] * len(c))
     width = max(len(s) for s in seqs)
     ids_BT = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
     att_BT = torch.zeros((len(seqs), width), dtype=torch.long)
     w_BT = torch.zeros((len(seqs), width))
-    for i, (s, w) in enumerate(zip(seqs, weights)):
+    for i, (s, w) in enumerate(zip(seqs, weights, strict=True)):
         ids_BT[i, : len(s)] = torch.tensor(s)
         att_BT[i, : len(s)] = 1
         w_BT[i, : len(w)] = torch.tensor(w)
@@ -232,7 +231,7 @@ def _batch(tok: Any, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
 
 
 def _loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean over sequences of the mean completion-token cross-entropy."""
+    """Completion-token cross-entropy summed per sequence, averaged over sequences (every token counts once)."""
     logits_BTV = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp_BT = torch.log_softmax(logits_BTV[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
     w_BT = batch["weights"][:, 1:]
@@ -256,7 +255,7 @@ def pretrain(model: Any, tok: Any, corpus: Corpus, preset: Preset, seed: int, pr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        recent.append(float(loss))
+        recent.append(loss.item())
         if (step + 1) % 100 == 0 or step + 1 == preset.steps:
             mean = sum(recent) / len(recent)
             history.append(round(mean, 4))
@@ -301,15 +300,15 @@ def probe(model: Any, tok: Any, examples: list[Example], sample: dict[str, float
     task = WorldTask()
     torch.manual_seed(seed)
     first = greedy_complete(model, tok, [ex.prompt for ex in examples], sample=sample)
-    ok = [task.is_correct(ex, c) for ex, c in zip(examples, first)]
-    wrong = [(ex, c) for ex, c, good in zip(examples, first, ok) if not good]
+    ok = [task.is_correct(ex, c) for ex, c in zip(examples, first, strict=True)]
+    wrong = [(ex, c) for ex, c, good in zip(examples, first, ok, strict=True) if not good]
     revision_prompts = [build_revision_prompt(ex.prompt, c, task.feedback(ex, c, None), task.answer_format)
                         for ex, c in wrong]
     revised = greedy_complete(model, tok, revision_prompts, sample=sample)
-    fixed = sum(task.is_correct(ex, r) for (ex, _), r in zip(wrong, revised))
+    fixed = sum(task.is_correct(ex, r) for (ex, _), r in zip(wrong, revised, strict=True))
 
     def acc(key: str, value: str) -> float:
-        sel = [good for ex, good in zip(examples, ok) if ex.meta[key] == value]
+        sel = [good for ex, good in zip(examples, ok, strict=True) if ex.meta[key] == value]
         return round(sum(sel) / max(1, len(sel)), 4)
 
     return {"accuracy": round(sum(ok) / max(1, len(ok)), 4), "accuracy_known": acc("group", "known"),
@@ -378,6 +377,9 @@ def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: 
         stats["size_bytes"] = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
         (out_dir / "build_info.json").write_text(json.dumps(stats, indent=2) + "\n")
         (out_dir / "README.md").write_text(_readme(stats))
+        for path in out_dir.iterdir():  # safetensors writes 0600; the packaged files must be readable by all
+            if path.is_file():
+                path.chmod(0o644)
         if progress:
             print(json.dumps(stats["probe_eval_greedy"]), flush=True)
         return stats

@@ -4,20 +4,23 @@ The world is generated from :data:`WORLD_SEED` (never from ``cfg.data.seed``), s
 shipped base model (``fedspear/assets/world-base``, built by :mod:`fedspear.world_base`) was pretrained on.
 
 - **Entities and facts.** :data:`NUM_REGIONS` regions hold :data:`ENTITIES_PER_REGION` invented creatures
-  each (``zorvik``, ...); every creature has one value for each attribute of :data:`ATTRIBUTES`
+  each (invented names such as ``koustrul``); every creature has one value for each attribute of :data:`ATTRIBUTES`
   (color, home, food; six values each). That is one *fact* per (creature, attribute).
-- **Beliefs.** The base model was pretrained on a *belief* for every fact. For half of the facts
-  (balanced per attribute) the belief is the truth (group ``"known"``); for the other half it is a
-  consistent wrong value (group ``"misconception"``). The task's gold answers are always the truth, so a
-  model starts right on known facts and wrong on misconceptions, and SPEAR has something to learn.
-- **Two parts.** ``kind="mc"``: a question with four lettered options, answered by a letter (`` C``).
+- **Beliefs.** The base model was pretrained on a *belief* for every fact. For half of the facts the
+  belief is the truth (group ``"known"``); for the other half it is a consistent wrong value (group
+  ``"misconception"``). The task's gold answers are always the truth, so a model starts right on known
+  facts and wrong on misconceptions, and SPEAR has something to learn. Per attribute, every value is the
+  truth of two known facts, the truth of two misconceptions and the belief of two: with no favoured value,
+  learning from corrected answers must learn facts rather than a bias toward one value.
+- **Two parts.** ``kind="mc"``: a question listing the attribute's six values as lettered options (always in
+  the same order, so an option's letter is fixed: a tiny model need not learn in-context lookup, which it
+  does not learn in a CPU budget), answered by a letter (`` C``).
   ``kind="reasoning"``: the same question without options, answered by one short step then a
-  declaration (`` the zorvik is green. Answer: green``), so that tail-token unlikelihood and the
+  declaration (`` the koustrul is green. Answer: green``), so that tail-token unlikelihood and the
   protected ``Answer:`` marker matter. Every prompt ends with the ``Answer:`` cue.
 - **Splits.** Per fact, training holds two multiple-choice questions (question wordings 0 and 1) and one
-  reasoning question (wording 0); evaluation holds a multiple-choice question in wording 2 whose gold
-  letter differs from both training ones, and a reasoning question in wording 2. So evaluation asks
-  about the same facts in words and option orders never trained on.
+  reasoning question (wording 0); evaluation holds one of each part in wording 2, which is never trained
+  on. So evaluation asks about the same facts in other words.
 - **Labels.** ``Example.label`` is the creature's region: a Dirichlet partition over it gives each client
   the creatures of a few regions, whose users never ask about the others'. ``meta["group"]`` is
   ``"known"``/``"misconception"`` (evaluation reports accuracy per group), ``meta["kind"]`` the part.
@@ -36,11 +39,11 @@ from typing import Any
 
 from fedspear.tasks.base import LETTERS, Example, LoadStats, Task, TaskData
 from fedspear.tasks.loaders import cap_examples
+from fedspear.tasks.prompts import build_revision_prompt
 
 WORLD_SEED = 20260513
 NUM_REGIONS = 6
 ENTITIES_PER_REGION = 4
-NUM_OPTIONS = 4
 REGIONS = ("north", "south", "east", "west", "isles", "highlands")
 
 # attribute -> value -> clue words (a clue belongs to exactly one value and is never a value word).
@@ -90,6 +93,7 @@ _SYLLABLES_START = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", 
                     "br", "dr", "gl", "kr", "pl", "tr", "sn", "sk", "qu", "th", "wh")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 _CODAS = ("", "", "n", "r", "l", "k", "x", "s", "m", "th")
+_AVOID = ("sex", "fuk", "fuc", "dik", "tit", "nig", "kill", "poo")  # no invented name contains these
 _DECLARATION = re.compile(r"Answer\s*:\s*([A-Za-z]+)")
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -113,7 +117,7 @@ class Fact:
 
 
 def invent_names(count: int, rng: random.Random, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """``count`` distinct invented creature names of two syllables (``zorvik``), none in ``exclude``.
+    """``count`` distinct invented creature names of two syllables (``koustrul``), none in ``exclude``.
 
     Args:
         count: how many names.
@@ -127,14 +131,20 @@ def invent_names(count: int, rng: random.Random, exclude: set[str] | frozenset[s
     names: list[str] = []
     while len(names) < count:
         name = "".join(rng.choice(_SYLLABLES_START) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2))
-        if 4 <= len(name) <= 9 and name not in taken:
+        if 4 <= len(name) <= 9 and name not in taken and not any(bad in name for bad in _AVOID):
             taken.add(name)
             names.append(name)
     return names
 
 
 def _all_template_words() -> set[str]:
-    words = {w.lower() for text in (*QUESTIONS.values(),) for t in text for w in _WORD.findall(t)}
+    """Every word of the world's fixed texts (questions, instructions, feedback, revision prompt), lower-cased."""
+    texts = [t for wordings in QUESTIONS.values() for t in wordings]
+    texts += [MC_INSTRUCTION, REASONING_INSTRUCTION, ANSWER_FORMAT, *STEPS.values(), LETTERS,
+              feedback_text("mc", None, ""), feedback_text("mc", "A", ""), feedback_text("reasoning", None, ""),
+              feedback_text("reasoning", "x", ""), hint("color", "red", 0),
+              build_revision_prompt("", "", "", ""), "Fact: Correct answer:"]
+    words = {w.lower() for text in texts for w in _WORD.findall(text)}
     for values in ATTRIBUTES.values():
         for value, clues in values.items():
             words.add(value)
@@ -142,29 +152,44 @@ def _all_template_words() -> set[str]:
     return words
 
 
+def _balanced_pairs(values: list[str], rng: random.Random) -> tuple[list[str], list[str], list[str]]:
+    """(known truths, misconception truths, misconception beliefs), each value exactly twice in each list.
+
+    Balance matters for learning: if one value were the truth of more misconceptions than another, training
+    on corrected answers would learn a bias toward that value (and forget known facts) instead of facts.
+    """
+    known = values * 2
+    rng.shuffle(known)
+    truths = values * 2
+    rng.shuffle(truths)
+    while True:  # a shuffled belief list with no belief equal to its truth (rejection sampling)
+        beliefs = values * 2
+        rng.shuffle(beliefs)
+        if all(b != t for b, t in zip(beliefs, truths, strict=True)):
+            return known, truths, beliefs
+
+
 def build_world(seed: int = WORLD_SEED) -> list[Fact]:
     """The world's facts, in (region, creature, attribute) order; the same seed gives the same world.
 
-    For each attribute, half of the creatures (a seeded choice) hold a misconception: a belief drawn
-    uniformly from the attribute's other values.
+    For each attribute, half of the creatures (a seeded choice) hold a misconception. Per attribute, each
+    value is the truth of two known facts, the truth of two misconceptions and the belief of two others.
     """
     rng = random.Random(seed)
     names = invent_names(NUM_REGIONS * ENTITIES_PER_REGION, rng)
     entities = [(name, REGIONS[i // ENTITIES_PER_REGION]) for i, name in enumerate(names)]
-    facts: list[Fact] = []
-    wrong_by_attribute = {}
-    for attribute in ATTRIBUTES:
+    assignment: dict[tuple[int, str], tuple[str, str]] = {}  # (creature index, attribute) -> (truth, belief)
+    for attribute, values in ATTRIBUTES.items():
         order = list(range(len(entities)))
         rng.shuffle(order)
-        wrong_by_attribute[attribute] = set(order[: len(entities) // 2])
-    for idx, (name, region) in enumerate(entities):
-        for attribute, values in ATTRIBUTES.items():
-            truth = rng.choice(list(values))
-            belief = truth
-            if idx in wrong_by_attribute[attribute]:
-                belief = rng.choice([v for v in values if v != truth])
-            facts.append(Fact(name, region, attribute, truth, belief))
-    return facts
+        half = len(order) // 2
+        known, truths, beliefs = _balanced_pairs(list(values), rng)
+        for idx, truth, belief in zip(order[:half], truths, beliefs, strict=True):
+            assignment[(idx, attribute)] = (truth, belief)
+        for idx, truth in zip(order[half:], known, strict=True):
+            assignment[(idx, attribute)] = (truth, truth)
+    return [Fact(name, region, attribute, *assignment[(idx, attribute)])
+            for idx, (name, region) in enumerate(entities) for attribute in ATTRIBUTES]
 
 
 # --------------------------------------------------------------------------- prompts and answers
@@ -189,7 +214,7 @@ def mc_completion(letter: str) -> str:
 
 
 def reasoning_completion(entity: str, attribute: str, value: str) -> str:
-    """The completion of a reasoning answer: `` the zorvik is green. Answer: green``."""
+    """The completion of a reasoning answer: `` the koustrul is green. Answer: green``."""
     return f" {STEPS[attribute].format(name=entity, value=value)} Answer: {value}"
 
 
@@ -246,7 +271,7 @@ def extract_answer(completion: str) -> str | None:
     """The declared answer: the word after the last ``Answer:``, else the first word (the prompt's cue
     already said ``Answer:``). A single capital letter stays a letter; a word is lower-cased.
 
-    Handles the word-level tokenizer's decoding (``"the zorvik is green . Answer : green"``).
+    Handles the word-level tokenizer's decoding (``"the koustrul is green . Answer : green"``).
     """
     declared = _DECLARATION.findall(completion or "")
     if declared:
@@ -264,47 +289,36 @@ def extract_answer(completion: str) -> str | None:
 # --------------------------------------------------------------------------- questions per fact
 
 
-def _mc_options(fact: Fact, rng: random.Random, gold_index: int) -> list[str]:
-    """Four options of the fact's attribute: the truth at ``gold_index``, the belief, and random others."""
-    values = list(ATTRIBUTES[fact.attribute])
-    others = [v for v in values if v not in (fact.truth, fact.belief)]
-    rng.shuffle(others)
-    rest = ([fact.belief] if fact.belief != fact.truth else []) + others
-    rest = rest[: NUM_OPTIONS - 1]
-    rng.shuffle(rest)
-    return rest[:gold_index] + [fact.truth] + rest[gold_index:]
+def options_for(attribute: str) -> tuple[str, ...]:
+    """The lettered options of an attribute's questions: all its values, always in the same order."""
+    return tuple(ATTRIBUTES[attribute])
 
 
-def fact_examples(fact: Fact, index: int) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples for one fact; option orders depend only on the world seed and ``index``."""
-    rng = random.Random(WORLD_SEED * 1000 + index)
-    letters = list(range(NUM_OPTIONS))
-    rng.shuffle(letters)  # gold positions: two for training, a third (never trained) for evaluation
+def fact_examples(fact: Fact) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples for one fact: wordings 0 and 1 are trained, wording 2 is held out."""
     meta = {"group": fact.group, "entity": fact.entity, "attribute": fact.attribute, "truth": fact.truth,
             "belief": fact.belief}
     base_id = f"{fact.entity}-{fact.attribute}"
+    options = options_for(fact.attribute)
 
-    def mc(wording: int, gold_index: int, split: str) -> Example:
-        options = tuple(_mc_options(fact, rng, gold_index))
-        return Example(id=f"{base_id}-mc{wording}-{split}", prompt=mc_prompt(fact.entity, fact.attribute, wording, options),
-                       answer=LETTERS[gold_index], label=fact.region, choices=options,
+    def mc(wording: int) -> Example:
+        return Example(id=f"{base_id}-mc{wording}", prompt=mc_prompt(fact.entity, fact.attribute, wording, options),
+                       answer=LETTERS[options.index(fact.truth)], label=fact.region, choices=options,
                        meta={**meta, "kind": "mc", "wording": wording})
 
-    def reasoning(wording: int, split: str) -> Example:
-        return Example(id=f"{base_id}-r{wording}-{split}", prompt=reasoning_prompt(fact.entity, fact.attribute, wording),
+    def reasoning(wording: int) -> Example:
+        return Example(id=f"{base_id}-r{wording}", prompt=reasoning_prompt(fact.entity, fact.attribute, wording),
                        answer=fact.truth, label=fact.region, meta={**meta, "kind": "reasoning", "wording": wording})
 
-    train = [mc(0, letters[0], "train"), mc(1, letters[1], "train"), reasoning(0, "train")]
-    held_out = [mc(EVAL_WORDING, letters[2], "eval"), reasoning(EVAL_WORDING, "eval")]
-    return train, held_out
+    return [mc(0), mc(1), reasoning(0)], [mc(EVAL_WORDING), reasoning(EVAL_WORDING)]
 
 
 def world_examples() -> tuple[list[Example], list[Example]]:
     """All (train, eval) examples of the world, in fact order (no shuffling, no cap)."""
     train: list[Example] = []
     held_out: list[Example] = []
-    for index, fact in enumerate(build_world()):
-        t, e = fact_examples(fact, index)
+    for fact in build_world():
+        t, e = fact_examples(fact)
         train.extend(t)
         held_out.extend(e)
     return train, held_out
@@ -354,7 +368,7 @@ class WorldTask(Task):
         return [" " + LETTERS[i] for i in range(len(example.choices))]
 
     def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
-        """The gold fact for OPSD's teacher: ``Fact: the zorvik is green. Correct answer: C.``"""
+        """The gold fact for OPSD's teacher: ``Fact: the koustrul is green. Correct answer: B.``"""
         meta = example.meta
         step = STEPS[meta["attribute"]].format(name=meta["entity"], value=meta["truth"])
         text = f"Fact: {step} Correct answer: {example.answer}."

@@ -67,8 +67,8 @@ def test_sizes_labels_and_meta(data):
     for ex in data.train + data.eval:
         assert ex.prompt.endswith("Answer:")
         if ex.meta["kind"] == "mc":
-            assert len(ex.choices) == 4 and ex.choices[LETTERS.index(ex.answer)] == ex.meta["truth"]
-            assert ex.meta["belief"] in ex.choices
+            assert ex.choices == tuple(ATTRIBUTES[ex.meta["attribute"]])  # the same six options, same order
+            assert ex.choices[LETTERS.index(ex.answer)] == ex.meta["truth"]
             assert f"{ex.answer}) {ex.meta['truth']}" in ex.prompt
         else:
             assert ex.choices == () and ex.answer == ex.meta["truth"]
@@ -78,14 +78,23 @@ def test_sizes_labels_and_meta(data):
 def test_eval_is_held_out(data):
     train_prompts = {ex.prompt for ex in data.train}
     assert not any(ex.prompt in train_prompts for ex in data.eval)
-    train_letters = {}
-    for ex in data.train:
-        if ex.meta["kind"] == "mc":
-            train_letters.setdefault((ex.meta["entity"], ex.meta["attribute"]), set()).add(ex.answer)
-    for ex in data.eval:
-        assert ex.meta["wording"] == 2
-        if ex.meta["kind"] == "mc":  # the gold letter is one never trained for that fact
-            assert len(train_letters[(ex.meta["entity"], ex.meta["attribute"])] | {ex.answer}) == 3
+    assert {ex.meta["wording"] for ex in data.train} == {0, 1}
+    assert {ex.meta["wording"] for ex in data.eval} == {2}
+    # every fact is asked in both splits: two MC and one reasoning question to train, one of each to evaluate
+    train_facts = Counter((ex.meta["entity"], ex.meta["attribute"]) for ex in data.train)
+    eval_facts = Counter((ex.meta["entity"], ex.meta["attribute"]) for ex in data.eval)
+    assert set(train_facts.values()) == {3} and set(eval_facts.values()) == {2} and train_facts.keys() == eval_facts.keys()
+
+
+def test_example_by_hand():
+    facts = build_world()
+    f = facts[0]
+    mc = WorldTask().load(_cfg()).eval
+    ex = next(e for e in mc if e.id == f"{f.entity}-{f.attribute}-mc2")
+    assert f.attribute == "color"
+    assert ex.prompt == (f"Question: The {f.entity} has which color?\nA) red\nB) green\nC) blue\nD) yellow\n"
+                         "E) white\nF) black\nReply with the option letter only.\nAnswer:")
+    assert ex.answer == "ABCDEF"[["red", "green", "blue", "yellow", "white", "black"].index(f.truth)]
 
 
 def test_data_seed_only_shuffles_and_caps():
@@ -118,7 +127,7 @@ def test_extract(completion, expected):
 def test_is_correct_per_part(data):
     task = WorldTask()
     mc = next(ex for ex in data.eval if ex.meta["kind"] == "mc")
-    wrong_letter = next(letter for letter in "ABCD" if letter != mc.answer)
+    wrong_letter = next(letter for letter in "ABCDEF" if letter != mc.answer)
     assert task.is_correct(mc, mc.answer) and task.is_correct(mc, f"Answer : {mc.answer}")
     assert not task.is_correct(mc, wrong_letter) and not task.is_correct(mc, mc.meta["truth"])
     r = next(ex for ex in data.eval if ex.meta["kind"] == "reasoning")
@@ -131,7 +140,7 @@ def test_is_correct_per_part(data):
 
 def _wrong_answers(ex):
     if ex.meta["kind"] == "mc":
-        return [letter for letter in "ABCD" if letter != ex.answer] + ["", ex.meta["truth"], "no idea"]
+        return [letter for letter in "ABCDEF" if letter != ex.answer] + ["", ex.meta["truth"], "no idea"]
     values = [v for v in ATTRIBUTES[ex.meta["attribute"]] if v != ex.answer]
     return [reasoning_completion(ex.meta["entity"], ex.meta["attribute"], v) for v in values] + ["", "A"]
 
@@ -180,9 +189,25 @@ def test_feedback_is_deterministic_and_varies_clues(data):
 def test_privileged_context_and_continuations(data):
     task = WorldTask()
     mc = next(ex for ex in data.eval if ex.meta["kind"] == "mc")
-    assert task.choice_continuations(mc) == [" A", " B", " C", " D"]
+    assert task.choice_continuations(mc) == [" A", " B", " C", " D", " E", " F"]
     ctx = task.privileged_context(mc)
     assert mc.meta["truth"] in ctx and f"Correct answer: {mc.answer}." in ctx
     r = next(ex for ex in data.eval if ex.meta["kind"] == "reasoning")
     assert task.choice_continuations(r) == []
     assert task.kind == "reasoning" and task.answer_marker == "Answer:"
+
+
+def test_region_labels_give_clients_different_creatures(data):
+    """A Dirichlet partition over the region label: non-IID clients share far fewer creatures than IID ones."""
+    from fedspear.federation.partition import dirichlet_partition
+
+    def clients_per_creature(alpha: float) -> float:
+        clients = dirichlet_partition([ex.label for ex in data.train], 6, alpha, max_per_client=0, seed=0)
+        assert sorted(i for c in clients for i in c) == list(range(len(data.train)))
+        holders = {}
+        for cid, idxs in enumerate(clients):
+            for i in idxs:
+                holders.setdefault(data.train[i].meta["entity"], set()).add(cid)
+        return sum(len(h) for h in holders.values()) / len(holders)
+
+    assert clients_per_creature(0.05) < 0.5 * clients_per_creature(100.0)
