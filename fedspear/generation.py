@@ -84,16 +84,16 @@ def generate(
     was_training = model.training
     model.eval()
     out: list[Completion | None] = [None] * len(prompts)
-    eos_ids = _eos_ids(engine)
+    stop_ids = eos_ids(engine)
     gen_kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(eos_ids), "use_cache": True}
+                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True}
     if settings.do_sample:
         gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     torch.manual_seed(seed)
     with merged_lora(engine):
-        _generate_batches(engine, prompts, order, gen_kwargs, eos_ids, out)
+        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out)
     model.train(was_training)
     if stats is not None:
         stats.sequences += len(prompts)
@@ -128,7 +128,7 @@ def merged_lora(engine: Engine) -> Iterator[None]:
 
 
 def _generate_batches(engine: Engine, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
-                      eos_ids: set[int], out: list) -> None:
+                      stop_ids: set[int], out: list) -> None:
     model, tok = engine.model, engine.tokenizer
     for batch in _batches(order, engine.cfg.gen.rollout_batch_size):
         width = max(len(prompts[i]) for i in batch)
@@ -143,12 +143,13 @@ def _generate_batches(engine: Engine, prompts: list[list[int]], order: list[int]
         ).cpu()
         new_BN = sequences_BS[:, width:].tolist()
         for row, i in enumerate(batch):
-            ids, finished = _cut_at_eos(new_BN[row], eos_ids)
+            ids, finished = cut_at_eos(new_BN[row], stop_ids)
             text = tok.decode(ids, skip_special_tokens=True).strip()
             out[i] = Completion(prompts[i], ids, text, finished)
 
 
-def _eos_ids(engine: Engine) -> set[int]:
+def eos_ids(engine: Engine) -> set[int]:
+    """The tokenizer's EOS id plus any EOS ids of the model's generation config."""
     ids = {engine.tokenizer.eos_token_id}
     config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
     if isinstance(config_eos, int):
@@ -158,8 +159,9 @@ def _eos_ids(engine: Engine) -> set[int]:
     return ids
 
 
-def _cut_at_eos(ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+def cut_at_eos(ids: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    """``ids`` up to and including the first EOS, and whether there was one."""
     for pos, token in enumerate(ids):
-        if token in eos_ids:
+        if token in eos:
             return ids[: pos + 1], True
     return ids, False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedspear.config import load_config
-from fedspear.generation import GenSettings, _cut_at_eos, generate
+from fedspear.generation import GenSettings, cut_at_eos, generate
 from fedspear.models import build_engine
 
 
@@ -19,9 +19,9 @@ def _engine(model_dir, batch_size):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), _NoTask())
 
 
-def test_cut_at_eos():
-    assert _cut_at_eos([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], True)
-    assert _cut_at_eos([5, 6, 7], {2}) == ([5, 6, 7], False)
+def testcut_at_eos():
+    assert cut_at_eos([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], True)
+    assert cut_at_eos([5, 6, 7], {2}) == ([5, 6, 7], False)
 
 
 def test_batched_greedy_equals_one_by_one(tiny_qwen):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedspear.generation import Completion, GenSettings, merged_lora
+from fedspear.generation import Completion, GenSettings, cut_at_eos, eos_ids, merged_lora
 from fedspear.models import Engine
 
 _END = object()
@@ -82,25 +82,6 @@ class _Cancel:
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def eos_ids(engine: Engine) -> set[int]:
-    """The tokenizer's EOS id plus any EOS ids of the model's generation config."""
-    ids = {engine.tokenizer.eos_token_id}
-    config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        ids.add(config_eos)
-    elif isinstance(config_eos, list):
-        ids.update(config_eos)
-    return ids
-
-
-def cut_at_eos(ids: list[int], eos: set[int]) -> tuple[list[int], bool]:
-    """``ids`` up to and including the first EOS, and whether there was one."""
-    for pos, token in enumerate(ids):
-        if token in eos:
-            return ids[: pos + 1], True
-    return ids, False
 
 
 def stream_answer(engine: Engine, prompt_ids: list[int], settings: GenSettings, seed: int,
