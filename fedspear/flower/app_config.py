@@ -42,6 +42,9 @@ from fedspear.config import Config, ConfigError, apply_overrides, config_from_di
 FLWR_VERSION = "1.42.0"
 SERVER_APP_REF = "fedspear.flower.server_app:app"
 CLIENT_APP_REF = "fedspear.flower.client_app:app"
+# ClientApps a Flower app can run (`fedspear flower-config --clients`): "oracle" rolls out the node's task rows
+# with oracle feedback; "served" trains from the trace store of the node's `fedspear serve` page (people's feedback).
+CLIENT_APPS = {"oracle": CLIENT_APP_REF, "served": "fedspear.serve.supernode:app"}
 CONNECTION_NAME = "fedspear"
 # Node-local overrides a SuperNode may apply: where its data is and how its device runs the model. Everything
 # that changes what is trained (algorithm, LoRA layout, hyperparameters) comes from the server's config.
@@ -145,8 +148,11 @@ def _toml_string(text: str) -> str:
 
 
 def app_pyproject(cfg: Config, *, resume: bool = False, connect_timeout: float = 300.0, round_timeout: float = 0.0,
-                  poll_interval: float = 0.5, name: str = "fedspear-flower") -> str:
-    """The pyproject.toml of a Flower app running ``cfg`` with the fedspear ServerApp and ClientApp."""
+                  poll_interval: float = 0.5, name: str = "fedspear-flower", clients: str = "oracle") -> str:
+    """The pyproject.toml of a Flower app running ``cfg`` with the fedspear ServerApp and the ``clients`` ClientApp
+    (a key of :data:`CLIENT_APPS`)."""
+    if clients not in CLIENT_APPS:
+        raise ConfigError(f"unknown client app '{clients}'; choose one of {', '.join(CLIENT_APPS)}")
     return f"""# A Flower app that runs fedspear (written by `fedspear flower-config`). The ServerApp and ClientApp live in the
 # installed fedspear package, which the SuperLink and every SuperNode need: pip install 'fedspear[flower]'.
 [build-system]
@@ -165,7 +171,7 @@ publisher = "fedspear"
 
 [tool.flwr.app.components]
 serverapp = "{SERVER_APP_REF}"
-clientapp = "{CLIENT_APP_REF}"
+clientapp = "{CLIENT_APPS[clients]}"
 
 [tool.flwr.app.config]
 overrides = ""
@@ -235,6 +241,10 @@ def add_parser(sub: Any, parents: list[Any]) -> None:
                    help="the SuperLink's address (default: 127.0.0.1:9093)")
     p.add_argument("--root-certificates", metavar="CA_PEM",
                    help="CA certificate of the SuperLink's TLS certificate (default: no TLS, for local runs)")
+    p.add_argument("--clients", choices=sorted(CLIENT_APPS), default="oracle",
+                   help="oracle: each SuperNode rolls out its task rows with oracle feedback (default); served: each "
+                   "SuperNode trains from its `fedspear serve` page's trace store (node config: client-id=N "
+                   "state-dir='DIR')")
     p.add_argument("--resume", action="store_true", help="resume output_dir from its checkpoint when it has one")
     p.add_argument("--connect-timeout", type=float, default=300.0, metavar="S",
                    help="seconds to wait for all clients at start (default: 300)")
@@ -250,9 +260,14 @@ def cmd_flower_config(args: Any) -> int:
 
     cfg = load_config(resolve_config(args.config), args.overrides)
     out = write_flower_app(cfg, Path(args.out), superlink=args.superlink, root_certificates=args.root_certificates,
-                           resume=args.resume, connect_timeout=args.connect_timeout, round_timeout=args.round_timeout)
+                           resume=args.resume, connect_timeout=args.connect_timeout, round_timeout=args.round_timeout,
+                           clients=args.clients)
     home = (out / ".flwr").resolve()
     print(out)
-    print(f"# run it (SuperLink at {args.superlink}, {cfg.data.num_clients} SuperNodes connected):\n"
+    node = ("client-id=N state-dir='<its fedspear serve --state folder>'" if args.clients == "served"
+            else f"partition-id=N num-partitions={cfg.data.num_clients}")
+    print(f"# start {cfg.data.num_clients} SuperNodes, N = 0..{cfg.data.num_clients - 1}:\n"
+          f"flower-supernode --insecure --superlink {args.superlink} --node-config \"{node}\"\n"
+          f"# then run it (SuperLink at {args.superlink}):\n"
           f"FLWR_HOME={home} flwr run {out.resolve()} {CONNECTION_NAME} --stream", file=sys.stderr)
     return 0

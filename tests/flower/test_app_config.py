@@ -95,3 +95,13 @@ def test_flower_config_command(tmp_path, capsys):
     assert tomllib.loads((out / ".flwr" / "config.toml").read_text())["superlink"]["fedspear"] == {
         "address": "127.0.0.1:7000", "insecure": True}
     assert main(["flower-config", "--out", str(out), "fl.nope=1"]) == 2
+
+
+def test_flower_config_selects_the_store_backed_client_app(tmp_path, capsys):
+    out = tmp_path / "app"
+    assert main(["flower-config", "--out", str(out), "--clients", "served", f"output_dir={tmp_path / 'run'}"]) == 0
+    components = tomllib.loads((out / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    assert components["clientapp"] == "fedspear.serve.supernode:app"
+    assert "state-dir=" in capsys.readouterr().err  # the printed SuperNode command names the node config
+    with pytest.raises(ConfigError, match="unknown client app 'people'"):
+        app_pyproject(load_config(None, []), clients="people")
