@@ -2,13 +2,16 @@
 
 Every method runs the default preset (``fedspear/configs/default.yaml``) with the same seed, hence the same
 partition and client schedule; "none" rolls out and evaluates but takes no optimizer step
-(``fl.local_train_steps=0``). Prints a table (final held-out accuracy mean ± std, accuracy per round, wall time)
-and writes a markdown table and a plot.
+(``fl.local_train_steps=0``). Prints a table (final held-out accuracy mean ± std, accuracy per round, run time)
+and writes a markdown table and a plot. Runs go to ``<out-dir>/seed-S/<method>``, the layout of
+``bench/compare_world.py``: a finished run there with the same configuration is reused (an interrupted one
+resumed), so the two benches share their SPEAR and feedback-SFT runs. Run time = the rounds' recorded times plus
+evaluation (``time.round_s`` + ``time.eval_s``), the same whether a run is fresh or reused.
 
 Usage:
     python bench/quality.py                               # 3 seeds, writes bench/quality.md and bench/quality.png
     python bench/quality.py --seeds 0 --methods spear     # a quick look
-    python bench/quality.py --out-dir /tmp/q fl.rounds=4  # extra overrides apply to every run
+    python bench/quality.py --out-dir /tmp/q fl.rounds=4  # extra overrides apply to every run (default: runs/world-seeds)
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,18 +31,16 @@ METHODS = {
 
 
 def run_one(method: str, seed: int, out_dir: Path, extra: list[str]) -> dict:
-    """One run of the default preset; returns its eval curve, group accuracies and wall time."""
+    """One run of the default preset (or the finished one already there); its eval curve, groups and run time."""
     from fedspear.cli import resolve_config
+    from fedspear.compare import run_or_reuse
     from fedspear.config import load_config
-    from fedspear.federation import simulator
     from fedspear.records import RunRecord
 
-    overrides = [*METHODS[method], f"data.seed={seed}", f"output_dir={out_dir / f'{method}-s{seed}'}", *extra]
-    cfg = load_config(resolve_config(None), overrides)
-    start = time.perf_counter()
-    run_dir = simulator.run(cfg)
-    wall = time.perf_counter() - start
+    overrides = [*METHODS[method], f"data.seed={seed}", f"output_dir={out_dir / f'seed-{seed}' / method}", *extra]
+    run_dir = run_or_reuse(load_config(resolve_config(None), overrides))
     rows = RunRecord(run_dir).read_metrics()
+    wall = sum(r.get("time", {}).get("round_s", 0.0) + r.get("time", {}).get("eval_s", 0.0) for r in rows)
     curve = [(r["round"], r["eval"]["accuracy"]) for r in rows if r.get("eval")]
     groups = rows[-1]["eval"].get("groups", {})
     return {"method": method, "seed": seed, "curve": curve, "final": curve[-1][1], "start": curve[0][1],
@@ -57,7 +56,7 @@ def _mean_std(values: list[float]) -> str:
 def summarize(results: list[dict]) -> str:
     """A markdown table: one row per method."""
     lines = ["| method | round-0 acc | final acc (mean ± std) | gain (points) | final by group | acc per round (mean) "
-             "| wall s |", "|---|---|---|---|---|---|---|"]
+             "| run s |", "|---|---|---|---|---|---|---|"]
     for method in METHODS:
         runs = [r for r in results if r["method"] == method]
         if not runs:
@@ -91,12 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of spear,feedback_sft,none")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where the runs go (default: a temp folder)")
+    parser.add_argument("--out-dir", type=Path, default=HERE.parent / "runs" / "world-seeds", help="where the runs go")
     parser.add_argument("--report", type=Path, default=HERE / "quality.md", help="markdown table to write")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE overrides for every run")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="fedspear-quality-"))
+    out_dir = args.out_dir
     results = []
     for seed in args.seeds:
         for method in args.methods.split(","):

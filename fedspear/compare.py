@@ -86,7 +86,8 @@ def run_or_reuse(cfg: Config) -> Path:
         return simulator.run(cfg)
     if record.config_path.is_file():
         existing = config_from_dict(yaml.safe_load(record.config_path.read_text(encoding="utf-8"))).to_dict()
-        diff = _first_difference(existing, cfg.to_dict())
+        # output_dir is this very folder, however it was spelled (relative or absolute)
+        diff = _first_difference({**existing, "output_dir": None}, {**cfg.to_dict(), "output_dir": None})
         if diff:
             raise RunExistsError(f"{record.run_dir} holds a run with another configuration ({diff}); remove it or "
                                  "choose another output_dir")
@@ -197,76 +198,108 @@ def _algorithm_of(run_dir: Path, label: str) -> str:
 # --------------------------------------------------------------------------- report
 
 
+# Per-run curves of the comparison figures: name -> (value per round row, cumulative?, first round, feedback only).
+SERIES: dict[str, tuple[Callable[[dict[str, Any]], Any], bool, int, bool]] = {
+    "accuracy": (lambda r: nested_get(r, "eval", "accuracy"), False, 0, False),
+    "y0_accuracy": (lambda r: _ratio(r, "wins_y0", "samples_y0"), False, 1, False),
+    "cumulative_round_time": (lambda r: nested_get(r, "time", "round_s"), True, 1, False),
+    "cumulative_training_time": (lambda r: nested_get(r, "time", "training_s"), True, 1, False),
+    "cumulative_revision_successes": (lambda r: client_sum(r, "revision_successes"), True, 1, True),
+    "cumulative_needs_revision": (lambda r: client_sum(r, "needs_revision"), True, 1, True),
+    "needs_revision_pct": (lambda r: _ratio(r, "needs_revision", "samples_y0", 100.0), False, 1, True),
+}
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's metrics.jsonl rows with an integer round, sorted by round."""
+    return _rounds(Path(run_dir))
+
+
+def round_series(rows: list[dict[str, Any]], algorithm: str = "") -> dict[str, list[Point]]:
+    """One run's curves, by :data:`SERIES` name; the feedback curves are empty for algorithms that ask none."""
+    out = {}
+    for name, (value, cumulative, first, feedback_only) in SERIES.items():
+        if feedback_only and algorithm in NO_FEEDBACK_ALGORITHMS:
+            out[name] = []
+        else:
+            out[name] = _cumulative(rows, value) if cumulative else _series(rows, value, first=first)
+    return out
+
+
+def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """One run's summary numbers: final/best accuracy, training rounds, times and token counts (None = absent)."""
+    evals = [(r["round"], a) for r in rows if (a := _num(nested_get(r, "eval", "accuracy"))) is not None]
+    trained = [r for r in rows if r["round"] >= 1]
+
+    def total(key: str) -> float | None:
+        vals = [v for r in trained if (v := client_sum(r, key)) is not None]
+        return float(sum(vals)) if vals else None
+
+    time_s = sum(_num(nested_get(r, "time", "round_s")) or 0.0 for r in trained)
+    return {
+        "final_accuracy": evals[-1][1] if evals else None, "final_round": evals[-1][0] if evals else None,
+        "best_accuracy": max(a for _, a in evals) if evals else None, "rounds": len(trained),
+        "total_s": time_s if trained else None, "per_round_s": time_s / len(trained) if trained else None,
+        "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
+        "generations": total("generations"), "tokens_generated": total("tokens_generated"),
+        "tokens_trained": total("tokens_trained"), "tokens_forward": total("tokens_forward"),
+    }
+
+
 def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
     head = ("| algorithm | final accuracy (round) | best accuracy | rounds | total time (s) | time per round (s) | "
             "training time (s) | generations | tokens generated | tokens trained | forward-only tokens |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for label, rows in metrics.items():
-        evals = [(r["round"], a) for r in rows if (a := _num(nested_get(r, "eval", "accuracy"))) is not None]
-        trained = [r for r in rows if r["round"] >= 1]
-        total = sum(_num(nested_get(r, "time", "round_s")) or 0.0 for r in trained)
-
-        def tot(key: str, rows: list[dict[str, Any]] = trained) -> str:
-            vals = [v for r in rows if (v := client_sum(r, key)) is not None]
-            return f"{int(sum(vals))}" if vals else "-"
-
-        training = sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained)
-        cells = [
-            label,
-            f"{evals[-1][1]:.4f} ({evals[-1][0]})" if evals else "-",
-            f"{max(a for _, a in evals):.4f}" if evals else "-",
-            str(len(trained)),
-            f"{total:.1f}" if trained else "-",
-            f"{total / len(trained):.2f}" if trained else "-",
-            f"{training:.1f}" if trained else "-",
-            tot("generations"), tot("tokens_generated"), tot("tokens_trained"), tot("tokens_forward"),
-        ]
+        t = run_totals(rows)
+        final = f"{t['final_accuracy']:.4f} ({t['final_round']})" if t["final_accuracy"] is not None else "-"
+        cells = [label, final, fmt(t["best_accuracy"], ".4f"), str(t["rounds"]), fmt(t["total_s"], ".1f"),
+                 fmt(t["per_round_s"], ".2f"), fmt(t["training_s"], ".1f"),
+                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+FIGURES = [  # (series name, title, y label, caption)
+    ("accuracy", "Evaluation accuracy of the global model", "accuracy",
+     "Evaluation accuracy after each evaluated round (round 0 = before training)."),
+    ("y0_accuracy", "First-answer accuracy during rollouts", "accuracy",
+     "Correct first answers / first answers sampled in the round, over the round's clients."),
+    ("cumulative_round_time", "Cumulative round time (generation + feedback + training + aggregation)", "seconds",
+     "Cumulative `time.round_s`: wall time of each round's client work and aggregation, evaluation excluded "
+     "(paper Figure 2)."),
+    ("cumulative_training_time", "Cumulative training time (optimisation only)", "seconds",
+     "Cumulative `time.training_s`, summed over clients: optimisation plus the no-grad reference/teacher passes, "
+     "without generation or feedback."),
+    ("cumulative_revision_successes", "Cumulative successful revisions", "samples",
+     "Wrong first answers fixed by a feedback-guided revision, cumulative (paper Figure 4)."),
+    ("cumulative_needs_revision", "Cumulative samples needing revision", "samples",
+     "Wrong first answers sent for feedback, cumulative (paper Figure 5)."),
+    ("needs_revision_pct", "Samples needing revision per round", "% of first answers",
+     "Wrong first answers / first answers sampled, per round (paper Figure 6)."),
+]
 
 
 def _figures(metrics: dict[str, list[dict[str, Any]]], algos: dict[str, str], plot_dir: Path, prefix: str = ""
              ) -> list[tuple[str, Path | None, str]]:
     """(title, written path or None, caption) of every comparison figure."""
+    series = {label: round_series(rows, algos[label]) for label, rows in metrics.items()}
 
-    def per_algo(fn: Callable[[list[dict[str, Any]]], list[Point]], only_feedback: bool = False
-                 ) -> dict[str, list[Point]]:
-        return {label: fn(rows) for label, rows in metrics.items()
-                if not (only_feedback and algos[label] in NO_FEEDBACK_ALGORITHMS)}
+    def fig(name: str, title: str, ylabel: str, caption: str):
+        curves = {label: s[name] for label, s in series.items()}
+        return title, plot_series(curves, title, "round", ylabel, plot_dir / f"{prefix}{name}.png"), caption
 
-    def fig(name: str, title: str, ylabel: str, series: dict[str, list[Point]], caption: str):
-        return title, plot_series(series, title, "round", ylabel, plot_dir / f"{prefix}{name}.png"), caption
-
-    acc = per_algo(lambda rows: _series(rows, lambda r: nested_get(r, "eval", "accuracy"), first=0))
     if prefix:
-        return [fig("accuracy", "Centralized: evaluation accuracy", "accuracy", acc,
+        return [fig("accuracy", "Centralized: evaluation accuracy", "accuracy",
                     "One client holding all training data (paper Figure 7).")]
     no_fb = [label for label in metrics if algos[label] in NO_FEEDBACK_ALGORITHMS]
     fb_note = f" Left out (they ask for no feedback): {', '.join(no_fb)}." if no_fb else ""
-    return [
-        fig("accuracy", "Evaluation accuracy of the global model", "accuracy", acc,
-            "Evaluation accuracy after each evaluated round (round 0 = before training)."),
-        fig("y0_accuracy", "First-answer accuracy during rollouts", "accuracy",
-            per_algo(lambda rows: _series(rows, lambda r: _ratio(r, "wins_y0", "samples_y0"))),
-            "Correct first answers / first answers sampled in the round, over the round's clients."),
-        fig("cumulative_round_time", "Cumulative round time (generation + feedback + training + aggregation)",
-            "seconds", per_algo(lambda rows: _cumulative(rows, lambda r: nested_get(r, "time", "round_s"))),
-            "Cumulative `time.round_s`: wall time of each round's client work and aggregation, evaluation "
-            "excluded (paper Figure 2)."),
-        fig("cumulative_training_time", "Cumulative training time (optimisation only)", "seconds",
-            per_algo(lambda rows: _cumulative(rows, lambda r: nested_get(r, "time", "training_s"))),
-            "Cumulative `time.training_s`, summed over clients: optimisation plus the no-grad reference/teacher "
-            "passes, without generation or feedback."),
-        fig("cumulative_revision_successes", "Cumulative successful revisions", "samples",
-            per_algo(lambda rows: _cumulative(rows, lambda r: client_sum(r, "revision_successes")), True),
-            "Wrong first answers fixed by a feedback-guided revision, cumulative (paper Figure 4)." + fb_note),
-        fig("cumulative_needs_revision", "Cumulative samples needing revision", "samples",
-            per_algo(lambda rows: _cumulative(rows, lambda r: client_sum(r, "needs_revision")), True),
-            "Wrong first answers sent for feedback, cumulative (paper Figure 5)." + fb_note),
-        fig("needs_revision_pct", "Samples needing revision per round", "% of first answers",
-            per_algo(lambda rows: _series(rows, lambda r: _ratio(r, "needs_revision", "samples_y0", 100.0)), True),
-            "Wrong first answers / first answers sampled, per round (paper Figure 6)." + fb_note),
-    ]
+    return [fig(name, title, ylabel, caption + (fb_note if SERIES[name][3] else ""))
+            for name, title, ylabel, caption in FIGURES]
 
 
 def _figure_lines(figures: list[tuple[str, Path | None, str]], out_dir: Path) -> list[str]:

@@ -47,7 +47,8 @@ def points(metrics: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any
     return out
 
 
-def plot_series(series: dict[str, list[Point]], title: str, xlabel: str, ylabel: str, path: Path) -> Path | None:
+def plot_series(series: dict[str, list[Point]], title: str, xlabel: str, ylabel: str, path: Path,
+                spread: dict[str, list[float]] | None = None) -> Path | None:
     """Line plot of several named series, one line with markers each.
 
     Args:
@@ -56,6 +57,7 @@ def plot_series(series: dict[str, list[Point]], title: str, xlabel: str, ylabel:
         xlabel: x-axis label.
         ylabel: y-axis label.
         path: PNG file to write (parent folders are created).
+        spread: optional label -> one half-width per point (e.g. the std over seeds), drawn as a band y ± w.
 
     Returns:
         ``path``, or None when every series is empty (nothing written).
@@ -72,7 +74,11 @@ def plot_series(series: dict[str, list[Point]], title: str, xlabel: str, ylabel:
     ax = fig.add_subplot(1, 1, 1)
     for label, pts in nonempty.items():
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=label)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=label)
+        width = (spread or {}).get(label)
+        if width and len(width) == len(ys):
+            ax.fill_between(xs, [y - w for y, w in zip(ys, width)], [y + w for y, w in zip(ys, width)],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

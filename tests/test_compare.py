@@ -101,3 +101,23 @@ def test_write_comparison_from_run_folders(tmp_path):
     rows = cmp._rounds(runs["grpo"])
     assert cmp._ratio(rows[1], "wins_y0", "samples_y0") == 0.25  # 10 right of 40 samples, not 10 of 10 prompts
     assert cmp._ratio(cmp._rounds(runs["spear"])[1], "needs_revision", "samples_y0", 100.0) == 60.0
+    # the public per-run curves: cumulative from (0, 0), feedback curves empty for algorithms that ask none
+    series = cmp.round_series(cmp.read_rounds(runs["spear"]), "spear")
+    assert series["accuracy"] == [(0.0, 0.25), (1.0, 0.5), (2.0, 0.6)]
+    assert series["cumulative_round_time"] == [(0.0, 0.0), (1.0, 10.0), (2.0, 22.0)]
+    assert series["cumulative_revision_successes"] == [(0.0, 0.0), (1.0, 6.0), (2.0, 12.0)]
+    assert cmp.round_series(rows, "grpo")["needs_revision_pct"] == []
+
+
+def test_reuse_ignores_how_output_dir_is_spelled(tmp_path, monkeypatch, tiny_qwen):
+    """A finished run reached through a relative or an absolute path is the same run: reused, not refused."""
+    require_shared_data()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, tiny_overrides(tiny_qwen, "runs/r", **{"fl.rounds": 1, "data.num_clients": 2,
+                                                                     "fl.clients_per_round": 1}))
+    first = cmp.run_or_reuse(cfg)
+    cfg.output_dir = str(tmp_path / "runs" / "r")
+    assert cmp.run_or_reuse(cfg).resolve() == first.resolve()
+    cfg.fl.local_train_steps += 1
+    with pytest.raises(RunExistsError, match="fl.local_train_steps"):
+        cmp.run_or_reuse(cfg)

@@ -1,0 +1,142 @@
+"""All five algorithms on the built-in world over seeds: ``fedspear compare`` per seed, then mean ± std.
+
+For each seed S this runs ``fedspear compare data.seed=S output_dir=<out-dir>/seed-S`` (the default preset:
+SPEAR, feedback-SFT, GRPO, OPSD and RLTF-SD on the same partition, client schedule and per-client seeds;
+finished runs in that folder are reused, interrupted ones resumed), so every seed also has its own
+``comparison.md`` with the paper's figures. It then writes one markdown table over the seeds (final held-out
+accuracy mean ± std, by fact group, round time, generations and tokens) and the averaged figures (accuracy with a
+± std band, cumulative round time, cumulative successful revisions and samples needing revision, and the share
+of first answers needing revision per round).
+
+Usage:
+    python bench/compare_world.py                          # seeds 0 1 2; writes bench/compare_world.md + .png files
+    python bench/compare_world.py --seeds 0 fl.rounds=4    # a quick look (extra overrides apply to every run)
+
+``bench/quality.py`` with the same ``--out-dir`` reuses this script's SPEAR and feedback-SFT runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ALGORITHMS = ["spear", "feedback_sft", "grpo", "opsd", "rltf_sd"]
+FIGURES = [  # (series, title, y label)
+    ("accuracy", "Held-out accuracy of the global model (mean ± std over seeds)", "accuracy"),
+    ("cumulative_round_time", "Cumulative round time (mean over seeds)", "seconds"),
+    ("cumulative_revision_successes", "Cumulative successful revisions (mean over seeds)", "samples"),
+    ("cumulative_needs_revision", "Cumulative samples needing revision (mean over seeds)", "samples"),
+    ("needs_revision_pct", "First answers needing revision per round (mean over seeds)", "% of first answers"),
+]
+
+
+def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict[str, Path]:
+    """``fedspear compare`` of all algorithms for one seed; returns algorithm -> run folder."""
+    from fedspear.cli import resolve_config
+    from fedspear.compare import compare
+    from fedspear.config import load_config
+
+    base = out_dir / f"seed-{seed}"
+    cfg = load_config(resolve_config(None), [f"data.seed={seed}", f"output_dir={base}", *extra])
+    compare(cfg, ALGORITHMS)
+    return {a: base / a for a in ALGORITHMS}
+
+
+def _mean_std(values: list[float], spec: str = ".3f") -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec)}"
+
+
+def collect(runs: dict[int, dict[str, Path]]) -> dict[str, list[dict]]:
+    """algorithm -> one entry per seed: totals, curves and the final accuracy per fact group."""
+    from fedspear.compare import read_rounds, round_series, run_totals
+
+    out: dict[str, list[dict]] = {a: [] for a in ALGORITHMS}
+    for seed, dirs in runs.items():
+        for algorithm, run_dir in dirs.items():
+            rows = read_rounds(run_dir)
+            evals = [r for r in rows if r.get("eval")]
+            out[algorithm].append({"seed": seed, "totals": run_totals(rows), "series": round_series(rows, algorithm),
+                                   "start": evals[0]["eval"]["accuracy"], "groups": evals[-1]["eval"].get("groups", {})})
+    return out
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = ["| algorithm | final acc (mean ± std) | gain (points) | known / misconception | round s | "
+             "generations / round | tokens generated / round | tokens trained / round | forward-only tokens / round |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for algorithm, runs in results.items():
+        if not runs:
+            continue
+        finals = [r["totals"]["final_accuracy"] for r in runs]
+        gains = [100 * (r["totals"]["final_accuracy"] - r["start"]) for r in runs]
+        groups = " / ".join(f"{statistics.mean(r['groups'].get(g, 0.0) for r in runs):.2f}"
+                            for g in ("known", "misconception"))
+
+        def per_round(key: str, runs: list[dict] = runs) -> str:
+            values = [r["totals"][key] / r["totals"]["rounds"] for r in runs if r["totals"][key] is not None]
+            return _mean_std(values, ".0f") if values else "-"
+
+        lines.append(f"| {algorithm} | {_mean_std(finals)} | {_mean_std(gains, '+.1f')} | {groups} | "
+                     f"{_mean_std([r['totals']['per_round_s'] for r in runs], '.2f')} | {per_round('generations')} | "
+                     f"{per_round('tokens_generated')} | {per_round('tokens_trained')} | {per_round('tokens_forward')} |")
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, list[dict]], prefix: Path) -> list[Path]:
+    """The averaged figures, ``<prefix>_<series>.png``."""
+    from fedspear.plots import plot_series
+
+    written = []
+    for name, title, ylabel in FIGURES:
+        series, spread = {}, {}
+        for algorithm, runs in results.items():
+            curves = [r["series"][name] for r in runs if r["series"][name]]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            xs = [x for x, _ in curves[0][:n]]
+            ys = [[c[i][1] for c in curves] for i in range(n)]
+            series[algorithm] = [(x, statistics.mean(v)) for x, v in zip(xs, ys)]
+            if name == "accuracy" and len(curves) > 1:
+                spread[algorithm] = [statistics.stdev(v) for v in ys]
+        path = plot_series(series, title, "round", ylabel, Path(f"{prefix}_{name}.png"), spread=spread)
+        if path:
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "world-seeds", help="where the runs go")
+    parser.add_argument("--report", type=Path, default=HERE / "compare_world.md", help="markdown report to write")
+    parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE overrides for every run")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    runs = {seed: run_seed(seed, args.out_dir, args.overrides) for seed in args.seeds}
+    results = collect(runs)
+    text = table(results)
+    print(text)
+    figures = plots(results, args.report.with_suffix(""))
+    lines = [f"All five algorithms on the built-in world, default preset, seeds {args.seeds} (per-seed reports: "
+             f"`{args.out_dir}/seed-S/comparison.md`). Produced by `python bench/compare_world.py`.", "",
+             "Per round = mean over the training rounds of the run; token counts summed over the round's clients.",
+             "", text, ""]
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    args.report.write_text("\n".join(lines) + "\n")
+    summary = {a: [{"seed": r["seed"], "start": r["start"], "groups": r["groups"], **r["totals"],
+                    "accuracy": r["series"]["accuracy"]} for r in entries] for a, entries in results.items()}
+    args.report.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
