@@ -9,7 +9,7 @@ accuracy mean ± std, by fact group, round time, generations and tokens) and the
 of first answers needing revision per round).
 
 Usage:
-    python bench/compare_world.py                          # seeds 0 1 2; writes bench/compare_world.md + .png files
+    python bench/compare_world.py                          # seeds 0 1 2; writes bench/compare_world.md, .json and compare_world/*.png
     python bench/compare_world.py --seeds 0 fl.rounds=4    # a quick look (extra overrides apply to every run)
 
 ``bench/quality.py`` with the same ``--out-dir`` reuses this script's SPEAR and feedback-SFT runs.
@@ -52,7 +52,7 @@ def _mean_std(values: list[float], spec: str = ".3f") -> str:
         return "-"
     if len(values) == 1:
         return format(values[0], spec)
-    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec)}"
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
 
 
 def collect(runs: dict[int, dict[str, Path]]) -> dict[str, list[dict]]:
@@ -91,8 +91,8 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict[str, list[dict]], prefix: Path) -> list[Path]:
-    """The averaged figures, ``<prefix>_<series>.png``."""
+def plots(results: dict[str, list[dict]], folder: Path) -> list[Path]:
+    """The averaged figures, ``<folder>/<series>.png``."""
     from fedspear.plots import plot_series
 
     written = []
@@ -108,7 +108,7 @@ def plots(results: dict[str, list[dict]], prefix: Path) -> list[Path]:
             series[algorithm] = [(x, statistics.mean(v)) for x, v in zip(xs, ys)]
             if name == "accuracy" and len(curves) > 1:
                 spread[algorithm] = [statistics.stdev(v) for v in ys]
-        path = plot_series(series, title, "round", ylabel, Path(f"{prefix}_{name}.png"), spread=spread)
+        path = plot_series(series, title, "round", ylabel, folder / f"{name}.png", spread=spread)
         if path:
             written.append(path)
     return written
@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     results = collect(runs)
     text = table(results)
     print(text)
-    figures = plots(results, args.report.with_suffix(""))
+    figures = plots(results, args.report.with_suffix(""))  # bench/compare_world/*.png
     lines = [f"All five algorithms on the built-in world, default preset, seeds {args.seeds} (per-seed reports: "
              f"`{args.out_dir}/seed-S/comparison.md`). Produced by `python bench/compare_world.py`.", "",
              "Per round = mean over the training rounds of the run; token counts summed over the round's clients.",
              "", text, ""]
-    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    lines += [f"![{p.stem}]({p.parent.name}/{p.name})" for p in figures]
     args.report.write_text("\n".join(lines) + "\n")
     summary = {a: [{"seed": r["seed"], "start": r["start"], "groups": r["groups"], **r["totals"],
                     "accuracy": r["series"]["accuracy"]} for r in entries] for a, entries in results.items()}

@@ -47,10 +47,10 @@ def run_one(method: str, seed: int, out_dir: Path, extra: list[str]) -> dict:
             "groups": groups, "wall_s": wall}
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], spec: str = ".3f") -> str:
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return format(values[0], spec)
+    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
 
 
 def summarize(results: list[dict]) -> str:
@@ -68,7 +68,7 @@ def summarize(results: list[dict]) -> str:
         groups = ", ".join(f"{g} {statistics.mean(r['groups'].get(g, 0) for r in runs):.2f}" for g in group_names)
         lines.append(
             f"| {method} | {_mean_std([r['start'] for r in runs])} | {_mean_std([r['final'] for r in runs])} "
-            f"| {_mean_std(gains).replace('.000', '')} | {groups} | {' '.join(f'{a:.2f}' for a in per_round)} "
+            f"| {_mean_std(gains, '+.1f')} | {groups} | {' '.join(f'{a:.2f}' for a in per_round)} "
             f"| {statistics.mean(r['wall_s'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
@@ -77,13 +77,17 @@ def summarize(results: list[dict]) -> str:
 def plot(results: list[dict], path: Path) -> None:
     from fedspear.plots import plot_series
 
-    series = {}
+    series, spread = {}, {}
     for method in METHODS:
         runs = [r for r in results if r["method"] == method]
         if runs:
             xs = [x for x, _ in runs[0]["curve"]]
-            series[method] = [(x, statistics.mean(r["curve"][i][1] for r in runs)) for i, x in enumerate(xs)]
-    plot_series(series, "Held-out accuracy on the built-in world (mean over seeds)", "round", "accuracy", path)
+            values = [[r["curve"][i][1] for r in runs] for i in range(len(xs))]
+            series[method] = [(x, statistics.mean(v)) for x, v in zip(xs, values)]
+            if len(runs) > 1:
+                spread[method] = [statistics.stdev(v) for v in values]
+    plot_series(series, "Held-out accuracy on the built-in world (mean ± std over seeds)", "round", "accuracy", path,
+                spread=spread)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{method:<13} seed {seed}: {r['start']:.3f} -> {r['final']:.3f} in {r['wall_s']:.0f}s", flush=True)
     table = summarize(results)
     print(table)
-    args.report.write_text(f"Seeds {args.seeds}; runs in {out_dir}.\n\n{table}\n")
+    args.report.write_text(f"Seeds {args.seeds}; runs in {os.path.relpath(out_dir, HERE.parent)}. Produced by "
+                           f"`python bench/quality.py`.\n\n{table}\n")
     plot(results, args.report.with_suffix(".png"))
     (args.report.with_suffix(".json")).write_text(json.dumps(results, indent=1))
 
