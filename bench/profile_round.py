@@ -20,7 +20,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -153,11 +152,7 @@ def op_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench-dir", type=Path, default=None, help="reuse an existing make_bench.py output")
-    parser.add_argument("--algorithms", default="spear,grpo", help="comma-separated algorithms to profile")
-    parser.add_argument("--rounds", type=int, default=3, help="profiled rounds after one warm-up round")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser = round_time.bench_parser(__doc__, 3, "profiled rounds after one warm-up round")
     parser.add_argument("--ops", action="store_true", help="also print the operator table of one prefill batch")
     args = parser.parse_args(argv)
     if args.threads:

@@ -171,12 +171,18 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_parser(doc: str, rounds: int, rounds_help: str) -> argparse.ArgumentParser:
+    """The options every bench script over the shared setting takes: --bench-dir, --algorithms, --rounds, --threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench-dir", type=Path, default=None, help="reuse an existing make_bench.py output")
-    parser.add_argument("--algorithms", default="spear,grpo", help="comma-separated algorithms to time")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per algorithm, the first is a warm-up")
+    parser.add_argument("--algorithms", default="spear,grpo", help="comma-separated algorithms")
+    parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = bench_parser(__doc__, 6, "rounds per algorithm, the first is a warm-up")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--realistic", action="store_true",
                         help="the GPU setting: Qwen2-0.5B shape in bf16, ~256-token prompts, 128 new tokens, "
