@@ -37,7 +37,8 @@ def run_one(method: str, seed: int, out_dir: Path, extra: list[str]) -> dict:
     from fedspear.config import load_config
     from fedspear.records import RunRecord
 
-    overrides = [*METHODS[method], f"data.seed={seed}", f"output_dir={out_dir / f'seed-{seed}' / method}", *extra]
+    # the method's own overrides come last: "none" stays untrained whatever the extra overrides say
+    overrides = [f"data.seed={seed}", f"output_dir={out_dir / f'seed-{seed}' / method}", *extra, *METHODS[method]]
     run_dir = run_or_reuse(load_config(resolve_config(None), overrides))
     rows = RunRecord(run_dir).read_metrics()
     wall = sum(r.get("time", {}).get("round_s", 0.0) + r.get("time", {}).get("eval_s", 0.0) for r in rows)

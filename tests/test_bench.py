@@ -1,0 +1,72 @@
+"""The bench scripts run end to end on small settings and print or write what they promise (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    if not (SHARED_BENCH / "make_bench.py").is_file():
+        pytest.skip("../shared/bench is not next to this checkout")
+    import round_time
+
+    return round_time.build_bench(tmp_path_factory.mktemp("bench"))
+
+
+def test_round_time_json(bench_dir, capsys):
+    import round_time
+
+    summary = round_time.main(["--bench-dir", str(bench_dir), "--rounds", "2", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["spear_round_s"] == summary["spear_round_s"] > 0 and printed["grpo_round_s"] > 0
+    spear = printed["results"]["spear"]
+    assert spear["rounds_timed"] == 1 and spear["generations_per_round"] > 0
+    assert spear["generation_s"] + spear["training_s"] <= spear["round_s"]
+
+
+def test_profile_round_reports_calls_and_floor(bench_dir, capsys):
+    import profile_round
+
+    profile_round.main(["--bench-dir", str(bench_dir), "--rounds", "1", "--algorithms", "spear"])
+    out = capsys.readouterr().out
+    assert "first answers" in out and "revision 1" in out and "floor with these prompts" in out
+
+
+def test_compare_world_aggregates_seeds(tmp_path, capsys):
+    import compare_world
+
+    report = tmp_path / "cmp.md"
+    compare_world.main(["--seeds", "0", "1", "--out-dir", str(tmp_path / "runs"), "--report", str(report),
+                        "fl.rounds=1", "fl.local_rollout_steps=4", "fl.local_train_steps=1",
+                        "data.max_eval_examples=8", "gen.max_new_tokens_y0=4", "gen.max_new_tokens_y1=4"])
+    text = report.read_text()
+    for algorithm in compare_world.ALGORITHMS:
+        assert f"| {algorithm} | " in text
+    assert (tmp_path / "cmp" / "accuracy.png").is_file()
+    summary = json.loads(report.with_suffix(".json").read_text())
+    assert [r["seed"] for r in summary["spear"]] == [0, 1] and summary["spear"][0]["rounds"] == 1
+    assert (tmp_path / "runs" / "seed-1" / "comparison.md").is_file()
+
+    # quality.py on the same folder reuses those SPEAR runs (same config) and adds the untrained baseline
+    import quality
+
+    spear_metrics = tmp_path / "runs" / "seed-0" / "spear" / "metrics.jsonl"
+    before = spear_metrics.stat().st_mtime_ns
+    quality.main(["--seeds", "0", "1", "--methods", "spear,none", "--out-dir", str(tmp_path / "runs"),
+                  "--report", str(tmp_path / "q.md"), "fl.rounds=1", "fl.local_rollout_steps=4",
+                  "fl.local_train_steps=1", "data.max_eval_examples=8", "gen.max_new_tokens_y0=4",
+                  "gen.max_new_tokens_y1=4"])
+    assert spear_metrics.stat().st_mtime_ns == before
+    table = (tmp_path / "q.md").read_text()
+    assert "| spear | " in table and "| none | " in table and (tmp_path / "q.png").is_file()
+    none = [json.loads(line) for line in (tmp_path / "runs" / "seed-0" / "none" / "metrics.jsonl").open()]
+    assert none[1]["aggregate"].get("steps", 0) == 0  # the untrained baseline took no optimizer step
