@@ -10,6 +10,7 @@ of first answers needing revision per round).
 
 Usage:
     python bench/compare_world.py                          # seeds 0 1 2; writes bench/compare_world.md, .json and compare_world/*.png
+    python bench/compare_world.py --centralized            # and each algorithm centralized (paper Figure 7)
     python bench/compare_world.py --seeds 0 fl.rounds=4    # a quick look (extra overrides apply to every run)
 
 ``bench/quality.py`` with the same ``--out-dir`` reuses this script's SPEAR and feedback-SFT runs.
@@ -35,16 +36,17 @@ FIGURES = [  # (series, title, y label)
 ]
 
 
-def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict[str, Path]:
-    """``fedspear compare`` of all algorithms for one seed; returns algorithm -> run folder."""
+def run_seed(seed: int, out_dir: Path, extra: list[str], centralized: bool = False
+             ) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``fedspear compare [--centralized]`` of all algorithms for one seed; (federated, centralized) run folders."""
     from fedspear.cli import resolve_config
-    from fedspear.compare import compare
+    from fedspear.compare import CENTRALIZED_DIR, compare
     from fedspear.config import load_config
 
     base = out_dir / f"seed-{seed}"
     cfg = load_config(resolve_config(None), [f"data.seed={seed}", f"output_dir={base}", *extra])
-    compare(cfg, ALGORITHMS)
-    return {a: base / a for a in ALGORITHMS}
+    compare(cfg, ALGORITHMS, centralized=centralized)
+    return {a: base / a for a in ALGORITHMS}, {a: base / CENTRALIZED_DIR / a for a in ALGORITHMS} if centralized else {}
 
 
 def _mean_std(values: list[float], spec: str = ".3f") -> str:
@@ -59,13 +61,14 @@ def collect(runs: dict[int, dict[str, Path]]) -> dict[str, list[dict]]:
     """algorithm -> one entry per seed: totals, curves and the final accuracy per fact group."""
     from fedspear.compare import read_rounds, round_series, run_totals
 
-    out: dict[str, list[dict]] = {a: [] for a in ALGORITHMS}
+    out: dict[str, list[dict]] = {}
     for seed, dirs in runs.items():
         for algorithm, run_dir in dirs.items():
             rows = read_rounds(run_dir)
             evals = [r for r in rows if r.get("eval")]
-            out[algorithm].append({"seed": seed, "totals": run_totals(rows), "series": round_series(rows, algorithm),
-                                   "start": evals[0]["eval"]["accuracy"], "groups": evals[-1]["eval"].get("groups", {})})
+            out.setdefault(algorithm, []).append({
+                "seed": seed, "totals": run_totals(rows), "series": round_series(rows, algorithm),
+                "start": evals[0]["eval"]["accuracy"], "groups": evals[-1]["eval"].get("groups", {})})
     return out
 
 
@@ -91,12 +94,13 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict[str, list[dict]], folder: Path) -> list[Path]:
-    """The averaged figures, ``<folder>/<series>.png``."""
+def plots(results: dict[str, list[dict]], folder: Path, figures: list[tuple[str, str, str]] = FIGURES,
+          prefix: str = "") -> list[Path]:
+    """The averaged figures, ``<folder>/<prefix><series>.png``."""
     from fedspear.plots import plot_series
 
     written = []
-    for name, title, ylabel in FIGURES:
+    for name, title, ylabel in figures:
         series, spread = {}, {}
         for algorithm, runs in results.items():
             curves = [r["series"][name] for r in runs if r["series"][name]]
@@ -108,7 +112,7 @@ def plots(results: dict[str, list[dict]], folder: Path) -> list[Path]:
             series[algorithm] = [(x, statistics.mean(v)) for x, v in zip(xs, ys)]
             if name == "accuracy" and len(curves) > 1:
                 spread[algorithm] = [statistics.stdev(v) for v in ys]
-        path = plot_series(series, title, "round", ylabel, folder / f"{name}.png", spread=spread)
+        path = plot_series(series, title, "round", ylabel, folder / f"{prefix}{name}.png", spread=spread)
         if path:
             written.append(path)
     return written
@@ -117,25 +121,40 @@ def plots(results: dict[str, list[dict]], folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--centralized", action="store_true",
+                        help="also run every algorithm centralized (one client holding all data; paper Figure 7)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "world-seeds", help="where the runs go")
     parser.add_argument("--report", type=Path, default=HERE / "compare_world.md", help="markdown report to write")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE overrides for every run")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    runs = {seed: run_seed(seed, args.out_dir, args.overrides) for seed in args.seeds}
-    results = collect(runs)
+    runs = {seed: run_seed(seed, args.out_dir, args.overrides, args.centralized) for seed in args.seeds}
+    results = collect({seed: fed for seed, (fed, _) in runs.items()})
+    central = collect({seed: cen for seed, (_, cen) in runs.items()})
+    folder = args.report.with_suffix("")  # bench/compare_world/*.png
     text = table(results)
     print(text)
-    figures = plots(results, args.report.with_suffix(""))  # bench/compare_world/*.png
+    where = os.path.relpath(args.out_dir, REPO) if args.out_dir.resolve().is_relative_to(REPO) else args.out_dir
     lines = [f"All five algorithms on the built-in world, default preset, seeds {args.seeds} (per-seed reports: "
-             f"`{args.out_dir}/seed-S/comparison.md`). Produced by `python bench/compare_world.py`.", "",
+             f"`{where}/seed-S/comparison.md`). Produced by `python bench/compare_world.py"
+             f"{' --centralized' if central else ''}`.", "",
              "Per round = mean over the training rounds of the run; token counts summed over the round's clients.",
              "", text, ""]
-    lines += [f"![{p.stem}]({p.parent.name}/{p.name})" for p in figures]
+    lines += [f"![{p.stem}]({p.parent.name}/{p.name})" for p in plots(results, folder)]
+    if central:
+        central_text = table(central)
+        print(central_text)
+        lines += ["", "## Centralized (one client holding all training data; paper Figure 7)", "", central_text, ""]
+        lines += [f"![{p.stem}]({p.parent.name}/{p.name})"
+                  for p in plots(central, folder, FIGURES[:1], prefix="centralized_")]
     args.report.write_text("\n".join(lines) + "\n")
-    summary = {a: [{"seed": r["seed"], "start": r["start"], "groups": r["groups"], **r["totals"],
-                    "accuracy": r["series"]["accuracy"]} for r in entries] for a, entries in results.items()}
-    args.report.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+
+    def entries(res: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        return {a: [{"seed": r["seed"], "start": r["start"], "groups": r["groups"], **r["totals"],
+                     "accuracy": r["series"]["accuracy"]} for r in rows] for a, rows in res.items()}
+
+    args.report.with_suffix(".json").write_text(json.dumps({"federated": entries(results),
+                                                            "centralized": entries(central)}, indent=1))
 
 
 if __name__ == "__main__":

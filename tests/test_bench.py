@@ -45,15 +45,17 @@ def test_compare_world_aggregates_seeds(tmp_path, capsys):
     import compare_world
 
     report = tmp_path / "cmp.md"
-    compare_world.main(["--seeds", "0", "1", "--out-dir", str(tmp_path / "runs"), "--report", str(report),
+    compare_world.main(["--seeds", "0", "1", "--centralized", "--out-dir", str(tmp_path / "runs"), "--report", str(report),
                         "fl.rounds=1", "fl.local_rollout_steps=4", "fl.local_train_steps=1",
                         "data.max_eval_examples=8", "gen.max_new_tokens_y0=4", "gen.max_new_tokens_y1=4"])
     text = report.read_text()
     for algorithm in compare_world.ALGORITHMS:
         assert f"| {algorithm} | " in text
-    assert (tmp_path / "cmp" / "accuracy.png").is_file()
+    assert (tmp_path / "cmp" / "accuracy.png").is_file() and (tmp_path / "cmp" / "centralized_accuracy.png").is_file()
+    assert "## Centralized" in text
     summary = json.loads(report.with_suffix(".json").read_text())
-    assert [r["seed"] for r in summary["spear"]] == [0, 1] and summary["spear"][0]["rounds"] == 1
+    assert [r["seed"] for r in summary["federated"]["spear"]] == [0, 1] and summary["federated"]["spear"][0]["rounds"] == 1
+    assert [r["seed"] for r in summary["centralized"]["grpo"]] == [0, 1]
     assert (tmp_path / "runs" / "seed-1" / "comparison.md").is_file()
 
     # quality.py on the same folder reuses those SPEAR runs (same config) and adds the untrained baseline
