@@ -6,7 +6,9 @@ This module only translates: :class:`GridClients` turns a round plan into ``trai
 clients' nodes and their replies (or their absence) into client reports.
 
 Which node is which client is asked once per node with a ``query`` message (the node answers its
-``client-id``). The client schedule does not depend on who is connected: a sampled client whose node is not
+``client-id``, and ``serves-page`` when it is a store-backed device). After every round the new global adapter
+goes to each connected device that serves a page (an ``evaluate`` message, :meth:`GridClients.publish`), so
+people's pages answer with it at once, sampled or not; a device that misses it gets it with its next job. The client schedule does not depend on who is connected: a sampled client whose node is not
 connected, goes offline, replies with an error or misses ``round-timeout`` is recorded as failed in that
 round's row and the round aggregates the others.
 """
@@ -29,6 +31,7 @@ from fedspear.flower.wire import (
     GLOBAL,
     IDENTITY,
     JOB,
+    SERVES_PAGE_KEY,
     job_record,
     report_from_reply,
     state_to_record,
@@ -59,6 +62,7 @@ class GridClients:
         self._queries: dict[str, int] = {}  # query message id -> node id
         self._asked: set[int] = set()  # node ids queried (answered or pending)
         self._logged: set[tuple[int, int, int]] = set()  # (node, client, holder) already logged
+        self._serves_page: set[int] = set()  # node ids that said they serve a page
 
     # ------------------------------------------------------------------------------------ discovery
 
@@ -87,7 +91,10 @@ class GridClients:
                 if reply.has_error():
                     logger.warning("node %d refused to join: %s", node, reply.error.reason)
                     continue
-                self._claims[node] = int(reply.content[IDENTITY][CLIENT_ID_KEY])
+                identity = reply.content[IDENTITY]
+                self._claims[node] = int(identity[CLIENT_ID_KEY])
+                if int(identity.get(SERVES_PAGE_KEY, 0)) == 1:
+                    self._serves_page.add(node)
         self.nodes = {cid: node for cid, node in self.nodes.items() if node in self._claims}
         for node, cid in sorted(self._claims.items()):
             holder = self.nodes.setdefault(cid, node)
@@ -130,6 +137,35 @@ class GridClients:
         reports += self._collect(pending, global_state)
         return reports
 
+    def publish(self, global_state: dict[str, Any], round_idx: int) -> None:
+        """Send the global adapter after ``round_idx`` to every connected client node that serves a page, and wait
+        (at most ``round-timeout``, else 120 s) for their acknowledgements. A miss is logged, never fatal."""
+        self.discover()
+        targets = sorted((cid, node) for cid, node in self.nodes.items() if node in self._serves_page)
+        if not targets:
+            return
+        record = state_to_record(global_state)
+        msgs = [Message(RecordDict({GLOBAL: record, JOB: job_record(cid, round_idx, 0.0, 0, self.config_yaml)}),
+                        dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"publish-{round_idx}")
+                for cid, node in targets]
+        pending = dict(zip(self.grid.push_messages(msgs), targets, strict=True))
+        deadline = time.monotonic() + (self.settings.round_timeout or 120.0)
+        acknowledged = 0
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                cid, node = pending.pop(reply.metadata.reply_to_message_id, (None, None))
+                if cid is not None and reply.has_error():
+                    logger.warning("client %d (node %d) did not take the global adapter: %s", cid, node,
+                                   reply.error.reason)
+                elif cid is not None:
+                    acknowledged += 1
+            online = self._online()
+            pending = {m: t for m, t in pending.items() if t[1] in online}
+            if pending:
+                time.sleep(self.settings.poll_interval)
+        logger.info("round %d: global adapter sent to %d of %d page-serving devices", round_idx, acknowledged,
+                    len(targets))
+
     def _collect(self, pending: dict[str, tuple[int, int]], reference: dict[str, Any]) -> list[ClientReport]:
         """Poll until every pending message has a reply, its node went offline, or the round timed out."""
         timeout = self.settings.round_timeout
@@ -169,5 +205,5 @@ def main(grid: Grid, context: Context) -> None:
     clients = GridClients(grid, cfg.data.num_clients, cfg.to_yaml(), settings)
     if first_round <= cfg.fl.rounds:
         clients.wait_for_clients(cfg.data.num_clients, settings.connect_timeout)
-    server.run_rounds(clients, first_round)
+    server.run_rounds(clients, first_round, after_round=lambda r: clients.publish(server.global_state, r))
     server.finish()

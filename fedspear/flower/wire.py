@@ -2,11 +2,13 @@
 
 Server -> client (``train``): ``global`` (ArrayRecord, the global adapter) and ``job`` (ConfigRecord: client-id,
 round, lr, seed and the run's resolved config as YAML). Server -> client (``query``): ``federation``
-(ConfigRecord: num-clients).
+(ConfigRecord: num-clients). Server -> client (``evaluate``, only to nodes whose identity says they serve a
+page): ``global`` (the global adapter after a round) and ``job`` (that round; lr and seed 0).
 
 Client -> server, and nothing else: ``adapter`` (ArrayRecord, the client's adapter tensors, only when it has an
 update), ``metrics`` (MetricRecord: the aggregation weight and the client's scalar metrics) for ``train``, and
-``identity`` (MetricRecord: client-id) for ``query``. :func:`check_client_content` enforces this on every
+``identity`` (MetricRecord: client-id, and serves-page = 1 from a store-backed node) for ``query``, and
+``metrics`` (published: 0 or 1) for ``evaluate``. :func:`check_client_content` enforces this on every
 reply (:func:`wire_guard`), so prompts, completions, feedback text or any other string never leave a client.
 A failing client replies with Flower's Error (an error code and a one-line reason).
 
@@ -39,6 +41,8 @@ METRICS = "metrics"
 IDENTITY = "identity"
 WEIGHT_KEY = "weight"
 CLIENT_ID_KEY = "client-id"
+SERVES_PAGE_KEY = "serves-page"  # in ``identity``: the node serves a page, send it every new global adapter
+PUBLISHED_KEY = "published"  # in an ``evaluate`` reply's ``metrics``: 1 when the page got a new version
 # Client replies may hold exactly these records: name -> record type.
 CLIENT_RECORDS: dict[str, type] = {ADAPTER: ArrayRecord, METRICS: MetricRecord, IDENTITY: MetricRecord}
 # Setting this environment variable on a SuperNode makes its ClientApp append one JSON line per reply.

@@ -7,6 +7,10 @@ so the running page answers with it from its next answer on (no restart). The re
 and scalar metrics only (checked by :func:`fedspear.flower.wire.wire_guard`); no question, answer, hint or
 token id leaves the device.
 
+The node tells the server it serves a page (``serves-page`` in its ``query`` reply), and the server then sends
+it every new global adapter right after each round (an ``evaluate`` message), whether or not it was sampled:
+:func:`publish_content` publishes it to the page, which answers with it from then on.
+
 Run a device's SuperNode with this app and its state folder::
 
     fedspear serve --state ~/fedspear-client &                       # the page people use
@@ -22,19 +26,29 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedspear.flower import client_app as oracle_client_app
 from fedspear.flower.app_config import NodeSettings
-from fedspear.flower.wire import CLIENT_ID_KEY, GLOBAL, JOB, record_to_state, train_reply_content, wire_guard
+from fedspear.flower.wire import (
+    CLIENT_ID_KEY,
+    GLOBAL,
+    IDENTITY,
+    JOB,
+    METRICS,
+    PUBLISHED_KEY,
+    SERVES_PAGE_KEY,
+    record_to_state,
+    train_reply_content,
+    wire_guard,
+)
 
 logger = logging.getLogger("fedspear")
 
 STATE_DIR_KEY = "state-dir"
 
 app = ClientApp(mods=[wire_guard])
-app.query()(oracle_client_app.query)
 
 _ENGINES: dict[str, Any] = {}
 
@@ -49,6 +63,59 @@ def _engine(cfg: Any) -> Any:
         _ENGINES.clear()
         _ENGINES[key] = build_engine(cfg, get_task(cfg.data.dataset))
     return _ENGINES[key]
+
+
+def _state_dir(node_config: dict[str, Any]) -> Path:
+    from fedspear.config import ConfigError
+
+    if STATE_DIR_KEY not in node_config:
+        raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
+                          "folder>'\"")
+    return Path(str(node_config[STATE_DIR_KEY])).expanduser()
+
+
+def _job_config(content: RecordDict, node_config: dict[str, Any]) -> tuple[Any, int, int]:
+    """(config with the node's overrides, client id, round) of a message's ``job`` record, checked for this node."""
+    import yaml
+
+    from fedspear.config import config_from_dict
+
+    job = content[JOB]
+    node = NodeSettings.from_node_config(node_config)
+    cfg = node.apply(config_from_dict(yaml.safe_load(str(job["config"]))))
+    node.check(cfg.data.num_clients)
+    client_id, round_idx = int(job[CLIENT_ID_KEY]), int(job["round"])
+    if client_id != node.client_id:
+        raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
+    return cfg, client_id, round_idx
+
+
+def publish_content(content: RecordDict, node_config: dict[str, Any], engine: Any = None) -> RecordDict:
+    """Publish the global adapter of an ``evaluate`` message to the node's page; reply ``metrics`` {published}.
+
+    Args:
+        content: ``global`` (the global adapter after the round in ``job``) and ``job`` (as for ``train``).
+        node_config: the SuperNode's node config (``state-dir``, ``client-id``).
+        engine: an engine for the job's config (None = load or reuse this process's).
+
+    Returns:
+        ``metrics`` with ``published`` = 1 when the page got a new version, 0 when it already served it.
+    """
+    from fedspear.serve.adapters import AdapterRegistry
+    from fedspear.serve.learning import publish_global
+    from fedspear.serve.runtime import ADAPTERS_DIR
+
+    state = _state_dir(node_config)
+    cfg, _, round_idx = _job_config(content, node_config)
+    engine = engine if engine is not None else _engine(cfg)
+    registry = AdapterRegistry(state / ADAPTERS_DIR)
+    before = registry.current()
+    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.global_state),
+                             f"global after server round {round_idx}")
+    fresh = before is None or version.version != before.version
+    logger.info("global adapter after server round %d: %s", round_idx,
+                f"published as v{version.version}" if fresh else "already served")
+    return RecordDict({METRICS: MetricRecord({PUBLISHED_KEY: int(fresh)})})
 
 
 def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any = None) -> RecordDict:
@@ -67,26 +134,15 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         ConfigError: no ``state-dir``, or the node does not fit the federation.
         ValueError: the job is for another client.
     """
-    import yaml
-
     from fedspear.algorithms.base import ClientJob
-    from fedspear.config import ConfigError, config_from_dict
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.learning import publish_global, update_from_store
     from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
     from fedspear.serve.store import TraceStore
 
-    if STATE_DIR_KEY not in node_config:
-        raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
-                          "folder>'\"")
-    state = Path(str(node_config[STATE_DIR_KEY])).expanduser()
+    state = _state_dir(node_config)
+    cfg, client_id, round_idx = _job_config(content, node_config)
     job = content[JOB]
-    node = NodeSettings.from_node_config(node_config)
-    cfg = node.apply(config_from_dict(yaml.safe_load(str(job["config"]))))
-    node.check(cfg.data.num_clients)
-    client_id, round_idx = int(job[CLIENT_ID_KEY]), int(job["round"])
-    if client_id != node.client_id:
-        raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
     engine = engine if engine is not None else _engine(cfg)
     engine.global_state = record_to_state(content[GLOBAL], engine.global_state)
     engine.load_global()
@@ -98,6 +154,20 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
     engine.load_global()
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The oracle ClientApp's identity reply plus ``serves-page`` = 1: send this node every new global adapter."""
+    reply = oracle_client_app.query(msg, context)
+    reply.content[IDENTITY][SERVES_PAGE_KEY] = 1
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Publish the global adapter the server sent after a round to this device's page (see :func:`publish_content`)."""
+    return Message(publish_content(msg.content, dict(context.node_config)), reply_to=msg)
 
 
 @app.train()

@@ -56,3 +56,30 @@ def test_a_node_without_state_dir_is_refused(tmp_path_factory):
 
     with pytest.raises(ConfigError, match="state-dir"):
         train_content(wire.RecordDict({}), {"client-id": 0})
+
+
+def test_evaluate_message_publishes_the_global_once(tmp_path_factory, tmp_path):
+    from fedspear.serve.adapters import AdapterRegistry
+    from fedspear.serve.runtime import ADAPTERS_DIR
+    from fedspear.serve.supernode import publish_content
+
+    world = tiny_world_dir(tmp_path_factory)
+    engine = make_engine(world)
+    node = {"client-id": 1, "state-dir": str(tmp_path / "device")}
+    after_round = {k: v - 0.02 for k, v in engine.global_state.items()}
+
+    def message(round_idx: int) -> wire.RecordDict:
+        return wire.RecordDict({wire.GLOBAL: wire.state_to_record(after_round),
+                                wire.JOB: wire.job_record(1, round_idx, 0.0, 0, engine.cfg.to_yaml())})
+
+    reply = publish_content(message(4), node, engine=engine)
+    wire.check_client_content(reply)
+    assert dict(reply[wire.METRICS]) == {wire.PUBLISHED_KEY: 1}
+    registry = AdapterRegistry(tmp_path / "device" / ADAPTERS_DIR)
+    assert registry.current().label == "global after server round 4"
+    assert all(torch.equal(registry.load(registry.current())[k], after_round[k]) for k in after_round)
+    # the same tensors again (e.g. with the next round's job) are not a new version
+    assert dict(publish_content(message(5), node, engine=engine)[wire.METRICS]) == {wire.PUBLISHED_KEY: 0}
+    assert [v.label for v in registry.history()] == ["global after server round 4"]
+    with pytest.raises(ValueError, match="this node is client 0"):
+        publish_content(message(4), {"client-id": 0, "state-dir": str(tmp_path / "other")}, engine=engine)

@@ -3,7 +3,8 @@
 Each device has a `fedspear serve` state folder in which a person taught the model (a right answer, and a wrong
 answer fixed by a hint). The app written by ``fedspear flower-config --clients served`` runs 2 rounds: every
 round each SuperNode trains from its own trace store, publishes the received global adapter to its page's
-registry and replies with adapter tensors and numbers only.
+registry and replies with adapter tensors and numbers only; after every round the server sends each device the
+new global adapter, so the pages end on the run's final adapter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 pytest.importorskip("flwr", reason="Flower is not installed (pip install -e '.[flower]')")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
 
+import torch  # noqa: E402
 from flower_harness import Processes, flwr_run, free_port, metrics_rows, start_superlink, start_supernode  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from serve_fixtures import make_engine, serve_overrides, tiny_world_dir  # noqa: E402
 
 from fedspear.cli import main  # noqa: E402
@@ -76,16 +79,28 @@ def test_store_backed_supernodes_under_the_deployment_runtime(tmp_path_factory, 
         # 2 wins per device: the accepted first answer and the accepted revision
         assert [c["weight"] for c in clients] == [2.0, 2.0]
         assert [c["metrics"]["wins_revision"] for c in clients] == [1.0, 1.0]
+    final = {k[len("global."):]: v for k, v in load_file(str(run_dir / "checkpoint" / "state.safetensors")).items()
+             if k.startswith("global.")}
     for state in states:
         with TraceStore(state / STORE_FILE) as store:
             assert [t["label"] for t in store.trainings()] == ["server round 1", "server round 2"]
-        assert AdapterRegistry(state / ADAPTERS_DIR).current().label == "global of server round 2"
+        # after each round the server sent the new global to the page: it serves the run's final adapter now
+        registry = AdapterRegistry(state / ADAPTERS_DIR)
+        assert registry.current().label == "global after server round 2"
+        labels = [v.label for v in registry.history()]
+        assert "global after server round 1" in labels and "global of server round 2" not in labels  # no duplicate
+        served = registry.load(registry.current())
+        assert served.keys() == final.keys() and all(torch.equal(served[k], final[k]) for k in final)
 
     # Every message a device sent held numbers and adapter tensors only: no text, no token ids.
     sent = [json.loads(line) for line in wire_log.read_text().splitlines()]
-    assert sorted(m["message_type"] for m in sent) == ["query"] * 2 + ["train"] * 4
+    assert sorted(m["message_type"] for m in sent) == ["evaluate"] * 4 + ["query"] * 2 + ["train"] * 4
     for msg in sent:
         if msg["message_type"] == "train":
             assert set(msg["records"]) == {"adapter", "metrics"}
             assert set(msg["records"]["metrics"]["values"].values()) <= {"int", "float"}
+        elif msg["message_type"] == "evaluate":  # the acknowledgement of a published global adapter
+            assert msg["records"] == {"metrics": {"kind": "metrics", "values": {"published": "int"}}}
+        else:
+            assert msg["records"]["identity"]["values"] == {"client-id": "int", "serves-page": "int"}
     assert (run_dir / "report.md").is_file()
