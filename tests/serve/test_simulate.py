@@ -19,7 +19,9 @@ def test_federation_of_served_clients(tmp_path_factory, tmp_path):
     r1, r2 = rows[1], rows[2]
     assert r1["questions"] == r2["questions"] == 6
     # round 1 was answered by the initial adapter, round 2 by the global adapter the server published after round 1
-    assert r1["adapter_versions"] == [0] and r2["adapter_versions"] == [1]
+    # (a new version only when round 1 changed the global: publishing the tensors the page serves is a no-op)
+    changed = r1["aggregation"]["num_aggregated"] > 0
+    assert r1["adapter_versions"] == [0] and r2["adapter_versions"] == ([1] if changed else [0])
     assert r1["aggregation"]["num_aggregated"] + r1["aggregation"]["num_without_update"] == 2
     assert r1["answer_seconds_median"] > 0
     task, examples = get_task("world"), {ex.id: ex for ex in get_task("world").load(cfg).train}
