@@ -6,17 +6,20 @@ This module only translates: :class:`GridClients` turns a round plan into ``trai
 clients' nodes and their replies (or their absence) into client reports.
 
 Which node is which client is asked once per node with a ``query`` message (the node answers its
-``client-id``, and ``serves-page`` when it is a store-backed device). After every round the new global adapter
-goes to each connected device that serves a page (an ``evaluate`` message, :meth:`GridClients.publish`), so
-people's pages answer with it at once, sampled or not; a device that misses it gets it with its next job. The client schedule does not depend on who is connected: a sampled client whose node is not
-connected, goes offline, replies with an error or misses ``round-timeout`` is recorded as failed in that
-round's row and the round aggregates the others.
+``client-id``, and ``serves-page`` when it is a store-backed device). The client schedule does not depend on
+who is connected: a sampled client whose node is not connected, goes offline, replies with an error or misses
+``round-timeout`` is recorded as failed in that round's row and the round aggregates the others.
+
+After every round the new global adapter goes to each connected device that serves a page (an ``evaluate``
+message, :meth:`GridClients.publish`), so people's pages answer with it at once, sampled or not; a device that
+misses it gets it with its next job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -149,50 +152,60 @@ class GridClients:
                         dst_node_id=node, message_type=MessageType.EVALUATE, group_id=f"publish-{round_idx}")
                 for cid, node in targets]
         pending = dict(zip(self.grid.push_messages(msgs), targets, strict=True))
-        deadline = time.monotonic() + (self.settings.round_timeout or 120.0)
-        acknowledged = 0
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                cid, node = pending.pop(reply.metadata.reply_to_message_id, (None, None))
-                if cid is not None and reply.has_error():
-                    logger.warning("client %d (node %d) did not take the global adapter: %s", cid, node,
-                                   reply.error.reason)
-                elif cid is not None:
-                    acknowledged += 1
-            online = self._online()
-            pending = {m: t for m, t in pending.items() if t[1] in online}
-            if pending:
-                time.sleep(self.settings.poll_interval)
-        logger.info("round %d: global adapter sent to %d of %d page-serving devices", round_idx, acknowledged,
+        acknowledged = []
+
+        def on_reply(target: tuple[int, int], reply: Message) -> None:
+            if reply.has_error():
+                logger.warning("client %d (node %d) did not take the global adapter: %s", *target, reply.error.reason)
+            else:
+                acknowledged.append(target)
+
+        self._await(pending, time.monotonic() + (self.settings.round_timeout or 120.0), on_reply, lambda _: None)
+        logger.info("round %d: global adapter sent to %d of %d page-serving devices", round_idx, len(acknowledged),
                     len(targets))
 
     def _collect(self, pending: dict[str, tuple[int, int]], reference: dict[str, Any]) -> list[ClientReport]:
         """Poll until every pending message has a reply, its node went offline, or the round timed out."""
         timeout = self.settings.round_timeout
-        deadline = time.monotonic() + timeout if timeout > 0 else None
         reports: list[ClientReport] = []
+
+        def on_reply(target: tuple[int, int], reply: Message) -> None:
+            report = report_from_reply(target[0], reply, reference)
+            report.details["node_id"] = target[1]
+            reports.append(report)
+
+        def on_offline(target: tuple[int, int]) -> None:
+            reports.append(ClientReport.failure(target[0], "node went offline during the round",
+                                                details={"node_id": target[1]}))
+
+        late = self._await(pending, time.monotonic() + timeout if timeout > 0 else None, on_reply, on_offline)
+        for cid, node in late.values():
+            reports.append(ClientReport.failure(cid, f"no reply within round-timeout={timeout:g}s",
+                                                details={"node_id": node}))
+        return reports
+
+    def _await(self, pending: dict[str, tuple[int, int]], deadline: float | None,
+               on_reply: Callable[[tuple[int, int], Message], None], on_offline: Callable[[tuple[int, int]], None]
+               ) -> dict[str, tuple[int, int]]:
+        """Poll replies to ``pending`` (message id -> (client id, node id)) until each has a reply (``on_reply``) or
+        its node went offline (``on_offline``), or ``deadline`` (None = none) passed; returns those still pending."""
+        pending = dict(pending)
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
                 target = pending.pop(reply.metadata.reply_to_message_id, None)
                 if target is not None:
-                    report = report_from_reply(target[0], reply, reference)
-                    report.details["node_id"] = target[1]
-                    reports.append(report)
+                    on_reply(target, reply)
             if not pending:
                 break
             online = self._online()
-            for msg_id, (cid, node) in list(pending.items()):
-                if node not in online:
+            for msg_id, target in list(pending.items()):
+                if target[1] not in online:
                     del pending[msg_id]
-                    reports.append(ClientReport.failure(cid, "node went offline during the round",
-                                                        details={"node_id": node}))
+                    on_offline(target)
             if deadline is not None and time.monotonic() >= deadline:
-                for cid, node in pending.values():
-                    reports.append(ClientReport.failure(cid, f"no reply within round-timeout={timeout:g}s",
-                                                        details={"node_id": node}))
                 break
             time.sleep(self.settings.poll_interval)
-        return reports
+        return pending
 
 
 @app.main()
