@@ -140,9 +140,9 @@ def _num(value: Any) -> float | None:
     return None
 
 
-def _rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows with an integer round, sorted by round."""
-    rows = [r for r in RunRecord(run_dir).read_metrics() if isinstance(r.get("round"), int)]
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's metrics.jsonl rows with an integer round, sorted by round."""
+    rows = [r for r in RunRecord(Path(run_dir)).read_metrics() if isinstance(r.get("round"), int)]
     return sorted(rows, key=lambda r: r["round"])
 
 
@@ -208,11 +208,6 @@ SERIES: dict[str, tuple[Callable[[dict[str, Any]], Any], bool, int, bool]] = {
     "cumulative_needs_revision": (lambda r: client_sum(r, "needs_revision"), True, 1, True),
     "needs_revision_pct": (lambda r: _ratio(r, "needs_revision", "samples_y0", 100.0), False, 1, True),
 }
-
-
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """A run folder's metrics.jsonl rows with an integer round, sorted by round."""
-    return _rounds(Path(run_dir))
 
 
 def round_series(rows: list[dict[str, Any]], algorithm: str = "") -> dict[str, list[Point]]:
@@ -345,7 +340,7 @@ def write_comparison(run_dirs: dict[str, Path], out_dir: Path, centralized_dirs:
     """
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
-    metrics = {label: _rounds(Path(d)) for label, d in run_dirs.items()}
+    metrics = {label: read_rounds(d) for label, d in run_dirs.items()}
     algos = {label: _algorithm_of(Path(d), label) for label, d in run_dirs.items()}
     lines = ["# Algorithm comparison", ""] + _setting(run_dirs)
     lines += ["Runs: " + ", ".join(f"[{label}]({_rel(Path(d), out_dir)})" for label, d in run_dirs.items()), ""]
@@ -356,7 +351,7 @@ def write_comparison(run_dirs: dict[str, Path], out_dir: Path, centralized_dirs:
               "passes. Generations count every sampled answer (first answers and revisions).", ""]
     lines += ["## Figures (federated)", ""] + _figure_lines(_figures(metrics, algos, plot_dir), out_dir)
     if centralized_dirs:
-        central = {label: _rounds(Path(d)) for label, d in centralized_dirs.items()}
+        central = {label: read_rounds(d) for label, d in centralized_dirs.items()}
         central_algos = {label: _algorithm_of(Path(d), label) for label, d in centralized_dirs.items()}
         lines += ["## Centralized", "", "One client holding all training data, same client update.", ""]
         lines += _summary_rows(central)

@@ -98,9 +98,9 @@ def test_write_comparison_from_run_folders(tmp_path):
                  "centralized_accuracy"):
         assert (plots / f"{name}.png").is_file(), name
     assert "Left out (they ask for no feedback): grpo." in text
-    rows = cmp._rounds(runs["grpo"])
+    rows = cmp.read_rounds(runs["grpo"])
     assert cmp._ratio(rows[1], "wins_y0", "samples_y0") == 0.25  # 10 right of 40 samples, not 10 of 10 prompts
-    assert cmp._ratio(cmp._rounds(runs["spear"])[1], "needs_revision", "samples_y0", 100.0) == 60.0
+    assert cmp._ratio(cmp.read_rounds(runs["spear"])[1], "needs_revision", "samples_y0", 100.0) == 60.0
     # the public per-run curves: cumulative from (0, 0), feedback curves empty for algorithms that ask none
     series = cmp.round_series(cmp.read_rounds(runs["spear"]), "spear")
     assert series["accuracy"] == [(0.0, 0.25), (1.0, 0.5), (2.0, 0.6)]
