@@ -24,6 +24,8 @@ import os
 import statistics
 from pathlib import Path
 
+from seeds import mean_curve, mean_std
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ALGORITHMS = ["spear", "feedback_sft", "grpo", "opsd", "rltf_sd"]
@@ -47,14 +49,6 @@ def run_seed(seed: int, out_dir: Path, extra: list[str], centralized: bool = Fal
     cfg = load_config(resolve_config(None), [f"data.seed={seed}", f"output_dir={base}", *extra])
     compare(cfg, ALGORITHMS, centralized=centralized)
     return {a: base / a for a in ALGORITHMS}, {a: base / CENTRALIZED_DIR / a for a in ALGORITHMS} if centralized else {}
-
-
-def _mean_std(values: list[float], spec: str = ".3f") -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
 
 
 def collect(runs: dict[int, dict[str, Path]]) -> dict[str, list[dict]]:
@@ -86,10 +80,10 @@ def table(results: dict[str, list[dict]]) -> str:
 
         def per_round(key: str, runs: list[dict] = runs) -> str:
             values = [r["totals"][key] / r["totals"]["rounds"] for r in runs if r["totals"][key] is not None]
-            return _mean_std(values, ".0f") if values else "-"
+            return mean_std(values, ".0f") if values else "-"
 
-        lines.append(f"| {algorithm} | {_mean_std(finals)} | {_mean_std(gains, '+.1f')} | {groups} | "
-                     f"{_mean_std([r['totals']['per_round_s'] for r in runs], '.2f')} | {per_round('generations')} | "
+        lines.append(f"| {algorithm} | {mean_std(finals)} | {mean_std(gains, '+.1f')} | {groups} | "
+                     f"{mean_std([r['totals']['per_round_s'] for r in runs], '.2f')} | {per_round('generations')} | "
                      f"{per_round('tokens_generated')} | {per_round('tokens_trained')} | {per_round('tokens_forward')} |")
     return "\n".join(lines)
 
@@ -106,12 +100,9 @@ def plots(results: dict[str, list[dict]], folder: Path, figures: list[tuple[str,
             curves = [r["series"][name] for r in runs if r["series"][name]]
             if not curves:
                 continue
-            n = min(len(c) for c in curves)
-            xs = [x for x, _ in curves[0][:n]]
-            ys = [[c[i][1] for c in curves] for i in range(n)]
-            series[algorithm] = [(x, statistics.mean(v)) for x, v in zip(xs, ys)]
-            if name == "accuracy" and len(curves) > 1:
-                spread[algorithm] = [statistics.stdev(v) for v in ys]
+            series[algorithm], std = mean_curve(curves)
+            if name == "accuracy" and std is not None:
+                spread[algorithm] = std
         path = plot_series(series, title, "round", ylabel, folder / f"{prefix}{name}.png", spread=spread)
         if path:
             written.append(path)

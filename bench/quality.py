@@ -22,6 +22,8 @@ import os
 import statistics
 from pathlib import Path
 
+from seeds import mean_curve, mean_std
+
 HERE = Path(__file__).resolve().parent
 METHODS = {
     "spear": ["algorithm.name=spear"],
@@ -48,12 +50,6 @@ def run_one(method: str, seed: int, out_dir: Path, extra: list[str]) -> dict:
             "groups": groups, "wall_s": wall}
 
 
-def _mean_std(values: list[float], spec: str = ".3f") -> str:
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec.lstrip('+'))}"
-
-
 def summarize(results: list[dict]) -> str:
     """A markdown table: one row per method."""
     lines = ["| method | round-0 acc | final acc (mean ± std) | gain (points) | final by group | acc per round (mean) "
@@ -62,14 +58,13 @@ def summarize(results: list[dict]) -> str:
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        rounds = [x for x, _ in runs[0]["curve"]]
-        per_round = [statistics.mean(r["curve"][i][1] for r in runs) for i in range(len(rounds))]
+        per_round = [y for _, y in mean_curve([r["curve"] for r in runs])[0]]
         gains = [100 * (r["final"] - r["start"]) for r in runs]
         group_names = sorted({g for r in runs for g in r["groups"]})
         groups = ", ".join(f"{g} {statistics.mean(r['groups'].get(g, 0) for r in runs):.2f}" for g in group_names)
         lines.append(
-            f"| {method} | {_mean_std([r['start'] for r in runs])} | {_mean_std([r['final'] for r in runs])} "
-            f"| {_mean_std(gains, '+.1f')} | {groups} | {' '.join(f'{a:.2f}' for a in per_round)} "
+            f"| {method} | {mean_std([r['start'] for r in runs])} | {mean_std([r['final'] for r in runs])} "
+            f"| {mean_std(gains, '+.1f')} | {groups} | {' '.join(f'{a:.2f}' for a in per_round)} "
             f"| {statistics.mean(r['wall_s'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
@@ -82,11 +77,9 @@ def plot(results: list[dict], path: Path) -> None:
     for method in METHODS:
         runs = [r for r in results if r["method"] == method]
         if runs:
-            xs = [x for x, _ in runs[0]["curve"]]
-            values = [[r["curve"][i][1] for r in runs] for i in range(len(xs))]
-            series[method] = [(x, statistics.mean(v)) for x, v in zip(xs, values)]
-            if len(runs) > 1:
-                spread[method] = [statistics.stdev(v) for v in values]
+            series[method], std = mean_curve([r["curve"] for r in runs])
+            if std is not None:
+                spread[method] = std
     plot_series(series, "Held-out accuracy on the built-in world (mean ± std over seeds)", "round", "accuracy", path,
                 spread=spread)
 
