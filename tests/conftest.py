@@ -134,3 +134,18 @@ def tiny_overrides(model_dir: Path, out_dir: Path, **extra: object) -> list[str]
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+# A fast evaluation for end-to-end runs: 4 examples, every 2 rounds (round 0 included).
+FAST_EVAL = {"data.max_eval_examples": 4, "data.eval_every": 2, "data.eval_every_round_up_to": 0}
+
+
+def run_tiny(model_dir: Path, out_dir: Path, **extra: object) -> tuple[Path, list[dict]]:
+    """Run the simulator on :func:`tiny_overrides` + :data:`FAST_EVAL` + ``extra``; (run folder, metrics rows)."""
+    from fedspear.config import load_config
+    from fedspear.federation import simulator
+    from fedspear.records import RunRecord
+
+    run_dir = simulator.run(load_config(None, tiny_overrides(model_dir, out_dir, **{**FAST_EVAL, **extra})))
+    return run_dir, RunRecord(run_dir).read_metrics()
+

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
-from conftest import require_shared_data, tiny_overrides
+from conftest import require_shared_data, run_tiny
 
 from fedspear.algorithms import grpo
 from fedspear.algorithms.base import ClientJob, Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch
 from fedspear.algorithms.losses import group_advantages
 from fedspear.config import load_config
-from fedspear.federation import simulator
 from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
 
+
 # Evaluate only at rounds 0 and 2, on 4 rows.
-FAST_EVAL = {"data.max_eval_examples": 4, "data.eval_every": 2, "data.eval_every_round_up_to": 0}
-
-
 def _engine(model_dir, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "lora.dropout": 0.0, "grpo.num_generations": 2,
@@ -36,10 +31,8 @@ def _examples(n):
 
 def test_grpo_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
     require_shared_data()
-    over = tiny_overrides(tiny_qwen, tmp_path / "run", **{"algorithm.name": "grpo", "grpo.num_generations": 2,
-                                                          "fl.local_rollout_steps": 4, **FAST_EVAL})
-    run_dir = simulator.run(load_config(None, over))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run_dir, rows = run_tiny(tiny_qwen, tmp_path / "run", **{"algorithm.name": "grpo", "grpo.num_generations": 2,
+                                                             "fl.local_rollout_steps": 4})
     assert [r["round"] for r in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert len(row["clients"]) == 2 and row["aggregation"]["num_aggregated"] == 2

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
-from conftest import require_shared_data, tiny_overrides
+from conftest import require_shared_data, run_tiny
 
 from fedspear.algorithms import opsd
 from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.common import completion_logits, make_batch
 from fedspear.config import load_config
-from fedspear.federation import simulator
 from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
@@ -21,9 +18,6 @@ EXAMPLE = Example("q1", "Which gas do plants take in?\nA. oxygen\nB. carbon diox
 
 
 # Evaluate only at rounds 0 and 2, on 4 rows.
-FAST_EVAL = {"data.max_eval_examples": 4, "data.eval_every": 2, "data.eval_every_round_up_to": 0}
-
-
 def _engine(model_dir, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "gen.max_new_tokens_y0": 4, "gen.do_sample": True,
@@ -34,10 +28,7 @@ def _engine(model_dir, **kw):
 
 def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
     require_shared_data()
-    over = tiny_overrides(tiny_qwen, tmp_path / "run", **{"algorithm.name": "opsd", "fl.local_rollout_steps": 4,
-                                                          **FAST_EVAL})
-    run_dir = simulator.run(load_config(None, over))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run_dir, rows = run_tiny(tiny_qwen, tmp_path / "run", **{"algorithm.name": "opsd", "fl.local_rollout_steps": 4})
     assert [r["round"] for r in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert row["aggregation"]["num_aggregated"] == 2
