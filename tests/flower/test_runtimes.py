@@ -115,12 +115,18 @@ def _check_rows(run_dir: Path, procs: Processes) -> list[dict]:
     return rows
 
 
-def test_simulation_runtime_matches_simulator(tiny_qwen, tmp_path, procs, references):
-    require_shared_data()
+def _app(model_dir: Path, tmp_path: Path) -> tuple[int, Path, Path]:
+    """(a free SuperLink port, the run folder, the Flower app folder) of the shared config."""
     port = free_port()
     run_dir = tmp_path / "run"
-    app = write_flower_app(flower_cfg(tiny_qwen, run_dir), tmp_path / "app", superlink=f"127.0.0.1:{port}",
+    app = write_flower_app(flower_cfg(model_dir, run_dir), tmp_path / "app", superlink=f"127.0.0.1:{port}",
                            connect_timeout=120)
+    return port, run_dir, app
+
+
+def test_simulation_runtime_matches_simulator(tiny_qwen, tmp_path, procs, references):
+    require_shared_data()
+    port, run_dir, app = _app(tiny_qwen, tmp_path)
     start_superlink(procs, port, tmp_path / "superlink-home", simulation=True)
     _finish(procs, flwr_run(procs, "flwr-run", app, "--federation-config", f"num-supernodes={NUM_CLIENTS}"))
     rows = _check_rows(run_dir, procs)
@@ -137,11 +143,8 @@ def test_simulation_runtime_matches_simulator(tiny_qwen, tmp_path, procs, refere
 def test_deployment_runtime_matches_simulator_and_sends_only_adapters_and_metrics(tiny_qwen, tmp_path, procs,
                                                                                  references):
     require_shared_data()
-    port = free_port()
-    run_dir = tmp_path / "run"
+    port, run_dir, app = _app(tiny_qwen, tmp_path)
     wire_log = tmp_path / "wire.jsonl"
-    app = write_flower_app(flower_cfg(tiny_qwen, run_dir), tmp_path / "app", superlink=f"127.0.0.1:{port}",
-                           connect_timeout=120)
     start_superlink(procs, port, tmp_path / "superlink-home")
     for i in range(NUM_CLIENTS):
         start_supernode(procs, f"supernode-{i}", port, tmp_path / f"supernode-{i}-home",
@@ -180,10 +183,7 @@ def test_deployment_runtime_matches_simulator_and_sends_only_adapters_and_metric
 
 def test_killed_supernode_and_restarted_server(tiny_qwen, tmp_path, procs, references):
     require_shared_data()
-    port = free_port()
-    run_dir = tmp_path / "run"
-    app = write_flower_app(flower_cfg(tiny_qwen, run_dir), tmp_path / "app", superlink=f"127.0.0.1:{port}",
-                           connect_timeout=120)
+    port, run_dir, app = _app(tiny_qwen, tmp_path)
     database = tmp_path / "superlink.db"
     start_superlink(procs, port, tmp_path / "superlink-home", database=database)
     for i in range(NUM_CLIENTS):
