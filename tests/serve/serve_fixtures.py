@@ -56,6 +56,18 @@ def make_engine(model_dir: Path, **extra: object):
     return build_engine(cfg, get_task(cfg.data.dataset))
 
 
+def teach(served, right: str, fixed: str, hint: str) -> None:
+    """A person's session at a served client (a ``ClientRuntime``): the answer to ``right`` is marked right, the
+    answer to ``fixed`` wrong, then revised with ``hint`` and the revision accepted."""
+    done = served.run_to_end(served.prepare_ask(question=right))
+    served.verdict(done["interaction"]["id"], 0, True)
+    done = served.run_to_end(served.prepare_ask(question=fixed))
+    iid = done["interaction"]["id"]
+    served.verdict(iid, 0, False)
+    served.run_to_end(served.prepare_revise(iid, hint))
+    served.verdict(iid, 1, True)
+
+
 def http(method: str, url: str, body: dict | None = None, session: str = "test", timeout: float = 60.0):
     """(status, parsed JSON or text) of one request."""
     data = None if body is None else json.dumps(body).encode()

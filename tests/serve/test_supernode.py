@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_fixtures import make_engine, tiny_world_dir
+from serve_fixtures import make_engine, teach, tiny_world_dir
 
 pytest.importorskip("flwr")
 wire = pytest.importorskip("fedspear.flower.wire")
@@ -18,13 +18,7 @@ def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     world = tiny_world_dir(tmp_path_factory)
     served = ClientRuntime(make_engine(world), tmp_path / "device", seed=1)  # the page people use
     secret_hint = "think of the grass near the old mill"
-    done = served.run_to_end(served.prepare_ask(question="What color is the zorvik?"))
-    served.verdict(done["interaction"]["id"], 0, True)
-    done = served.run_to_end(served.prepare_ask(question="Where does the zorvik live?"))
-    iid = done["interaction"]["id"]
-    served.verdict(iid, 0, False)
-    served.run_to_end(served.prepare_revise(iid, secret_hint))
-    served.verdict(iid, 1, True)
+    teach(served, "What color is the zorvik?", "Where does the zorvik live?", secret_hint)
     texts = [a.text for it in served.store.recent() for a in it.attempts if len(a.text) >= 12]  # no chance matches
 
     engine = make_engine(world)  # the SuperNode's own process and model

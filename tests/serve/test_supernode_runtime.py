@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
 import torch  # noqa: E402
 from flower_harness import Processes, flwr_run, free_port, metrics_rows, start_superlink, start_supernode  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from serve_fixtures import make_engine, serve_overrides, tiny_world_dir  # noqa: E402
+from serve_fixtures import make_engine, serve_overrides, teach, tiny_world_dir  # noqa: E402
 
 from fedspear.cli import main  # noqa: E402
 from fedspear.serve.adapters import AdapterRegistry  # noqa: E402
@@ -33,17 +33,12 @@ pytestmark = [pytest.mark.flower, pytest.mark.slow]
 HINTS = ["think of the grass near the old mill", "picture the sky over the harbour"]
 
 
-def teach(state: Path, world: Path, seed: int) -> None:
+def teach_device(state: Path, world: Path, seed: int) -> None:
     """A person's session on the device's page: one answer marked right, one fixed by a hint."""
     served = ClientRuntime(make_engine(world), state, seed=seed)
     try:
-        done = served.run_to_end(served.prepare_ask(question=f"What color is the zorvik number {seed}?"))
-        served.verdict(done["interaction"]["id"], 0, True)
-        done = served.run_to_end(served.prepare_ask(question=f"Where does the zorvik number {seed} live?"))
-        iid = done["interaction"]["id"]
-        served.verdict(iid, 0, False)
-        served.run_to_end(served.prepare_revise(iid, HINTS[seed]))
-        served.verdict(iid, 1, True)
+        teach(served, f"What color is the zorvik number {seed}?", f"Where does the zorvik number {seed} live?",
+              HINTS[seed])
     finally:
         served.close()
 
@@ -52,7 +47,7 @@ def test_store_backed_supernodes_under_the_deployment_runtime(tmp_path_factory, 
     world = tiny_world_dir(tmp_path_factory)
     states = [tmp_path / f"device-{i}" for i in range(2)]
     for i, state in enumerate(states):
-        teach(state, world, i)
+        teach_device(state, world, i)
     run_dir, app, wire_log = tmp_path / "run", tmp_path / "app", tmp_path / "wire.jsonl"
     port = free_port()
     settings = {"data.num_clients": 2, "fl.clients_per_round": 2, "fl.rounds": 2, "output_dir": run_dir}
