@@ -26,9 +26,11 @@ from pathlib import Path
 
 from seeds import mean_curve, mean_std
 
+from fedspear.config import ALGORITHMS as BUILTIN_ALGORITHMS
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALGORITHMS = ["spear", "feedback_sft", "grpo", "opsd", "rltf_sd"]
+ALGORITHMS = list(BUILTIN_ALGORITHMS)  # the registry's built-in algorithms (fedspear.algorithms.registry)
 FIGURES = [  # (series, title, y label)
     ("accuracy", "Held-out accuracy of the global model (mean ± std over seeds)", "accuracy"),
     ("cumulative_round_time", "Cumulative round time (mean over seeds)", "seconds"),

@@ -64,7 +64,8 @@ def prefill_seconds(engine, prompts: list[list[int]], max_new_tokens: int) -> fl
 
 
 class CallLog:
-    """Wraps an algorithm module's ``generate`` and records each call (phase = first answers or revision k)."""
+    """Wraps the ``generate`` of the module holding an algorithm's rollout and records each call (phase = first
+    answers or revision k)."""
 
     def __init__(self, module) -> None:
         self.module, self.real, self.calls, self.active = module, module.generate, [], False
@@ -86,7 +87,7 @@ class CallLog:
 
 def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
     """Run 1 warm-up + ``rounds`` rounds and return the per-call log and the rounds' phase times."""
-    import importlib
+    import inspect
 
     from fedspear.federation import simulator
     from fedspear.federation.aggregation import build_server_optimizer
@@ -96,7 +97,7 @@ def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
     fed = simulator.setup(cfg, record)
-    log = CallLog(importlib.import_module(f"fedspear.algorithms.{algorithm}"))
+    log = CallLog(inspect.getmodule(type(fed.algorithm).rollout))
     server_opt = build_server_optimizer(cfg.fl)
     times = []
     try:

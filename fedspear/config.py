@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses, YAML presets, ``key=value`` overrides, validation.
 
-The section and key names follow the authors' YAML schema (``reference-notes.md`` section 3), so their
-config files load unchanged; keys this project adds are marked "(fedspear)" in their help text.
+The section and key names follow the authors' YAML schema; :mod:`fedspear.config_compat` maps their files onto
+ours (dropping, with a warning, the keys nothing here reads), so they load unchanged. Keys this project adds are
+marked "(fedspear)" in their help text. Each algorithm's section is its own settings dataclass
+(:mod:`fedspear.algorithms.settings`); see ``docs/configuration.md`` and ``docs/algorithms.md``.
 Unknown keys and bad values raise :class:`ConfigError`, whose message names the key and the fix.
 """
 
@@ -18,7 +20,14 @@ from typing import Any
 
 import yaml
 
+from fedspear.algorithms.settings import GRPOSettings, OPSDSettings, RLTFSDSettings, SpearSettings
+from fedspear.config_compat import translate
+
+# The built-in algorithms (fedspear.algorithms.registry.ALGORITHMS maps each to its class; a test keeps the two
+# in step). register_algorithm adds others with the config section of their settings: EXTRA_*.
 ALGORITHMS = ("spear", "feedback_sft", "grpo", "opsd", "rltf_sd")
+EXTRA_ALGORITHMS: list[str] = []
+EXTRA_SECTIONS: dict[str, type] = {}
 TASKS = ("arc_challenge", "hellaswag", "math_mcqa", "strategy_qa", "world")
 AGGREGATIONS = ("fedavg", "fedadam", "fedyogi")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
@@ -68,10 +77,8 @@ class DataConfig:
     split: str = _f("train", "training split name")
     eval_split: str | None = _f(None, "evaluation split name; None = the task's default")
     eval_fraction: float = _f(0.02, "share of training rows carved out for eval when no eval split exists")
-    max_attempts: int = _f(3, "accepted for compatibility with the authors' schema; unused")
     num_clients: int = _f(20, "number of clients N (1 = centralized)")
     dirichlet_alpha: float = _f(0.3, "Dirichlet concentration of the non-IID partition")
-    dirichlet_num_classes: int = _f(10, "accepted for compatibility; labels come from the task")
     max_examples_per_client: int = _f(500, "cap per client, a random subsample across classes")
     seed: int = _f(42, "seed for data shuffling, partition, client sampling and every client update")
     eval_every: int = _f(5, "evaluate every N rounds (and at round 0 and the last round)")
@@ -115,48 +122,6 @@ class GenConfig:
 
 
 @dataclass
-class SpearConfig:
-    lambda_win: float = _f(1.0, "weight of the likelihood term on wins")
-    lambda_lose: float = _f(0.3, "weight of the unlikelihood term on losses")
-    lambda_anchor: float = _f(0.01, "weight of the L2 anchor to the round-start adapter (mean per tensor)")
-    unlikelihood_margin: float = _f(0.1, "penalise a lose token only where p > margin")
-    ema_decay: float = _f(0.0, "theta <- ema*global + (1-ema)*theta after training (0 = off)")
-    ul_answer_only: bool = _f(False, "penalise only the answer suffix of lose traces")
-    ul_tail_tokens: int = _f(0, "penalise only the last N completion tokens (0 = all)")
-    ul_skip_math_ops: bool = _f(False, "never penalise math operators / LaTeX structure tokens")
-    max_lose_ratio: float = _f(2.0, "keep at most ratio * wins lose traces")
-
-
-@dataclass
-class GRPOConfig:
-    num_generations: int = _f(4, "samples G per prompt (also RLTF-SD's N)")
-    beta_kl: float = _f(0.02, "weight of the k3 KL to the round-start adapter")
-    clip_range: float = _f(0.2, "PPO clip epsilon")
-    normalize_advantage: bool = _f(True, "divide group advantages by their std")
-    reward_scale: float = _f(1.0, "reward multiplier")
-    reward_clip: float | None = _f(None, "clip rewards to +-value")
-
-
-@dataclass
-class RLTFSDConfig:
-    gamma: float = _f(1.0, "discount of the revision reward")
-    sd_coeff: float = _f(0.1, "weight of the self-distillation term")
-    rl_coeff: float = _f(1.0, "weight of the two REINFORCE terms")
-    early_termination: bool = _f(True, "correct first answers get no revision")
-
-
-@dataclass
-class DistillConfig:
-    temperature: float = _f(2.0, "OPSD distillation temperature T")
-    kl_weight: float = _f(1.0, "accepted for compatibility; unused")
-    anchor_weight: float = _f(0.0, "accepted for compatibility; unused")
-    priv_max_chars: int = _f(2000, "cap on the privileged teacher context")
-    feedback_max_chars: int = _f(800, "cap on feedback text (RLTF-SD)")
-    num_demos: int = _f(1, "accepted for compatibility; unused")
-    demo_max_chars: int = _f(1800, "accepted for compatibility; unused")
-
-
-@dataclass
 class OptimConfig:
     lr: float = _f(2e-4, "peak learning rate")
     weight_decay: float = _f(1e-3, "AdamW weight decay")
@@ -193,17 +158,35 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     gen: GenConfig = field(default_factory=GenConfig)
-    spear: SpearConfig = field(default_factory=SpearConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rltf_sd: RLTFSDConfig = field(default_factory=RLTFSDConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    spear: SpearSettings = field(default_factory=SpearSettings)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    rltf_sd: RLTFSDSettings = field(default_factory=RLTFSDSettings)
+    distill: OPSDSettings = field(default_factory=OPSDSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     hf: HFConfig = field(default_factory=HFConfig)
     output_dir: str = _f("runs/exp", "run folder; may use {time}, {algorithm}, {dataset}, {seed}")
+    # Sections of algorithms added with register_algorithm (EXTRA_SECTIONS), by section name.
+    extensions: dict[str, Any] = field(default_factory=dict, metadata={"help": ""})
+
+    def section(self, name: str) -> Any:
+        """The settings of section ``name``: a built-in section or a registered algorithm's (defaults if unset).
+
+        Raises:
+            ConfigError: no such section.
+        """
+        if name in EXTRA_SECTIONS:
+            return self.extensions.get(name) or EXTRA_SECTIONS[name]()
+        if name in _section_hints(Config) and name not in ("output_dir", "extensions"):
+            return getattr(self, name)
+        raise ConfigError(f"unknown section '{name}'")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        extensions = out.pop("extensions")
+        out.update({name: dataclasses.asdict(self.section(name)) for name in EXTRA_SECTIONS
+                    if name in extensions or self.algorithm.name in EXTRA_ALGORITHMS})
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -346,8 +329,9 @@ def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
         ConfigError: an unknown section or key (naming the closest valid one) or a value of the wrong type,
             prefixed with ``source`` (a file path or "override").
     """
-    top_hints = _section_hints(Config)
-    for section, values in data.items():
+    top_hints = {k: v for k, v in _section_hints(Config).items() if k != "extensions"}
+    top_hints.update(EXTRA_SECTIONS)
+    for section, values in translate(data, source).items():
         section = str(section)
         try:
             if section not in top_hints:
@@ -359,7 +343,9 @@ def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
                 continue
             if values is None:
                 continue
-            obj = getattr(cfg, section)
+            if section in EXTRA_SECTIONS:
+                cfg.extensions.setdefault(section, EXTRA_SECTIONS[section]())
+            obj = cfg.section(section)
             hints = _section_hints(type(obj))
             if not isinstance(values, dict):
                 raise ConfigError(
@@ -457,7 +443,7 @@ def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
-    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS)
+    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
     _one_of(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
@@ -472,7 +458,8 @@ def validate(cfg: Config) -> None:
         "fl.local_rollout_steps": cfg.fl.local_rollout_steps, "fl.min_clients": cfg.fl.min_clients,
         "gen.max_new_tokens_y0": cfg.gen.max_new_tokens_y0, "gen.max_new_tokens_y1": cfg.gen.max_new_tokens_y1,
         "gen.rollout_batch_size": cfg.gen.rollout_batch_size, "gen.eval_batch_size": cfg.gen.eval_batch_size,
-        "grpo.num_generations": cfg.grpo.num_generations, "optim.batch_size": cfg.optim.batch_size,
+        "grpo.num_generations": cfg.grpo.num_generations, "rltf_sd.num_generations": cfg.rltf_sd.num_generations,
+        "optim.batch_size": cfg.optim.batch_size,
         "optim.grad_accum_steps": cfg.optim.grad_accum_steps, "distill.temperature": cfg.distill.temperature,
         "data.dirichlet_alpha": cfg.data.dirichlet_alpha, "lora.alpha": cfg.lora.alpha,
         "optim.max_grad_norm": cfg.optim.max_grad_norm,
@@ -486,6 +473,7 @@ def validate(cfg: Config) -> None:
         "spear.lambda_anchor": cfg.spear.lambda_anchor, "spear.ul_tail_tokens": cfg.spear.ul_tail_tokens,
         "spear.max_lose_ratio": cfg.spear.max_lose_ratio, "fl.fedprox_mu": cfg.fl.fedprox_mu,
         "grpo.beta_kl": cfg.grpo.beta_kl, "grpo.clip_range": cfg.grpo.clip_range, "lora.dropout": cfg.lora.dropout,
+        "rltf_sd.beta_kl": cfg.rltf_sd.beta_kl,
         "data.eval_every_round_up_to": cfg.data.eval_every_round_up_to,
     }
     for key, value in non_negative.items():
@@ -501,7 +489,7 @@ def validate(cfg: Config) -> None:
            "must be > 0 when gen.eval_do_sample is true")
     optional_positive = {
         "gen.eval_max_new_tokens": cfg.gen.eval_max_new_tokens, "optim.micro_batch_size": cfg.optim.micro_batch_size,
-        "grpo.reward_clip": cfg.grpo.reward_clip,
+        "grpo.reward_clip": cfg.grpo.reward_clip, "rltf_sd.reward_clip": cfg.rltf_sd.reward_clip,
     }
     for key, value in optional_positive.items():
         _check(value is None or value > 0, key, f"must be > 0 or null (= off), got {value}")
@@ -519,7 +507,12 @@ def field_help() -> dict[str, str]:
         if section.name == "output_dir":
             out["output_dir"] = section.metadata.get("help", "")
             continue
+        if section.name == "extensions":
+            continue
         for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
             out[f"{section.name}.{f.name}"] = f.metadata.get("help", "")
+    for name, settings in EXTRA_SECTIONS.items():
+        for f in dataclasses.fields(settings):
+            out[f"{name}.{f.name}"] = f.metadata.get("help", "")
     return out
 

@@ -1,26 +1,34 @@
 """The client-update interface every algorithm implements, and the containers it passes around.
 
-Each algorithm module (``spear.py``, ``feedback_sft.py``, ``grpo.py``, ``opsd.py``, ``rltf_sd.py``)
-exposes two functions with the same signatures:
+An algorithm is a class (one per file: ``spear.py``, ``feedback_sft.py``, ``grpo.py``, ``opsd.py``,
+``rltf_sd.py``) deriving from :class:`Algorithm`, registered by name in :mod:`fedspear.algorithms.registry`.
+It is built once per run from the task, the shared settings (:class:`RunSettings`) and its own settings
+dataclass (its config section), and does a client update in two phases:
 
-    rollout(engine, jobs: list[ClientJob]) -> list[Any]
-        Generation + feedback for several clients that share the round-start adapter, batched
-        together (the simulator passes all of a round's clients; a Flower client passes one).
-    train(engine, job: ClientJob, rollout: Any) -> LocalUpdateResult
+    rollout(policy, jobs: list[ClientJob]) -> list[R]
+        Generation + feedback for several clients that share the round-start adapter, batched together
+        (the simulator passes all of a round's clients; a Flower client passes one).
+    train(policy, job: ClientJob, rollout: R) -> LocalUpdateResult
         The local optimisation for one client, from the global adapter, on that client's rollout.
 
-and ``local_update(engine, job) = train(engine, job, rollout(engine, [job])[0])``.
+and ``local_update(policy, job) = train(policy, job, rollout(policy, [job])[0])``. The objectives, settings
+and how to add an algorithm: ``docs/algorithms.md``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from fedspear.tasks.base import Example
 
+if TYPE_CHECKING:  # torch and the model stack are imported by the algorithm files, not by the interface
+    import torch
+
+    from fedspear.config import Config, FeedbackConfig, FLConfig, GenConfig, OptimConfig
+    from fedspear.models import Engine
+    from fedspear.tasks.base import Task
 
 @dataclass
 class Trace:
@@ -74,3 +82,71 @@ class LocalUpdateResult:
     adapter: dict[str, torch.Tensor] | None
     weight: float
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The shared (non-algorithm) settings a client update reads; no algorithm section.
+
+    Attributes:
+        fl: rounds, local steps S and rollout budget P, FedProx weight.
+        optim: optimiser, batch size B, accumulation A, clipping.
+        gen: decoding of rollouts.
+        feedback: the feedback source.
+        max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
+        seed: the run seed (``data.seed``).
+    """
+
+    fl: FLConfig
+    optim: OptimConfig
+    gen: GenConfig
+    feedback: FeedbackConfig
+    max_seq_len: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RunSettings:
+        """The shared sections of ``cfg`` (the same objects, not copies; nothing here writes them)."""
+        return cls(cfg.fl, cfg.optim, cfg.gen, cfg.feedback, cfg.model.max_seq_len, cfg.data.seed)
+
+
+R = TypeVar("R")
+
+
+class Algorithm(ABC, Generic[R]):
+    """A client-update algorithm: a rollout over one or more clients' jobs, then training one client.
+
+    Subclasses set ``name`` (``algorithm.name``), ``section`` (the config section holding their settings, or
+    None) and ``Settings`` (that section's dataclass), and implement :meth:`rollout` and :meth:`train`. They
+    read the task, ``self.run`` and ``self.settings`` only: never another algorithm's section.
+
+    Args:
+        task: the run's task (prompts, verifier, feedback).
+        run: the shared settings.
+        settings: this algorithm's settings (an instance of ``Settings``).
+    """
+
+    name: ClassVar[str]
+    section: ClassVar[str | None] = None
+    Settings: ClassVar[type | None] = None
+
+    def __init__(self, task: Task, run: RunSettings, settings: Any = None) -> None:
+        self.task, self.run, self.settings = task, run, settings
+
+    @classmethod
+    def from_config(cls, cfg: Config, task: Task) -> Algorithm[Any]:
+        """Build from a run config: the task, the shared sections and this algorithm's own section."""
+        settings = cfg.section(cls.section) if cls.section else None
+        return cls(task, RunSettings.from_config(cfg), settings)
+
+    @abstractmethod
+    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[R]:
+        """Generation and feedback for ``jobs`` (clients sharing the round-start adapter); one rollout each."""
+
+    @abstractmethod
+    def train(self, policy: Engine, job: ClientJob, data: R) -> LocalUpdateResult:
+        """Train one client from the global adapter on its rollout; the adapter copy, weight and metrics."""
+
+    def local_update(self, policy: Engine, job: ClientJob) -> LocalUpdateResult:
+        """One client's whole round: its rollout alone, then training."""
+        return self.train(policy, job, self.rollout(policy, [job])[0])

@@ -1,4 +1,5 @@
-"""Pieces every client update shares: sequence batching, completion log-probs, the optimiser loop, seeds.
+"""Pieces several client updates share: sequence batching, completion log-probs, the optimiser loop with its
+regulariser hooks, and the rollout helpers of the group-sampling algorithms (prompt choice, rewards, scoring).
 
 Batches are left-padded so every completion ends at the last position; only the logits of the last
 ``L_max + 1`` positions are computed (``logits_to_keep``), so the prompt never costs a vocabulary projection.
@@ -10,15 +11,18 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import Trace
+from fedspear.algorithms.base import ClientJob, LocalUpdateResult, RunSettings, Trace
 from fedspear.algorithms.losses import anchor_loss, gather_token_logprobs
+from fedspear.config import GenConfig
+from fedspear.generation import GenSettings
 from fedspear.models import Engine
+from fedspear.tasks.base import Example
 
 
 @dataclass
@@ -140,46 +144,65 @@ class TrainStats:
 
 # A micro-step function returns (loss, number of trained tokens, {term: value}).
 MicroStep = Callable[[random.Random], tuple[torch.Tensor, int, dict[str, float]]]
+# A regulariser hook: (live adapter parameters, round-start global adapter on the same device) -> penalty (scalar).
+Regulariser = Callable[[dict[str, torch.nn.Parameter], dict[str, torch.Tensor]], torch.Tensor]
 
 
-def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> TrainStats:
+def l2_to_global(weight: float, reduction: str) -> Regulariser:
+    """``weight * anchor_loss(live, global, reduction)``: SPEAR's anchor (mean) or FedProx (sum, weight mu/2).
+
+    Args:
+        weight: the coefficient (SPEAR's ``lambda_anchor``; FedProx's ``0.5 * mu``).
+        reduction: "mean" (mean squared difference per tensor, summed over tensors) or "sum" (squared L2 norm).
+    """
+
+    def penalty(live: dict[str, torch.nn.Parameter], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+        return weight * anchor_loss(live, anchor, reduction=reduction)[0]
+
+    return penalty
+
+
+def fedprox(run: RunSettings) -> list[Regulariser]:
+    """The FedProx term ``mu/2 * ||theta - theta_global||^2`` (``fl.fedprox_mu``; every algorithm), or none."""
+    mu = run.fl.fedprox_mu
+    return [l2_to_global(0.5 * mu, "sum")] if mu > 0 else []
+
+
+def optimise(policy: Engine, run: RunSettings, lr: float, seed: int, micro_step: MicroStep,
+             regularisers: Sequence[Regulariser] = ()) -> TrainStats:
     """Run S optimizer steps of A micro-steps each on the live adapter, starting from the global adapter.
 
-    Adds the anchor (``spear.lambda_anchor``, mean; SPEAR and feedback-SFT only) and FedProx (``fl.fedprox_mu``,
-    sum) terms; clips the
-    gradient norm; skips (and counts) a step whose gradient norm is not finite. Fresh AdamW per call.
+    Each micro-step's loss gets every hook in ``regularisers`` added, in order (e.g. SPEAR's anchor, then
+    FedProx: :func:`fedprox`); clips the gradient norm; skips (and counts) a step whose gradient norm is not
+    finite. Fresh AdamW per call. S = ``fl.local_train_steps``, A = ``optim.grad_accum_steps``.
     """
-    cfg, model = engine.cfg, engine.model
+    model = policy.model
     stats = TrainStats()
     start = time.perf_counter()
-    engine.load_global()
-    params = list(engine.adapter.params.values())
-    if cfg.fl.local_train_steps == 0:
+    policy.load_global()
+    params = list(policy.adapter.params.values())
+    if run.fl.local_train_steps == 0:
         return stats
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
-    # spear.lambda_anchor belongs to SPEAR and feedback-SFT; FedProx (fl.fedprox_mu) applies to every algorithm.
-    lambda_anchor = cfg.spear.lambda_anchor if cfg.algorithm.name in ("spear", "feedback_sft") else 0.0
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=run.optim.weight_decay)
     anchor = None
-    if lambda_anchor > 0 or cfg.fl.fedprox_mu > 0:
-        anchor = {k: v.to(engine.device) for k, v in engine.global_state.items()}
+    if regularisers:
+        anchor = {k: v.to(policy.device) for k, v in policy.global_state.items()}
     rng = random.Random(seed)
     torch.manual_seed(seed)  # LoRA dropout
     model.train()
-    accum = cfg.optim.grad_accum_steps
-    for _ in range(cfg.fl.local_train_steps):
+    accum = run.optim.grad_accum_steps
+    for _ in range(run.fl.local_train_steps):
         optimizer.zero_grad(set_to_none=True)
         for _ in range(accum):
             loss, tokens, terms = micro_step(rng)
             if anchor is not None:
-                live = engine.adapter.params
-                if lambda_anchor > 0:
-                    loss = loss + lambda_anchor * anchor_loss(live, anchor, reduction="mean")[0]
-                if cfg.fl.fedprox_mu > 0:
-                    loss = loss + 0.5 * cfg.fl.fedprox_mu * anchor_loss(live, anchor, reduction="sum")[0]
+                live = policy.adapter.params
+                for regulariser in regularisers:
+                    loss = loss + regulariser(live, anchor)
             (loss / accum).backward()
             stats.tokens_trained += tokens
             stats.add_terms({"total": loss.item(), **terms})
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, run.optim.max_grad_norm)
         if not math.isfinite(float(norm)):
             stats.skipped_steps += 1
             optimizer.zero_grad(set_to_none=True)
@@ -191,31 +214,89 @@ def optimise(engine: Engine, lr: float, seed: int, micro_step: MicroStep) -> Tra
     return stats
 
 
-def finish_update(engine: Engine) -> dict[str, torch.Tensor]:
-    """The trained adapter as CPU copies, after the optional EMA toward the global adapter."""
-    state = engine.adapter.get()
-    ema = engine.cfg.spear.ema_decay if engine.cfg.algorithm.name in ("spear", "feedback_sft") else 0.0
-    if ema > 0:
-        state = {k: ema * engine.global_state[k].to(v.dtype) + (1 - ema) * v for k, v in state.items()}
+def finish_update(policy: Engine, ema_decay: float = 0.0) -> dict[str, torch.Tensor]:
+    """The trained adapter as CPU copies, after ``theta <- ema*global + (1-ema)*theta`` when ``ema_decay > 0``."""
+    state = policy.adapter.get()
+    if ema_decay > 0:
+        state = {k: ema_decay * policy.global_state[k].to(v.dtype) + (1 - ema_decay) * v for k, v in state.items()}
     return state
 
 
-def protected_token_ids(engine: Engine) -> set[int]:
-    """Token ids never penalised by unlikelihood: the task's answer marker (with and without a leading space)."""
-    cache = engine.cache.setdefault("protected", None)
-    if cache is not None:
-        return cache
-    tok, marker = engine.tokenizer, engine.task.answer_marker
-    ids: set[int] = set()
-    for text in (marker, " " + marker, marker.rstrip(":"), " " + marker.rstrip(":"), ":", " :"):
-        ids.update(tok(text, add_special_tokens=False)["input_ids"])
-    if engine.cfg.spear.ul_skip_math_ops:
-        for op in ("+", "-", "*", "/", "=", "^", "\\", "{", "}", "(", ")", "$", "frac", "sqrt", "cdot", "times"):
-            ids.update(tok(op, add_special_tokens=False)["input_ids"])
-            ids.update(tok(" " + op, add_special_tokens=False)["input_ids"])
-    ids.discard(engine.tokenizer.eos_token_id)
-    engine.cache["protected"] = ids
-    return ids
+def train_metrics(stats: TrainStats, run: RunSettings) -> dict[str, float]:
+    """The loop's metrics, loss terms averaged over the S * A micro-steps."""
+    return stats.as_metrics(run.fl.local_train_steps * run.optim.grad_accum_steps)
+
+
+def no_update(metrics: dict[str, Any], **extra: Any) -> LocalUpdateResult:
+    """A client that trained nothing: no adapter, weight 0, zero training counters (plus ``extra``)."""
+    metrics.update(steps=0, skipped_steps=0, tokens_trained=0, training_s=0.0, **extra)
+    return LocalUpdateResult(None, 0.0, metrics)
+
+
+# --------------------------------------------------------------------------- rollout helpers (GRPO, OPSD, RLTF-SD)
+
+# Sampling temperature floor for group rollouts (a group of identical greedy answers has no signal).
+MIN_SAMPLING_TEMPERATURE = 0.7
+
+
+def sampling_settings(gen: GenConfig, max_new_tokens: int) -> GenSettings:
+    """Sampling forced on: temperature max(0.7, ``gen.temperature``), top_p ``gen.top_p``."""
+    return GenSettings(max_new_tokens, True, max(MIN_SAMPLING_TEMPERATURE, gen.temperature), gen.top_p)
+
+
+def choose_prompts(policy: Engine, job: ClientJob, count: int) -> list[tuple[Example, list[int]]]:
+    """``min(|D_c|, count)`` examples without replacement, seeded by ``job.seed``, with their x0 token ids.
+
+    The same draw as SPEAR's rollout: algorithms with the same budget roll out the same prompts for a
+    (round, client).
+    """
+    rng = random.Random(job.seed)
+    chosen = rng.sample(job.examples, min(len(job.examples), max(0, count)))
+    return [(ex, policy.encode(ex.prompt)) for ex in chosen]
+
+
+def binary_reward(correct: bool, scale: float, clip: float | None) -> float:
+    """``scale * 1[correct]``, clipped to +-``clip`` when set."""
+    r = scale * float(correct)
+    if clip is not None:
+        r = max(-clip, min(clip, r))
+    return r
+
+
+def split_by_count(total: float, counts: list[int]) -> list[float]:
+    """Split a batched cost (e.g. seconds of one generate call) over clients in proportion to their items."""
+    n = sum(counts)
+    return [total * c / n if n else 0.0 for c in counts]
+
+
+@torch.no_grad()
+def score_traces(policy: Engine, run: RunSettings, traces: list[Trace]) -> tuple[list[list[float]], int]:
+    """Per-token completion log-probs of ``traces`` under the ROUND-START global adapter (eval mode, no grad).
+
+    Loads the global adapter into the live model (the caller trains from it next). Forwards are chunked by
+    ``optim.micro_batch_size`` (else ``gen.rollout_batch_size``).
+
+    Returns:
+        (one list of log-probs per trace, as long as its completion after the ``max_seq_len`` cut,
+        number of forward tokens).
+    """
+    model = policy.model
+    policy.load_global()
+    was_training = model.training
+    model.eval()
+    size = run.optim.micro_batch_size or run.gen.rollout_batch_size
+    rows: list[list[float]] = []
+    tokens = 0
+    for start in range(0, len(traces), size):
+        batch = make_batch(traces[start : start + size], policy.tokenizer.pad_token_id, run.max_seq_len,
+                           policy.device)
+        logp_BL = completion_logprobs(model, batch).float().cpu()
+        lengths = batch.mask_BL.sum(-1).long().tolist()
+        width = logp_BL.shape[1]
+        rows.extend(logp_BL[i, width - n :].tolist() if n else [] for i, n in enumerate(lengths))
+        tokens += batch.num_tokens
+    model.train(was_training)
+    return rows, tokens
 
 
 def seconds_since(start: float) -> float:

@@ -1,4 +1,4 @@
-"""Feedback-SFT client update: SPEAR without unlikelihood (SPEAR.md section 4).
+"""Feedback-SFT client update: SPEAR without unlikelihood (docs/algorithms.md, "Feedback-SFT").
 
 Objective, per micro-step of B wins W (drawn with replacement when fewer):
 
@@ -6,29 +6,26 @@ Objective, per micro-step of B wins W (drawn with replacement when fewer):
 
 Wins are correct first answers (x0, y0) and feedback-guided revisions trained under the original prompt
 (x0, y'). Wrong answers that no revision fixed are discarded. A client with no wins returns no update.
+It is :class:`~fedspear.algorithms.spear.Spear` built with ``lambda_lose = 0``: the same rollout, settings
+section (``spear``) and training, with the losses dropped.
 
 Run: ``fedspear run --config arc_challenge-qwen2.5-1.5b algorithm.name=feedback_sft``.
 """
 
 from __future__ import annotations
 
-from fedspear.algorithms import spear
-from fedspear.algorithms.base import ClientJob, LocalUpdateResult
-from fedspear.models import Engine
+from dataclasses import replace
 
-FeedbackRollout = spear.FeedbackRollout
-
-
-def rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRollout]:
-    """The same rollout as SPEAR: first answers, verification, feedback-guided revisions."""
-    return spear.feedback_rollout(engine, jobs)
+from fedspear.algorithms.base import RunSettings
+from fedspear.algorithms.settings import SpearSettings
+from fedspear.algorithms.spear import Spear
+from fedspear.tasks.base import Task
 
 
-def train(engine: Engine, job: ClientJob, data: FeedbackRollout) -> LocalUpdateResult:
-    """Likelihood on the wins only (λ_lose = 0, lose traces unused)."""
-    return spear.train(engine, job, data, lambda_lose=0.0)
+class FeedbackSFT(Spear):
+    """SPEAR with ``lambda_lose = 0``: likelihood on the wins only."""
 
+    name = "feedback_sft"
 
-def local_update(engine: Engine, job: ClientJob) -> LocalUpdateResult:
-    """One client's whole feedback-SFT round."""
-    return train(engine, job, rollout(engine, [job])[0])
+    def __init__(self, task: Task, run: RunSettings, settings: SpearSettings) -> None:
+        super().__init__(task, run, replace(settings, lambda_lose=0.0))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fedspear.config import SpearConfig
+from fedspear.algorithms.settings import SpearSettings
 
 # Elements (rows x vocab) per float32 chunk in gather_token_logprobs: 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 2**26
@@ -253,7 +253,7 @@ def spear_loss(
     lose_logp_BT: torch.Tensor | None,
     lose_mask_BT: torch.Tensor | None,
     lose_conf_B: torch.Tensor | None,
-    cfg_spear: SpearConfig,
+    cfg_spear: SpearSettings,
 ) -> tuple[torch.Tensor, SpearStats]:
     """SPEAR's micro-step loss ``lambda_win * L_win + lambda_lose * L_lose`` (the caller adds the anchor).
 

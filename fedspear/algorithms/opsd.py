@@ -1,4 +1,4 @@
-"""OPSD client update: on-policy self-distillation from a privileged teacher (SPEAR.md section 4).
+"""OPSD client update: on-policy self-distillation from a privileged teacher (docs/algorithms.md, "OPSD").
 
 Objective. Each client-round samples P = min(|D_c|, ``fl.local_rollout_steps``) prompts and one answer y0 per
 prompt from the plain task prompt x0 (``gen`` decoding settings). The teacher is the ROUND-START global adapter,
@@ -22,7 +22,7 @@ be written by ``save_pretrained``), and the trained parameters are untouched.
 Aggregation weight n_eff = number of traces (P). Cost: P generations; S * A * B teacher forwards (no grad,
 ``tokens_forward``) and S * A * B student forward+backward passes (``tokens_trained``).
 
-Deviations from the authors' reference (SPEAR.md section 6.6): the teacher is frozen at the round start (the
+Deviations from the authors' reference (docs/deviations.md): the teacher is frozen at the round start (the
 reference's teacher is the adapter being trained), logits are computed only on completion positions, and
 training uses the sampled token ids.
 
@@ -37,10 +37,22 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
-from fedspear.algorithms.common import SeqBatch, completion_logits, draw, finish_update, make_batch, optimise
-from fedspear.algorithms.grpo import choose_prompts, split_by_count
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.common import (
+    SeqBatch,
+    choose_prompts,
+    completion_logits,
+    draw,
+    fedprox,
+    finish_update,
+    make_batch,
+    no_update,
+    optimise,
+    split_by_count,
+    train_metrics,
+)
 from fedspear.algorithms.losses import distill_kl
+from fedspear.algorithms.settings import OPSDSettings
 from fedspear.generation import GenSettings, GenStats, generate
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
@@ -67,54 +79,113 @@ class DistillRollout:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def teacher_prompt(engine: Engine, example: Example) -> str:
-    """The teacher's prompt: a privileged-information section, then the unchanged task prompt x0."""
-    privileged = engine.task.privileged_context(example)[: engine.cfg.distill.priv_max_chars]
-    return ("### Verified reference (known to be correct)\n"
-            f"{privileged.strip()}\n\n"
-            "### Task\n"
-            f"{example.prompt}")
+class OPSD(Algorithm[DistillRollout]):
+    """On-policy self-distillation from the round-start privileged teacher (module docstring; settings
+    :class:`~fedspear.algorithms.settings.OPSDSettings`, section ``distill``)."""
 
+    name = "opsd"
+    section = "distill"
+    Settings = OPSDSettings
 
-def rollout(engine: Engine, jobs: list[ClientJob]) -> list[DistillRollout]:
-    """P prompts per client, one y0 each from x0 (all clients in one batched generation), paired with the
-    teacher's prompt.
+    def teacher_prompt(self, example: Example) -> str:
+        """The teacher's prompt: a privileged-information section, then the unchanged task prompt x0."""
+        privileged = self.task.privileged_context(example)[: self.settings.priv_max_chars]
+        return ("### Verified reference (known to be correct)\n"
+                f"{privileged.strip()}\n\n"
+                "### Task\n"
+                f"{example.prompt}")
 
-    Args:
-        engine: the engine; the round-start global adapter is loaded first.
-        jobs: the round's clients.
+    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[DistillRollout]:
+        """P prompts per client, one y0 each from x0 (all clients in one batched generation), paired with the
+        teacher's prompt.
 
-    Returns:
-        One DistillRollout per job.
-    """
-    cfg, task = engine.cfg, engine.task
-    engine.load_global()
-    chosen = [choose_prompts(engine, job, cfg.fl.local_rollout_steps) for job in jobs]
-    gen = cfg.gen
-    settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p)
-    gen_stats = GenStats()
-    seed = jobs[0].seed if jobs else 0
-    completions = generate(engine, [x0 for items in chosen for _, x0 in items], settings, seed, gen_stats)
-    gen_seconds = split_by_count(gen_stats.seconds, [len(items) for items in chosen])
-    out, pos = [], 0
-    for items, seconds in zip(chosen, gen_seconds, strict=True):
-        comps = completions[pos : pos + len(items)]
-        pos += len(items)
-        pairs, correct, truncated = [], 0, 0
-        for (ex, x0), comp in zip(items, comps, strict=True):
-            tp = engine.encode(teacher_prompt(engine, ex))
-            truncated += len(tp) + len(comp.ids) > cfg.model.max_seq_len  # privileged text would be cut first
-            correct += task.is_correct(ex, comp.text)
-            pairs.append(DistillPair(Trace(x0, comp.ids, text=comp.text), Trace(tp, comp.ids, text=comp.text)))
-        n = len(items)
-        metrics = {
-            "prompts": n, "samples_y0": n, "generations": n, "tokens_generated": sum(len(c.ids) for c in comps),
-            "wins_y0": correct, "y0_accuracy": correct / n if n else None,
-            "needs_revision": 0, "revision_successes": 0,  # OPSD asks for no feedback
-            "teacher_prompts_truncated": truncated, "generation_s": seconds, "feedback_s": 0.0,
-        }
-        out.append(DistillRollout(pairs, metrics))
-    return out
+        Args:
+            policy: the policy; the round-start global adapter is loaded first.
+            jobs: the round's clients.
+
+        Returns:
+            One DistillRollout per job.
+        """
+        run, task = self.run, self.task
+        policy.load_global()
+        chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
+        gen = run.gen
+        settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p)
+        gen_stats = GenStats()
+        seed = jobs[0].seed if jobs else 0
+        completions = generate(policy, [x0 for items in chosen for _, x0 in items], settings, seed, gen_stats)
+        gen_seconds = split_by_count(gen_stats.seconds, [len(items) for items in chosen])
+        out, pos = [], 0
+        for items, seconds in zip(chosen, gen_seconds, strict=True):
+            comps = completions[pos : pos + len(items)]
+            pos += len(items)
+            pairs, correct, truncated = [], 0, 0
+            for (ex, x0), comp in zip(items, comps, strict=True):
+                tp = policy.encode(self.teacher_prompt(ex))
+                truncated += len(tp) + len(comp.ids) > run.max_seq_len  # privileged text would be cut first
+                correct += task.is_correct(ex, comp.text)
+                pairs.append(DistillPair(Trace(x0, comp.ids, text=comp.text), Trace(tp, comp.ids, text=comp.text)))
+            n = len(items)
+            metrics = {
+                "prompts": n, "samples_y0": n, "generations": n, "tokens_generated": sum(len(c.ids) for c in comps),
+                "wins_y0": correct, "y0_accuracy": correct / n if n else None,
+                "needs_revision": 0, "revision_successes": 0,  # OPSD asks for no feedback
+                "teacher_prompts_truncated": truncated, "generation_s": seconds, "feedback_s": 0.0,
+            }
+            out.append(DistillRollout(pairs, metrics))
+        return out
+
+    def micro_loss(self, policy: Engine, params: dict[str, torch.Tensor], pairs: list[DistillPair]
+                   ) -> tuple[torch.Tensor, int, int, dict[str, float]]:
+        """Distillation loss of one micro-batch.
+
+        Returns:
+            (loss, student forward+backward tokens, teacher forward tokens, loss terms).
+        """
+        pad, max_len, device = policy.tokenizer.pad_token_id, self.run.max_seq_len, policy.device
+        student = make_batch([p.student for p in pairs], pad, max_len, device)
+        teacher = make_batch([p.teacher for p in pairs], pad, max_len, device)
+        if not torch.equal(student.mask_BL, teacher.mask_BL):
+            raise RuntimeError("student and teacher batches disagree on completion positions")
+        teacher_BLV = teacher_logits(policy, params, teacher)
+        student_BLV = completion_logits(policy.model, student)
+        keep_BL = student.mask_BL > 0
+        # Only real completion positions: [1, N, V] rows instead of the padded [B, L, V].
+        student_NV, teacher_NV = student_BLV[keep_BL][None], teacher_BLV[keep_BL][None]
+        ones = torch.ones(student_NV.shape[:2], device=device)
+        loss, stats = distill_kl(student_NV, teacher_NV, ones, self.settings.temperature)
+        terms = {"distill": float(stats.loss), "kl": float(stats.kl)}
+        return loss, student.num_tokens, teacher.num_tokens, terms
+
+    def train(self, policy: Engine, job: ClientJob, data: DistillRollout) -> LocalUpdateResult:
+        """S optimizer steps of A micro-steps of the distillation loss toward the frozen round-start teacher.
+
+        Args:
+            policy: the policy; the live model is reset to the global adapter first.
+            job: the client's round job (lr, seed).
+            data: the client's rollout.
+
+        Returns:
+            The adapter copy and n_eff = number of traces, or no update (weight 0) when there are none.
+        """
+        run = self.run
+        metrics = dict(data.metrics)
+        pairs = data.pairs
+        if not pairs:
+            return no_update(metrics, tokens_forward=0)
+        params = teacher_parameters(policy)
+        forward_tokens = 0
+
+        def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
+            nonlocal forward_tokens
+            loss, trained, forward, terms = self.micro_loss(policy, params, draw(step_rng, pairs, run.optim.batch_size))
+            forward_tokens += forward
+            return loss, trained, terms
+
+        stats = optimise(policy, run, job.lr, job.seed, micro_step, fedprox(run))
+        metrics.update(train_metrics(stats, run))
+        metrics["tokens_forward"] = forward_tokens
+        return LocalUpdateResult(finish_update(policy), float(len(pairs)), metrics)
 
 
 def teacher_parameters(engine: Engine) -> dict[str, torch.Tensor]:
@@ -139,64 +210,3 @@ def teacher_logits(engine: Engine, params: dict[str, torch.Tensor], batch: SeqBa
     out = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False)
     model.train(was_training)
     return out.logits[:, :length, :]
-
-
-def micro_loss(engine: Engine, params: dict[str, torch.Tensor], pairs: list[DistillPair]
-               ) -> tuple[torch.Tensor, int, int, dict[str, float]]:
-    """Distillation loss of one micro-batch.
-
-    Returns:
-        (loss, student forward+backward tokens, teacher forward tokens, loss terms).
-    """
-    cfg = engine.cfg
-    pad, max_len, device = engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device
-    student = make_batch([p.student for p in pairs], pad, max_len, device)
-    teacher = make_batch([p.teacher for p in pairs], pad, max_len, device)
-    if not torch.equal(student.mask_BL, teacher.mask_BL):
-        raise RuntimeError("student and teacher batches disagree on completion positions")
-    teacher_BLV = teacher_logits(engine, params, teacher)
-    student_BLV = completion_logits(engine.model, student)
-    keep_BL = student.mask_BL > 0
-    # Only real completion positions: [1, N, V] rows instead of the padded [B, L, V].
-    student_NV, teacher_NV = student_BLV[keep_BL][None], teacher_BLV[keep_BL][None]
-    ones = torch.ones(student_NV.shape[:2], device=device)
-    loss, stats = distill_kl(student_NV, teacher_NV, ones, cfg.distill.temperature)
-    terms = {"distill": float(stats.loss), "kl": float(stats.kl)}
-    return loss, student.num_tokens, teacher.num_tokens, terms
-
-
-def train(engine: Engine, job: ClientJob, data: DistillRollout) -> LocalUpdateResult:
-    """S optimizer steps of A micro-steps of the distillation loss toward the frozen round-start teacher.
-
-    Args:
-        engine: the engine; the live model is reset to the global adapter first.
-        job: the client's round job (lr, seed).
-        data: the client's rollout.
-
-    Returns:
-        The adapter copy and n_eff = number of traces, or no update (weight 0) when there are none.
-    """
-    cfg = engine.cfg
-    metrics = dict(data.metrics)
-    pairs = data.pairs
-    if not pairs:
-        metrics.update(steps=0, skipped_steps=0, tokens_trained=0, tokens_forward=0, training_s=0.0)
-        return LocalUpdateResult(None, 0.0, metrics)
-    params = teacher_parameters(engine)
-    forward_tokens = 0
-
-    def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
-        nonlocal forward_tokens
-        loss, trained, forward, terms = micro_loss(engine, params, draw(step_rng, pairs, cfg.optim.batch_size))
-        forward_tokens += forward
-        return loss, trained, terms
-
-    stats = optimise(engine, job.lr, job.seed, micro_step)
-    metrics.update(stats.as_metrics(cfg.fl.local_train_steps * cfg.optim.grad_accum_steps))
-    metrics["tokens_forward"] = forward_tokens
-    return LocalUpdateResult(finish_update(engine), float(len(pairs)), metrics)
-
-
-def local_update(engine: Engine, job: ClientJob) -> LocalUpdateResult:
-    """One client's whole OPSD round: rollout, then training."""
-    return train(engine, job, rollout(engine, [job])[0])

@@ -1,11 +1,11 @@
 """RLTF-SD client update: RL from text feedback via self-distillation (Song et al. 2026, arXiv 2602.02482,
-Alg. 1; SPEAR.md section 4).
+Alg. 1; docs/algorithms.md, "RLTF-SD").
 
 Rollout. Each client-round takes n = min(|D_c|, max(1, P // N)) prompts (P = ``fl.local_rollout_steps``,
-N = ``grpo.num_generations``) and samples N first answers y0 per prompt from x0 (sampling forced on, temperature
-max(0.7, ``gen.temperature``)); r0 = reward of y0 (``grpo.reward_scale`` * correctness). With
+N = ``rltf_sd.num_generations``) and samples N first answers y0 per prompt from x0 (sampling forced on, temperature
+max(0.7, ``gen.temperature``)); r0 = reward of y0 (``rltf_sd.reward_scale`` * correctness). With
 ``rltf_sd.early_termination`` a correct y0 gets no feedback and no revision. Every other y0 gets oracle feedback
-c0 (cut to ``distill.feedback_max_chars``), the revision prompt x1 = revision(x0, y0, c0) and ONE revision
+c0 (cut to ``rltf_sd.feedback_max_chars``), the revision prompt x1 = revision(x0, y0, c0) and ONE revision
 y1 ~ pi(. | x1) (``gen.max_new_tokens_y1``) with reward r1.
 
 Objective, per group of the N samples of one prompt (``rltf_sd_advantages``; revised samples only in SD/RL1)::
@@ -25,7 +25,7 @@ no grad; ``tokens_forward``, time in ``training_s``).
 Aggregation weight n_eff = number of samples n * N. Cost: n * N first answers plus one revision and one feedback
 call per revised sample.
 
-Deviations from the authors' reference: a correct first answer that was not revised is counted once (the
+Deviations from the authors' reference (docs/deviations.md): a correct first answer that was not revised is counted once (the
 reference sets r1 := r0 for it, so R = 2 * r0, and pushes it again through the SD and RL1 terms); log-probs are
 sequence sums as in Alg. 1 (the reference uses per-token means); training uses the sampled token ids.
 With early termination off, a correct y0 is revised too; its feedback is a fixed "correct" message, since the
@@ -43,10 +43,24 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
-from fedspear.algorithms.common import completion_logprobs, draw, finish_update, make_batch, optimise
-from fedspear.algorithms.grpo import choose_prompts, reward, sampling_settings, score_traces, split_by_count
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.common import (
+    binary_reward,
+    choose_prompts,
+    completion_logprobs,
+    draw,
+    fedprox,
+    finish_update,
+    make_batch,
+    no_update,
+    optimise,
+    sampling_settings,
+    score_traces,
+    split_by_count,
+    train_metrics,
+)
 from fedspear.algorithms.losses import rltf_sd_advantages, rltf_sd_loss, sequence_logprobs
+from fedspear.algorithms.settings import RLTFSDSettings
 from fedspear.generation import GenStats, generate
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
@@ -90,86 +104,179 @@ class SDRollout:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- rollout
+class RLTFSD(Algorithm[SDRollout]):
+    """RLTF-SD (module docstring; settings :class:`~fedspear.algorithms.settings.RLTFSDSettings`, section
+    ``rltf_sd``)."""
 
+    name = "rltf_sd"
+    section = "rltf_sd"
+    Settings = RLTFSDSettings
 
-def rollout(engine: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
-    """First answers (N per prompt), feedback and one revision for every client of the round, batched.
+    def reward(self, correct: bool) -> float:
+        """``rltf_sd.reward_scale * 1[correct]``, clipped to +-``rltf_sd.reward_clip`` when set."""
+        return binary_reward(correct, self.settings.reward_scale, self.settings.reward_clip)
 
-    Args:
-        engine: the engine; the round-start global adapter is loaded first.
-        jobs: the round's clients.
+    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
+        """First answers (N per prompt), feedback and one revision for every client of the round, batched.
 
-    Returns:
-        One SDRollout per job.
-    """
-    cfg, task = engine.cfg, engine.task
-    engine.load_global()
-    group = cfg.grpo.num_generations
-    per_client = max(1, cfg.fl.local_rollout_steps // group)
-    # (job index, example, x0) per sample: clients in order, the N samples of a prompt next to each other.
-    items = [(j, ex, x0) for j, job in enumerate(jobs) for ex, x0 in choose_prompts(engine, job, per_client)
-             for _ in range(group)]
-    seed = jobs[0].seed if jobs else 0
-    first_stats, second_stats = GenStats(), GenStats()
-    y0s = generate(engine, [x0 for _, _, x0 in items], sampling_settings(engine, cfg.gen.max_new_tokens_y0), seed,
-                   first_stats)
-    ok0 = [task.is_correct(ex, y0.text) for (_, ex, _), y0 in zip(items, y0s, strict=True)]
-    revise = [k for k, ok in enumerate(ok0) if not (ok and cfg.rltf_sd.early_termination)]
-    start = time.perf_counter()
-    x1s = {k: _revision_prompt(engine, items[k][1], y0s[k].text, ok0[k]) for k in revise}
-    feedback_seconds = time.perf_counter() - start
-    y1_list = generate(engine, [x1s[k] for k in revise], sampling_settings(engine, cfg.gen.max_new_tokens_y1),
-                       seed + 7919, second_stats)
-    y1s = dict(zip(revise, y1_list, strict=True))
-    ok1 = {k: task.is_correct(items[k][1], y1.text) for k, y1 in y1s.items()}
-    owner = [j for j, _, _ in items]
-    clients = range(len(jobs))
-    gen_s = [a + b for a, b in zip(split_by_count(first_stats.seconds, [owner.count(c) for c in clients]),
-                                   split_by_count(second_stats.seconds, [sum(owner[k] == c for k in revise)
-                                                                          for c in clients]), strict=True)]
-    fb_s = split_by_count(feedback_seconds, [sum(owner[k] == c and not ok0[k] for k in revise) for c in clients])
-    out = []
-    for c in clients:
-        ks = [k for k in range(len(items)) if owner[k] == c]
-        samples = []
-        for k in ks:
-            x0, y0, ok = items[k][2], y0s[k], ok0[k]
-            s = SDSample(Trace(x0, y0.ids, reward=reward(engine, ok), text=y0.text))
-            if k in y1s:
-                r1 = reward(engine, ok1[k])
-                s.sd = Trace(x0, y1s[k].ids, reward=r1, text=y1s[k].text)
-                s.rl1 = Trace(x1s[k], y1s[k].ids, reward=r1, text=y1s[k].text)
-            samples.append(s)
-        _set_advantages(engine, samples, group)
-        metrics = _rollout_metrics(samples, [ok0[k] for k in ks], [ok1.get(k) for k in ks], len(ks) // group)
-        metrics.update(generation_s=gen_s[c], feedback_s=fb_s[c],
-                       tokens_generated=sum(len(s.rl0.completion_ids) + (len(s.rl1.completion_ids) if s.revised
-                                                                         else 0) for s in samples))
-        out.append(SDRollout(samples, metrics))
-    return out
+        Args:
+            policy: the policy; the round-start global adapter is loaded first.
+            jobs: the round's clients.
 
+        Returns:
+            One SDRollout per job.
+        """
+        run, task, settings = self.run, self.task, self.settings
+        engine = policy
+        engine.load_global()
+        group = settings.num_generations
+        per_client = max(1, run.fl.local_rollout_steps // group)
+        # (job index, example, x0) per sample: clients in order, the N samples of a prompt next to each other.
+        items = [(j, ex, x0) for j, job in enumerate(jobs) for ex, x0 in choose_prompts(engine, job, per_client)
+                 for _ in range(group)]
+        seed = jobs[0].seed if jobs else 0
+        first_stats, second_stats = GenStats(), GenStats()
+        y0s = generate(engine, [x0 for _, _, x0 in items], sampling_settings(run.gen, run.gen.max_new_tokens_y0),
+                       seed, first_stats)
+        ok0 = [task.is_correct(ex, y0.text) for (_, ex, _), y0 in zip(items, y0s, strict=True)]
+        revise = [k for k, ok in enumerate(ok0) if not (ok and settings.early_termination)]
+        start = time.perf_counter()
+        x1s = {k: self._revision_prompt(engine, items[k][1], y0s[k].text, ok0[k]) for k in revise}
+        feedback_seconds = time.perf_counter() - start
+        y1_list = generate(engine, [x1s[k] for k in revise], sampling_settings(run.gen, run.gen.max_new_tokens_y1),
+                           seed + 7919, second_stats)
+        y1s = dict(zip(revise, y1_list, strict=True))
+        ok1 = {k: task.is_correct(items[k][1], y1.text) for k, y1 in y1s.items()}
+        owner = [j for j, _, _ in items]
+        clients = range(len(jobs))
+        gen_s = [a + b for a, b in zip(split_by_count(first_stats.seconds, [owner.count(c) for c in clients]),
+                                       split_by_count(second_stats.seconds, [sum(owner[k] == c for k in revise)
+                                                                              for c in clients]), strict=True)]
+        fb_s = split_by_count(feedback_seconds, [sum(owner[k] == c and not ok0[k] for k in revise) for c in clients])
+        out = []
+        for c in clients:
+            ks = [k for k in range(len(items)) if owner[k] == c]
+            samples = []
+            for k in ks:
+                x0, y0, ok = items[k][2], y0s[k], ok0[k]
+                s = SDSample(Trace(x0, y0.ids, reward=self.reward(ok), text=y0.text))
+                if k in y1s:
+                    r1 = self.reward(ok1[k])
+                    s.sd = Trace(x0, y1s[k].ids, reward=r1, text=y1s[k].text)
+                    s.rl1 = Trace(x1s[k], y1s[k].ids, reward=r1, text=y1s[k].text)
+                samples.append(s)
+            self._set_advantages(samples, group)
+            metrics = _rollout_metrics(samples, [ok0[k] for k in ks], [ok1.get(k) for k in ks], len(ks) // group)
+            metrics.update(generation_s=gen_s[c], feedback_s=fb_s[c],
+                           tokens_generated=sum(len(s.rl0.completion_ids) + (len(s.rl1.completion_ids) if s.revised
+                                                                             else 0) for s in samples))
+            out.append(SDRollout(samples, metrics))
+        return out
 
-def _revision_prompt(engine: Engine, example: Example, answer: str, correct: bool) -> list[int]:
-    """x1 ids: oracle feedback on a wrong answer (a fixed message on a correct one), cut to
-    ``distill.feedback_max_chars``, in the shared revision template."""
-    cfg, task = engine.cfg, engine.task
-    hint = CORRECT_FEEDBACK if correct else task.feedback(example, answer, cfg)
-    hint = hint[: cfg.distill.feedback_max_chars]
-    return engine.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format))
+    def _revision_prompt(self, policy: Engine, example: Example, answer: str, correct: bool) -> list[int]:
+        """x1 ids: oracle feedback on a wrong answer (a fixed message on a correct one), cut to
+        ``rltf_sd.feedback_max_chars``, in the shared revision template."""
+        task = self.task
+        hint = CORRECT_FEEDBACK if correct else task.feedback(example, answer, self.run)
+        hint = hint[: self.settings.feedback_max_chars]
+        return policy.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format))
 
+    def _set_advantages(self, samples: list[SDSample], group: int) -> None:
+        """Fill the advantages of group-major samples (``rltf_sd_advantages``; non-revised ones get 0 for
+        SD/RL1)."""
+        if not samples:
+            return
+        r0_BN = torch.tensor([s.rl0.reward for s in samples]).reshape(-1, group)
+        r1_BN = torch.tensor([s.rl1.reward if s.revised else 0.0 for s in samples]).reshape(-1, group)
+        revised_BN = torch.tensor([s.revised for s in samples]).reshape(-1, group)
+        adv = rltf_sd_advantages(r0_BN, r1_BN, self.settings.gamma, revised_BN)
+        for s, a_sd, a_rl0, a_rl1 in zip(samples, adv.sd.reshape(-1).tolist(), adv.rl0.reshape(-1).tolist(),
+                                         adv.rl1.reshape(-1).tolist(), strict=True):
+            s.adv_sd, s.adv_rl0, s.adv_rl1 = a_sd, a_rl0, a_rl1
 
-def _set_advantages(engine: Engine, samples: list[SDSample], group: int) -> None:
-    """Fill the advantages of group-major samples (``rltf_sd_advantages``; non-revised ones get 0 for SD/RL1)."""
-    if not samples:
-        return
-    r0_BN = torch.tensor([s.rl0.reward for s in samples]).reshape(-1, group)
-    r1_BN = torch.tensor([s.rl1.reward if s.revised else 0.0 for s in samples]).reshape(-1, group)
-    revised_BN = torch.tensor([s.revised for s in samples]).reshape(-1, group)
-    adv = rltf_sd_advantages(r0_BN, r1_BN, engine.cfg.rltf_sd.gamma, revised_BN)
-    for s, a_sd, a_rl0, a_rl1 in zip(samples, adv.sd.reshape(-1).tolist(), adv.rl0.reshape(-1).tolist(),
-                                     adv.rl1.reshape(-1).tolist(), strict=True):
-        s.adv_sd, s.adv_rl0, s.adv_rl1 = a_sd, a_rl0, a_rl1
+    def micro_loss(self, policy: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """RLTF-SD loss of one micro-batch: RL0 and SD share a forward on x0 prompts, RL1 runs on x1 prompts.
+
+        Args:
+            policy: the policy.
+            samples: the micro-batch; reference log-probs must be set.
+
+        Returns:
+            (loss, forward+backward tokens, loss terms).
+        """
+        engine, device = policy, policy.device
+        pad, max_len = engine.tokenizer.pad_token_id, self.run.max_seq_len
+        b = len(samples)
+        rev = [i for i, s in enumerate(samples) if s.revised]
+        rev_idx = torch.tensor(rev, dtype=torch.long, device=device)
+        batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device)
+        seq0 = sequence_logprobs(completion_logprobs(engine.model, batch0), batch0.mask_BL)  # [b + |rev|]
+        tokens = batch0.num_tokens
+        rl0_logp_B = seq0[:b]
+        sd_logp_B = torch.zeros(b, device=device)
+        rl1_logp_B = torch.zeros(b, device=device)
+        if rev:
+            sd_logp_B = sd_logp_B.index_put((rev_idx,), seq0[b:])
+            batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device)
+            seq1 = sequence_logprobs(completion_logprobs(engine.model, batch1), batch1.mask_BL)
+            rl1_logp_B = rl1_logp_B.index_put((rev_idx,), seq1)
+            tokens += batch1.num_tokens
+
+        def col(name: str) -> torch.Tensor:
+            return torch.tensor([getattr(s, name) for s in samples], dtype=torch.float32, device=device)
+
+        revised_B = torch.tensor([float(s.revised) for s in samples], device=device)
+        r = self.settings
+        loss, stats = rltf_sd_loss(sd_logp_B, rl0_logp_B, rl1_logp_B, col("ref_rl0"), col("ref_rl1"), col("adv_sd"),
+                                   col("adv_rl0"), col("adv_rl1"), revised_B, revised_B, r.sd_coeff, r.rl_coeff,
+                                   r.beta_kl)
+        terms = {k: float(v) for k, v in stats._asdict().items() if k != "loss"}
+        return loss, tokens, terms
+
+    def set_reference_logprobs(self, policy: Engine, samples: list[SDSample]) -> int:
+        """Set ``ref_rl0`` / ``ref_rl1``: sequence log-probs of (x0, y0) and (x1, y1) under the round-start
+        adapter.
+
+        Returns:
+            The number of forward tokens.
+        """
+        revised = [s for s in samples if s.revised]
+        rows, tokens = score_traces(policy, self.run, [s.rl0 for s in samples] + [s.rl1 for s in revised])
+        sums = [sum(row) for row in rows]
+        for s, v in zip(samples, sums[: len(samples)], strict=True):
+            s.ref_rl0 = v
+        for s, v in zip(revised, sums[len(samples) :], strict=True):
+            s.ref_rl1 = v
+        return tokens
+
+    def train(self, policy: Engine, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
+        """Reference log-probs under the round-start adapter, then S optimizer steps of A micro-steps.
+
+        Args:
+            policy: the policy; the live model is reset to the global adapter first.
+            job: the client's round job (lr, seed).
+            data: the client's rollout.
+
+        Returns:
+            The adapter copy and n_eff = number of samples, or no update (weight 0) when there are none.
+        """
+        run = self.run
+        metrics = dict(data.metrics)
+        samples = data.samples
+        if not samples:
+            return no_update(metrics, tokens_forward=0)
+        start = time.perf_counter()
+        forward_tokens = self.set_reference_logprobs(policy, samples)
+        score_seconds = time.perf_counter() - start
+
+        def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
+            return self.micro_loss(policy, draw(step_rng, samples, run.optim.batch_size))
+
+        stats = optimise(policy, run, job.lr, job.seed, micro_step, fedprox(run))
+        metrics.update(train_metrics(stats, run))
+        metrics["training_s"] += score_seconds
+        metrics["tokens_forward"] = forward_tokens
+        return LocalUpdateResult(finish_update(policy), float(len(samples)), metrics)
 
 
 def _rollout_metrics(samples: list[SDSample], ok0: list[bool], ok1: list[bool | None], prompts: int
@@ -185,98 +292,3 @@ def _rollout_metrics(samples: list[SDSample], ok0: list[bool], ok1: list[bool | 
         "y1_accuracy": sum(bool(ok1[k]) for k in range(n) if ok1[k] is not None) / revised if revised else None,
         "feedback_calls": len(wrong),
     }
-
-
-# --------------------------------------------------------------------------- train
-
-
-def micro_loss(engine: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, int, dict[str, float]]:
-    """RLTF-SD loss of one micro-batch: RL0 and SD share a forward on x0 prompts, RL1 runs on x1 prompts.
-
-    Args:
-        engine: the engine.
-        samples: the micro-batch; reference log-probs must be set.
-
-    Returns:
-        (loss, forward+backward tokens, loss terms).
-    """
-    cfg, device = engine.cfg, engine.device
-    pad, max_len = engine.tokenizer.pad_token_id, cfg.model.max_seq_len
-    b = len(samples)
-    rev = [i for i, s in enumerate(samples) if s.revised]
-    rev_idx = torch.tensor(rev, dtype=torch.long, device=device)
-    batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device)
-    seq0 = sequence_logprobs(completion_logprobs(engine.model, batch0), batch0.mask_BL)  # [b + |rev|]
-    tokens = batch0.num_tokens
-    rl0_logp_B = seq0[:b]
-    sd_logp_B = torch.zeros(b, device=device)
-    rl1_logp_B = torch.zeros(b, device=device)
-    if rev:
-        sd_logp_B = sd_logp_B.index_put((rev_idx,), seq0[b:])
-        batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device)
-        seq1 = sequence_logprobs(completion_logprobs(engine.model, batch1), batch1.mask_BL)
-        rl1_logp_B = rl1_logp_B.index_put((rev_idx,), seq1)
-        tokens += batch1.num_tokens
-
-    def col(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(s, name) for s in samples], dtype=torch.float32, device=device)
-
-    revised_B = torch.tensor([float(s.revised) for s in samples], device=device)
-    r = cfg.rltf_sd
-    loss, stats = rltf_sd_loss(sd_logp_B, rl0_logp_B, rl1_logp_B, col("ref_rl0"), col("ref_rl1"), col("adv_sd"),
-                               col("adv_rl0"), col("adv_rl1"), revised_B, revised_B, r.sd_coeff, r.rl_coeff,
-                               cfg.grpo.beta_kl)
-    terms = {k: float(v) for k, v in stats._asdict().items() if k != "loss"}
-    return loss, tokens, terms
-
-
-def set_reference_logprobs(engine: Engine, samples: list[SDSample]) -> int:
-    """Set ``ref_rl0`` / ``ref_rl1``: sequence log-probs of (x0, y0) and (x1, y1) under the round-start adapter.
-
-    Returns:
-        The number of forward tokens.
-    """
-    revised = [s for s in samples if s.revised]
-    rows, tokens = score_traces(engine, [s.rl0 for s in samples] + [s.rl1 for s in revised])
-    sums = [sum(row) for row in rows]
-    for s, v in zip(samples, sums[: len(samples)], strict=True):
-        s.ref_rl0 = v
-    for s, v in zip(revised, sums[len(samples) :], strict=True):
-        s.ref_rl1 = v
-    return tokens
-
-
-def train(engine: Engine, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
-    """Reference log-probs under the round-start adapter, then S optimizer steps of A micro-steps.
-
-    Args:
-        engine: the engine; the live model is reset to the global adapter first.
-        job: the client's round job (lr, seed).
-        data: the client's rollout.
-
-    Returns:
-        The adapter copy and n_eff = number of samples, or no update (weight 0) when there are none.
-    """
-    cfg = engine.cfg
-    metrics = dict(data.metrics)
-    samples = data.samples
-    if not samples:
-        metrics.update(steps=0, skipped_steps=0, tokens_trained=0, tokens_forward=0, training_s=0.0)
-        return LocalUpdateResult(None, 0.0, metrics)
-    start = time.perf_counter()
-    forward_tokens = set_reference_logprobs(engine, samples)
-    score_seconds = time.perf_counter() - start
-
-    def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
-        return micro_loss(engine, draw(step_rng, samples, cfg.optim.batch_size))
-
-    stats = optimise(engine, job.lr, job.seed, micro_step)
-    metrics.update(stats.as_metrics(cfg.fl.local_train_steps * cfg.optim.grad_accum_steps))
-    metrics["training_s"] += score_seconds
-    metrics["tokens_forward"] = forward_tokens
-    return LocalUpdateResult(finish_update(engine), float(len(samples)), metrics)
-
-
-def local_update(engine: Engine, job: ClientJob) -> LocalUpdateResult:
-    """One client's whole RLTF-SD round: rollout, then training."""
-    return train(engine, job, rollout(engine, [job])[0])

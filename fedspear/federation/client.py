@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fedspear.algorithms import get_algorithm
-from fedspear.algorithms.base import ClientJob, LocalUpdateResult
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult
+from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config
 from fedspear.federation.partition import dirichlet_partition
 from fedspear.models import Engine
@@ -66,7 +66,7 @@ def client_examples(cfg: Config, train: list[Example], partition_id: int | None)
 
 
 def client_update(engine: Engine, examples: list[Example], client_id: int, round_idx: int, lr: float, seed: int,
-                  algorithm: Any = None) -> LocalUpdateResult:
+                  algorithm: Algorithm[Any] | None = None) -> LocalUpdateResult:
     """One client's round: the algorithm's rollout then its training, from ``engine.global_state``.
 
     Args:
@@ -76,23 +76,23 @@ def client_update(engine: Engine, examples: list[Example], client_id: int, round
         round_idx: 1-based round index.
         lr: the round's learning rate.
         seed: the client's seed for this round (``client_seed(data.seed, round_idx, client_id)``).
-        algorithm: the algorithm module; None = the one ``engine.cfg.algorithm.name`` names.
+        algorithm: the algorithm; None = the one ``engine.cfg.algorithm.name`` names, built from the config.
 
     Returns:
         The client's :class:`LocalUpdateResult` (adapter copy or None, weight, scalar metrics).
     """
-    algorithm = algorithm if algorithm is not None else get_algorithm(engine.cfg.algorithm.name)
+    algorithm = algorithm if algorithm is not None else build_algorithm(engine.cfg, engine.task)
     job = ClientJob(client_id, round_idx, examples, lr, seed)
     return algorithm.train(engine, job, algorithm.rollout(engine, [job])[0])
 
 
-def run_clients(engine: Engine, algorithm: Any, jobs: list[ClientJob],
+def run_clients(engine: Engine, algorithm: Algorithm[Any], jobs: list[ClientJob],
                 batched: bool) -> list[LocalUpdateResult | Exception]:
     """Run several clients in this process, each from the global adapter; a failing client is isolated.
 
     Args:
         engine: the engine holding the global adapter.
-        algorithm: the algorithm module.
+        algorithm: the algorithm.
         jobs: one job per client.
         batched: one rollout call for all clients (then, if it fails, client by client); False runs
             :func:`client_update` for each client in turn.
@@ -122,7 +122,7 @@ def run_clients(engine: Engine, algorithm: Any, jobs: list[ClientJob],
     return results
 
 
-def _batched_rollouts(engine: Engine, algorithm: Any, jobs: list[ClientJob]) -> list[Any]:
+def _batched_rollouts(engine: Engine, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
     """All clients' rollouts in one batched call; on failure, client by client so one bad client is isolated."""
     try:
         return algorithm.rollout(engine, jobs)

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms import get_algorithm
+from fedspear.algorithms.base import Algorithm
+from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, apply_overrides, config_from_dict
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
@@ -42,14 +43,14 @@ after_round_hook: Callable[[int], None] | None = None
 
 @dataclass
 class Federation:
-    """The static parts of a run: data, partition, engine, algorithm module."""
+    """The static parts of a run: data, partition, engine, algorithm."""
 
     cfg: Config
     record: RunRecord
     engine: Engine
     clients: list[list[Example]]
     eval_set: list[Example]
-    algorithm: Any
+    algorithm: Algorithm[Any]
     load_stats: dict[str, Any]
 
 
@@ -67,7 +68,7 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
              "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
         logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
-    return Federation(cfg, record, engine, clients, data.eval, get_algorithm(cfg.algorithm.name), stats)
+    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats)
 
 
 class LocalClients:

@@ -8,7 +8,7 @@ their verdicts and hints are the feedback source. The traces are exactly those t
     wrong, and no accepted revision           -> lose (x0, y0) with confidence 0.5
 
 where x0 is the task prompt's ids and y0 / y' the sampled ids, as stored. The revision is trained under the
-original prompt, so the hint is distilled into the policy. Training is :func:`fedspear.algorithms.spear.train`
+original prompt, so the hint is distilled into the policy. Training is :meth:`fedspear.algorithms.spear.Spear.train`
 unchanged (no wins: no update, weight 0), and ``algorithm.name=feedback_sft`` trains on the wins only.
 
 For a Flower ClientApp backed by the store, the whole client update is::
@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms import spear
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
-from fedspear.algorithms.spear import FeedbackRollout
+from fedspear.algorithms.registry import build_algorithm
+from fedspear.algorithms.spear import FeedbackRollout, Spear
 from fedspear.models import Engine
 from fedspear.serve.adapters import AdapterRegistry, AdapterVersion, model_fingerprint
 from fedspear.serve.store import ACCEPTED, FIXED, UNFIXED, Interaction, TraceStore
@@ -97,7 +97,7 @@ def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: 
     """One client update from the people's traces: select, build wins and losses, train with SPEAR.
 
     Takes up to ``fl.local_rollout_steps`` closed, judged interactions of this base model (least-trained
-    first, then newest), trains from ``engine.global_state`` exactly as :func:`fedspear.algorithms.spear.train`,
+    first, then newest), trains from ``engine.global_state`` exactly as :meth:`fedspear.algorithms.spear.Spear.train`,
     and, when an update was produced, counts the interactions as trained in the store.
 
     Args:
@@ -113,11 +113,12 @@ def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: 
         ValueError: ``algorithm.name`` is not spear or feedback_sft.
     """
     name = engine.cfg.algorithm.name
-    if name not in ALGORITHMS:
+    algorithm = build_algorithm(engine.cfg, engine.task)
+    if name not in ALGORITHMS or not isinstance(algorithm, Spear):
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
     interactions = store.training_candidates(model_fingerprint(engine), engine.cfg.fl.local_rollout_steps)
     rollout = rollout_from_interactions(interactions)
-    result = spear.train(engine, job, rollout, lambda_lose=0.0 if name == "feedback_sft" else None)
+    result = algorithm.train(engine, job, rollout)  # feedback_sft: Spear with lambda_lose = 0
     result.metrics["store_interactions"] = len(interactions)
     result.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if result.adapter is not None:

@@ -95,7 +95,11 @@ class Task:
 
     # -- oracle feedback --------------------------------------------------------------------------------
     def feedback(self, example: Example, completion: str, cfg: Any) -> str:
-        """Partial feedback on a wrong completion: never contains the gold letter/answer (cfg = Config)."""
+        """Partial feedback on a wrong completion: never contains the gold letter/answer.
+
+        ``cfg`` is the run's shared settings (:class:`fedspear.algorithms.base.RunSettings`); tasks read
+        ``cfg.feedback`` (e.g. ``mc_hint_words``).
+        """
         raise NotImplementedError
 
     # -- prompts for other algorithms / eval -------------------------------------------------------------

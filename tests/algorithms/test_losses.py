@@ -23,7 +23,7 @@ from fedspear.algorithms.losses import (
     unlikelihood_loss,
     unlikelihood_mask,
 )
-from fedspear.config import SpearConfig
+from fedspear.algorithms.settings import SpearSettings
 
 LN2 = math.log(2.0)
 
@@ -207,7 +207,7 @@ def test_spear_loss_combines_terms():
     win_logp = t([[math.log(0.5), math.log(0.25)]], requires_grad=True)
     win_mask = t([[1.0, 1.0]])
     lose_logp, lose_mask, conf = _ul_inputs()
-    cfg = SpearConfig(lambda_win=1.0, lambda_lose=0.1, unlikelihood_margin=0.3)
+    cfg = SpearSettings(lambda_win=1.0, lambda_lose=0.1, unlikelihood_margin=0.3)
     loss, stats = spear_loss(win_logp, win_mask, lose_logp, lose_mask, conf, cfg)
     # L_win = (ln 2 + 2 ln 2) / 2 = 1.5 ln 2 = 1.039721; L_lose = 0.3283414 (see above)
     # L = 1.0 * 1.039721 + 0.1 * 0.3283414 = 1.072555
