@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedspear.algorithms.base import Trace
+from fedspear.algorithms.base import RunSettings, Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch, optimise
 from fedspear.config import load_config
 from fedspear.models import build_engine
@@ -55,7 +55,7 @@ def test_nonfinite_gradient_skips_step(tiny_qwen):
         p = next(iter(engine.adapter.params.values()))
         return p.sum() * float("nan"), 1, {}
 
-    stats = optimise(engine, lr=1e-2, seed=0, micro_step=nan_step)
+    stats = optimise(engine, RunSettings.from_config(engine.cfg), lr=1e-2, seed=0, micro_step=nan_step)
     assert stats.skipped_steps == 2 and stats.steps == 0
     after = engine.adapter.get()
     assert all(torch.equal(before[k], after[k]) for k in before)

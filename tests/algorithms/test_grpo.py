@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from conftest import require_shared_data, run_tiny
 
-from fedspear.algorithms import grpo
-from fedspear.algorithms.base import ClientJob, Trace
-from fedspear.algorithms.common import completion_logprobs, make_batch
+from fedspear.algorithms.base import ClientJob, RunSettings, Trace
+from fedspear.algorithms.common import choose_prompts, completion_logprobs, make_batch, sampling_settings, score_traces
+from fedspear.algorithms.grpo import GRPO
 from fedspear.algorithms.losses import group_advantages
 from fedspear.config import load_config
+from fedspear.generation import GenSettings
 from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
@@ -22,6 +23,10 @@ def _engine(model_dir, **kw):
             "gen.max_new_tokens_y0": 3, "fl.local_rollout_steps": 3}
     over.update(kw)
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
+
+
+def _algo(engine):
+    return GRPO.from_config(engine.cfg, engine.task)
 
 
 def _examples(n):
@@ -48,12 +53,12 @@ def test_grpo_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
     engine = _engine(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
-    assert grpo.sampling_settings(engine, 5) == grpo.GenSettings(5, True, 0.7, engine.cfg.gen.top_p)
+    assert sampling_settings(engine.cfg.gen, 5) == GenSettings(5, True, 0.7, engine.cfg.gen.top_p)
     jobs = [ClientJob(0, 1, _examples(5), 1e-3, seed=11), ClientJob(1, 1, _examples(2), 1e-3, seed=12)]
-    out = grpo.rollout(engine, jobs)
+    out = _algo(engine).rollout(engine, jobs)
     assert [r.metrics["prompts"] for r in out] == [3, 2]  # min(|D_c|, P = 3)
     assert [len(r.traces) for r in out] == [6, 4] and [r.metrics["generations"] for r in out] == [6, 4]
-    expected = [ex.prompt for ex, _ in grpo.choose_prompts(engine, jobs[0], 3)]
+    expected = [ex.prompt for ex, _ in choose_prompts(engine, jobs[0], 3)]
     prompts = [engine.tokenizer.decode(t.prompt_ids) for t in out[0].traces]
     assert prompts == [p for p in expected for _ in range(2)]  # group-major, x0 unchanged (no gold facts)
     for r in out:
@@ -69,7 +74,7 @@ def test_old_logprobs_come_from_the_round_start_adapter(tiny_qwen):
         expected = completion_logprobs(engine.model, make_batch(traces, 0, 512, engine.device))
         for p in engine.adapter.params.values():  # the live adapter has moved (e.g. a previous client trained)
             p.add_(0.5)
-    rows, tokens = grpo.score_traces(engine, traces)
+    rows, tokens = score_traces(engine, RunSettings.from_config(engine.cfg), traces)
     assert [len(r) for r in rows] == [2, 1]
     torch.testing.assert_close(torch.tensor(rows[0]), expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(rows[1]), expected[1, -1:], atol=1e-5, rtol=1e-5)
@@ -80,10 +85,10 @@ def _first_step_grads(engine, rewards):
     x0 = engine.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")
     adv = group_advantages(torch.tensor([rewards]), normalize=True)[0].tolist()
     traces = [Trace(x0, ids, reward=a) for ids, a in zip([[5, 6, 7], [8, 9], [10]], adv, strict=True)]
-    old_rows, _ = grpo.score_traces(engine, traces)
+    old_rows, _ = score_traces(engine, RunSettings.from_config(engine.cfg), traces)
     engine.model.train()
     engine.model.zero_grad(set_to_none=True)
-    loss, tokens, terms = grpo.micro_loss(engine, traces, old_rows)
+    loss, tokens, terms = _algo(engine).micro_loss(engine, traces, old_rows)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in engine.adapter.params.values() if p.grad is not None])
     return loss, tokens, terms, grads

@@ -8,6 +8,7 @@ from conftest import require_shared_data, run_tiny
 from fedspear.algorithms import opsd
 from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.common import completion_logits, make_batch
+from fedspear.algorithms.opsd import OPSD
 from fedspear.config import load_config
 from fedspear.models import build_engine
 from fedspear.tasks import get_task
@@ -26,6 +27,10 @@ def _engine(model_dir, **kw):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
 
 
+def _algo(engine):
+    return OPSD.from_config(engine.cfg, engine.task)
+
+
 def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
     require_shared_data()
     run_dir, rows = run_tiny(tiny_qwen, tmp_path / "run", **{"algorithm.name": "opsd", "fl.local_rollout_steps": 4})
@@ -42,7 +47,7 @@ def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 def test_teacher_reads_privileged_context_before_the_task_and_the_student_does_not(tiny_qwen):
     engine = _engine(tiny_qwen)
-    data = opsd.rollout(engine, [ClientJob(0, 1, [EXAMPLE], 1e-3, seed=5)])[0]
+    data = _algo(engine).rollout(engine, [ClientJob(0, 1, [EXAMPLE], 1e-3, seed=5)])[0]
     (pair,) = data.pairs
     teacher_text = engine.tokenizer.decode(pair.teacher.prompt_ids)
     assert teacher_text.index("Correct answer: B. carbon dioxide") < teacher_text.index(EXAMPLE.prompt)
@@ -57,7 +62,7 @@ def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen
     engine = _engine(tiny_qwen, **{"lora.dropout": 0.3, "fl.local_train_steps": 3, "optim.batch_size": 1,
                                    "optim.grad_accum_steps": 1, "optim.lr": 5e-2, "spear.lambda_anchor": 0.0})
     job = ClientJob(0, 1, [EXAMPLE], 5e-2, seed=5)
-    data = opsd.rollout(engine, [job])[0]
+    data = _algo(engine).rollout(engine, [job])[0]
     calls = []
     real = opsd.teacher_logits
 
@@ -67,7 +72,7 @@ def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen
         return calls[-1][0]
 
     monkeypatch.setattr(opsd, "teacher_logits", spy)
-    result = opsd.train(engine, job, data)
+    result = _algo(engine).train(engine, job, data)
     assert len(calls) == 3 and [moved for _, moved in calls] == [False, True, True]
     for logits, _ in calls[1:]:
         assert torch.equal(logits, calls[0][0])  # unchanged across micro-steps

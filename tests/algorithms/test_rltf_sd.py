@@ -44,6 +44,10 @@ def _engine(model_dir, task, **kw):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), task)
 
 
+def _algo(engine):
+    return rltf_sd.RLTFSD.from_config(engine.cfg, engine.task)
+
+
 def _examples():
     return [Example(f"q{i}", f"Question {i}: which one is hot?\nA. ice\nB. fire\nAnswer:", "B", "B", ("ice", "fire"))
             for i in range(3)]
@@ -71,7 +75,7 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
     # [right, wrong, wrong]
     task = ScriptedTask([True, False, False, False, True, False, False])
     engine = _engine(tiny_qwen, task)
-    data = rltf_sd.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
+    data = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert task.verdicts == [] and len(task.feedback_on) == 3
     s = data.samples
     assert [x.revised for x in s] == [False, True, True, True] and s[0].sd is None
@@ -88,9 +92,9 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
 
     # At theta = theta_ref (k3 = 0) with A_RL0 = A_RL1 = 0, only SD is left, averaged over the revised samples:
     # with [not revised, revised] it is -0.5 * log pi(y1 | x0) (it would be -0.25 * ... if s[0] were counted).
-    assert rltf_sd.set_reference_logprobs(engine, s) > 0
+    assert _algo(engine).set_reference_logprobs(engine, s) > 0
     engine.model.train()
-    loss, tokens, terms = rltf_sd.micro_loss(engine, [s[0], s[1]])
+    loss, tokens, terms = _algo(engine).micro_loss(engine, [s[0], s[1]])
     with torch.no_grad():
         batch = make_batch([s[1].sd], engine.tokenizer.pad_token_id, 512, engine.device)
         logp_y1_x0 = completion_logprobs(engine.model, batch).sum().item()
@@ -98,14 +102,14 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
     assert terms["rl0"] == pytest.approx(0.0, abs=1e-6) and terms["rl1"] == pytest.approx(0.0, abs=1e-6)
     assert loss.item() == pytest.approx(engine.cfg.rltf_sd.sd_coeff * terms["sd"], rel=1e-5)
     # with only the non-revised sample, the SD and RL1 terms are empty
-    _, _, terms = rltf_sd.micro_loss(engine, [s[0]])
+    _, _, terms = _algo(engine).micro_loss(engine, [s[0]])
     assert terms["sd"] == 0.0 and terms["rl1"] == 0.0
 
 
 def test_without_early_termination_correct_answers_are_revised_without_oracle_feedback(tiny_qwen):
     task = ScriptedTask([True, False, True, True, True, True, False, True])
     engine = _engine(tiny_qwen, task, **{"rltf_sd.early_termination": False})
-    data = rltf_sd.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
+    data = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert all(x.revised for x in data.samples) and len(task.feedback_on) == 1  # the oracle sees wrong answers only
     assert rltf_sd.CORRECT_FEEDBACK[:40] in engine.tokenizer.decode(data.samples[0].rl1.prompt_ids)
     m = data.metrics

@@ -8,6 +8,7 @@ from conftest import require_shared_data, tiny_overrides
 
 from fedspear.algorithms import spear
 from fedspear.algorithms.base import ClientJob
+from fedspear.algorithms.spear import Spear
 from fedspear.config import load_config
 from fedspear.generation import Completion
 from fedspear.models import build_engine
@@ -55,6 +56,10 @@ def engine(tiny_qwen):
     return build_engine(cfg, ScriptTask())
 
 
+def _algo(engine):
+    return Spear.from_config(engine.cfg, engine.task)
+
+
 def _examples():
     return [Example(f"e{i}", f"question {i}\nAnswer:", answer=a, label="x") for i, a in enumerate(["p", "q", "r"])]
 
@@ -86,7 +91,7 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
 
     monkeypatch.setattr(spear, "generate", fake)
     job = ClientJob(0, 1, exs, 1e-3, seed=5)
-    (out,) = spear.rollout(engine, [job])
+    (out,) = _algo(engine).rollout(engine, [job])
     m = out.metrics
     assert m["prompts"] == 3 and m["wins_y0"] == 1 and m["needs_revision"] == 2
     assert m["revision_attempts_1"] == 2 and m["revision_attempts_2"] == 2 and m["revision_successes_2"] == 1
@@ -106,7 +111,7 @@ def test_no_feedback_source_makes_every_wrong_answer_a_half_confidence_loss(engi
     engine.cfg.feedback.provider = "none"
     fake, calls = _scripted_generate([["zz", "zz", "zz"]])
     monkeypatch.setattr(spear, "generate", fake)
-    (out,) = spear.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert len(calls) == 1 and not out.wins and [t.confidence for t in out.losses] == [0.5] * 3
 
 
@@ -114,7 +119,7 @@ def test_client_without_wins_returns_no_update(engine, monkeypatch):
     fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
     monkeypatch.setattr(spear, "generate", fake)
     job = ClientJob(0, 1, _examples(), 1e-3, seed=1)
-    result = spear.train(engine, job, spear.rollout(engine, [job])[0])
+    result = _algo(engine).local_update(engine, job)
     assert result.adapter is None and result.weight == 0.0 and result.metrics["skipped_no_wins"] == 1
 
 
@@ -137,10 +142,10 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
                 v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
         jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
         if name == "fast":
-            rollouts = spear.rollout(engine, jobs)
+            rollouts = _algo(engine).rollout(engine, jobs)
         else:
-            rollouts = [spear.rollout(engine, [j])[0] for j in jobs]
-        results[name] = [spear.train(engine, j, r) for j, r in zip(jobs, rollouts)]
+            rollouts = [_algo(engine).rollout(engine, [j])[0] for j in jobs]
+        results[name] = [_algo(engine).train(engine, j, r) for j, r in zip(jobs, rollouts)]
     for fast, plain in zip(results["fast"], results["plain"]):
         for key in ("wins", "losses", "wins_y0", "wins_revision", "losses_fixed", "losses_unfixed"):
             assert fast.metrics[key] == plain.metrics[key], key

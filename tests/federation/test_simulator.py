@@ -9,8 +9,8 @@ import torch
 from conftest import require_shared_data, tiny_overrides
 from safetensors.torch import load_file
 
-from fedspear.algorithms import spear
 from fedspear.algorithms.base import ClientJob
+from fedspear.algorithms.spear import Spear
 from fedspear.config import load_config
 from fedspear.federation import simulator
 from fedspear.federation.partition import client_seed, dirichlet_partition
@@ -84,7 +84,7 @@ def test_single_client_equals_centralized_update(tiny_qwen, tmp_path):
     (indices,) = dirichlet_partition([ex.label for ex in data.train], 1, cfg.data.dirichlet_alpha,
                                      cfg.data.max_examples_per_client, cfg.data.seed)
     job = ClientJob(0, 1, [data.train[i] for i in indices], round_lr(1, 1, cfg.optim), client_seed(cfg.data.seed, 1, 0))
-    result = spear.local_update(engine, job)
+    result = Spear.from_config(cfg, task).local_update(engine, job)
     final = _final_state(run_dir)
     if result.adapter is None:  # no wins: the global adapter must stay at its initial value
         expected = engine.global_state
@@ -96,14 +96,14 @@ def test_single_client_equals_centralized_update(tiny_qwen, tmp_path):
 
 def test_failing_client_is_recorded_and_excluded(tiny_qwen, tmp_path, monkeypatch):
     require_shared_data()
-    real_train = spear.train
+    real_train = Spear.train
 
-    def flaky(engine, job, data, **kw):
+    def flaky(self, engine, job, data):
         if job.client_id == 0:
             raise RuntimeError("device lost")
-        return real_train(engine, job, data, **kw)
+        return real_train(self, engine, job, data)
 
-    monkeypatch.setattr(spear, "train", flaky)
+    monkeypatch.setattr(Spear, "train", flaky)
     run_dir = simulator.run(load_config(None, tiny_overrides(tiny_qwen, tmp_path / "flaky", **{"fl.rounds": 1})))
     row = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1]
     errors = [c for c in row["clients"] if "error" in c]
