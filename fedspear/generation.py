@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedspear.models import Engine
+from fedspear.models import Policy
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate(
-    engine: Engine, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None
+    engine: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None
 ) -> list[Completion]:
     """Generate one completion per prompt with the live model (its current adapter).
 
@@ -75,9 +75,9 @@ def generate(
     """
     if not prompts:
         return []
-    model, tok, cfg = engine.model, engine.tokenizer, engine.cfg
+    model, tok = engine.model, engine.tokenizer
     start = time.perf_counter()
-    max_prompt = max(1, cfg.model.max_seq_len - settings.max_new_tokens)
+    max_prompt = max(1, engine.max_seq_len - settings.max_new_tokens)
     prompts = [p[-max_prompt:] for p in prompts]
     # Length-sorted batches waste less compute on padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -103,14 +103,14 @@ def generate(
 
 
 @contextmanager
-def merged_lora(engine: Engine) -> Iterator[None]:
+def merged_lora(engine: Policy) -> Iterator[None]:
     """Fold the LoRA weights into the base weights while generating (``gen.merge_lora``).
 
     A merged model skips the per-layer LoRA matmuls (about 1.5-2x faster decoding on CPU). The base weights are
     saved before merging and copied back afterwards, so merging never leaves rounding drift in the base model.
     """
     model = engine.model
-    if not engine.cfg.gen.merge_lora or engine.cfg.model.load_in_4bit or not hasattr(model, "merge_adapter"):
+    if not engine.merge_lora or not hasattr(model, "merge_adapter"):
         yield
         return
     from peft.tuners.lora import LoraLayer
@@ -127,10 +127,10 @@ def merged_lora(engine: Engine) -> Iterator[None]:
                 layer.get_base_layer().weight.copy_(weight)
 
 
-def _generate_batches(engine: Engine, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
+def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
                       stop_ids: set[int], out: list) -> None:
     model, tok = engine.model, engine.tokenizer
-    for batch in _batches(order, engine.cfg.gen.rollout_batch_size):
+    for batch in _batches(order, engine.gen_batch_size):
         width = max(len(prompts[i]) for i in batch)
         input_ids_BT = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         attention_BT = torch.zeros((len(batch), width), dtype=torch.long)
@@ -148,7 +148,7 @@ def _generate_batches(engine: Engine, prompts: list[list[int]], order: list[int]
             out[i] = Completion(prompts[i], ids, text, finished)
 
 
-def eos_ids(engine: Engine) -> set[int]:
+def eos_ids(engine: Policy) -> set[int]:
     """The tokenizer's EOS id plus any EOS ids of the model's generation config."""
     ids = {engine.tokenizer.eos_token_id}
     config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)

@@ -212,39 +212,62 @@ class AdapterHandle:
 
 
 @dataclass
-class Engine:
-    """Everything a client update needs: the live PEFT model, tokenizer, task, config and global adapter.
+class Policy:
+    """The model being trained: live PEFT model, tokenizer, adapter handle and the round-start global adapter.
+
+    It holds no config and no task: an algorithm gets those itself (``Algorithm.task``, ``Algorithm.run``), and
+    the few model-side settings generation needs are typed fields fixed when the model is loaded.
 
     Attributes:
         model: the PEFT model (base frozen, LoRA "default" trainable).
         tokenizer: the tokenizer (left padding).
-        task: the Task.
-        cfg: the run Config.
         device: where the model lives.
         adapter: handle on the live LoRA parameters.
         global_state: the round-start global adapter (CPU tensors).
+        model_name: the base model's name (``model.model_name``), for fingerprints.
+        max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
+        gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).
+        merge_lora: fold LoRA into the base weights while generating (``gen.merge_lora``; off for 4-bit).
+        encoded: prompt text -> token ids, filled by :meth:`encode`.
+        fingerprint: the serving fingerprint once computed (``serve.adapters.model_fingerprint``).
     """
 
     model: nn.Module
     tokenizer: Any
-    task: Any
-    cfg: Any
     device: torch.device
     adapter: AdapterHandle
     global_state: dict[str, torch.Tensor]
-    cache: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+    max_seq_len: int = 2048
+    gen_batch_size: int = 8
+    merge_lora: bool = True
+    encoded: dict[str, list[int]] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
-        ids = self.cache.setdefault("encode", {}).get(text)
+        ids = self.encoded.get(text)
         if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            self.cache["encode"][text] = ids
+            ids = self.encoded[text] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         return ids
 
     def load_global(self) -> None:
         """Put the round-start global adapter into the live model."""
         self.adapter.set(self.global_state)
+
+
+@dataclass
+class Engine(Policy):
+    """A :class:`Policy` bundled with the run's Config and Task, for the callers that still take one object
+    (evaluation, the serving runtime, the Flower ClientApp); algorithms and generation use the Policy part only.
+
+    Attributes:
+        cfg: the run Config (read, never written).
+        task: the Task.
+    """
+
+    cfg: Any = None
+    task: Any = None
 
 
 def build_engine(cfg: Any, task: Any) -> Engine:
@@ -254,10 +277,12 @@ def build_engine(cfg: Any, task: Any) -> Engine:
     base = load_base_model(cfg, device)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
-    return Engine(model, tokenizer, task, cfg, device, handle, handle.get())
+    return Engine(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
+                  max_seq_len=cfg.model.max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
+                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, cfg=cfg, task=task)
 
 
-def save_adapter(engine: Engine, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+def save_adapter(engine: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:
     """Save an adapter state in PEFT's format (loadable with ``PeftModel.from_pretrained``)."""
     current = engine.adapter.get()
     engine.adapter.set(state)

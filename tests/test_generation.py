@@ -60,9 +60,9 @@ def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen)
     base_before = {k: v.clone() for k, v in engine.model.state_dict().items() if "base_layer" in k}
     prompts = [engine.encode(t) for t in ("Which gas do plants take in?\nAnswer:", "Light\nAnswer:")]
     settings = GenSettings(max_new_tokens=6, do_sample=False)
-    engine.cfg.gen.merge_lora = True
+    engine.merge_lora = True
     merged = generate(engine, prompts, settings, seed=0)
-    engine.cfg.gen.merge_lora = False
+    engine.merge_lora = False
     plain = generate(engine, prompts, settings, seed=0)
     assert [c.ids for c in merged] == [c.ids for c in plain]
     after = {k: v for k, v in engine.model.state_dict().items() if "base_layer" in k}

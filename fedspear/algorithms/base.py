@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch and the model stack are imported by the algorithm fil
     import torch
 
     from fedspear.config import Config, FeedbackConfig, FLConfig, GenConfig, OptimConfig
-    from fedspear.models import Engine
+    from fedspear.models import Policy
     from fedspear.tasks.base import Task
 
 @dataclass
@@ -140,13 +140,13 @@ class Algorithm(ABC, Generic[R]):
         return cls(task, RunSettings.from_config(cfg), settings)
 
     @abstractmethod
-    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[R]:
+    def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[R]:
         """Generation and feedback for ``jobs`` (clients sharing the round-start adapter); one rollout each."""
 
     @abstractmethod
-    def train(self, policy: Engine, job: ClientJob, data: R) -> LocalUpdateResult:
+    def train(self, policy: Policy, job: ClientJob, data: R) -> LocalUpdateResult:
         """Train one client from the global adapter on its rollout; the adapter copy, weight and metrics."""
 
-    def local_update(self, policy: Engine, job: ClientJob) -> LocalUpdateResult:
+    def local_update(self, policy: Policy, job: ClientJob) -> LocalUpdateResult:
         """One client's whole round: its rollout alone, then training."""
         return self.train(policy, job, self.rollout(policy, [job])[0])

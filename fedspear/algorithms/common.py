@@ -21,7 +21,7 @@ from fedspear.algorithms.base import ClientJob, LocalUpdateResult, RunSettings, 
 from fedspear.algorithms.losses import anchor_loss, gather_token_logprobs
 from fedspear.config import GenConfig
 from fedspear.generation import GenSettings
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
 
@@ -168,7 +168,7 @@ def fedprox(run: RunSettings) -> list[Regulariser]:
     return [l2_to_global(0.5 * mu, "sum")] if mu > 0 else []
 
 
-def optimise(policy: Engine, run: RunSettings, lr: float, seed: int, micro_step: MicroStep,
+def optimise(policy: Policy, run: RunSettings, lr: float, seed: int, micro_step: MicroStep,
              regularisers: Sequence[Regulariser] = ()) -> TrainStats:
     """Run S optimizer steps of A micro-steps each on the live adapter, starting from the global adapter.
 
@@ -214,7 +214,7 @@ def optimise(policy: Engine, run: RunSettings, lr: float, seed: int, micro_step:
     return stats
 
 
-def finish_update(policy: Engine, ema_decay: float = 0.0) -> dict[str, torch.Tensor]:
+def finish_update(policy: Policy, ema_decay: float = 0.0) -> dict[str, torch.Tensor]:
     """The trained adapter as CPU copies, after ``theta <- ema*global + (1-ema)*theta`` when ``ema_decay > 0``."""
     state = policy.adapter.get()
     if ema_decay > 0:
@@ -244,7 +244,7 @@ def sampling_settings(gen: GenConfig, max_new_tokens: int) -> GenSettings:
     return GenSettings(max_new_tokens, True, max(MIN_SAMPLING_TEMPERATURE, gen.temperature), gen.top_p)
 
 
-def choose_prompts(policy: Engine, job: ClientJob, count: int) -> list[tuple[Example, list[int]]]:
+def choose_prompts(policy: Policy, job: ClientJob, count: int) -> list[tuple[Example, list[int]]]:
     """``min(|D_c|, count)`` examples without replacement, seeded by ``job.seed``, with their x0 token ids.
 
     The same draw as SPEAR's rollout: algorithms with the same budget roll out the same prompts for a
@@ -270,7 +270,7 @@ def split_by_count(total: float, counts: list[int]) -> list[float]:
 
 
 @torch.no_grad()
-def score_traces(policy: Engine, run: RunSettings, traces: list[Trace]) -> tuple[list[list[float]], int]:
+def score_traces(policy: Policy, run: RunSettings, traces: list[Trace]) -> tuple[list[list[float]], int]:
     """Per-token completion log-probs of ``traces`` under the ROUND-START global adapter (eval mode, no grad).
 
     Loads the global adapter into the live model (the caller trains from it next). Forwards are chunked by

@@ -60,7 +60,7 @@ from fedspear.algorithms.common import (
 from fedspear.algorithms.losses import group_advantages, grpo_loss
 from fedspear.algorithms.settings import GRPOSettings
 from fedspear.generation import Completion, GenStats, generate
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
 
@@ -88,7 +88,7 @@ class GRPO(Algorithm[GroupRollout]):
     section = "grpo"
     Settings = GRPOSettings
 
-    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[GroupRollout]:
+    def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[GroupRollout]:
         """P prompts per client, G samples each from x0, all clients in one batched generation; rewards and
         group-normalised advantages.
 
@@ -138,7 +138,7 @@ class GRPO(Algorithm[GroupRollout]):
         }
         return GroupRollout(traces, rewards_PG, metrics)
 
-    def micro_loss(self, policy: Engine, traces: list[Trace], old_rows: list[list[float]]
+    def micro_loss(self, policy: Policy, traces: list[Trace], old_rows: list[list[float]]
                    ) -> tuple[torch.Tensor, int, dict[str, float]]:
         """GRPO loss of one micro-batch on the live model (train mode as set by the caller).
 
@@ -160,7 +160,7 @@ class GRPO(Algorithm[GroupRollout]):
         terms = {k: float(v) for k, v in stats._asdict().items() if k != "loss"}
         return loss, batch.num_tokens, terms
 
-    def train(self, policy: Engine, job: ClientJob, data: GroupRollout) -> LocalUpdateResult:
+    def train(self, policy: Policy, job: ClientJob, data: GroupRollout) -> LocalUpdateResult:
         """S optimizer steps of A micro-steps of the clipped GRPO objective on the client's P * G traces.
 
         Args:

@@ -54,7 +54,7 @@ from fedspear.algorithms.common import (
 from fedspear.algorithms.losses import distill_kl
 from fedspear.algorithms.settings import OPSDSettings
 from fedspear.generation import GenSettings, GenStats, generate
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
 
@@ -95,7 +95,7 @@ class OPSD(Algorithm[DistillRollout]):
                 "### Task\n"
                 f"{example.prompt}")
 
-    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[DistillRollout]:
+    def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[DistillRollout]:
         """P prompts per client, one y0 each from x0 (all clients in one batched generation), paired with the
         teacher's prompt.
 
@@ -135,7 +135,7 @@ class OPSD(Algorithm[DistillRollout]):
             out.append(DistillRollout(pairs, metrics))
         return out
 
-    def micro_loss(self, policy: Engine, params: dict[str, torch.Tensor], pairs: list[DistillPair]
+    def micro_loss(self, policy: Policy, params: dict[str, torch.Tensor], pairs: list[DistillPair]
                    ) -> tuple[torch.Tensor, int, int, dict[str, float]]:
         """Distillation loss of one micro-batch.
 
@@ -157,7 +157,7 @@ class OPSD(Algorithm[DistillRollout]):
         terms = {"distill": float(stats.loss), "kl": float(stats.kl)}
         return loss, student.num_tokens, teacher.num_tokens, terms
 
-    def train(self, policy: Engine, job: ClientJob, data: DistillRollout) -> LocalUpdateResult:
+    def train(self, policy: Policy, job: ClientJob, data: DistillRollout) -> LocalUpdateResult:
         """S optimizer steps of A micro-steps of the distillation loss toward the frozen round-start teacher.
 
         Args:
@@ -188,20 +188,20 @@ class OPSD(Algorithm[DistillRollout]):
         return LocalUpdateResult(finish_update(policy), float(len(pairs)), metrics)
 
 
-def teacher_parameters(engine: Engine) -> dict[str, torch.Tensor]:
+def teacher_parameters(policy: Policy) -> dict[str, torch.Tensor]:
     """The round-start global adapter on the model's device, keyed by the live parameter names."""
-    names = {id(p): name for name, p in engine.model.named_parameters()}
-    return {names[id(p)]: engine.global_state[key].to(device=p.device, dtype=p.dtype)
-            for key, p in engine.adapter.params.items()}
+    names = {id(p): name for name, p in policy.model.named_parameters()}
+    return {names[id(p)]: policy.global_state[key].to(device=p.device, dtype=p.dtype)
+            for key, p in policy.adapter.params.items()}
 
 
 @torch.no_grad()
-def teacher_logits(engine: Engine, params: dict[str, torch.Tensor], batch: SeqBatch) -> torch.Tensor:
+def teacher_logits(policy: Policy, params: dict[str, torch.Tensor], batch: SeqBatch) -> torch.Tensor:
     """Logits ``[B, L, V]`` on the completion positions with ``params`` in place of the live LoRA tensors.
 
     Runs in eval mode (no dropout) and restores the previous mode; the live parameters are never written.
     """
-    model = engine.model
+    model = policy.model
     was_training = model.training
     model.eval()
     length = batch.targets_BL.shape[1]

@@ -62,7 +62,7 @@ from fedspear.algorithms.common import (
 from fedspear.algorithms.losses import rltf_sd_advantages, rltf_sd_loss, sequence_logprobs
 from fedspear.algorithms.settings import RLTFSDSettings
 from fedspear.generation import GenStats, generate
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Example
 from fedspear.tasks.prompts import build_revision_prompt
 
@@ -116,7 +116,7 @@ class RLTFSD(Algorithm[SDRollout]):
         """``rltf_sd.reward_scale * 1[correct]``, clipped to +-``rltf_sd.reward_clip`` when set."""
         return binary_reward(correct, self.settings.reward_scale, self.settings.reward_clip)
 
-    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
+    def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[SDRollout]:
         """First answers (N per prompt), feedback and one revision for every client of the round, batched.
 
         Args:
@@ -127,23 +127,22 @@ class RLTFSD(Algorithm[SDRollout]):
             One SDRollout per job.
         """
         run, task, settings = self.run, self.task, self.settings
-        engine = policy
-        engine.load_global()
+        policy.load_global()
         group = settings.num_generations
         per_client = max(1, run.fl.local_rollout_steps // group)
         # (job index, example, x0) per sample: clients in order, the N samples of a prompt next to each other.
-        items = [(j, ex, x0) for j, job in enumerate(jobs) for ex, x0 in choose_prompts(engine, job, per_client)
+        items = [(j, ex, x0) for j, job in enumerate(jobs) for ex, x0 in choose_prompts(policy, job, per_client)
                  for _ in range(group)]
         seed = jobs[0].seed if jobs else 0
         first_stats, second_stats = GenStats(), GenStats()
-        y0s = generate(engine, [x0 for _, _, x0 in items], sampling_settings(run.gen, run.gen.max_new_tokens_y0),
+        y0s = generate(policy, [x0 for _, _, x0 in items], sampling_settings(run.gen, run.gen.max_new_tokens_y0),
                        seed, first_stats)
         ok0 = [task.is_correct(ex, y0.text) for (_, ex, _), y0 in zip(items, y0s, strict=True)]
         revise = [k for k, ok in enumerate(ok0) if not (ok and settings.early_termination)]
         start = time.perf_counter()
-        x1s = {k: self._revision_prompt(engine, items[k][1], y0s[k].text, ok0[k]) for k in revise}
+        x1s = {k: self._revision_prompt(policy, items[k][1], y0s[k].text, ok0[k]) for k in revise}
         feedback_seconds = time.perf_counter() - start
-        y1_list = generate(engine, [x1s[k] for k in revise], sampling_settings(run.gen, run.gen.max_new_tokens_y1),
+        y1_list = generate(policy, [x1s[k] for k in revise], sampling_settings(run.gen, run.gen.max_new_tokens_y1),
                            seed + 7919, second_stats)
         y1s = dict(zip(revise, y1_list, strict=True))
         ok1 = {k: task.is_correct(items[k][1], y1.text) for k, y1 in y1s.items()}
@@ -173,7 +172,7 @@ class RLTFSD(Algorithm[SDRollout]):
             out.append(SDRollout(samples, metrics))
         return out
 
-    def _revision_prompt(self, policy: Engine, example: Example, answer: str, correct: bool) -> list[int]:
+    def _revision_prompt(self, policy: Policy, example: Example, answer: str, correct: bool) -> list[int]:
         """x1 ids: oracle feedback on a wrong answer (a fixed message on a correct one), cut to
         ``rltf_sd.feedback_max_chars``, in the shared revision template."""
         task = self.task
@@ -194,7 +193,7 @@ class RLTFSD(Algorithm[SDRollout]):
                                          adv.rl1.reshape(-1).tolist(), strict=True):
             s.adv_sd, s.adv_rl0, s.adv_rl1 = a_sd, a_rl0, a_rl1
 
-    def micro_loss(self, policy: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, int, dict[str, float]]:
+    def micro_loss(self, policy: Policy, samples: list[SDSample]) -> tuple[torch.Tensor, int, dict[str, float]]:
         """RLTF-SD loss of one micro-batch: RL0 and SD share a forward on x0 prompts, RL1 runs on x1 prompts.
 
         Args:
@@ -204,13 +203,13 @@ class RLTFSD(Algorithm[SDRollout]):
         Returns:
             (loss, forward+backward tokens, loss terms).
         """
-        engine, device = policy, policy.device
-        pad, max_len = engine.tokenizer.pad_token_id, self.run.max_seq_len
+        device = policy.device
+        pad, max_len = policy.tokenizer.pad_token_id, self.run.max_seq_len
         b = len(samples)
         rev = [i for i, s in enumerate(samples) if s.revised]
         rev_idx = torch.tensor(rev, dtype=torch.long, device=device)
         batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device)
-        seq0 = sequence_logprobs(completion_logprobs(engine.model, batch0), batch0.mask_BL)  # [b + |rev|]
+        seq0 = sequence_logprobs(completion_logprobs(policy.model, batch0), batch0.mask_BL)  # [b + |rev|]
         tokens = batch0.num_tokens
         rl0_logp_B = seq0[:b]
         sd_logp_B = torch.zeros(b, device=device)
@@ -218,7 +217,7 @@ class RLTFSD(Algorithm[SDRollout]):
         if rev:
             sd_logp_B = sd_logp_B.index_put((rev_idx,), seq0[b:])
             batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device)
-            seq1 = sequence_logprobs(completion_logprobs(engine.model, batch1), batch1.mask_BL)
+            seq1 = sequence_logprobs(completion_logprobs(policy.model, batch1), batch1.mask_BL)
             rl1_logp_B = rl1_logp_B.index_put((rev_idx,), seq1)
             tokens += batch1.num_tokens
 
@@ -233,7 +232,7 @@ class RLTFSD(Algorithm[SDRollout]):
         terms = {k: float(v) for k, v in stats._asdict().items() if k != "loss"}
         return loss, tokens, terms
 
-    def set_reference_logprobs(self, policy: Engine, samples: list[SDSample]) -> int:
+    def set_reference_logprobs(self, policy: Policy, samples: list[SDSample]) -> int:
         """Set ``ref_rl0`` / ``ref_rl1``: sequence log-probs of (x0, y0) and (x1, y1) under the round-start
         adapter.
 
@@ -249,7 +248,7 @@ class RLTFSD(Algorithm[SDRollout]):
             s.ref_rl1 = v
         return tokens
 
-    def train(self, policy: Engine, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
+    def train(self, policy: Policy, job: ClientJob, data: SDRollout) -> LocalUpdateResult:
         """Reference log-probs under the round-start adapter, then S optimizer steps of A micro-steps.
 
         Args:

@@ -44,7 +44,7 @@ from fedspear.algorithms.common import (
 from fedspear.algorithms.losses import spear_loss, unlikelihood_mask
 from fedspear.algorithms.settings import SpearSettings
 from fedspear.generation import GenSettings, GenStats, generate
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Task
 from fedspear.tasks.prompts import build_revision_prompt
 
@@ -86,15 +86,14 @@ class Spear(Algorithm[FeedbackRollout]):
         return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
                            gen.temperature, gen.top_p)
 
-    def rollout(self, policy: Engine, jobs: list[ClientJob]) -> list[FeedbackRollout]:
+    def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
         """Rollout + verification + feedback-guided revision for several clients at once (SPEAR.md 2.1-2.4).
 
         All clients share the round-start adapter, so their first answers are one batched generation, and each
         revision attempt is one batched generation over every client's still-wrong prompts.
         """
         run, task = self.run, self.task
-        engine = policy
-        engine.load_global()
+        policy.load_global()
         rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
         gen_stats = GenStats()
         feedback_s = 0.0
@@ -103,9 +102,9 @@ class Spear(Algorithm[FeedbackRollout]):
         for j, job in enumerate(jobs):
             rng = random.Random(job.seed)
             chosen = rng.sample(job.examples, min(len(job.examples), run.fl.local_rollout_steps))
-            items.extend((j, ex, engine.encode(ex.prompt)) for ex in chosen)
+            items.extend((j, ex, policy.encode(ex.prompt)) for ex in chosen)
         seed = jobs[0].seed if jobs else 0
-        first = generate(engine, [ids for _, _, ids in items], self._gen_settings(False), seed, gen_stats)
+        first = generate(policy, [ids for _, _, ids in items], self._gen_settings(False), seed, gen_stats)
         pending = []  # (item, first completion, latest completion)
         for item, comp in zip(items, first):
             j, ex, x0 = item
@@ -125,10 +124,10 @@ class Spear(Algorithm[FeedbackRollout]):
             prompts = []
             for (_, ex, _), _, latest in pending:
                 hint = task.feedback(ex, latest.text, run)
-                prompts.append(engine.encode(build_revision_prompt(ex.prompt, latest.text, hint,
+                prompts.append(policy.encode(build_revision_prompt(ex.prompt, latest.text, hint,
                                                                    task.answer_format)))
             feedback_s += time.perf_counter() - start
-            revisions = generate(engine, prompts, self._gen_settings(True), seed + 7919 * attempt, gen_stats)
+            revisions = generate(policy, prompts, self._gen_settings(True), seed + 7919 * attempt, gen_stats)
             still = []
             for ((j, ex, x0), y0, _), rev in zip(pending, revisions):
                 m = rollouts[j].metrics
@@ -146,7 +145,7 @@ class Spear(Algorithm[FeedbackRollout]):
         _split_tokens(rollouts, first, items, gen_stats)
         return rollouts
 
-    def protected_token_ids(self, policy: Engine) -> set[int]:
+    def protected_token_ids(self, policy: Policy) -> set[int]:
         """Token ids never penalised by unlikelihood: the task's answer marker (with and without a leading
         space), and math operators with ``spear.ul_skip_math_ops``; never EOS."""
         tok = policy.tokenizer
@@ -166,7 +165,7 @@ class Spear(Algorithm[FeedbackRollout]):
         self._protected[id(tok)] = ids
         return ids
 
-    def _lose_masks(self, policy: Engine, losses: list[Trace]) -> list[list[float]]:
+    def _lose_masks(self, policy: Policy, losses: list[Trace]) -> list[list[float]]:
         spear_cfg, tok = self.settings, policy.tokenizer
         protected = self.protected_token_ids(policy)
         masks = []
@@ -179,7 +178,7 @@ class Spear(Algorithm[FeedbackRollout]):
             masks.append([float(k) for k in keep])
         return masks
 
-    def train(self, policy: Engine, job: ClientJob, data: FeedbackRollout) -> LocalUpdateResult:
+    def train(self, policy: Policy, job: ClientJob, data: FeedbackRollout) -> LocalUpdateResult:
         """Train the client's adapter on its wins (likelihood) and losses (unlikelihood) (SPEAR.md 2.5-2.8).
 
         Args:
@@ -191,7 +190,7 @@ class Spear(Algorithm[FeedbackRollout]):
             The adapter copy and n_eff = number of wins, or no update when there are no wins. With
             ``spear.lambda_lose == 0`` (feedback-SFT) the losses are dropped.
         """
-        engine, run, settings = policy, self.run, self.settings
+        run, settings = self.run, self.settings
         metrics = dict(data.metrics)
         wins, losses = data.wins, data.losses if settings.lambda_lose > 0 else []
         metrics.update(wins=len(wins), losses=len(losses))
@@ -203,14 +202,14 @@ class Spear(Algorithm[FeedbackRollout]):
         if len(losses) > cap:
             losses = rng.sample(losses, cap)
         metrics["losses_used"] = len(losses)
-        lose_masks = dict(zip(map(id, losses), self._lose_masks(engine, losses)))
-        pad, max_len, device, bsz = engine.tokenizer.pad_token_id, run.max_seq_len, engine.device, run.optim.batch_size
+        lose_masks = dict(zip(map(id, losses), self._lose_masks(policy, losses)))
+        pad, max_len, device, bsz = policy.tokenizer.pad_token_id, run.max_seq_len, policy.device, run.optim.batch_size
 
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
             w, w_count = collapse(draw(step_rng, wins, bsz), run.optim.dedup_draws)
             u, u_count = collapse(draw(step_rng, losses, bsz), run.optim.dedup_draws)
             batch = make_batch(w + u, pad, max_len, device)  # one forward for wins and losses
-            logp_BL = completion_logprobs(engine.model, batch)
+            logp_BL = completion_logprobs(policy.model, batch)
             # A trace drawn k times counts k times in both losses' numerators and denominators.
             mask_BL = batch.mask_BL * torch.tensor(w_count + u_count, dtype=torch.float32, device=device)[:, None]
             nw, length = len(w), mask_BL.shape[1]
@@ -223,9 +222,9 @@ class Spear(Algorithm[FeedbackRollout]):
             terms = {k: float(v) for k, v in stats._asdict().items()}
             return loss, batch.num_tokens, terms
 
-        stats = optimise(engine, run, job.lr, job.seed, micro_step, self.regularisers())
+        stats = optimise(policy, run, job.lr, job.seed, micro_step, self.regularisers())
         metrics.update(train_metrics(stats, run))
-        return LocalUpdateResult(finish_update(engine, settings.ema_decay), float(len(wins)), metrics)
+        return LocalUpdateResult(finish_update(policy, settings.ema_decay), float(len(wins)), metrics)
 
 
 def _finish_metrics(rollouts: list[FeedbackRollout], items: list, gen_stats: GenStats, feedback_s: float) -> None:

@@ -64,17 +64,15 @@ def model_fingerprint(engine: Engine) -> str:
     Stored token ids and adapter tensors are only meaningful for the same tokenizer and LoRA layout, so a
     trace or adapter of another fingerprint is never trained on or loaded.
     """
-    cached = engine.cache.get("serve_fingerprint")
-    if cached is not None:
-        return cached
+    if engine.fingerprint is not None:
+        return engine.fingerprint
     h = hashlib.sha256()
     vocab = engine.tokenizer.get_vocab()
     h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
     for key, param in sorted(engine.adapter.params.items()):
         h.update(f"{key}:{tuple(param.shape)};".encode())
-    out = f"{engine.cfg.model.model_name}@{h.hexdigest()[:12]}"
-    engine.cache["serve_fingerprint"] = out
-    return out
+    engine.fingerprint = f"{engine.model_name}@{h.hexdigest()[:12]}"
+    return engine.fingerprint
 
 
 def _fsync_dir(folder: Path) -> None:
