@@ -2,7 +2,7 @@
 
 The global model is a frozen base plus one LoRA adapter ("default"). Adapter state travels as
 ``dict[str, Tensor]`` keyed by PEFT's state-dict names (``get_peft_model_state_dict``), always as CPU copies
-that share no memory with the live model, so FedAvg sees distinct client updates (SPEAR.md section 6.1).
+that share no memory with the live model, so FedAvg sees distinct client updates (docs/deviations.md).
 """
 
 from __future__ import annotations

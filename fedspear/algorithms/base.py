@@ -76,7 +76,7 @@ class LocalUpdateResult:
         adapter: adapter tensors (PEFT state-dict names) on CPU, sharing no memory with the live model;
             None when the client has no update (e.g. SPEAR with zero wins).
         weight: aggregation weight (n_eff); 0 when ``adapter`` is None.
-        metrics: scalar metrics (SPEAR.md section 5) for metrics.jsonl.
+        metrics: scalar metrics for metrics.jsonl.
     """
 
     adapter: dict[str, torch.Tensor] | None

@@ -1,4 +1,4 @@
-"""Every training loss of SPEAR and its baselines, as pure tensor functions (SPEAR.md sections 2 and 4).
+"""Every training loss of SPEAR and its baselines, as pure tensor functions (docs/algorithms.md).
 
 Inputs are per-token quantities already gathered on the completion positions: ``logp_BT`` is the log-probability
 of the sampled (target) token at each of ``T`` positions of ``B`` sequences, ``mask_BT`` is 1.0 on the positions
@@ -16,7 +16,7 @@ Objectives as implemented:
 - Anchor: ``sum_k mean((theta_k - theta_global_k)^2)``; with ``reduction="sum"`` it is the squared L2 distance that
   FedProx scales by ``mu / 2``.
 - GRPO: PPO-clip per token against the sampling-time log-probs, the min of clipped and unclipped for both signs of
-  the advantage (the reference takes the max for negative advantages; SPEAR.md section 6.5), plus ``beta * k3`` to
+  the advantage (the reference takes the max for negative advantages; docs/deviations.md), plus ``beta * k3`` to
   the round-start adapter; token mean within each sequence, then mean over sequences.
 - OPSD: ``T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))`` per position, mean over masked positions.
 - RLTF-SD (Song et al. 2026, Alg. 1): ``sd_coeff * L_SD + rl_coeff * (L_RL0 + L_RL1)`` on sequence log-probs
@@ -168,7 +168,7 @@ class UnlikelihoodStats(NamedTuple):
 def unlikelihood_loss(
     logp_BT: torch.Tensor, mask_BT: torch.Tensor, confidence_B: torch.Tensor, margin: float
 ) -> tuple[torch.Tensor, UnlikelihoodStats]:
-    """Confidence-weighted unlikelihood on lose traces (SPEAR.md section 2, step 7).
+    """Confidence-weighted unlikelihood on lose traces (docs/algorithms.md, "SPEAR").
 
     ``u_it = -log(1 - p_it)``, counted only where ``p_it > margin`` and ``mask_it``;
     ``L = sum_i c_i sum_t u_it / sum_i |M_i|`` with ``|M_i| = sum_t mask_it`` (all penalised positions, also those
@@ -391,11 +391,11 @@ def grpo_loss(
     clip_range: float,
     beta_kl: float,
 ) -> tuple[torch.Tensor, GRPOStats]:
-    """PPO-clip GRPO loss with a k3 KL penalty (SPEAR.md section 4).
+    """PPO-clip GRPO loss with a k3 KL penalty (docs/algorithms.md, "GRPO").
 
     Per token: ``ratio = exp(logp - old_logp)`` (log-ratio clamped to +-20),
-    ``objective = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`` for both signs of A (as in PPO; SPEAR.md
-    section 6.5), ``loss_t = -objective + beta * k3(logp, ref)``. The token losses are averaged within each sequence
+    ``objective = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`` for both signs of A (as in PPO;
+    docs/deviations.md), ``loss_t = -objective + beta * k3(logp, ref)``. The token losses are averaged within each sequence
     and then over sequences (the GRPO paper's normalisation: every sample weighs the same whatever its length;
     sequences with an empty mask are left out).
 

@@ -87,7 +87,7 @@ class Spear(Algorithm[FeedbackRollout]):
                            gen.temperature, gen.top_p)
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
-        """Rollout + verification + feedback-guided revision for several clients at once (SPEAR.md 2.1-2.4).
+        """Rollout + verification + feedback-guided revision for several clients at once (docs/algorithms.md, "SPEAR").
 
         All clients share the round-start adapter, so their first answers are one batched generation, and each
         revision attempt is one batched generation over every client's still-wrong prompts.
@@ -179,7 +179,7 @@ class Spear(Algorithm[FeedbackRollout]):
         return masks
 
     def train(self, policy: Policy, job: ClientJob, data: FeedbackRollout) -> LocalUpdateResult:
-        """Train the client's adapter on its wins (likelihood) and losses (unlikelihood) (SPEAR.md 2.5-2.8).
+        """Train the client's adapter on its wins (likelihood) and losses (unlikelihood) (docs/algorithms.md).
 
         Args:
             policy: the policy; the live model is reset to the global adapter first.

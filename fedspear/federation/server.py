@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -355,7 +355,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
-    cfg.output_dir = expand_output_dir(cfg)
+    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
     resuming = resume and (record.checkpoint_dir() / "round.json").is_file()
     record.create(cfg, resume=resuming)

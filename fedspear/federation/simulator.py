@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
 
 def run(cfg: Config) -> Path:
     """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder."""
-    cfg.output_dir = expand_output_dir(cfg)
+    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
     fed = setup(cfg, record)

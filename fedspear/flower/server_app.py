@@ -215,7 +215,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     cfg = settings.config()
     server, first_round = open_server(cfg, resume=settings.resume)
-    clients = GridClients(grid, cfg.data.num_clients, cfg.to_yaml(), settings)
+    clients = GridClients(grid, cfg.data.num_clients, server.cfg.to_yaml(), settings)
     if first_round <= cfg.fl.rounds:
         clients.wait_for_clients(cfg.data.num_clients, settings.connect_timeout)
     server.run_rounds(clients, first_round, after_round=lambda r: clients.publish(server.global_state, r))
