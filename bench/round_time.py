@@ -165,7 +165,7 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     from fedspear.evaluation import evaluate
 
     fed.engine.load_global()
-    ev = evaluate(fed.engine, fed.eval_set)
+    ev = evaluate(fed.engine, fed.engine.task, fed.cfg, fed.eval_set)
     out["eval_s"] = time.perf_counter() - ev_start
     out["eval_n"] = ev["n"]
     return out

@@ -14,21 +14,22 @@ import torch
 
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch
+from fedspear.config import Config
 from fedspear.generation import GenSettings, generate, merged_lora
-from fedspear.models import Engine
-from fedspear.tasks.base import Example
+from fedspear.models import Policy
+from fedspear.tasks.base import Example, Task
 
 
-def methods_for(engine: Engine) -> list[str]:
+def methods_for(task: Task, cfg: Config) -> list[str]:
     """Evaluation methods for this task: 'auto' = log-likelihood for MC tasks (as the paper), else generative."""
-    method = engine.cfg.data.eval_method
-    is_mc = engine.task.kind == "mc"
+    method = cfg.data.eval_method
+    is_mc = task.kind == "mc"
     if method == "auto":
         return ["log_likelihood"] if is_mc else ["generative"]
     if method == "both":
         return ["log_likelihood", "generative"] if is_mc else ["generative"]
     if method == "log_likelihood" and not is_mc:
-        raise ValueError(f"data.eval_method=log_likelihood needs a multiple-choice task; '{engine.task.name}' is not")
+        raise ValueError(f"data.eval_method=log_likelihood needs a multiple-choice task; '{task.name}' is not")
     return [method]
 
 
@@ -41,43 +42,44 @@ def _group_accuracy(examples: list[Example], correct: list[bool]) -> dict[str, f
     return {g: sum(v) / len(v) for g, v in sorted(groups.items())}
 
 
-def generative_correct(engine: Engine, examples: list[Example]) -> list[bool]:
+def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> list[bool]:
     """Decode each prompt (greedy unless ``gen.eval_do_sample``) and verify the declared answer."""
-    gen = engine.cfg.gen
+    gen = cfg.gen
     settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
                            gen.eval_temperature, gen.eval_top_p)
-    prompts = [engine.encode(ex.prompt) for ex in examples]
-    completions = generate(engine, prompts, settings, seed=engine.cfg.data.seed)
-    return [engine.task.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
+    prompts = [policy.encode(ex.prompt) for ex in examples]
+    completions = generate(policy, prompts, settings, seed=cfg.data.seed)
+    return [task.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
 
 
 @torch.no_grad()
-def log_likelihood_correct(engine: Engine, examples: list[Example]) -> list[bool]:
+def log_likelihood_correct(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> list[bool]:
     """Score every option's continuation; the prediction is the argmax of the summed log-probabilities."""
-    tok, cfg = engine.tokenizer, engine.cfg
+    tok = policy.tokenizer
     pairs: list[tuple[int, Trace]] = []
     for idx, ex in enumerate(examples):
-        x0 = engine.encode(ex.prompt)
-        for cont in engine.task.choice_continuations(ex):
+        x0 = policy.encode(ex.prompt)
+        for cont in task.choice_continuations(ex):
             pairs.append((idx, Trace(x0, tok(cont, add_special_tokens=False)["input_ids"])))
     scores: list[list[float]] = [[] for _ in examples]
-    was_training = engine.model.training
-    engine.model.eval()
+    was_training = policy.model.training
+    policy.model.eval()
     size = cfg.gen.eval_batch_size
-    with merged_lora(engine):
+    with merged_lora(policy):
         for start in range(0, len(pairs), size):
             chunk = pairs[start : start + size]
-            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, engine.device)
-            sums = completion_logprobs(engine.model, batch).sum(-1).tolist()
+            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, policy.device)
+            sums = completion_logprobs(policy.model, batch).sum(-1).tolist()
             for (idx, _), s in zip(chunk, sums):
                 scores[idx].append(s)
-    engine.model.train(was_training)
+    policy.model.train(was_training)
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return [letters[max(range(len(s)), key=s.__getitem__)] == ex.answer for ex, s in zip(examples, scores)]
 
 
-def evaluate(engine: Engine, examples: list[Example]) -> dict[str, Any]:
-    """Evaluate the live model (its current adapter) on ``examples``.
+def evaluate(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> dict[str, Any]:
+    """Evaluate the live model (its current adapter) on ``examples`` of ``task`` (``cfg``: ``data.eval_method``,
+    ``data.seed`` and the ``gen.eval_*`` settings).
 
     Returns:
         {"accuracy", "method", "n", "seconds", "<method>_accuracy" for each method run, "groups": per
@@ -85,10 +87,10 @@ def evaluate(engine: Engine, examples: list[Example]) -> dict[str, Any]:
     """
     start = time.perf_counter()
     result: dict[str, Any] = {"n": len(examples)}
-    methods = methods_for(engine)
+    methods = methods_for(task, cfg)
     for method in methods:
         fn = log_likelihood_correct if method == "log_likelihood" else generative_correct
-        correct = fn(engine, examples)
+        correct = fn(policy, task, cfg, examples)
         result[f"{method}_accuracy"] = sum(correct) / max(1, len(correct))
         if method == methods[0]:
             result["accuracy"] = result[f"{method}_accuracy"]

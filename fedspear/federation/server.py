@@ -240,7 +240,7 @@ class FederatedServer:
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
         self.engine.load_global()
-        result = evaluate(self.engine, self.eval_set)
+        result = evaluate(self.engine, self.engine.task, self.cfg, self.eval_set)
         save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
         return result
 

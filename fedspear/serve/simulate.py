@@ -242,7 +242,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
             rt = runtimes[0]
             with rt.lock:
                 rt.live.refresh()
-                row["eval"] = evaluate(rt.engine, data.eval)
+                row["eval"] = evaluate(rt.engine, rt.task, rt.cfg, data.eval)
         logger.info("round %d: %s", row["round"], {k: row[k] for k in row if k not in ("aggregation",)})
 
     try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedspear.algorithms.base import RunSettings, Trace
-from fedspear.algorithms.common import completion_logprobs, make_batch, optimise
+from fedspear.algorithms.common import completion_logprobs, l2_to_global, make_batch, optimise
 from fedspear.config import load_config
 from fedspear.models import build_engine
 
@@ -59,3 +60,34 @@ def test_nonfinite_gradient_skips_step(tiny_qwen):
     assert stats.skipped_steps == 2 and stats.steps == 0
     after = engine.adapter.get()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_regulariser_hooks_are_added_to_every_micro_step_loss(tiny_qwen):
+    # One step of one micro-step whose own loss is 0 * (...): only the hook's gradient moves the adapter. The hook
+    # is sum(theta), gradient 1 everywhere, so AdamW's first step is theta * (1 - lr * wd) - lr * 1 / (1 + eps).
+    engine = _engine(tiny_qwen, **{"fl.local_train_steps": 1, "optim.weight_decay": 0.1})
+    run = RunSettings.from_config(engine.cfg)
+    first = next(iter(engine.adapter.params.values()))
+    calls = []
+
+    def hook(live, anchor):
+        calls.append(set(live) == set(anchor))
+        return sum(p.sum() for p in live.values())
+
+    before = {k: v.clone() for k, v in engine.global_state.items()}
+    stats = optimise(engine, run, lr=1e-2, seed=0, micro_step=lambda rng: (first.sum() * 0.0, 1, {}),
+                     regularisers=[hook])
+    assert calls == [True] and stats.steps == 1
+    expected_total = sum(float(v.sum()) for v in before.values())
+    assert stats.terms["total"] == pytest.approx(expected_total, abs=1e-4)
+    after = engine.adapter.get()
+    for k in before:
+        torch.testing.assert_close(after[k], before[k] * (1 - 1e-2 * 0.1) - 1e-2 / (1 + 1e-8), rtol=0, atol=1e-6)
+
+
+def test_l2_to_global_is_weight_times_the_anchor_loss():
+    # theta = [1, 2], global = [0, 0]: sum of squares 5, mean 2.5
+    live = {"a": torch.nn.Parameter(torch.tensor([1.0, 2.0]))}
+    anchor = {"a": torch.zeros(2)}
+    assert float(l2_to_global(0.5, "sum")(live, anchor)) == pytest.approx(2.5)
+    assert float(l2_to_global(0.1, "mean")(live, anchor)) == pytest.approx(0.25)
