@@ -72,3 +72,24 @@ def test_compare_world_aggregates_seeds(tmp_path, capsys):
     assert "| spear | " in table and "| none | " in table and (tmp_path / "q.png").is_file()
     none = [json.loads(line) for line in (tmp_path / "runs" / "seed-0" / "none" / "metrics.jsonl").open()]
     assert none[1]["aggregate"].get("steps", 0) == 0  # the untrained baseline took no optimizer step
+
+
+def test_compare_baseline_ignores_times_and_catches_any_other_difference(tmp_path):
+    import torch
+    from compare_baseline import main as compare_main
+    from safetensors.torch import save_file
+
+    def run(name, rows, weight):
+        folder = tmp_path / name
+        (folder / "adapters" / "round_0001").mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        save_file({"w": torch.tensor([weight])}, str(folder / "adapters" / "round_0001" / "adapter_model.safetensors"))
+        return str(folder)
+
+    row = {"round": 1, "time": {"round_s": 1.0}, "clients": [{"metrics": {"wins": 3, "training_s": 0.5}}]}
+    slower = {"round": 1, "time": {"round_s": 9.0}, "clients": [{"metrics": {"wins": 3, "training_s": 7.0}}]}
+    other = {"round": 1, "time": {"round_s": 1.0}, "clients": [{"metrics": {"wins": 4, "training_s": 0.5}}]}
+    a = run("a", [row], 1.0)
+    assert compare_main([a, run("b", [slower], 1.0)]) == 0  # only times differ
+    assert compare_main([a, run("c", [other], 1.0)]) == 1  # a metric differs
+    assert compare_main([a, run("d", [row], 1.0 + 1e-7)]) == 1  # an adapter tensor differs in the last bits
