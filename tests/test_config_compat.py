@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedspear.config import ALGORITHMS, ConfigError, config_from_dict, load_config
+from fedspear.config import ConfigError, config_from_dict, load_config
 from fedspear.config_compat import translate
 
 PRESETS = Path(__file__).resolve().parents[1] / "fedspear" / "configs"
@@ -72,10 +72,3 @@ def test_a_stored_config_round_trips_with_rltf_sd_keys() -> None:
     assert (again.rltf_sd.num_generations, again.grpo.num_generations) == (3, 5)
     assert "feedback_max_chars" not in cfg.to_dict()["distill"] and "max_attempts" not in cfg.to_dict()["data"]
 
-
-def test_the_registry_and_the_config_list_the_same_built_in_algorithms() -> None:
-    from fedspear.algorithms.registry import ALGORITHMS as REGISTRY
-
-    assert tuple(REGISTRY)[: len(ALGORITHMS)] == ALGORITHMS
-    for name in ALGORITHMS:
-        assert REGISTRY[name].name == name
