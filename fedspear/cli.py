@@ -31,6 +31,7 @@ import yaml
 
 from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
+from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
@@ -94,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = simulator.resume(run_dir, list(args.overrides))
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
+        check_extensions(cfg)
         from fedspear.federation import simulator
 
         out = simulator.run(cfg)
@@ -110,6 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     path = resolve_config(args.config)
     cfg = load_config(path, args.overrides)
+    check_extensions(cfg)
     sources = " + ".join([str(path), *args.overrides])
     sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
     return 0

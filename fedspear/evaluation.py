@@ -14,6 +14,7 @@ import torch
 
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch
+from fedspear.feedback import verifier_of
 from fedspear.generation import GenSettings, generate, merged_lora
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
@@ -48,7 +49,8 @@ def generative_correct(engine: Engine, examples: list[Example]) -> list[bool]:
                            gen.eval_temperature, gen.eval_top_p)
     prompts = [engine.encode(ex.prompt) for ex in examples]
     completions = generate(engine, prompts, settings, seed=engine.cfg.data.seed)
-    return [engine.task.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
+    verifier = verifier_of(engine.task)  # the task's own verifier, even when a feedback source judges training
+    return [verifier.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
 
 
 @torch.no_grad()
