@@ -330,10 +330,12 @@ class FederatedServer:
 
 
 def expand_output_dir(cfg: Config) -> str:
-    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``."""
+    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``.
+
+    ``{dataset}`` of a user's task ``module:Class`` is ``Class`` (no ``:`` in folder names)."""
     try:
         return cfg.output_dir.format(time=time.strftime("%Y%m%d-%H%M%S"), algorithm=cfg.algorithm.name,
-                                     dataset=cfg.data.dataset, seed=cfg.data.seed)
+                                     dataset=cfg.data.dataset.rsplit(":", 1)[-1], seed=cfg.data.seed)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"output_dir: bad placeholder in '{cfg.output_dir}' ({exc}); use {{time}}, "
                           "{algorithm}, {dataset} or {seed}") from None
