@@ -53,3 +53,16 @@ def test_the_cli_imports_no_torch_flower_or_web_code_at_module_level():
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("module", ["fedspear.feedback", "fedspear.extensions", "fedspear.tasks.base",
+                                    "fedspear.tasks", "fedspear.config", "fedspear.api", "fedspear.cli"])
+def test_each_light_module_imports_first(module):
+    """The tasks package imports extensions, which imports feedback, which imports tasks.base: whichever a fresh
+    interpreter imports first, the others finish loading (no 'partially initialized module' error)."""
+    import subprocess
+    import sys
+
+    code = f"import {module}; import fedspear.tasks, fedspear.extensions; print(fedspear.tasks.get_task('world').name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "world", out.stderr[-500:]

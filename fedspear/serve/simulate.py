@@ -33,10 +33,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedspear.config import Config
 from fedspear.tasks.base import Example, Task
+
+if TYPE_CHECKING:  # the server module imports torch; the scripted person does not need it
+    from fedspear.federation.server import ClientReport, RoundPlan
+    from fedspear.serve.runtime import ClientRuntime
 
 logger = logging.getLogger("fedspear")
 
@@ -178,7 +182,7 @@ def _accuracy(outcomes: list[Outcome]) -> float | None:
     return sum(o.first_correct for o in outcomes) / len(outcomes) if outcomes else None
 
 
-def _served_fields(outcomes: list[Outcome], reports: list[Any], seen: set[str]) -> dict[str, Any]:
+def _served_fields(outcomes: list[Outcome], reports: list[ClientReport], seen: set[str]) -> dict[str, Any]:
     """What the people saw in one round (added to the server's metrics row of the round)."""
     answers = [o.answer_seconds for o in outcomes]
     revisions = [s for o in outcomes for s in o.revision_seconds]
@@ -214,13 +218,14 @@ class ServedClients:
         questions: questions per client and round.
     """
 
-    def __init__(self, runtimes: list[Any], people: list[ScriptedPerson], parts: list[list[Example]],
+    def __init__(self, runtimes: list[ClientRuntime], people: list[ScriptedPerson], parts: list[list[Example]],
                  questions: int) -> None:
         self.runtimes, self.people, self.parts, self.questions = runtimes, people, parts, questions
         self.asked: set[str] = set()  # example ids (unique per client's partition) asked in earlier rounds
         self.fields: dict[str, Any] = {}
 
-    def __call__(self, plan: Any, global_state: dict[str, Any]) -> list[Any]:
+    def __call__(self, plan: RoundPlan, global_state: dict[str, Any]) -> list[ClientReport]:
+        """Run the round's conversations, then each selected client's update; one report per client."""
         from fedspear.federation.server import ClientReport
 
         outcomes, seen_before = [], set(self.asked)
