@@ -55,6 +55,15 @@ def load_object(spec: str, key: str) -> Any:
     return obj
 
 
+def _describe(obj: Any) -> str:
+    """``module.Name`` of a class or function, else its type: what the user named, without a memory address."""
+    name = getattr(obj, "__qualname__", None)
+    if name is None:
+        return f"an object of type {type(obj).__name__}"
+    kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "object"
+    return f"{kind} {getattr(obj, '__module__', '?')}.{name}"
+
+
 def load_task_class(spec: str) -> type[Task]:
     """The task class ``data.dataset=module:Class`` names, checked to be a usable :class:`Task` subclass.
 
@@ -64,7 +73,7 @@ def load_task_class(spec: str) -> type[Task]:
     """
     cls = load_object(spec, "data.dataset")
     if not (inspect.isclass(cls) and issubclass(cls, Task)):
-        raise ConfigError(f"data.dataset={spec}: {cls!r} is not a subclass of fedspear.tasks.base.Task")
+        raise ConfigError(f"data.dataset={spec}: {_describe(cls)} is not a subclass of fedspear.tasks.base.Task")
     missing = [m for m in TASK_METHODS if getattr(cls, m) is getattr(Task, m)]
     if missing:
         raise ConfigError(f"data.dataset={spec}: {cls.__name__} does not implement {', '.join(missing)} "
@@ -98,7 +107,7 @@ def load_feedback_class(provider: str) -> type:
         return feedback.BUILTIN_PROVIDERS[provider]
     cls = load_object(provider, "feedback.provider")
     if not inspect.isclass(cls) or not callable(getattr(cls, "judge", None)):
-        raise ConfigError(f"feedback.provider={provider}: {cls!r} is not a class with a judge(example, answer) "
+        raise ConfigError(f"feedback.provider={provider}: {_describe(cls)} is not a class with a judge(example, answer) "
                           "method returning fedspear.feedback.Feedback (see docs/extending.md)")
     return cls
 
