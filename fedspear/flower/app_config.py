@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict
+from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from fedspear.presets import resolve_config
 
 FLWR_VERSION = "1.42.0"
@@ -256,8 +256,6 @@ def add_parser(sub: Any, parents: list[Any]) -> None:
 
 def cmd_flower_config(args: Any) -> int:
     """Write the Flower app folder for ``--config`` + overrides and print how to run it."""
-    from fedspear.config import load_config
-
     cfg = load_config(resolve_config(args.config), args.overrides)
     out = write_flower_app(cfg, Path(args.out), superlink=args.superlink, root_certificates=args.root_certificates,
                            resume=args.resume, connect_timeout=args.connect_timeout, round_timeout=args.round_timeout,

@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedspear.config import Config
+from fedspear.cli import setup_logging
+from fedspear.config import Config, load_config
+from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
 
 if TYPE_CHECKING:  # the server module imports torch; the scripted person does not need it
@@ -414,9 +416,6 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fedspear.serve.simulate``: run a federation of served clients and print its table."""
-    from fedspear.cli import resolve_config, setup_logging
-    from fedspear.config import load_config
-
     parser = argparse.ArgumentParser(prog="python -m fedspear.serve.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the clients' state and federation.json")
     parser.add_argument("--config", metavar="FILE|PRESET", help="YAML file or preset (default: the built-in world)")
