@@ -16,7 +16,7 @@ from typing import Any
 
 from fedspear import feedback  # the module: it imports the tasks package, which imports this one
 from fedspear.config import Config, ConfigError
-from fedspear.tasks.base import Task
+from fedspear.tasks.base import Example, Task
 
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 # What a task class must implement itself (the base class only raises NotImplementedError).
@@ -112,13 +112,19 @@ def load_feedback_class(provider: str) -> type:
     return cls
 
 
-def task_with_feedback(task: Task, cfg: Config) -> Task:
+def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) -> Task:
     """The task the client updates use: ``task`` itself for the built-in providers (the algorithms call its
     verifier and oracle directly), else a :class:`~fedspear.feedback.FeedbackTask` over the user's source.
 
+    Args:
+        task: the run's task.
+        cfg: the run's Config (``feedback.provider``).
+        probe: an example to judge once with an empty answer before the run starts, so a source that fails or
+            returns the wrong type stops the run here instead of failing every client in every round.
+
     Raises:
-        ConfigError: the provider does not load, its constructor ``Source(task, cfg)`` fails, or the object it
-            builds does not implement :class:`~fedspear.feedback.FeedbackSource`.
+        ConfigError: the provider does not load, its constructor ``Source(task, cfg)`` fails, the object it
+            builds does not implement :class:`~fedspear.feedback.FeedbackSource`, or judging ``probe`` fails.
     """
     provider = cfg.feedback.provider
     cls = load_feedback_class(provider)
@@ -131,7 +137,16 @@ def task_with_feedback(task: Task, cfg: Config) -> Task:
                           f"{type(exc).__name__}: {exc}") from None
     if not isinstance(source, feedback.FeedbackSource):
         raise ConfigError(f"feedback.provider={provider}: {cls.__name__} instances have no judge(example, answer)")
-    return feedback.FeedbackTask(task, source, provider)
+    wrapped = feedback.FeedbackTask(task, source, provider)
+    if probe is not None:
+        try:
+            wrapped.judge(probe, "")
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"feedback.provider={provider}: judge(example, '') failed on {probe.id}: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return wrapped
 
 
 def check(cfg: Config) -> None:

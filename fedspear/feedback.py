@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from fedspear.config import ConfigError
 from fedspear.tasks.base import Example, Task, TaskData
 
 __all__ = ["BUILTIN_PROVIDERS", "Feedback", "FeedbackSource", "FeedbackTask", "NoFeedback", "OracleFeedback",
@@ -97,13 +98,13 @@ class FeedbackTask(Task):
         """The source's :class:`Feedback` on ``answer`` (cached by example id and answer).
 
         Raises:
-            TypeError: the source returned something other than a :class:`Feedback`.
+            ConfigError: the source returned something other than a :class:`Feedback`.
         """
         key = (example.id, answer)
         if key not in self._cache:
             result = self.source.judge(example, answer)
             if not isinstance(result, Feedback):
-                raise TypeError(f"feedback.provider={self.source_name}: judge() returned {type(result).__name__}, "
+                raise ConfigError(f"feedback.provider={self.source_name}: judge() returned {type(result).__name__}, "
                                 "expected fedspear.feedback.Feedback(correct, hint)")
             if len(self._cache) >= self._CACHE_SIZE:
                 self._cache.clear()

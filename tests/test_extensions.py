@@ -103,8 +103,26 @@ def test_a_source_that_returns_the_wrong_type_is_named(example_path):
             return True
 
     wrapped = FeedbackTask(get_task(TASK), Bad(), "my:Bad")
-    with pytest.raises(TypeError, match=r"feedback.provider=my:Bad: judge\(\) returned bool"):
+    with pytest.raises(ConfigError, match=r"feedback.provider=my:Bad: judge\(\) returned bool"):
         wrapped.is_correct(ex(1, 1), "2")
+
+
+def test_a_source_that_fails_stops_the_run_before_it_starts(example_path, tiny_qwen, tmp_path, capsys):
+    """Judged once on a training example at setup: a broken source is one line and exit 2, not N failed clients."""
+    (tmp_path / "broken_fb.py").write_text(
+        "from fedspear.feedback import Feedback\n"
+        "class Broken:\n"
+        "    def __init__(self, task, cfg):\n        pass\n"
+        "    def judge(self, example, answer):\n        return example.answer == answer\n"
+        "class Raises(Broken):\n"
+        "    def judge(self, example, answer):\n        raise KeyError('gold')\n")
+    for source, message in (("broken_fb:Broken", "judge() returned bool, expected fedspear.feedback.Feedback"),
+                            ("broken_fb:Raises", "judge(example, '') failed on add-0: KeyError: 'gold'")):
+        overrides = tiny_overrides(tiny_qwen, tmp_path / source.replace(":", "-"),
+                                   **{"data.dataset": TASK, "feedback.provider": source})
+        assert main(["run", *overrides]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"fedspear: error: feedback.provider={source}: ") and message in err
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

@@ -63,7 +63,7 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
     clients = partition_examples(cfg, data.train)
-    engine = build_engine(cfg, task_with_feedback(task, cfg))  # clients hear feedback.provider
+    engine = build_engine(cfg, task_with_feedback(task, cfg, probe=data.train[0]))  # clients hear feedback.provider
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
              "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
