@@ -21,7 +21,6 @@ that already holds a run) print one line ``fedspear: error: ...`` on stderr and 
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import sys
 from collections.abc import Callable
@@ -32,9 +31,11 @@ import yaml
 
 from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
+from fedspear.extensions import check as check_extensions
+from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
+from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
+from fedspear.serve import commands as serve_commands  # no torch / web imports
 
-PRESETS_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_PRESET = "default"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
@@ -56,41 +57,6 @@ class _StderrHandler(logging.StreamHandler):
 
 
 _log_handler: _StderrHandler | None = None
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def list_presets() -> list[str]:
-    """Names of the presets shipped in ``fedspear/configs/`` (file stems, sorted)."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def resolve_config(name: str | None) -> Path:
-    """Find the YAML file for ``--config``.
-
-    Args:
-        name: a path to a YAML file, a preset name with or without ``.yaml``, or None for the default preset.
-
-    Returns:
-        The path of the file to load.
-
-    Raises:
-        ConfigError: no such file and no such preset; the message names the closest preset.
-    """
-    if name is None:
-        return PRESETS_DIR / f"{DEFAULT_PRESET}.yaml"
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    if Path(name).name == name:  # a bare name: look among the presets
-        for candidate in (PRESETS_DIR / name, PRESETS_DIR / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate
-    presets = list_presets()
-    match = difflib.get_close_matches(Path(name).stem, presets, n=1, cutoff=0.0)
-    hint = f" (did you mean '{match[0]}'?)" if match else ""
-    raise ConfigError(f"--config {name}: no such file and no such preset{hint}; presets: {', '.join(presets)}")
 
 
 def format_field_list() -> str:
@@ -129,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = simulator.resume(run_dir, list(args.overrides))
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
+        check_extensions(cfg)
         from fedspear.federation import simulator
 
         out = simulator.run(cfg)
@@ -145,6 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     path = resolve_config(args.config)
     cfg = load_config(path, args.overrides)
+    check_extensions(cfg)
     sources = " + ".join([str(path), *args.overrides])
     sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
     return 0
@@ -183,23 +151,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the client's web page (``fedspear.serve.commands.cmd_serve``)."""
-    from fedspear.serve.commands import cmd_serve as serve
-
-    return serve(args)
+    return serve_commands.cmd_serve(args)
 
 
 def cmd_train_local(args: argparse.Namespace) -> int:
     """Train once from the client's stored feedback (``fedspear.serve.commands.cmd_train_local``)."""
-    from fedspear.serve.commands import cmd_train_local as train_local
-
-    return train_local(args)
+    return serve_commands.cmd_train_local(args)
 
 
 def cmd_flower_config(args: argparse.Namespace) -> int:
     """Write a Flower app folder for a config (``fedspear.flower.app_config.cmd_flower_config``)."""
-    from fedspear.flower.app_config import cmd_flower_config as flower_config
-
-    return flower_config(args)
+    return flower_app_config.cmd_flower_config(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -261,13 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also run each algorithm centralized (one client holding all data; paper Figure 7)")
     comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every algorithm")
 
-    from fedspear.serve.commands import add_parsers as add_serve_parsers  # no torch / web imports
-
-    add_serve_parsers(sub, [verbosity])
-
-    from fedspear.flower.app_config import add_parser as add_flower_parser  # no Flower / torch imports
-
-    add_flower_parser(sub, [verbosity])
+    serve_commands.add_parsers(sub, [verbosity])
+    flower_app_config.add_parser(sub, [verbosity])
 
     if set(sub.choices) != set(COMMANDS):  # the table and the parser must name the same commands
         raise AssertionError(f"parser commands {sorted(sub.choices)} != COMMANDS {sorted(COMMANDS)}")

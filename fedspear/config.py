@@ -72,7 +72,7 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("arc_challenge", f"task: one of {', '.join(TASKS)}")
+    dataset: str = _f("arc_challenge", f"task: one of {', '.join(TASKS)}, or your Task class as module:Class")
     path: str | None = _f(None, "(fedspear) local file or folder with the data; None = the hub id")
     split: str = _f("train", "training split name")
     eval_split: str | None = _f(None, "evaluation split name; None = the task's default")
@@ -137,7 +137,7 @@ class OptimConfig:
 
 @dataclass
 class FeedbackConfig:
-    provider: str = _f("oracle", "oracle | none")
+    provider: str = _f("oracle", "oracle | none | your feedback source class as module:Class (fedspear)")
     mc_hint_words: int = _f(3, "words of the correct option given as a hint")
 
 
@@ -441,13 +441,22 @@ def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
     _check(value in options, key, f"'{value}' is not one of {', '.join(options)}{_closest(value, list(options))}")
 
 
+def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:
+    """A built-in name, or a user's class as ``module:attr`` (imported by :mod:`fedspear.extensions`)."""
+    if ":" in value:
+        module, _, attr = value.partition(":")
+        _check(bool(module.strip()) and bool(attr.strip()), key, f"'{value}': write a dotted path module:Class")
+    else:
+        _one_of(value, key, options)
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
     _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
-    _one_of(cfg.data.dataset, "data.dataset", TASKS)
+    _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
-    _one_of(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
+    _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
     positive = {

@@ -15,6 +15,7 @@ import torch
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logprobs, make_batch
 from fedspear.config import Config
+from fedspear.feedback import verifier_of
 from fedspear.generation import GenSettings, generate, merged_lora
 from fedspear.models import Policy
 from fedspear.tasks.base import Example, Task
@@ -49,7 +50,8 @@ def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[E
                            gen.eval_temperature, gen.eval_top_p)
     prompts = [policy.encode(ex.prompt) for ex in examples]
     completions = generate(policy, prompts, settings, seed=cfg.data.seed)
-    return [task.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
+    verifier = verifier_of(task)  # the task's own verifier, even when a feedback source judges training
+    return [verifier.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
 
 
 @torch.no_grad()

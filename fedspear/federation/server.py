@@ -157,15 +157,19 @@ class FederatedServer:
             saving use its model).
         eval_set: the evaluation examples.
         server_opt: FedAdam/FedYogi state; None builds the one ``fl.aggregation`` names (None for FedAvg).
+        publish: called as ``publish(round_idx, global_state)`` with each round's new global adapter, right after
+            aggregation and before evaluation (e.g. to hand it to served clients' pages); None = nobody.
     """
 
     def __init__(self, cfg: Config, record: RunRecord, engine: Engine, eval_set: list[Example],
-                 server_opt: ServerOptimizer | None = None) -> None:
+                 server_opt: ServerOptimizer | None = None,
+                 publish: Callable[[int, State], None] | None = None) -> None:
         self.cfg = cfg
         self.record = record
         self.engine = engine
         self.eval_set = eval_set
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
+        self.publish = publish
 
     @property
     def global_state(self) -> State:
@@ -221,6 +225,8 @@ class FederatedServer:
         info["num_failed_clients"] = sum(1 for r in client_rows if "error" in r)
         self.engine.global_state = new_state
         self.engine.load_global()
+        if self.publish is not None:
+            self.publish(plan.round_idx, new_state)
         agg = sum_client_metrics([r["metrics"] for r in client_rows])
         row = {
             "round": plan.round_idx, "lr": plan.lr, "selected_clients": list(plan.selected), "clients": client_rows,
@@ -324,10 +330,12 @@ class FederatedServer:
 
 
 def expand_output_dir(cfg: Config) -> str:
-    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``."""
+    """Fill ``{time}``, ``{algorithm}``, ``{dataset}`` and ``{seed}`` placeholders in ``output_dir``.
+
+    ``{dataset}`` of a user's task ``module:Class`` is ``Class`` (no ``:`` in folder names)."""
     try:
         return cfg.output_dir.format(time=time.strftime("%Y%m%d-%H%M%S"), algorithm=cfg.algorithm.name,
-                                     dataset=cfg.data.dataset, seed=cfg.data.seed)
+                                     dataset=cfg.data.dataset.rsplit(":", 1)[-1], seed=cfg.data.seed)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"output_dir: bad placeholder in '{cfg.output_dir}' ({exc}); use {{time}}, "
                           "{algorithm}, {dataset} or {seed}") from None

@@ -24,6 +24,7 @@ import torch
 from fedspear.algorithms.base import Algorithm
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, apply_overrides, config_from_dict
+from fedspear.extensions import task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
 from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
@@ -63,7 +64,7 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
     clients = partition_examples(cfg, data.train)
-    engine = build_engine(cfg, task)
+    engine = build_engine(cfg, task_with_feedback(task, cfg, probe=data.train[0]))  # clients hear feedback.provider
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
              "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:

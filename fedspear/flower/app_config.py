@@ -37,14 +37,15 @@ from typing import Any
 
 import yaml
 
-from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict
+from fedspear.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from fedspear.presets import resolve_config
 
 FLWR_VERSION = "1.42.0"
 SERVER_APP_REF = "fedspear.flower.server_app:app"
 CLIENT_APP_REF = "fedspear.flower.client_app:app"
 # ClientApps a Flower app can run (`fedspear flower-config --clients`): "oracle" rolls out the node's task rows
 # with oracle feedback; "served" trains from the trace store of the node's `fedspear serve` page (people's feedback).
-CLIENT_APPS = {"oracle": CLIENT_APP_REF, "served": "fedspear.serve.supernode:app"}
+CLIENT_APPS = {"oracle": CLIENT_APP_REF, "served": "fedspear.flower.served_client_app:app"}
 CONNECTION_NAME = "fedspear"
 # Node-local overrides a SuperNode may apply: where its data is and how its device runs the model. Everything
 # that changes what is trained (algorithm, LoRA layout, hyperparameters) comes from the server's config.
@@ -255,9 +256,6 @@ def add_parser(sub: Any, parents: list[Any]) -> None:
 
 def cmd_flower_config(args: Any) -> int:
     """Write the Flower app folder for ``--config`` + overrides and print how to run it."""
-    from fedspear.cli import resolve_config
-    from fedspear.config import load_config
-
     cfg = load_config(resolve_config(args.config), args.overrides)
     out = write_flower_app(cfg, Path(args.out), superlink=args.superlink, root_certificates=args.root_certificates,
                            resume=args.resume, connect_timeout=args.connect_timeout, round_timeout=args.round_timeout,

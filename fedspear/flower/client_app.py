@@ -45,6 +45,7 @@ def _digest(text: str) -> str:
 
 
 def _engine(cfg: Any) -> Any:
+    from fedspear.extensions import task_with_feedback
     from fedspear.models import build_engine
     from fedspear.tasks import get_task
 
@@ -52,7 +53,7 @@ def _engine(cfg: Any) -> Any:
     if key not in _ENGINES:
         _ENGINES.clear()
         _EXAMPLES.clear()
-        _ENGINES[key] = build_engine(cfg, get_task(cfg.data.dataset))
+        _ENGINES[key] = build_engine(cfg, task_with_feedback(get_task(cfg.data.dataset), cfg))
     return _ENGINES[key]
 
 

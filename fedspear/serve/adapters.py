@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from fedspear.models import Engine
 
+ADAPTERS_DIR = "adapters"  # the adapter versions' folder in a client's state folder
+
 logger = logging.getLogger("fedspear")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspear.config import Config, ConfigError, load_config
+from fedspear.presets import resolve_config
 
 logger = logging.getLogger("fedspear")
 
@@ -58,8 +59,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def client_config(args: argparse.Namespace) -> Config:
     """``--config`` (or the state folder's config.yaml, or the default preset) plus the overrides."""
-    from fedspear.cli import resolve_config
-
     saved = Path(args.state) / CONFIG_FILE
     path = resolve_config(args.config) if args.config is not None or not saved.is_file() else saved
     return load_config(path, args.overrides)

@@ -35,9 +35,10 @@ import torch
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.algorithms.spear import FeedbackRollout, Spear
+from fedspear.federation.partition import client_seed
 from fedspear.models import Engine
-from fedspear.serve.adapters import AdapterRegistry, AdapterVersion, model_fingerprint
-from fedspear.serve.store import ACCEPTED, FIXED, UNFIXED, Interaction, TraceStore
+from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, AdapterVersion, model_fingerprint
+from fedspear.serve.store import ACCEPTED, FIXED, STORE_FILE, UNFIXED, Interaction, TraceStore
 
 logger = logging.getLogger("fedspear")
 
@@ -158,9 +159,6 @@ def train_local(engine: Engine, state_dir: str | Path, client_id: int = 0, lr: f
     Returns:
         A summary: ``round``, ``published`` (the new version or None), ``from_version`` and the metrics.
     """
-    from fedspear.federation.partition import client_seed
-    from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
-
     state_dir = Path(state_dir)
     registry = AdapterRegistry(state_dir / ADAPTERS_DIR)
     fingerprint = model_fingerprint(engine)

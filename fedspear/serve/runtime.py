@@ -30,16 +30,15 @@ from typing import Any
 
 from fedspear.generation import GenSettings
 from fedspear.models import Engine
-from fedspear.serve.adapters import AdapterRegistry, LiveAdapter
-from fedspear.serve.store import AWAITING_HINT, Interaction, NewAttempt, StateError, TraceStore
+from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
+from fedspear.serve.learning import update_from_store
+from fedspear.serve.store import AWAITING_HINT, STORE_FILE, Interaction, NewAttempt, StateError, TraceStore
 from fedspear.serve.streaming import StreamResult, stream_answer
 from fedspear.tasks.base import DataError, Example
 from fedspear.tasks.prompts import build_revision_prompt
 
 logger = logging.getLogger("fedspear")
 
-STORE_FILE = "traces.sqlite"
-ADAPTERS_DIR = "adapters"
 
 
 @dataclass(frozen=True)
@@ -325,8 +324,6 @@ class ClientRuntime:
             The :class:`~fedspear.algorithms.base.LocalUpdateResult` of
             :func:`fedspear.serve.learning.update_from_store`.
         """
-        from fedspear.serve.learning import update_from_store
-
         with self.lock:
             self.live.refresh()
             try:

@@ -7,10 +7,12 @@ latest wrong answer as its hint, and accepts or rejects each revision, exactly a
 sentence, and the page frames it as the oracle frames its feedback.
 
 :func:`run_federation` runs a whole federation of served clients offline, in one process: each client is a
-:class:`~fedspear.serve.runtime.ClientRuntime` behind its own HTTP server on 127.0.0.1; each round every
-client's person asks questions from its piece of the training data, every client trains from its store
-(:func:`fedspear.serve.learning.update_from_store`), the server aggregates (``fl.aggregation``), and the new
-global adapter is published to every client, whose running app picks it up before its next answer. Each
+:class:`~fedspear.serve.runtime.ClientRuntime` behind its own HTTP server on 127.0.0.1. The rounds are those of
+:class:`~fedspear.federation.server.FederatedServer` (as in ``fedspear run``) with :class:`ServedClients` as its
+client runner: each round every client's person asks questions from its piece of the training data, every client
+trains from its store (:func:`fedspear.serve.learning.update_from_store`), the server aggregates
+(``fl.aggregation``), and its ``publish`` hook hands the new global adapter to every client, whose running app
+picks it up before its next answer. Each
 round reports the first-answer accuracy seen through the interface, the held-out accuracy of the global
 adapter, and the latency per answer and per revision::
 
@@ -31,10 +33,16 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedspear.config import Config
+from fedspear.cli import setup_logging
+from fedspear.config import Config, load_config
+from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
+
+if TYPE_CHECKING:  # the server module imports torch; the scripted person does not need it
+    from fedspear.federation.server import ClientReport, RoundPlan
+    from fedspear.serve.runtime import ClientRuntime
 
 logger = logging.getLogger("fedspear")
 
@@ -176,14 +184,14 @@ def _accuracy(outcomes: list[Outcome]) -> float | None:
     return sum(o.first_correct for o in outcomes) / len(outcomes) if outcomes else None
 
 
-def _round_row(round_idx: int, outcomes: list[Outcome], info: dict[str, Any], results: list[Any],
-               seen: set[str]) -> dict[str, Any]:
+def _served_fields(outcomes: list[Outcome], reports: list[ClientReport], seen: set[str]) -> dict[str, Any]:
+    """What the people saw in one round (added to the server's metrics row of the round)."""
     answers = [o.answer_seconds for o in outcomes]
     revisions = [s for o in outcomes for s in o.revision_seconds]
     wrong = [o for o in outcomes if not o.first_correct]
     again = [o for o in outcomes if o.example_id in seen]
     return {
-        "round": round_idx, "questions": len(outcomes),
+        "questions": len(outcomes),
         "interface_accuracy": _accuracy(outcomes),
         # questions some person of the same client asked (and judged, and hinted) in an earlier round
         "asked_before": len(again), "interface_accuracy_asked_before": _accuracy(again),
@@ -192,35 +200,89 @@ def _round_row(round_idx: int, outcomes: list[Outcome], info: dict[str, Any], re
         "adapter_versions": sorted({o.adapter_version for o in outcomes}),
         "answer_seconds_median": statistics.median(answers) if answers else None,
         "revision_seconds_median": statistics.median(revisions) if revisions else None,
-        "revisions": len(revisions), "aggregation": info,
-        "client_weights": [r.weight for r in results],
+        "revisions": len(revisions),
+        "client_weights": [r.weight for r in reports],
     }
+
+
+class ServedClients:
+    """The client runner of a federation of served clients (a :class:`~fedspear.federation.server.ClientRunner`).
+
+    Each selected client's scripted person first asks ``questions`` items of the client's piece of the training
+    data (drawn with the client's round seed) through HTTP, judging and hinting as a person would; then every
+    selected client trains from its trace store (:meth:`~fedspear.serve.runtime.ClientRuntime.train_from_store`)
+    from the global adapter its page serves. :attr:`fields` holds what the people saw in the last round.
+
+    Args:
+        runtimes: the served clients, by client id.
+        people: one scripted person per client, talking to that client's page.
+        parts: each client's training examples.
+        questions: questions per client and round.
+    """
+
+    def __init__(self, runtimes: list[ClientRuntime], people: list[ScriptedPerson], parts: list[list[Example]],
+                 questions: int) -> None:
+        self.runtimes, self.people, self.parts, self.questions = runtimes, people, parts, questions
+        self.asked: set[str] = set()  # example ids (unique per client's partition) asked in earlier rounds
+        self.fields: dict[str, Any] = {}
+
+    def __call__(self, plan: RoundPlan, global_state: dict[str, Any]) -> list[ClientReport]:
+        """Run the round's conversations, then each selected client's update; one report per client."""
+        from fedspear.federation.server import ClientReport
+
+        outcomes, seen_before = [], set(self.asked)
+        for cid in plan.selected:
+            rng = random.Random(plan.seeds[cid])
+            for ex in rng.sample(self.parts[cid], min(self.questions, len(self.parts[cid]))):
+                outcomes.append(self.people[cid].converse(ex))
+                self.asked.add(ex.id)
+        reports = [ClientReport.from_result(cid, self.runtimes[cid].train_from_store(plan.job(cid, [])))
+                   for cid in plan.selected]
+        self.fields = _served_fields(outcomes, reports, seen_before)
+        return reports
+
+
+def _served_config(cfg: Config, out_dir: Path, clients: int, rounds: int, evaluate_global: bool) -> Config:
+    """``cfg`` for a served federation: every client in every round, the run folder ``out_dir/server``."""
+    from dataclasses import replace
+
+    eval_every = {"eval_every": 1} if evaluate_global else {"eval_every": rounds, "eval_every_round_up_to": 0}
+    return replace(cfg, data=replace(cfg.data, num_clients=clients, **eval_every),
+                   fl=replace(cfg.fl, rounds=rounds, clients_per_round=clients,
+                              min_clients=min(cfg.fl.min_clients, clients)),
+                   output_dir=str(out_dir / "server"))
 
 
 def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: int = 5, questions: int = 16,
                    evaluate_global: bool = True) -> list[dict[str, Any]]:
     """A federation of served clients taught by scripted people through HTTP (see the module docstring).
 
+    The round logic is :class:`~fedspear.federation.server.FederatedServer`'s (learning rate, client seeds,
+    aggregation, evaluation, the run folder ``out_dir/server``); its client runner is :class:`ServedClients`,
+    and its ``publish`` hook hands every new global adapter to each client's page.
+
     Args:
-        cfg: the run config (task, model, SPEAR and federation settings; ``data.num_clients`` is set to
-            ``clients``).
-        out_dir: folder for the clients' state folders and ``federation.json``.
+        cfg: the run config (task, model, SPEAR and federation settings); not changed: the federation runs with
+            ``data.num_clients`` = ``fl.clients_per_round`` = ``clients`` and ``fl.rounds`` = ``rounds``.
+        out_dir: folder for the clients' state folders, the server's run folder and ``federation.json``.
         clients: number of served clients (all take part in every round).
         rounds: federated rounds.
         questions: questions each client's person asks per round.
-        evaluate_global: evaluate the global adapter on the task's held-out split after each round.
+        evaluate_global: evaluate the global adapter on the task's held-out split after every round (False:
+            only before the first and after the last round).
 
     Returns:
-        One row per round (round 0 = before any training): interface accuracy, revisions, latencies,
-        aggregation info and the held-out evaluation.
+        One row per round (round 0 = before any training): the server's metrics row (``aggregation``,
+        ``eval``, ``time``...) plus interface accuracy, revisions and latencies.
+
+    Raises:
+        RunExistsError: ``out_dir/server`` already holds a run.
     """
-    from fedspear.algorithms.base import ClientJob
-    from fedspear.evaluation import evaluate
-    from fedspear.federation.aggregation import aggregate, build_server_optimizer
+    from fedspear.extensions import task_with_feedback
     from fedspear.federation.client import partition_examples
-    from fedspear.federation.partition import client_seed
-    from fedspear.federation.schedule import round_lr
+    from fedspear.federation.server import FederatedServer
     from fedspear.models import build_engine
+    from fedspear.records import RunRecord
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.learning import publish_global
     from fedspear.serve.runtime import ClientRuntime
@@ -228,52 +290,40 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.data.num_clients = clients
+    cfg = _served_config(cfg, out_dir, clients, rounds, evaluate_global)
     task = get_task(cfg.data.dataset)
     data = task.load(cfg)
     parts = partition_examples(cfg, data.train)
+    record = RunRecord(Path(cfg.output_dir))
+    record.create(cfg)
     runtimes = [ClientRuntime(build_engine(cfg, task), out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
                 for i in range(clients)]
     servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
+
+    def publish(round_idx: int, global_state: dict[str, Any]) -> None:
+        for rt in runtimes:
+            publish_global(rt.registry, rt.engine, global_state, f"server round {round_idx}")
+
     rows: list[dict[str, Any]] = []
-
-    def evaluate_row(row: dict[str, Any]) -> None:
-        if evaluate_global:
-            rt = runtimes[0]
-            with rt.lock:
-                rt.live.refresh()
-                row["eval"] = evaluate(rt.engine, rt.task, rt.cfg, data.eval)
-        logger.info("round %d: %s", row["round"], {k: row[k] for k in row if k not in ("aggregation",)})
-
     try:
         for srv in servers:
             srv.__enter__()
-        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}"), task, cfg) for i, srv in enumerate(servers)]
-        server_opt = build_server_optimizer(cfg.fl)
-        global_state = {k: v.clone() for k, v in runtimes[0].engine.global_state.items()}
-        asked: set[str] = set()  # example ids (unique per client's partition) asked in earlier rounds
-        row0: dict[str, Any] = {"round": 0}
-        evaluate_row(row0)
-        rows.append(row0)
+        judged = task_with_feedback(task, cfg)  # the people judge and hint as feedback.provider does
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}"), judged, cfg)
+                  for i, srv in enumerate(servers)]
+        runner = ServedClients(runtimes, people, parts, questions)
+        server = FederatedServer(cfg, record, build_engine(cfg, task), data.eval, publish=publish)
+        server.start()
+        rows.append(record.read_metrics()[-1])
         for r in range(1, rounds + 1):
-            start = time.perf_counter()
-            outcomes, seen_before = [], set(asked)
-            for i, person in enumerate(people):
-                rng = random.Random(client_seed(cfg.data.seed, r, i))
-                for ex in rng.sample(parts[i], min(questions, len(parts[i]))):
-                    outcomes.append(person.converse(ex))
-                    asked.add(ex.id)
-            lr = round_lr(r, rounds, cfg.optim)
-            results = [rt.train_from_store(ClientJob(i, r, [], lr, client_seed(cfg.data.seed, r, i)))
-                       for i, rt in enumerate(runtimes)]
-            global_state, info = aggregate(global_state, [(res.adapter, res.weight) for res in results], server_opt)
-            for rt in runtimes:
-                publish_global(rt.registry, rt.engine, global_state, f"server round {r}")
-            row = _round_row(r, outcomes, info, results, seen_before)
-            evaluate_row(row)
-            row["round_seconds"] = time.perf_counter() - start
+            plan = server.plan_round(r)
+            reports = runner(plan, server.global_state)
+            row = server.aggregate_round(plan, reports, extra=runner.fields)
+            server.end_round(row)
             rows.append(row)
+            logger.info("round %d: %s", r, {k: row[k] for k in runner.fields})
             (out_dir / "federation.json").write_text(json.dumps(rows, indent=1, default=float))
+        server.finish()
     finally:
         for srv in servers:
             srv.__exit__()
@@ -366,9 +416,6 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fedspear.serve.simulate``: run a federation of served clients and print its table."""
-    from fedspear.cli import resolve_config, setup_logging
-    from fedspear.config import load_config
-
     parser = argparse.ArgumentParser(prog="python -m fedspear.serve.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the clients' state and federation.json")
     parser.add_argument("--config", metavar="FILE|PRESET", help="YAML file or preset (default: the built-in world)")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+STORE_FILE = "traces.sqlite"  # the store's file name in a client's state folder
 
 AWAITING_VERDICT = "awaiting_verdict"
 AWAITING_HINT = "awaiting_hint"

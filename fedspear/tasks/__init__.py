@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedspear import extensions  # the module (not its names): it imports tasks.base, so it may still be loading
 from fedspear.tasks.arc import ArcChallengeTask
 from fedspear.tasks.base import DataError, Example, LoadStats, Task, TaskData
 from fedspear.tasks.hellaswag import HellaSwagTask
@@ -23,14 +24,18 @@ def get_task(name: str) -> Task:
     """A new task object for a ``data.dataset`` name.
 
     Args:
-        name: one of arc_challenge, hellaswag, math_mcqa, strategy_qa, world.
+        name: one of arc_challenge, hellaswag, math_mcqa, strategy_qa, world; or a user's Task subclass as a
+            dotted path ``module:Class`` (:func:`fedspear.extensions.build_task`, ``docs/extending.md``).
 
     Returns:
         The task. "world" (the built-in synthetic world) is imported only when asked for.
 
     Raises:
         DataError: unknown name; the message lists the valid ones.
+        ConfigError: a dotted path that does not import or is not a usable Task subclass.
     """
+    if extensions.is_dotted(name):
+        return extensions.build_task(name)
     if name == "world":
         from fedspear.tasks.world import WorldTask
 

@@ -115,3 +115,27 @@ def test_expand_output_dir_rejects_unknown_placeholders(bad):
     cfg = load_config(None, [f"output_dir=runs/{bad}"])
     with pytest.raises(ConfigError):
         expand_output_dir(cfg)
+
+
+def test_publish_hook_gets_each_new_global_and_the_kept_one(tmp_path):
+    published = []
+    server = _server(tmp_path, **{"fl.min_clients": 2})
+    server.publish = lambda round_idx, state: published.append((round_idx, state["w"].clone()))
+    plan = server.plan_round(1)
+    c0, c1, _ = plan.selected
+    server.aggregate_round(plan, [ClientReport(c0, {"w": torch.tensor([3.0, 0.0])}, 1.0),
+                                  ClientReport(c1, {"w": torch.tensor([0.0, 6.0])}, 2.0)])
+    server.aggregate_round(server.plan_round(2), [])  # no results < fl.min_clients: the global is kept
+    # round 1: FedAvg (3*1 + 0*2)/3 = 1, (0*1 + 6*2)/3 = 4; round 2 publishes the same tensors again
+    assert [r for r, _ in published] == [1, 2]
+    torch.testing.assert_close(published[0][1], torch.tensor([1.0, 4.0]))
+    torch.testing.assert_close(published[1][1], torch.tensor([1.0, 4.0]))
+
+
+def test_expand_output_dir_names_a_users_task_by_its_class():
+    from fedspear.federation.server import expand_output_dir
+
+    cfg = load_config(None, ["output_dir=runs/{dataset}-{seed}", "data.seed=3"])
+    assert expand_output_dir(cfg) == "runs/arc_challenge-3"
+    cfg.data.dataset = "my_pkg.tasks:MyTask"
+    assert expand_output_dir(cfg) == "runs/MyTask-3"

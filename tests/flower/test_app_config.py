@@ -101,7 +101,7 @@ def test_flower_config_selects_the_store_backed_client_app(tmp_path, capsys):
     out = tmp_path / "app"
     assert main(["flower-config", "--out", str(out), "--clients", "served", f"output_dir={tmp_path / 'run'}"]) == 0
     components = tomllib.loads((out / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
-    assert components["clientapp"] == "fedspear.serve.supernode:app"
+    assert components["clientapp"] == "fedspear.flower.served_client_app:app"
     assert "state-dir=" in capsys.readouterr().err  # the printed SuperNode command names the node config
     with pytest.raises(ConfigError, match="unknown client app 'people'"):
         app_pyproject(load_config(None, []), clients="people")

@@ -16,7 +16,7 @@ Run a device's SuperNode with this app and its state folder::
     fedspear serve --state ~/fedspear-client &                       # the page people use
     flower-supernode ... --node-config "client-id=3 state-dir='~/fedspear-client'"
 
-with the Flower app's ``clientapp`` component set to ``fedspear.serve.supernode:app`` (the ServerApp is
+with the Flower app's ``clientapp`` component set to ``fedspear.flower.served_client_app:app`` (the ServerApp is
 fedspear's own). ``query`` is :func:`fedspear.flower.client_app.query`.
 """
 

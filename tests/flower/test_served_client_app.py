@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from serve_fixtures import make_engine, teach, tiny_world_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from serve_fixtures import make_engine, teach, tiny_world_dir  # noqa: E402
 
 pytest.importorskip("flwr")
 wire = pytest.importorskip("fedspear.flower.wire")
 from flwr.common import serde  # noqa: E402
 
+from fedspear.flower.served_client_app import train_content  # noqa: E402
 from fedspear.serve.runtime import ClientRuntime  # noqa: E402
-from fedspear.serve.supernode import train_content  # noqa: E402
 
 
 def test_train_message_from_the_store(tmp_path_factory, tmp_path):
@@ -53,9 +58,9 @@ def test_a_node_without_state_dir_is_refused(tmp_path_factory):
 
 
 def test_evaluate_message_publishes_the_global_once(tmp_path_factory, tmp_path):
+    from fedspear.flower.served_client_app import publish_content
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.runtime import ADAPTERS_DIR
-    from fedspear.serve.supernode import publish_content
 
     world = tiny_world_dir(tmp_path_factory)
     engine = make_engine(world)
