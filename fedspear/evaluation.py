@@ -3,20 +3,30 @@
 Log-likelihood scoring sums the log-probabilities of each option's continuation tokens after the prompt.
 The continuation is ``Task.choice_continuations`` (e.g. " B") tokenized without special tokens, which is the
 token sequence the model samples after "Answer:" in training, so training and evaluation score the same tokens.
+
+A diverged model never gets an accuracy: when the adapter or the model's scores hold NaN/inf, the result has
+``accuracy: None``, ``diverged: True`` and ``diverged_reason`` (an argmax over NaN scores would otherwise pick
+the first option for every question and report the share of gold answers that are option A).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 
 from fedspear.algorithms.base import Trace
-from fedspear.algorithms.common import completion_logprobs, make_batch
+from fedspear.algorithms.common import completion_logits, completion_logprobs, make_batch
+from fedspear.federation.aggregation import is_finite_state
 from fedspear.generation import GenSettings, generate, merged_lora
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
+
+
+class Diverged(Exception):
+    """The model's scores are not finite, so no accuracy can be computed; the message says what was seen."""
 
 
 def methods_for(engine: Engine) -> list[str]:
@@ -47,13 +57,36 @@ def generative_correct(engine: Engine, examples: list[Example]) -> list[bool]:
     settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
                            gen.eval_temperature, gen.eval_top_p)
     prompts = [engine.encode(ex.prompt) for ex in examples]
+    check_finite_logits(engine, prompts[: gen.eval_batch_size])
     completions = generate(engine, prompts, settings, seed=engine.cfg.data.seed)
     return [engine.task.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
 
 
 @torch.no_grad()
+def check_finite_logits(engine: Engine, prompts: list[list[int]]) -> None:
+    """One forward over ``prompts`` (each predicting its last token); raise :class:`Diverged` when any logit of
+    those positions is NaN/inf (greedy decoding would silently pick token 0 from such logits)."""
+    prompts = [p for p in prompts if len(p) >= 2]
+    if not prompts:
+        return
+    cfg = engine.cfg
+    batch = make_batch([Trace(p[:-1], p[-1:]) for p in prompts], engine.tokenizer.pad_token_id,
+                       cfg.model.max_seq_len, engine.device, engine.bos_id)
+    was_training = engine.model.training
+    engine.model.eval()
+    finite = bool(torch.isfinite(completion_logits(engine.model, batch)).all())
+    engine.model.train(was_training)
+    if not finite:
+        raise Diverged(f"the model's logits are NaN/inf on {len(prompts)} evaluation prompts")
+
+
+@torch.no_grad()
 def log_likelihood_correct(engine: Engine, examples: list[Example]) -> list[bool]:
-    """Score every option's continuation; the prediction is the argmax of the summed log-probabilities."""
+    """Score every option's continuation; the prediction is the argmax of the summed log-probabilities.
+
+    Raises:
+        Diverged: some option's score is NaN/inf (no prediction can be made from it).
+    """
     tok, cfg = engine.tokenizer, engine.cfg
     pairs: list[tuple[int, Trace]] = []
     for idx, ex in enumerate(examples):
@@ -67,11 +100,15 @@ def log_likelihood_correct(engine: Engine, examples: list[Example]) -> list[bool
     with merged_lora(engine):
         for start in range(0, len(pairs), size):
             chunk = pairs[start : start + size]
-            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, engine.device)
+            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, engine.device,
+                               engine.bos_id)
             sums = completion_logprobs(engine.model, batch).sum(-1).tolist()
             for (idx, _), s in zip(chunk, sums):
                 scores[idx].append(s)
     engine.model.train(was_training)
+    bad = sum(1 for s in scores for v in s if not math.isfinite(v))
+    if bad:
+        raise Diverged(f"{bad} of {len(pairs)} option log-likelihoods are NaN/inf")
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return [letters[max(range(len(s)), key=s.__getitem__)] == ex.answer for ex, s in zip(examples, scores)]
 
@@ -81,14 +118,23 @@ def evaluate(engine: Engine, examples: list[Example]) -> dict[str, Any]:
 
     Returns:
         {"accuracy", "method", "n", "seconds", "<method>_accuracy" for each method run, "groups": per
-        ``Example.meta["group"]`` accuracy of the primary method when groups exist}.
+        ``Example.meta["group"]`` accuracy of the primary method when groups exist}. When the model diverged
+        (non-finite adapter, logits or scores) the accuracies are None and ``diverged: True`` and
+        ``diverged_reason`` are added.
     """
     start = time.perf_counter()
     result: dict[str, Any] = {"n": len(examples)}
     methods = methods_for(engine)
     for method in methods:
         fn = log_likelihood_correct if method == "log_likelihood" else generative_correct
-        correct = fn(engine, examples)
+        try:
+            if not is_finite_state(engine.adapter.get()):
+                raise Diverged("the adapter holds NaN/inf")
+            correct = fn(engine, examples)
+        except Diverged as exc:
+            result.update({f"{m}_accuracy": None for m in methods}, accuracy=None, method=methods[0],
+                          diverged=True, diverged_reason=str(exc))
+            break
         result[f"{method}_accuracy"] = sum(correct) / max(1, len(correct))
         if method == methods[0]:
             result["accuracy"] = result[f"{method}_accuracy"]

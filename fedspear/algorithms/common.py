@@ -18,7 +18,7 @@ import torch
 
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.losses import anchor_loss, gather_token_logprobs
-from fedspear.models import Engine
+from fedspear.models import Engine, left_truncate
 
 
 @dataclass
@@ -44,12 +44,14 @@ class SeqBatch:
         return int(self.attention_BT.sum())
 
 
-def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.device) -> SeqBatch:
-    """Left-pad ``prompt_ids + completion_ids`` of each trace; prompts are left-truncated to fit ``max_len``."""
+def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.device,
+               bos_id: int | None = None) -> SeqBatch:
+    """Left-pad ``prompt_ids + completion_ids`` of each trace; prompts are left-truncated to fit ``max_len``,
+    keeping a leading ``bos_id`` (``Engine.bos_id``) first (:func:`fedspear.models.left_truncate`)."""
     seqs, comp_lens = [], []
     for t in traces:
         comp = t.completion_ids[: max_len - 1]
-        prompt = t.prompt_ids[-(max_len - len(comp)) :] if max_len > len(comp) else []
+        prompt = left_truncate(t.prompt_ids, max_len - len(comp), bos_id)
         seqs.append(prompt + comp)
         comp_lens.append(len(comp))
     width = max(len(s) for s in seqs)

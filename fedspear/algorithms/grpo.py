@@ -122,7 +122,7 @@ def score_traces(engine: Engine, traces: list[Trace]) -> tuple[list[list[float]]
     tokens = 0
     for start in range(0, len(traces), size):
         batch = make_batch(traces[start : start + size], engine.tokenizer.pad_token_id, cfg.model.max_seq_len,
-                           engine.device)
+                           engine.device, engine.bos_id)
         logp_BL = completion_logprobs(model, batch).float().cpu()
         lengths = batch.mask_BL.sum(-1).long().tolist()
         width = logp_BL.shape[1]
@@ -205,7 +205,7 @@ def micro_loss(engine: Engine, traces: list[Trace], old_rows: list[list[float]]
         (loss, forward+backward tokens, loss terms).
     """
     cfg = engine.cfg
-    batch = make_batch(traces, engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device)
+    batch = make_batch(traces, engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device, engine.bos_id)
     logp_BL = completion_logprobs(engine.model, batch)
     old_BL = right_align(old_rows, logp_BL.shape[1], engine.device)  # = ref_BL: same round-start adapter
     adv_B = torch.tensor([t.reward for t in traces], dtype=torch.float32, device=engine.device)

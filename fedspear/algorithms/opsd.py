@@ -150,8 +150,8 @@ def micro_loss(engine: Engine, params: dict[str, torch.Tensor], pairs: list[Dist
     """
     cfg = engine.cfg
     pad, max_len, device = engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device
-    student = make_batch([p.student for p in pairs], pad, max_len, device)
-    teacher = make_batch([p.teacher for p in pairs], pad, max_len, device)
+    student = make_batch([p.student for p in pairs], pad, max_len, device, engine.bos_id)
+    teacher = make_batch([p.teacher for p in pairs], pad, max_len, device, engine.bos_id)
     if not torch.equal(student.mask_BL, teacher.mask_BL):
         raise RuntimeError("student and teacher batches disagree on completion positions")
     teacher_BLV = teacher_logits(engine, params, teacher)

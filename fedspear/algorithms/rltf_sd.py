@@ -205,7 +205,7 @@ def micro_loss(engine: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, i
     b = len(samples)
     rev = [i for i, s in enumerate(samples) if s.revised]
     rev_idx = torch.tensor(rev, dtype=torch.long, device=device)
-    batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device)
+    batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device, engine.bos_id)
     seq0 = sequence_logprobs(completion_logprobs(engine.model, batch0), batch0.mask_BL)  # [b + |rev|]
     tokens = batch0.num_tokens
     rl0_logp_B = seq0[:b]
@@ -213,7 +213,7 @@ def micro_loss(engine: Engine, samples: list[SDSample]) -> tuple[torch.Tensor, i
     rl1_logp_B = torch.zeros(b, device=device)
     if rev:
         sd_logp_B = sd_logp_B.index_put((rev_idx,), seq0[b:])
-        batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device)
+        batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device, engine.bos_id)
         seq1 = sequence_logprobs(completion_logprobs(engine.model, batch1), batch1.mask_BL)
         rl1_logp_B = rl1_logp_B.index_put((rev_idx,), seq1)
         tokens += batch1.num_tokens
