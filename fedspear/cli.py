@@ -158,15 +158,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    from fedspear.records import CONFIG_FILE, METRICS_FILE, REPORT_FILE, is_own_report, write_report
+    from fedspear.records import REPORT_FILE, is_own_report, write_report
 
-    if not args.force:
-        if not ((run_dir / CONFIG_FILE).is_file() or (run_dir / METRICS_FILE).is_file()):
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG_FILE} or {METRICS_FILE}); "
-                                    "pass --force to write report.md and plots/ there anyway")
-        if not is_own_report(run_dir / REPORT_FILE):
-            raise ConfigError(f"{run_dir / REPORT_FILE} exists and was not written by fedspear; move it away or "
-                              "pass --force to overwrite it")
+    if not args.force and not is_own_report(run_dir / REPORT_FILE):
+        raise ConfigError(f"{run_dir / REPORT_FILE} exists and was not written by fedspear; move it away or "
+                          "pass --force to overwrite it")
     print(write_report(run_dir))
     return 0
 
@@ -176,7 +172,8 @@ def cmd_make_base(args: argparse.Namespace) -> int:
     from fedspear.world_base import build_base  # imports torch
 
     out_dir = Path(args.out)
-    build_base(out_dir, preset=args.preset, seed=args.seed, force=args.force)
+    force = {"force": True} if args.force else {}  # build_base refuses files it did not write unless forced
+    build_base(out_dir, preset=args.preset, seed=args.seed, **force)
     print(out_dir)
     return 0
 
@@ -257,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", parents=[verbosity], help="write a run's report and print its path")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (the run's output_dir)")
     report.add_argument("--force", action="store_true",
-                        help="write even where report.md was not written by fedspear or the folder is no run folder")
+                        help="overwrite a report.md that fedspear did not write")
 
     base = sub.add_parser("make-base", parents=[verbosity], help="build the offline world's base model")
     base.add_argument("--out", required=True, metavar="DIR", help="folder to write the model and tokenizer to")
