@@ -309,12 +309,14 @@ def _coerce_int(key: str, value: Any) -> int:
         number = value
     elif isinstance(value, str):
         try:
-            return _bounded_int(key, int(value.strip()))
+            exact = int(value.strip())
         except ValueError:
             try:
                 number = float(value)
             except ValueError:
                 number = None
+        else:
+            return _bounded_int(key, exact)
     if isinstance(number, float) and number.is_integer():
         return _bounded_int(key, int(number))
     raise ConfigError(f"{key}: expected an integer, got {value!r}; write e.g. {key}=3")
