@@ -152,6 +152,7 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
                        run_dir)
         cfg.output_dir = str(run_dir)
         return run(cfg)
+    record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
     fed = setup(cfg, record)
     server = _server(fed, build_server_optimizer(cfg.fl))
     done = server.resume()
