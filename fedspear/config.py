@@ -460,9 +460,12 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except yaml.constructor.ConstructorError as exc:
+        line = f" on line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        fix = "write each key once per section" if "duplicate" in str(exc.problem) else "keys must be plain names"
+        raise ConfigError(f"{path}: {exc.problem}{line}; {fix}") from None
     except yaml.YAMLError as exc:
-        what = "duplicate key" if "duplicate key" in str(exc) else "not valid YAML"
-        raise ConfigError(f"{path}: {what} ({' '.join(str(exc).split())}); write each key once") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; write at least one section (e.g. 'fl:' with 'rounds: 3') "
                           "or drop --config to use the default preset")
