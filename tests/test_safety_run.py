@@ -45,8 +45,7 @@ def test_bad_output_dir_is_one_error(tmp_path, kind):
 def test_empty_output_dir_is_a_config_error(value, capsys):
     assert cli.main(["check", f"output_dir={value}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fedspear: error: override: output_dir") or "output_dir: is empty" in err
-    assert "Traceback" not in err
+    assert err.startswith("fedspear: error: output_dir: is empty") and err.count("\n") == 1
 
 
 def test_report_does_not_overwrite_a_foreign_report(tmp_path, capsys):
@@ -193,11 +192,11 @@ def test_empty_yaml_and_duplicate_keys_name_the_file(tmp_path, capsys):
     with pytest.raises(ConfigError, match="empty.yaml: the file is empty"):
         load_config(tmp_path / "empty.yaml")
     for name in ("dup.yaml", "dup_section.yaml"):
-        with pytest.raises(ConfigError, match=f"{name}: duplicate key"):
+        with pytest.raises(ConfigError, match=f"{name}: found duplicate key"):
             load_config(tmp_path / name)
         assert cli.main(["check", "--config", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "duplicate key 'fl'" in err or "duplicate key 'rounds'" in err
+        assert err.count("\n") == 1 and ("duplicate key 'fl'" in err or "duplicate key 'rounds'" in err)
 
 
 def test_left_truncation_keeps_bos():
