@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,25 @@ def test_make_batch_keeps_bos_when_cutting():
     batch = make_batch([Trace([1, 10, 11, 12, 13], [20, 21])], pad_id=0, max_len=5, device=torch.device("cpu"),
                        bos_id=1)
     assert batch.input_ids_BT.tolist() == [[1, 12, 13, 20, 21]]
+
+
+def test_every_excluded_update_is_a_warning(tmp_path, caplog):
+    from fedspear.federation.server import ClientReport, FederatedServer
+
+    class FakeEngine:
+        def __init__(self):
+            self.global_state = {"w": torch.zeros(2)}
+
+        def load_global(self):
+            pass
+
+    cfg = load_config(None, ["data.num_clients=3", "fl.clients_per_round=3", "fl.max_idle_rounds=0"])
+    server = FederatedServer(cfg, RunRecord(tmp_path / "run"), FakeEngine(), [])
+    plan = server.plan_round(1)
+    nan = {"w": torch.tensor([float("nan"), 0.0])}
+    reports = [ClientReport(plan.selected[0], nan, 2.0), ClientReport(plan.selected[1], {"w": torch.ones(2)}, math.inf),
+               ClientReport.failure(plan.selected[2], "RuntimeError: boom")]
+    row = server.aggregate_round(plan, reports)
+    assert row["aggregation"]["num_excluded_nonfinite"] == 2 and row["aggregation"]["num_failed_clients"] == 1
+    assert caplog.text.count("non-finite update") == 2 and "boom" in caplog.text
+    assert torch.equal(server.global_state["w"], torch.zeros(2))

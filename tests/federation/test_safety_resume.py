@@ -4,6 +4,7 @@ resume with one line, failed starts are re-runnable, divergence gets no accuracy
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -83,10 +84,17 @@ def test_kill_after_every_write_resumes_exactly(tiny_qwen, tmp_path, monkeypatch
     _check_kill_points(monkeypatch, tmp_path, tiny_qwen, lambda n: range(1, n + 1))
 
 
-@pytest.mark.parametrize("how", ["truncated", "zeroed", "bitflip"])
-def test_resume_from_damaged_checkpoint_is_one_line_exit_2(tiny_qwen, tmp_path, capsys, how):
+@pytest.fixture(scope="module")
+def one_round_run(tiny_qwen, tmp_path_factory):
     require_shared_data()
-    run_dir = simulator.run(load_config(None, _overrides(tiny_qwen, tmp_path / "run", **{"fl.rounds": 1})))
+    out = tmp_path_factory.mktemp("one-round") / "run"
+    return simulator.run(load_config(None, _overrides(tiny_qwen, out, **{"fl.rounds": 1})))
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed", "bitflip"])
+def test_resume_from_damaged_checkpoint_is_one_line_exit_2(one_round_run, tmp_path, capsys, how):
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_round_run, run_dir)
     path = RunRecord(run_dir).checkpoint_path()
     data = bytearray(path.read_bytes())
     if how == "truncated":
