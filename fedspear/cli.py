@@ -4,8 +4,8 @@
     fedspear run --resume RUN_DIR [KEY=VALUE ...]           continue an interrupted run
     fedspear check [--config FILE|PRESET] [KEY=VALUE ...]   validate and print the resolved config as YAML
     fedspear check --list                                   every config key with its default and help
-    fedspear report RUN_DIR                                 (re)write a run's report
-    fedspear make-base --out DIR [--preset default|tiny]    build the offline world's base model
+    fedspear report RUN_DIR [--force]                       (re)write a run's report
+    fedspear make-base --out DIR [--preset default|tiny] [--force]  build the offline world's base model
     fedspear flower-config [--config ...] [--out DIR] [KEY=VALUE ...]  a Flower app folder for a config
     fedspear serve [--state DIR] [--port N] [KEY=VALUE ...]  a local web page that answers and takes feedback
     fedspear train-local [--state DIR] [KEY=VALUE ...]      one SPEAR update from the page's stored feedback
@@ -15,7 +15,8 @@
 ``fl.rounds=3`` or ``output_dir=runs/x``. Each subcommand is one function of ``args``; :data:`COMMANDS`
 maps names to them. Modules that import torch are imported inside the commands that need them, so
 ``check`` stays fast. Mistakes a user can fix (bad config, missing data or run folder, an output folder
-that already holds a run) print one line ``fedspear: error: ...`` on stderr and exit with status 2.
+that already holds a run, a damaged checkpoint) print one line ``fedspear: error: ...`` on stderr and exit
+with status 2; a run stopped early (``fl.max_idle_rounds``) prints ``fedspear: stopped: ...`` and exits with 3.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
-_USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError"})
+_USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "RunDirError", "RunFileError",
+                               "OutputExistsError"})
 
 logger = logging.getLogger("fedspear")
 
@@ -123,8 +126,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    from fedspear.records import write_report
+    from fedspear.records import REPORT_FILE, is_own_report, write_report
 
+    if not args.force and not is_own_report(run_dir / REPORT_FILE):
+        raise ConfigError(f"{run_dir / REPORT_FILE} exists and was not written by fedspear; move it away or "
+                          "pass --force to overwrite it")
     print(write_report(run_dir))
     return 0
 
@@ -134,7 +140,8 @@ def cmd_make_base(args: argparse.Namespace) -> int:
     from fedspear.world_base import build_base  # imports torch
 
     out_dir = Path(args.out)
-    build_base(out_dir, preset=args.preset, seed=args.seed)
+    force = {"force": True} if args.force else {}  # build_base refuses files it did not write unless forced
+    build_base(out_dir, preset=args.preset, seed=args.seed, **force)
     print(out_dir)
     return 0
 
@@ -208,11 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", parents=[verbosity], help="write a run's report and print its path")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (the run's output_dir)")
+    report.add_argument("--force", action="store_true",
+                        help="overwrite a report.md that fedspear did not write")
 
     base = sub.add_parser("make-base", parents=[verbosity], help="build the offline world's base model")
     base.add_argument("--out", required=True, metavar="DIR", help="folder to write the model and tokenizer to")
     base.add_argument("--preset", choices=("default", "tiny"), default="default", help="model size")
     base.add_argument("--seed", type=int, default=0, help="initialisation and pre-training seed")
+    base.add_argument("--force", action="store_true", help="overwrite model files in DIR that make-base did not write")
 
     comp = sub.add_parser("compare", parents=[verbosity], help="compare algorithms on the same federation",
                           epilog=presets)
@@ -268,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name; None = ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 on success, 2 for a user error (one line on stderr), 130 when interrupted.
+        The exit status: 0 on success, 2 for a user error (one line on stderr), 3 for a run stopped early
+        (``fl.max_idle_rounds``), 130 when interrupted.
         argparse itself exits with status 2 on a malformed command line.
     """
     args = parse_args(build_parser(), argv)
@@ -279,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print("fedspear: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        if type(exc).__name__ == "RunStopped" and type(exc).__module__.startswith("fedspear."):
+            print(f"fedspear: stopped: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_RUN_STOPPED
         if not is_user_error(exc):
             raise
         logger.debug("%s details", type(exc).__name__, exc_info=True)

@@ -94,7 +94,7 @@ def run_or_reuse(cfg: Config) -> Path:
     if record.last_completed_round() >= cfg.fl.rounds:
         logger.info("reusing the finished run in %s", record.run_dir)
         return record.run_dir
-    if (record.checkpoint_dir() / "round.json").is_file():
+    if record.has_checkpoint():
         return simulator.resume(record.run_dir)
     raise RunExistsError(f"{record.run_dir} holds a run that stopped before its first checkpoint; remove it and "
                          "run the comparison again")

@@ -31,6 +31,7 @@ EXTRA_SECTIONS: dict[str, type] = {}
 TASKS = ("arc_challenge", "hellaswag", "math_mcqa", "strategy_qa", "world")
 AGGREGATIONS = ("fedavg", "fedadam", "fedyogi")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,8 @@ class FLConfig:
     server_beta2: float = _f(0.99, "FedAdam/FedYogi beta2")
     server_tau: float = _f(5e-3, "FedAdam/FedYogi adaptivity tau (v starts at tau^2)")
     min_clients: int = _f(1, "(fedspear) fewest successful client results a round needs to aggregate")
+    max_idle_rounds: int = _f(5, "(fedspear) stop the run (non-zero exit) after this many consecutive rounds in which "
+                              "clients failed or sent non-finite updates and none was usable; 0 = never stop")
     batch_clients: bool = _f(True, "(fedspear) one batched rollout for all of a round's clients (faster); "
                              "false = each client generates alone from its own seed, as a Flower client does")
 
@@ -283,27 +286,38 @@ def _coerce_list(key: str, value: Any) -> list[str]:
 def _coerce_int(key: str, value: Any) -> int:
     """An int from an int, an integral float (``5.0``, ``1e3``) or their text; bools are refused."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _bounded_int(key, value)
     number: Any = None
     if isinstance(value, float):
         number = value
     elif isinstance(value, str):
         try:
-            return int(value.strip())
+            exact = int(value.strip())
         except ValueError:
             try:
                 number = float(value)
             except ValueError:
                 number = None
+        else:
+            return _bounded_int(key, exact)
     if isinstance(number, float) and number.is_integer():
-        return int(number)
+        return _bounded_int(key, int(number))
     raise ConfigError(f"{key}: expected an integer, got {value!r}; write e.g. {key}=3")
 
 
+def _bounded_int(key: str, value: int) -> int:
+    """``value`` when it fits a signed 64-bit integer (what numpy, torch and the checkpoint store), else ConfigError."""
+    if not INT_MIN <= value <= INT_MAX:
+        raise ConfigError(f"{key}: {value} does not fit in 64 bits; use a value between {INT_MIN} and {INT_MAX}")
+    return value
+
+
 def _coerce_float(key: str, value: Any) -> float:
-    """A float from a number or its text (``5e-5`` works); bools and NaN are refused."""
+    """A float from a number or its text (``5e-5`` works); bools, NaN and +-inf (also ``1e999``) are refused."""
     number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1023:
+        number = math.inf
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
     elif isinstance(value, str):
         try:
@@ -312,6 +326,8 @@ def _coerce_float(key: str, value: Any) -> float:
             number = None
     if number is None or math.isnan(number):
         raise ConfigError(f"{key}: expected a number, got {value!r}; write e.g. {key}=0.5 or {key}=5e-5")
+    if math.isinf(number):
+        raise ConfigError(f"{key}: {value!r} is infinite; a run needs a finite number, e.g. {key}=0.5 or {key}=5e-5")
     return number
 
 
@@ -397,20 +413,63 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (plain PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key '{key}'",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """The ``{section: {key: value}}`` mapping of a YAML config file.
+
+    Raises:
+        ConfigError: naming the file: missing, empty (or only comments), not valid YAML, a key written twice
+            in one mapping, or a top level that is not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except yaml.constructor.ConstructorError as exc:
+        line = f" on line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        fix = "write each key once per section" if "duplicate" in str(exc.problem) else "keys must be plain names"
+        raise ConfigError(f"{path}: {exc.problem}{line}; {fix}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; write at least one section (e.g. 'fl:' with 'rounds: 3') "
+                          "or drop --config to use the default preset")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated Config from an optional YAML file plus ``key=value`` overrides."""
+    """Build a validated Config from an optional YAML file plus ``key=value`` overrides.
+
+    Raises:
+        ConfigError: see :func:`read_yaml_config` and :func:`validate`.
+    """
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        _apply(cfg, data, str(path))
+        _apply(cfg, read_yaml_config(path), str(path))
     if overrides:
         _apply(cfg, parse_overrides(overrides), "override")
     validate(cfg)
@@ -450,8 +509,23 @@ def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:
         _one_of(value, key, options)
 
 
+def _check_token_budget(cfg: Config) -> None:
+    """Every generation budget must leave at least half of ``model.max_seq_len`` for the prompt (prompts are
+    left-truncated to ``max_seq_len - max_new_tokens``; with no room left every prompt is cut to a few tokens)."""
+    seq = cfg.model.max_seq_len
+    budgets = {"gen.max_new_tokens_y0": cfg.gen.max_new_tokens_y0, "gen.max_new_tokens_y1": cfg.gen.max_new_tokens_y1}
+    if cfg.gen.eval_max_new_tokens is not None:
+        budgets["gen.eval_max_new_tokens"] = cfg.gen.eval_max_new_tokens
+    for key, value in budgets.items():
+        _check(2 * value <= seq, key,
+               f"{value} new tokens leave {max(0, seq - value)} of model.max_seq_len={seq} for the prompt; "
+               f"keep {key} <= model.max_seq_len / 2 (raise model.max_seq_len or lower {key})")
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
+    _check(bool(str(cfg.output_dir).strip()), "output_dir",
+           "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
     _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
@@ -507,6 +581,8 @@ def validate(cfg: Config) -> None:
         f"{cfg.fl.clients_per_round} > data.num_clients={cfg.data.num_clients}; lower it or add clients",
     )
     _check(cfg.fl.min_clients <= cfg.fl.clients_per_round, "fl.min_clients", "must be <= fl.clients_per_round")
+    _check(cfg.fl.max_idle_rounds >= 0, "fl.max_idle_rounds", f"must be >= 0 (0 = never stop), got {cfg.fl.max_idle_rounds}")
+    _check_token_budget(cfg)
 
 
 def field_help() -> dict[str, str]:

@@ -3,22 +3,32 @@
 Log-likelihood scoring sums the log-probabilities of each option's continuation tokens after the prompt.
 The continuation is ``Task.choice_continuations`` (e.g. " B") tokenized without special tokens, which is the
 token sequence the model samples after "Answer:" in training, so training and evaluation score the same tokens.
+
+A diverged model never gets an accuracy: when the adapter or the model's scores hold NaN/inf, the result has
+``accuracy: None``, ``diverged: True`` and ``diverged_reason`` (an argmax over NaN scores would otherwise pick
+the first option for every question and report the share of gold answers that are option A).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 
 from fedspear.algorithms.base import Trace
-from fedspear.algorithms.common import completion_logprobs, make_batch
+from fedspear.algorithms.common import completion_logits, completion_logprobs, make_batch
 from fedspear.config import Config
+from fedspear.federation.aggregation import is_finite_state
 from fedspear.feedback import verifier_of
 from fedspear.generation import GenSettings, generate, merged_lora
 from fedspear.models import Policy
 from fedspear.tasks.base import Example, Task
+
+
+class Diverged(Exception):
+    """The model's scores are not finite, so no accuracy can be computed; the message says what was seen."""
 
 
 def methods_for(task: Task, cfg: Config) -> list[str]:
@@ -49,14 +59,36 @@ def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[E
     settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
                            gen.eval_temperature, gen.eval_top_p)
     prompts = [policy.encode(ex.prompt) for ex in examples]
+    check_finite_logits(policy, cfg, prompts[: gen.eval_batch_size])
     completions = generate(policy, prompts, settings, seed=cfg.data.seed)
     verifier = verifier_of(task)  # the task's own verifier, even when a feedback source judges training
     return [verifier.is_correct(ex, c.text) for ex, c in zip(examples, completions)]
 
 
 @torch.no_grad()
+def check_finite_logits(policy: Policy, cfg: Config, prompts: list[list[int]]) -> None:
+    """One forward over ``prompts`` (each predicting its last token); raise :class:`Diverged` when any logit of
+    those positions is NaN/inf (greedy decoding would silently pick token 0 from such logits)."""
+    prompts = [p for p in prompts if len(p) >= 2]
+    if not prompts:
+        return
+    batch = make_batch([Trace(p[:-1], p[-1:]) for p in prompts], policy.tokenizer.pad_token_id,
+                       cfg.model.max_seq_len, policy.device, policy.bos_id)
+    was_training = policy.model.training
+    policy.model.eval()
+    finite = bool(torch.isfinite(completion_logits(policy.model, batch)).all())
+    policy.model.train(was_training)
+    if not finite:
+        raise Diverged(f"the model's logits are NaN/inf on {len(prompts)} evaluation prompts")
+
+
+@torch.no_grad()
 def log_likelihood_correct(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> list[bool]:
-    """Score every option's continuation; the prediction is the argmax of the summed log-probabilities."""
+    """Score every option's continuation; the prediction is the argmax of the summed log-probabilities.
+
+    Raises:
+        Diverged: some option's score is NaN/inf (no prediction can be made from it).
+    """
     tok = policy.tokenizer
     pairs: list[tuple[int, Trace]] = []
     for idx, ex in enumerate(examples):
@@ -70,11 +102,15 @@ def log_likelihood_correct(policy: Policy, task: Task, cfg: Config, examples: li
     with merged_lora(policy):
         for start in range(0, len(pairs), size):
             chunk = pairs[start : start + size]
-            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, policy.device)
+            batch = make_batch([t for _, t in chunk], tok.pad_token_id, cfg.model.max_seq_len, policy.device,
+                               policy.bos_id)
             sums = completion_logprobs(policy.model, batch).sum(-1).tolist()
             for (idx, _), s in zip(chunk, sums):
                 scores[idx].append(s)
     policy.model.train(was_training)
+    bad = sum(1 for s in scores for v in s if not math.isfinite(v))
+    if bad:
+        raise Diverged(f"{bad} of {len(pairs)} option log-likelihoods are NaN/inf")
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     return [letters[max(range(len(s)), key=s.__getitem__)] == ex.answer for ex, s in zip(examples, scores)]
 
@@ -85,14 +121,23 @@ def evaluate(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -
 
     Returns:
         {"accuracy", "method", "n", "seconds", "<method>_accuracy" for each method run, "groups": per
-        ``Example.meta["group"]`` accuracy of the primary method when groups exist}.
+        ``Example.meta["group"]`` accuracy of the primary method when groups exist}. When the model diverged
+        (non-finite adapter, logits or scores) the accuracies are None and ``diverged: True`` and
+        ``diverged_reason`` are added.
     """
     start = time.perf_counter()
     result: dict[str, Any] = {"n": len(examples)}
     methods = methods_for(task, cfg)
     for method in methods:
         fn = log_likelihood_correct if method == "log_likelihood" else generative_correct
-        correct = fn(policy, task, cfg, examples)
+        try:
+            if not is_finite_state(policy.adapter.get()):
+                raise Diverged("the adapter holds NaN/inf")
+            correct = fn(policy, task, cfg, examples)
+        except Diverged as exc:
+            result.update({f"{m}_accuracy": None for m in methods}, accuracy=None, method=methods[0],
+                          diverged=True, diverged_reason=str(exc))
+            break
         result[f"{method}_accuracy"] = sum(correct) / max(1, len(correct))
         if method == methods[0]:
             result["accuracy"] = result[f"{method}_accuracy"]

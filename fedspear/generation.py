@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedspear.models import Policy
+from fedspear.models import Policy, left_truncate
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def generate(
     model, tok = engine.model, engine.tokenizer
     start = time.perf_counter()
     max_prompt = max(1, engine.max_seq_len - settings.max_new_tokens)
-    prompts = [p[-max_prompt:] for p in prompts]
+    prompts = [left_truncate(p, max_prompt, engine.bos_id) for p in prompts]
     # Length-sorted batches waste less compute on padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     was_training = model.training

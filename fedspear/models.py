@@ -7,6 +7,7 @@ that share no memory with the live model, so FedAvg sees distinct client updates
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -244,6 +245,14 @@ class Policy:
     encoded: dict[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
 
+    @functools.cached_property
+    def bos_id(self) -> int | None:
+        """The id the tokenizer puts first in every encoded prompt (its BOS), or None when it adds none;
+        :func:`left_truncate` keeps it when a prompt is cut."""
+        ids = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return ids[0] if ids and bos is not None and ids[0] == bos else None
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
         ids = self.encoded.get(text)
@@ -254,6 +263,55 @@ class Policy:
     def load_global(self) -> None:
         """Put the round-start global adapter into the live model."""
         self.adapter.set(self.global_state)
+
+
+def left_truncate(ids: list[int], max_len: int, keep_first: int | None = None) -> list[int]:
+    """The last ``max_len`` ids of a prompt; when it starts with ``keep_first`` (the tokenizer's BOS), that
+    id stays first and the cut falls after it (a model trained with BOS never sees a prompt without it).
+
+    Args:
+        ids: prompt token ids.
+        max_len: the most ids to keep (<= 0 keeps none).
+        keep_first: the id to keep at the start (``Engine.bos_id``), or None.
+
+    Returns:
+        A new list of at most ``max_len`` ids.
+    """
+    ids = list(ids)
+    if len(ids) <= max_len:
+        return ids
+    if max_len <= 0:
+        return []
+    if keep_first is not None and ids[0] == keep_first and max_len >= 2:
+        return [ids[0], *ids[len(ids) - (max_len - 1) :]]
+    return ids[len(ids) - max_len :]
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The most positions the model can embed (``max_position_embeddings`` / ``n_positions`` of its config)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def cap_max_seq_len(cfg: Any, model: nn.Module) -> None:
+    """Lower ``model.max_seq_len`` to the model's position limit, with a warning, when it is above it.
+
+    Raises:
+        ConfigError: the capped length leaves no room for the generation budgets (names the keys).
+    """
+    limit = position_limit(model)
+    if limit is None or cfg.model.max_seq_len <= limit:
+        return
+    logger.warning("model.max_seq_len=%d is above the model's position limit (%d); using %d",
+                   cfg.model.max_seq_len, limit, limit)
+    cfg.model.max_seq_len = limit
+    from fedspear.config import validate
+
+    validate(cfg)
 
 
 @dataclass
@@ -271,10 +329,11 @@ class Engine(Policy):
 
 
 def build_engine(cfg: Any, task: Any) -> Engine:
-    """Load tokenizer, base model and LoRA for a run."""
+    """Load tokenizer, base model and LoRA for a run (``model.max_seq_len`` capped by :func:`cap_max_seq_len`)."""
     device = resolve_device(cfg.model.device_map)
     tokenizer = load_tokenizer(cfg)
     base = load_base_model(cfg, device)
+    cap_max_seq_len(cfg, base)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
     return Engine(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,

@@ -6,22 +6,34 @@ Layout::
       config.yaml             the resolved Config (cfg.to_yaml())
       metrics.jsonl           one JSON object per round (round 0 = the initial evaluation)
       adapters/round_NNNN/    global adapters saved at evaluation rounds
-      checkpoint/             the latest resumable state (written by the simulator)
+      checkpoint/state.safetensors  the latest resumable state: one file, committed atomically
       plots/*.png, report.md  written by :func:`write_report`
 
 metrics.jsonl is append-only and each row is flushed and fsync-ed, so a crash loses at most the row being
 written; :meth:`RunRecord.read_metrics` skips such a truncated last line.
+
+The checkpoint is one safetensors file whose metadata names its round, the length and SHA-256 of
+metrics.jsonl up to that round's row, and a SHA-256 over its own header entries, metadata and tensor bytes.
+It is written to a temporary file, fsync-ed, renamed over the old one and the folder fsync-ed, so the round
+can never disagree with the tensors; :meth:`RunRecord.read_checkpoint` verifies all of it before a resume
+and raises :class:`RunFileError` naming the damaged file. A folder whose run never completed round 0 holds
+no checkpoint and can be started again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from fedspear import plots
@@ -33,11 +45,47 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
-_RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, "checkpoint", "adapters")
+CHECKPOINT_FILE = "state.safetensors"
+CHECKPOINT_FORMAT = "fedspear-checkpoint-1"
+REPORT_TITLE = "# Run report: "
+# What a start that failed before its first checkpoint may leave; removed when the folder is started again.
+_START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint")
+
+# Test hook: called with a label after every durable write of the run folder ("config", "metrics",
+# "adapter", "checkpoint.tmp", "checkpoint.replace"); a test makes it raise to simulate a kill at that point.
+fault_hook: Callable[[str], None] | None = None
 
 
 class RunExistsError(ValueError):
     """The output folder already holds a started or finished run."""
+
+
+class RunDirError(ValueError):
+    """``output_dir`` cannot hold a run (empty, a file, below a file, not writable)."""
+
+
+class RunFileError(ValueError):
+    """A file of the run folder (checkpoint, metrics.jsonl) is damaged or disagrees with the others."""
+
+
+def durable_step(label: str) -> None:
+    """Mark the end of one durable write of the run folder (calls :data:`fault_hook` when a test set it)."""
+    if fault_hook is not None:  # looked up at call time, so tests can patch it
+        fault_hook(label)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so renames and new files in it survive a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _jsonable(value: Any) -> Any:
@@ -67,6 +115,34 @@ def _fsync_write(path: Path, text: str, mode: str) -> None:
         os.fsync(fh.fileno())
 
 
+def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
+    """Raise :class:`RunDirError` unless ``run_dir`` is, or can be made, a writable folder.
+
+    Refused: an empty path (it would write into the current folder), an existing regular file, a path below
+    a file, a folder that cannot be created or written.
+    """
+    text = str(run_dir).strip()
+    if not text or Path(text) == Path("."):
+        raise RunDirError(f"{key} is empty; set it to a new folder, e.g. {key}=runs/my-run")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{key}={path} is an existing file, not a folder; choose a folder path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"{key}={path}: {parent} is a file, so no folder can be made below it; "
+                                  "choose another path")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fedspear-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"{key}={path} cannot be written ({exc.strerror or exc}); choose a folder you can "
+                          "write to") from None
+
+
 class RunRecord:
     """Reads and writes one run folder.
 
@@ -81,27 +157,56 @@ class RunRecord:
         self.report_path = self.run_dir / REPORT_FILE
 
     def has_run(self) -> bool:
-        """Whether the folder already holds a started or finished run (config, metrics, checkpoint or adapters)."""
-        return any((self.run_dir / name).exists() for name in _RUN_MARKERS)
+        """Whether the folder holds a run that completed round 0: a checkpoint, or metrics rows of rounds >= 1.
+
+        A folder left by a start that failed earlier (config.yaml, perhaps a round-0 row) is not a run.
+        """
+        ckpt = self.checkpoint_dir()
+        if (ckpt / CHECKPOINT_FILE).exists() or (ckpt / "round.json").exists():
+            return True
+        try:
+            return self.last_completed_round() >= 1
+        except ValueError:  # a damaged metrics file: something is there, never overwrite it silently
+            return True
 
     def create(self, cfg: Config, resume: bool = False) -> None:
         """Create the folder and write config.yaml.
+
+        A folder whose run never completed round 0 is reused: what that start left (metrics, adapters,
+        report) is removed first, with a warning.
 
         Args:
             cfg: the resolved configuration.
             resume: continue a run in this folder; its config.yaml is kept (written only if missing).
 
         Raises:
+            RunDirError: the folder cannot be created or written (see :func:`check_output_dir`).
             RunExistsError: when not resuming and the folder already holds a run.
         """
+        check_output_dir(self.run_dir)
         if not resume and self.has_run():
             raise RunExistsError(
                 f"output folder {self.run_dir} already holds a run; continue it with "
                 f"`fedspear run --resume {self.run_dir}` or choose a new output_dir (e.g. output_dir={self.run_dir}_2)"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            self._clear_failed_start()
         if not (resume and self.config_path.exists()):
             _fsync_write(self.config_path, cfg.to_yaml(), "w")
+            fsync_dir(self.run_dir)
+            durable_step("config")
+
+    def _clear_failed_start(self) -> None:
+        left = [name for name in _START_LEFTOVERS if (self.run_dir / name).exists()]
+        if self.config_path.exists() or left:
+            logger.warning("%s holds a start that never completed round 0; starting it again (removing %s)",
+                           self.run_dir, ", ".join(left) or "nothing")
+        for name in left:
+            path = self.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.jsonl (NaN/inf stored as null), flushed and fsync-ed.
@@ -112,6 +217,7 @@ class RunRecord:
         self._drop_partial_last_line()
         line = json.dumps(_jsonable(row), allow_nan=False, ensure_ascii=False)
         _fsync_write(self.metrics_path, line + "\n", "a")
+        durable_step("metrics")
 
     def _drop_partial_last_line(self) -> None:
         if not self.metrics_path.exists():
@@ -129,11 +235,15 @@ class RunRecord:
         """All rows of metrics.jsonl ([] when there is none); an unreadable last line (a crash) is skipped.
 
         Raises:
-            ValueError: if a line other than the last is not a JSON object (the file is corrupt).
+            RunFileError: a line other than the last is not a JSON object, or the file is not UTF-8 text.
         """
         if not self.metrics_path.exists():
             return []
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise RunFileError(f"{self.metrics_path}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file "
+                               "is damaged: restore it from a backup") from None
         rows: list[dict[str, Any]] = []
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
@@ -146,7 +256,8 @@ class RunRecord:
                 if lineno == len(lines):
                     logger.warning("%s: skipping a truncated last line (%s)", self.metrics_path, exc)
                     break
-                raise ValueError(f"{self.metrics_path}:{lineno}: corrupt metrics row ({exc})") from None
+                raise RunFileError(f"{self.metrics_path}:{lineno}: corrupt metrics row ({exc}); the file is "
+                                   "damaged: restore it from a backup") from None
             rows.append(row)
         return rows
 
@@ -175,6 +286,126 @@ class RunRecord:
         text = "".join(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n" for row in rows)
         _fsync_write(tmp, text, "w")
         os.replace(tmp, self.metrics_path)
+        fsync_dir(self.run_dir)
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file, ``checkpoint/state.safetensors``."""
+        return self.checkpoint_dir() / CHECKPOINT_FILE
+
+    def has_checkpoint(self) -> bool:
+        """Whether a checkpoint file exists (it is verified only when read)."""
+        return self.checkpoint_path().is_file()
+
+    def write_checkpoint(self, tensors: dict[str, torch.Tensor], round_idx: int) -> None:
+        """Commit the resumable state of round ``round_idx`` as one atomically replaced, fsync-ed file.
+
+        The metadata holds the round, the byte length and SHA-256 of metrics.jsonl as it is now (it must
+        already hold the round's row) and a SHA-256 over the header entries, the metadata and the tensor bytes.
+
+        Args:
+            tensors: name -> CPU tensor (any shapes and dtypes).
+            round_idx: the last completed round.
+        """
+        from safetensors.torch import save
+
+        metrics = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        meta = {"format": CHECKPOINT_FORMAT, "round": str(round_idx), "metrics_bytes": str(len(metrics)),
+                "metrics_sha256": hashlib.sha256(metrics).hexdigest()}
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        header, data = _split_safetensors(save(tensors, metadata=meta))
+        meta["sha256"] = _checkpoint_digest(header, data)
+        blob = save(tensors, metadata=meta)
+        ckpt = self.checkpoint_dir()
+        ckpt.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt / (CHECKPOINT_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        durable_step("checkpoint.tmp")
+        os.replace(tmp, self.checkpoint_path())
+        fsync_dir(ckpt)
+        durable_step("checkpoint.replace")
+
+    def read_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """Read and verify the checkpoint and metrics.jsonl up to it; cut metrics rows written after it.
+
+        Returns:
+            (round, tensors).
+
+        Raises:
+            RunFileError: the checkpoint is missing, unreadable, truncated, altered (checksum), or metrics.jsonl
+                is shorter than or differs from what the checkpoint recorded; the message names the file and
+                what to do.
+        """
+        from safetensors.torch import load
+
+        path = self.checkpoint_path()
+        if not path.is_file():
+            raise RunFileError(f"{path}: no checkpoint; {self._restart_hint()}")
+        blob = path.read_bytes()
+        try:
+            header, data = _split_safetensors(blob)
+            meta = header.get("__metadata__") or {}
+            if meta.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("no fedspear checkpoint metadata (written by another program or version)")
+            if meta.get("sha256") != _checkpoint_digest(header, data):
+                raise ValueError("checksum mismatch: its bytes were altered")
+            round_idx, metrics_len = int(meta["round"]), int(meta["metrics_bytes"])
+            metrics_sha = str(meta["metrics_sha256"])
+            tensors = load(blob)
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise RunFileError(f"{path}: damaged checkpoint ({_short(exc)}); {self._restart_hint()}") from None
+        metrics = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        if len(metrics) < metrics_len or hashlib.sha256(metrics[:metrics_len]).hexdigest() != metrics_sha:
+            problem = "shorter than" if len(metrics) < metrics_len else "different from"
+            raise RunFileError(
+                f"{self.metrics_path}: {problem} what the checkpoint of round {round_idx} recorded (damaged or "
+                f"edited); restore it from a backup, or {self._restart_hint()}"
+            )
+        if len(metrics) > metrics_len:  # rows of a round that ended after its row but before its checkpoint
+            with open(self.metrics_path, "r+b") as fh:
+                fh.truncate(metrics_len)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return round_idx, tensors
+
+    def _restart_hint(self) -> str:
+        saved = sorted(p.name for p in (self.run_dir / "adapters").glob("round_*") if p.is_dir())
+        last = f" (its last saved adapter is adapters/{saved[-1]})" if saved else ""
+        return (f"this run cannot be resumed{last}: start it again with `fedspear run` and a new output_dir, "
+                f"or delete {self.run_dir} and rerun")
+
+
+def _split_safetensors(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header JSON, tensor data) of a safetensors file's bytes; ValueError when the layout is broken."""
+    if len(blob) < 8:
+        raise ValueError(f"only {len(blob)} bytes")
+    (size,) = struct.unpack("<Q", blob[:8])
+    if size > len(blob) - 8:
+        raise ValueError(f"header of {size} bytes in a file of {len(blob)} (truncated)")
+    try:
+        header = json.loads(blob[8 : 8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, blob[8 + size :]
+
+
+def _checkpoint_digest(header: dict[str, Any], data: bytes) -> str:
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != "sha256"}
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    digest = hashlib.sha256(json.dumps([entries, meta], sort_keys=True).encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # --------------------------------------------------------------------------- report
@@ -242,7 +473,7 @@ def _header(cfg: dict[str, Any], run_dir: Path) -> list[str]:
         return value.get(key, "?") if isinstance(value, dict) else "?"
 
     return [
-        f"# Run report: {run_dir.name}",
+        f"{REPORT_TITLE}{run_dir.name}",
         "",
         f"- algorithm: {get('algorithm', 'name')}",
         f"- task: {get('data', 'dataset')}",
@@ -297,6 +528,15 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
     excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
     if excluded:
         items.append(("client updates excluded (non-finite)", str(int(excluded))))
+    refused = [str(row.get("round")) for row in metrics if nested_get(row, "aggregation", "refused_nonfinite_aggregate")]
+    if refused:
+        items.append(("aggregates refused (non-finite)", f"rounds {', '.join(refused)}"))
+    diverged = [str(row.get("round")) for row in metrics if nested_get(row, "eval", "diverged")]
+    if diverged:
+        items.append(("**diverged** (non-finite scores, no accuracy)", f"rounds {', '.join(diverged)}"))
+    stopped = [row for row in metrics if row.get("stopped")]
+    if stopped:
+        items.append(("**run stopped**", f"after round {stopped[-1].get('round')}: {stopped[-1]['stopped']}"))
     lines = ["## Summary", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {label} | {value} |" for label, value in items]
     return lines + [""]
@@ -313,7 +553,7 @@ def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
         agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
         cells = [
             str(row.get("round", "-")),
-            _fmt(nested_get(row, "eval", "accuracy")),
+            "diverged" if nested_get(row, "eval", "diverged") else _fmt(nested_get(row, "eval", "accuracy")),
             _fmt(_mean_y0_accuracy(row)),
             _fmt(agg.get("wins")),
             _fmt(agg.get("losses")),
@@ -349,6 +589,17 @@ def _plots(metrics: list[dict[str, Any]], run_dir: Path) -> list[str]:
         if path is not None:
             lines += [f"![{title}]({path.relative_to(run_dir).as_posix()})", ""]
     return lines if len(lines) > 2 else []
+
+
+def is_own_report(path: Path) -> bool:
+    """Whether ``path`` is missing or a report written by :func:`write_report` (it starts with its title)."""
+    if not path.exists():
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return path.is_file() and fh.read(len(REPORT_TITLE)).decode("utf-8", "replace") == REPORT_TITLE
+    except OSError:
+        return False
 
 
 def write_report(run_dir: Path) -> Path:

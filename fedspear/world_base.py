@@ -337,7 +337,40 @@ def build_model(vocab_size: int, tok: Any, preset: Preset, seed: int) -> Any:
     return model
 
 
-def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+class OutputExistsError(ValueError):
+    """``make-base --out`` points at files make-base did not write (pass ``force`` to overwrite them)."""
+
+
+_BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "README.md", "build_info.json")
+
+
+def check_out_dir(out_dir: Path, force: bool = False) -> None:
+    """Refuse an ``--out`` that is a file, lies below a file, or holds model files not written by make-base.
+
+    A folder from an earlier make-base (it has ``build_info.json``) is overwritten; ``force`` overwrites any.
+
+    Raises:
+        OutputExistsError: as above, naming the path and ``--force``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"--out {out_dir} is an existing file, not a folder; choose a folder path")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"--out {out_dir}: {parent} is a file; choose another path")
+            break
+    if force or not out_dir.is_dir() or (out_dir / "build_info.json").is_file():
+        return
+    clash = [name for name in _BASE_FILES if (out_dir / name).exists()]
+    if clash:
+        raise OutputExistsError(f"--out {out_dir} holds {', '.join(clash)} not written by make-base; choose an "
+                                "empty folder or pass --force to overwrite them")
+
+
+def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: bool = True,
+               force: bool = False) -> dict[str, Any]:
     """Build, pretrain, probe and save the world's base model and tokenizer into ``out_dir``.
 
     Args:
@@ -350,11 +383,15 @@ def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: 
         Statistics: preset, seed, vocabulary size, parameters, pretraining losses and time, the probe on the
         world's evaluation questions (greedy), the total build time and the size on disk.
 
+        force: overwrite model files in ``out_dir`` that make-base did not write.
+
     Raises:
         ValueError: unknown preset.
+        OutputExistsError: see :func:`check_out_dir` (checked before the build starts).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    check_out_dir(out_dir, force)
     cfg = PRESETS[preset]
     start = time.perf_counter()
     threads = torch.get_num_threads()

@@ -33,6 +33,8 @@ def test_create_writes_the_resolved_config(tmp_path):
 def test_create_refuses_an_existing_run_unless_resuming(tmp_path):
     record = RunRecord(tmp_path / "run")
     record.create(_cfg(tmp_path, rounds=7))
+    record.append_metrics({"round": 0})
+    record.write_checkpoint({"w": torch.zeros(2)}, 0)  # round 0 completed: now the folder holds a run
     with pytest.raises(RunExistsError, match="--resume") as err:
         RunRecord(tmp_path / "run").create(_cfg(tmp_path, rounds=9))
     assert isinstance(err.value, ValueError) and "output_dir" in str(err.value)

@@ -21,7 +21,7 @@ from fedspear.algorithms.base import ClientJob, LocalUpdateResult, RunSettings, 
 from fedspear.algorithms.losses import anchor_loss, gather_token_logprobs
 from fedspear.config import GenConfig
 from fedspear.generation import GenSettings
-from fedspear.models import Policy
+from fedspear.models import Policy, left_truncate
 from fedspear.tasks.base import Example
 
 
@@ -48,12 +48,14 @@ class SeqBatch:
         return int(self.attention_BT.sum())
 
 
-def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.device) -> SeqBatch:
-    """Left-pad ``prompt_ids + completion_ids`` of each trace; prompts are left-truncated to fit ``max_len``."""
+def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.device,
+               bos_id: int | None = None) -> SeqBatch:
+    """Left-pad ``prompt_ids + completion_ids`` of each trace; prompts are left-truncated to fit ``max_len``,
+    keeping a leading ``bos_id`` (``Policy.bos_id``) first (:func:`fedspear.models.left_truncate`)."""
     seqs, comp_lens = [], []
     for t in traces:
         comp = t.completion_ids[: max_len - 1]
-        prompt = t.prompt_ids[-(max_len - len(comp)) :] if max_len > len(comp) else []
+        prompt = left_truncate(t.prompt_ids, max_len - len(comp), bos_id)
         seqs.append(prompt + comp)
         comp_lens.append(len(comp))
     width = max(len(s) for s in seqs)
@@ -289,7 +291,7 @@ def score_traces(policy: Policy, run: RunSettings, traces: list[Trace]) -> tuple
     tokens = 0
     for start in range(0, len(traces), size):
         batch = make_batch(traces[start : start + size], policy.tokenizer.pad_token_id, run.max_seq_len,
-                           policy.device)
+                           policy.device, policy.bos_id)
         logp_BL = completion_logprobs(model, batch).float().cpu()
         lengths = batch.mask_BL.sum(-1).long().tolist()
         width = logp_BL.shape[1]

@@ -152,7 +152,8 @@ class GRPO(Algorithm[GroupRollout]):
             (loss, forward+backward tokens, loss terms).
         """
         settings = self.settings
-        batch = make_batch(traces, policy.tokenizer.pad_token_id, self.run.max_seq_len, policy.device)
+        batch = make_batch(traces, policy.tokenizer.pad_token_id, self.run.max_seq_len, policy.device,
+                           policy.bos_id)
         logp_BL = completion_logprobs(policy.model, batch)
         old_BL = right_align(old_rows, logp_BL.shape[1], policy.device)  # = ref_BL: same round-start adapter
         adv_B = torch.tensor([t.reward for t in traces], dtype=torch.float32, device=policy.device)

@@ -143,8 +143,8 @@ class OPSD(Algorithm[DistillRollout]):
             (loss, student forward+backward tokens, teacher forward tokens, loss terms).
         """
         pad, max_len, device = policy.tokenizer.pad_token_id, self.run.max_seq_len, policy.device
-        student = make_batch([p.student for p in pairs], pad, max_len, device)
-        teacher = make_batch([p.teacher for p in pairs], pad, max_len, device)
+        student = make_batch([p.student for p in pairs], pad, max_len, device, policy.bos_id)
+        teacher = make_batch([p.teacher for p in pairs], pad, max_len, device, policy.bos_id)
         if not torch.equal(student.mask_BL, teacher.mask_BL):
             raise RuntimeError("student and teacher batches disagree on completion positions")
         teacher_BLV = teacher_logits(policy, params, teacher)

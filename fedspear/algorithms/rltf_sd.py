@@ -208,7 +208,8 @@ class RLTFSD(Algorithm[SDRollout]):
         b = len(samples)
         rev = [i for i, s in enumerate(samples) if s.revised]
         rev_idx = torch.tensor(rev, dtype=torch.long, device=device)
-        batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device)
+        batch0 = make_batch([s.rl0 for s in samples] + [samples[i].sd for i in rev], pad, max_len, device,
+                            policy.bos_id)
         seq0 = sequence_logprobs(completion_logprobs(policy.model, batch0), batch0.mask_BL)  # [b + |rev|]
         tokens = batch0.num_tokens
         rl0_logp_B = seq0[:b]
@@ -216,7 +217,7 @@ class RLTFSD(Algorithm[SDRollout]):
         rl1_logp_B = torch.zeros(b, device=device)
         if rev:
             sd_logp_B = sd_logp_B.index_put((rev_idx,), seq0[b:])
-            batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device)
+            batch1 = make_batch([samples[i].rl1 for i in rev], pad, max_len, device, policy.bos_id)
             seq1 = sequence_logprobs(completion_logprobs(policy.model, batch1), batch1.mask_BL)
             rl1_logp_B = rl1_logp_B.index_put((rev_idx,), seq1)
             tokens += batch1.num_tokens

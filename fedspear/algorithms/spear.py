@@ -208,7 +208,7 @@ class Spear(Algorithm[FeedbackRollout]):
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
             w, w_count = collapse(draw(step_rng, wins, bsz), run.optim.dedup_draws)
             u, u_count = collapse(draw(step_rng, losses, bsz), run.optim.dedup_draws)
-            batch = make_batch(w + u, pad, max_len, device)  # one forward for wins and losses
+            batch = make_batch(w + u, pad, max_len, device, policy.bos_id)  # one forward for wins and losses
             logp_BL = completion_logprobs(policy.model, batch)
             # A trace drawn k times counts k times in both losses' numerators and denominators.
             mask_BL = batch.mask_BL * torch.tensor(w_count + u_count, dtype=torch.float32, device=device)[:, None]

@@ -216,6 +216,9 @@ def aggregate(
         copy of ``global_state`` (and the server optimizer does not step). info holds ``num_aggregated``,
         ``num_excluded_nonfinite`` (updates with NaN/inf tensors or a non-finite weight),
         ``num_without_update`` (None state or weight 0) and ``total_weight`` of the aggregated clients.
+        An aggregate that is itself not finite (overflow in the average or the server optimizer) is refused
+        like a non-finite client update: the global adapter and the server optimizer's state stay as they
+        were and info gets ``refused_nonfinite_aggregate: True``.
     """
     kept_states: list[State] = []
     kept_weights: list[float] = []
@@ -238,5 +241,13 @@ def aggregate(
     if avg is None:
         return {k: t.clone() for k, t in global_state.items()}, info
     if server_opt is None:
-        return avg, info
-    return server_opt.step(global_state, avg), info
+        new_state = avg
+    else:
+        saved = server_opt.state_dict()
+        new_state = server_opt.step(global_state, avg)
+    if not is_finite_state(new_state):
+        if server_opt is not None:
+            server_opt.load_state_dict(saved)
+        info["refused_nonfinite_aggregate"] = True
+        return {k: t.clone() for k, t in global_state.items()}, info
+    return new_state, info

@@ -14,9 +14,8 @@ with the same adapter as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,17 +23,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
-from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer
+from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
 from fedspear.federation.partition import client_seed, sample_clients
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Engine, save_adapter
-from fedspear.records import RunRecord, write_report
+from fedspear.records import RunFileError, RunRecord, durable_step, write_report
 from fedspear.tasks.base import Example
 
 logger = logging.getLogger("fedspear")
@@ -46,6 +44,11 @@ COUNT_KEYS = ("prompts", "samples_y0", "generations", "wins", "wins_y0", "wins_r
               "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
               "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
               "generation_s", "feedback_s", "training_s")
+
+
+class RunStopped(RuntimeError):
+    """The run stopped early (e.g. ``fl.max_idle_rounds`` rounds without a usable client update); the run folder,
+    its metrics and its report say why."""
 
 
 @dataclass
@@ -141,9 +144,13 @@ def summary_line(row: dict[str, Any], rounds: int) -> str:
         failed = row.get("aggregation", {}).get("num_failed_clients")
         if failed:
             parts.append(f"{failed} failed")
-    if ev:
-        groups = " ".join(f"{g} {a:.2f}" for g, a in ev.get("groups", {}).items())
+    if ev and ev.get("diverged"):
+        parts.append("eval DIVERGED (non-finite scores, no accuracy)")
+    elif ev and isinstance(ev.get("accuracy"), (int, float)):
+        groups = " ".join(f"{g} {a:.2f}" for g, a in ev.get("groups", {}).items() if isinstance(a, (int, float)))
         parts.append(f"eval {ev['accuracy']:.3f}" + (f" ({groups})" if groups else ""))
+    if row.get("stopped"):
+        parts.append(f"STOPPED: {row['stopped']}")
     return " | ".join(parts)
 
 
@@ -170,6 +177,7 @@ class FederatedServer:
         self.eval_set = eval_set
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
+        self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
 
     @property
     def global_state(self) -> State:
@@ -212,6 +220,7 @@ class FederatedServer:
             else:
                 row.update(weight=report.weight, metrics=report.metrics)
                 results.append((report.adapter, report.weight))
+                _warn_if_nonfinite(report, plan.round_idx)
             client_rows.append(row)
         agg_start = time.perf_counter()
         min_clients = self.cfg.fl.min_clients
@@ -222,6 +231,9 @@ class FederatedServer:
             logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
         else:
             new_state, info = aggregate(self.global_state, results, self.server_opt)
+            if info.get("refused_nonfinite_aggregate"):
+                logger.warning("round %d: the aggregate of %d client updates is not finite (NaN/inf); it is refused "
+                               "and the global adapter is unchanged", plan.round_idx, info["num_aggregated"])
         info["num_failed_clients"] = sum(1 for r in client_rows if "error" in r)
         self.engine.global_state = new_state
         self.engine.load_global()
@@ -247,19 +259,49 @@ class FederatedServer:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
         self.engine.load_global()
         result = evaluate(self.engine, self.engine.task, self.cfg, self.eval_set)
+        if result.get("diverged"):
+            logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
+                           result.get("diverged_reason", "non-finite scores"))
         save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
+        durable_step("adapter")
         return result
 
+    def _idle_stop(self, row: dict[str, Any]) -> str | None:
+        """Count rounds in a row where clients took part but none sent a usable update (all failed, non-finite,
+        or a refused aggregate); the reason to stop once ``fl.max_idle_rounds`` is reached, else None."""
+        info = row.get("aggregation") or {}
+        broken = (info.get("num_failed_clients", 0) + info.get("num_excluded_nonfinite", 0)
+                  + int(bool(info.get("refused_nonfinite_aggregate"))))
+        usable = info.get("num_aggregated", 0) > 0 and not info.get("refused_nonfinite_aggregate")
+        self.idle_rounds = 0 if usable or not broken else self.idle_rounds + 1
+        limit = self.cfg.fl.max_idle_rounds
+        if limit and self.idle_rounds >= limit:
+            return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
+                    f"non-finite updates; fl.max_idle_rounds={limit}); lower optim.lr or check the clients' errors "
+                    "in metrics.jsonl")
+        return None
+
     def end_round(self, row: dict[str, Any]) -> None:
-        """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line."""
+        """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line.
+
+        Raises:
+            RunStopped: ``fl.max_idle_rounds`` consecutive rounds had no usable client update; the row (with
+                ``stopped``), the checkpoint and the report are written first.
+        """
         round_idx = row["round"]
-        if should_evaluate(round_idx, self.cfg.fl.rounds, self.cfg.data):
+        stop = self._idle_stop(row)
+        if stop is not None:
+            row["stopped"] = stop
+        if stop is not None or should_evaluate(round_idx, self.cfg.fl.rounds, self.cfg.data):
             ev_start = time.perf_counter()
             row["eval"] = self.evaluate(round_idx)
             row["time"]["eval_s"] = time.perf_counter() - ev_start
         self.record.append_metrics(row)
         self.save_checkpoint(round_idx)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
+        if stop is not None:
+            report = write_report(self.record.run_dir)
+            raise RunStopped(f"run stopped after round {round_idx}: {stop} (metrics and report kept: {report})")
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
                    after_round: Callable[[int], None] | None = None) -> None:
@@ -284,16 +326,15 @@ class FederatedServer:
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
-        """Load the checkpoint, drop metrics rows after it and return the last completed round."""
+        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round."""
         done = self.load_checkpoint()
-        self.record.truncate_metrics_after(done)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 
     def finish(self) -> Path:
         """Save the final adapter (if the last round did not) and write the report; returns the run folder."""
         final = self.record.adapter_dir(self.cfg.fl.rounds)
-        if not final.exists():
+        if not (final / "adapter_model.safetensors").exists():
             save_adapter(self.engine, self.global_state, final)
         report = write_report(self.record.run_dir)
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
@@ -301,32 +342,51 @@ class FederatedServer:
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
-        return (self.record.checkpoint_dir() / "round.json").is_file()
+        return self.record.has_checkpoint()
 
     def save_checkpoint(self, round_idx: int) -> None:
-        """Atomically write the global adapter, the server optimizer state and the round index."""
-        ckpt = self.record.checkpoint_dir()
-        ckpt.mkdir(parents=True, exist_ok=True)
+        """Commit the global adapter, the server optimizer state and the round index as one verified file
+        (:meth:`RunRecord.write_checkpoint`); metrics.jsonl must already hold the round's row."""
         tensors = {f"global.{k}": v.contiguous() for k, v in self.global_state.items()}
         if self.server_opt is not None:
             tensors.update(self.server_opt.to_tensors())
-        tmp = ckpt / "state.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, ckpt / "state.safetensors")
-        meta_tmp = ckpt / "round.json.tmp"
-        meta_tmp.write_text(json.dumps({"round": round_idx}))
-        os.replace(meta_tmp, ckpt / "round.json")
+        self.record.write_checkpoint(tensors, round_idx)
 
     def load_checkpoint(self) -> int:
-        """Restore the global adapter and server optimizer from the checkpoint; returns its round."""
-        ckpt = self.record.checkpoint_dir()
-        round_idx = json.loads((ckpt / "round.json").read_text())["round"]
-        tensors = load_file(str(ckpt / "state.safetensors"))
-        self.engine.global_state = {k[len("global."):]: v for k, v in tensors.items() if k.startswith("global.")}
-        if self.server_opt is not None:
-            self.server_opt.from_tensors(tensors)
+        """Restore the global adapter and server optimizer from the verified checkpoint; returns its round.
+
+        Raises:
+            RunFileError: the checkpoint or metrics.jsonl is damaged, or the checkpoint does not fit this run
+                (other adapter keys, non-finite values, another server optimizer).
+        """
+        round_idx, tensors = self.record.read_checkpoint()
+        state = {k[len("global."):]: v for k, v in tensors.items() if k.startswith("global.")}
+        path = self.record.checkpoint_path()
+        expected = set(self.engine.global_state)
+        if set(state) != expected:
+            raise RunFileError(f"{path}: its adapter keys do not match this run's model and LoRA settings "
+                               f"({len(state)} saved, {len(expected)} expected); resume with the run's own config")
+        if not is_finite_state(state):
+            raise RunFileError(f"{path}: the global adapter of round {round_idx} holds NaN/inf; the run diverged "
+                               "before it was saved: start again with a lower optim.lr")
+        try:
+            if self.server_opt is not None:
+                self.server_opt.from_tensors(tensors)
+        except (ValueError, KeyError) as exc:
+            raise RunFileError(f"{path}: no usable server optimizer state ({exc}); keep fl.aggregation as the run "
+                               "had it") from None
+        self.engine.global_state = state
         self.engine.load_global()
         return round_idx
+
+
+def _warn_if_nonfinite(report: ClientReport, round_idx: int) -> None:
+    """A console warning for a client update that aggregation will exclude as non-finite."""
+    if report.adapter is None or report.weight == 0:
+        return
+    if not math.isfinite(report.weight) or not is_finite_state(report.adapter):
+        logger.warning("client %d in round %d sent a non-finite update (NaN/inf weight or adapter); it is excluded "
+                       "from aggregation", report.client_id, round_idx)
 
 
 def expand_output_dir(cfg: Config) -> str:
@@ -365,7 +425,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
 
     cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    resuming = resume and (record.checkpoint_dir() / "round.json").is_file()
+    resuming = resume and record.has_checkpoint()
     record.create(cfg, resume=resuming)
     task = get_task(cfg.data.dataset)
     data = task.load(cfg)

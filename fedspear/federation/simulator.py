@@ -23,13 +23,13 @@ import torch
 
 from fedspear.algorithms.base import Algorithm
 from fedspear.algorithms.registry import build_algorithm
-from fedspear.config import Config, apply_overrides, config_from_dict
+from fedspear.config import Config, load_config
 from fedspear.extensions import task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
 from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
 from fedspear.models import Engine, build_engine
-from fedspear.records import RunRecord
+from fedspear.records import RunFileError, RunRecord
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
 
@@ -107,7 +107,15 @@ def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
 
 
 def run(cfg: Config) -> Path:
-    """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder."""
+    """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder.
+
+    A folder left by a start that failed before round 0 completed (no checkpoint) is started again.
+
+    Raises:
+        RunDirError: ``output_dir`` cannot hold a run (empty, a file, below a file, not writable).
+        RunExistsError: ``output_dir`` already holds a run that completed round 0.
+        RunStopped: ``fl.max_idle_rounds`` rounds in a row had no usable client update.
+    """
     cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
@@ -120,24 +128,32 @@ def run(cfg: Config) -> Path:
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
-    """The config.yaml of a run folder, with ``overrides`` applied."""
-    import yaml
-
+    """The config.yaml of a run folder, with ``overrides`` applied (ConfigError names the file when it is empty,
+    has duplicate keys or bad values)."""
     if not (Path(run_dir) / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
-    if overrides:
-        apply_overrides(cfg, overrides)
-    return cfg
+    return load_config(Path(run_dir) / "config.yaml", overrides)
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
-    """Continue an interrupted run from its last checkpoint (round k+1 onward)."""
+    """Continue an interrupted run from its last checkpoint (round k+1 onward).
+
+    A folder whose run never completed round 0 (no checkpoint) is started again from its config.yaml.
+
+    Raises:
+        RunFileError: the checkpoint or metrics.jsonl is damaged (the message names the file).
+    """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     record = RunRecord(run_dir)
-    if not (record.checkpoint_dir() / "round.json").is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from; start it again with `fedspear run`")
+    if not record.has_checkpoint():
+        if record.has_run():
+            raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
+                               f"round 0; this run cannot be resumed: start it again with a new output_dir")
+        logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
+                       run_dir)
+        return run(replace(cfg, output_dir=str(run_dir)))
+    record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
     fed = setup(cfg, record)
     server = _server(fed, build_server_optimizer(cfg.fl))
     done = server.resume()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fedspear.generation import Completion, GenSettings, cut_at_eos, eos_ids, merged_lora
-from fedspear.models import Engine
+from fedspear.models import Engine, left_truncate
 
 _END = object()
 
@@ -101,7 +101,7 @@ def stream_answer(engine: Engine, prompt_ids: list[int], settings: GenSettings, 
     """
     cfg, tok, model = engine.cfg, engine.tokenizer, engine.model
     max_prompt = max(1, cfg.model.max_seq_len - settings.max_new_tokens)
-    prompt_ids = list(prompt_ids)[-max_prompt:]
+    prompt_ids = left_truncate(prompt_ids, max_prompt, engine.bos_id)
     cancel = cancel or threading.Event()
     pieces: queue.Queue = queue.Queue()
     start = time.perf_counter()
