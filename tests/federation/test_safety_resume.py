@@ -143,16 +143,16 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
     task = get_task(cfg.data.dataset)
     engine = build_engine(cfg, task)
     examples = task.load(cfg).eval[:4]
-    ok = evaluate(engine, examples)
+    ok = evaluate(engine, task, cfg, examples)
     assert ok["accuracy"] is not None and "diverged" not in ok
     engine.global_state = {k: torch.full_like(v, math.nan) for k, v in engine.global_state.items()}
     engine.load_global()
-    bad = evaluate(engine, examples)
+    bad = evaluate(engine, task, cfg, examples)
     assert bad["accuracy"] is None and bad[f"{method}_accuracy"] is None and bad["diverged"] is True
     # NaN logits from finite LoRA weights (scores, not the adapter): the score check catches them too
     engine.global_state = {k: torch.full_like(v, 1e38) for k, v in engine.global_state.items()}
     engine.load_global()
-    assert evaluate(engine, examples)["diverged"] is True
+    assert evaluate(engine, task, cfg, examples)["diverged"] is True
 
 
 def test_idle_rounds_stop_the_run_with_a_report(tiny_qwen, tmp_path, monkeypatch, capsys):
@@ -194,7 +194,7 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     ex = task.load(cfg).eval[0]
     long = dataclasses.replace(ex, prompt="water light heat " * 100 + ex.prompt)
     assert len(engine.encode(long.prompt)) > 300
-    assert evaluate(engine, [long, ex])["n"] == 2
+    assert evaluate(engine, task, cfg, [long, ex])["n"] == 2
 
 
 def test_left_truncated_prompts_keep_bos(tiny_llama, tmp_path):
