@@ -48,7 +48,7 @@ def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.dev
     """Left-pad ``prompt_ids + completion_ids`` of each trace; prompts are left-truncated to fit ``max_len``."""
     seqs, comp_lens = [], []
     for t in traces:
-        comp = t.completion_ids[: max_len - 1]
+        comp = kept_completion(t.completion_ids, max_len)
         prompt = t.prompt_ids[-(max_len - len(comp)) :] if max_len > len(comp) else []
         seqs.append(prompt + comp)
         comp_lens.append(len(comp))
@@ -65,6 +65,11 @@ def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.dev
     targets = input_ids[:, width - length :]
     return SeqBatch(input_ids.to(device), attention.to(device), positions.to(device), targets.to(device),
                     mask.to(device))
+
+
+def kept_completion(completion_ids: list[int], max_len: int) -> list[int]:
+    """The completion tokens :func:`make_batch` trains: the first ``max_len - 1`` (room for one prompt token)."""
+    return completion_ids[: max_len - 1]
 
 
 def completion_logits(model: torch.nn.Module, batch: SeqBatch) -> torch.Tensor:
@@ -198,24 +203,6 @@ def finish_update(engine: Engine) -> dict[str, torch.Tensor]:
     if ema > 0:
         state = {k: ema * engine.global_state[k].to(v.dtype) + (1 - ema) * v for k, v in state.items()}
     return state
-
-
-def protected_token_ids(engine: Engine) -> set[int]:
-    """Token ids never penalised by unlikelihood: the task's answer marker (with and without a leading space)."""
-    cache = engine.cache.setdefault("protected", None)
-    if cache is not None:
-        return cache
-    tok, marker = engine.tokenizer, engine.task.answer_marker
-    ids: set[int] = set()
-    for text in (marker, " " + marker, marker.rstrip(":"), " " + marker.rstrip(":"), ":", " :"):
-        ids.update(tok(text, add_special_tokens=False)["input_ids"])
-    if engine.cfg.spear.ul_skip_math_ops:
-        for op in ("+", "-", "*", "/", "=", "^", "\\", "{", "}", "(", ")", "$", "frac", "sqrt", "cdot", "times"):
-            ids.update(tok(op, add_special_tokens=False)["input_ids"])
-            ids.update(tok(" " + op, add_special_tokens=False)["input_ids"])
-    ids.discard(engine.tokenizer.eos_token_id)
-    engine.cache["protected"] = ids
-    return ids
 
 
 def seconds_since(start: float) -> float:

@@ -9,8 +9,9 @@ Objective, per micro-step of B wins W and B losses U (drawn with replacement whe
 
 Wins are correct first answers (x0, y0) and feedback-guided revisions trained under the ORIGINAL prompt
 (x0, y'); losses are wrong first answers (x0, y0) with confidence c = 1.0 when a revision fixed them and 0.5
-when none did. M_i = completion positions minus EOS and protected answer-marker tokens, restricted to the last
-``ul_tail_tokens`` positions (> 0) or to the answer suffix (``ul_answer_only``).
+when none did. M_i = completion positions minus every stop id and the answer marker's token sequences (plus the
+math-structure list under ``ul_skip_math_ops``), restricted to the last ``ul_tail_tokens`` positions (> 0) or to the
+tokens after the final answer marker (``ul_answer_only``); see :mod:`fedspear.algorithms.lose_mask`.
 
 Deviations from the authors' reference (SPEAR.md section 6): training uses the sampled token ids (no
 re-tokenisation; EOS only where emitted); a client with no wins returns no update (weight 0); the returned
@@ -33,13 +34,20 @@ from fedspear.algorithms.common import (
     completion_logprobs,
     draw,
     finish_update,
+    kept_completion,
     make_batch,
     optimise,
-    protected_token_ids,
     right_align,
 )
-from fedspear.algorithms.losses import spear_loss, unlikelihood_mask
-from fedspear.generation import GenSettings, GenStats, generate
+from fedspear.algorithms.lose_mask import (
+    MATH_PROTECTED,
+    final_answer_span,
+    marker_texts,
+    token_sequences,
+    unlikelihood_mask,
+)
+from fedspear.algorithms.losses import spear_loss
+from fedspear.generation import GenSettings, GenStats, eos_ids, generate
 from fedspear.models import Engine
 from fedspear.tasks.prompts import build_revision_prompt
 
@@ -153,17 +161,31 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRollout]:
     return feedback_rollout(engine, jobs)
 
 
-def _lose_masks(engine: Engine, losses: list[Trace]) -> list[list[float]]:
+def lose_masks(engine: Engine, losses: list[Trace]) -> list[list[float]]:
+    """Penalised positions of each lose trace, cut like its trained completion (SPEAR.md 2.7).
+
+    The answer marker (and, under ``spear.ul_skip_math_ops``, :data:`MATH_PROTECTED`) is protected where its
+    token sequence occurs; with ``spear.ul_answer_only`` the span starts after the last answer marker; every
+    stop id of generation is excluded. The mask is computed on the whole sampled completion (so the final answer
+    and the tail are those of what the model wrote) and then cut to the completion tokens
+    :func:`~fedspear.algorithms.common.make_batch` trains, so it stays aligned when ``model.max_seq_len``
+    truncated the completion.
+
+    Returns:
+        One 0/1 list per trace, as long as its trained completion.
+    """
     spear_cfg, tok = engine.cfg.spear, engine.tokenizer
-    protected = protected_token_ids(engine)
+    markers = token_sequences(tok, marker_texts(engine.task.answer_marker))
+    protected: set = set(markers)
+    if spear_cfg.ul_skip_math_ops:
+        protected |= token_sequences(tok, MATH_PROTECTED)
+    stop = eos_ids(engine)
     masks = []
     for t in losses:
-        span = None
-        if spear_cfg.ul_answer_only:
-            marks = [i for i, tid in enumerate(t.completion_ids) if tid in protected]
-            span = (marks[-1], len(t.completion_ids)) if marks else None
-        keep = unlikelihood_mask(t.completion_ids, protected, spear_cfg.ul_tail_tokens, span, tok.eos_token_id)
-        masks.append([float(k) for k in keep])
+        span = final_answer_span(t.completion_ids, markers) if spear_cfg.ul_answer_only else None
+        keep = unlikelihood_mask(t.completion_ids, protected, spear_cfg.ul_tail_tokens, span, stop)
+        kept = len(kept_completion(t.completion_ids, engine.cfg.model.max_seq_len))
+        masks.append([float(k) for k in keep[:kept]])
     return masks
 
 
@@ -192,7 +214,7 @@ def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: fl
     if len(losses) > cap:
         losses = rng.sample(losses, cap)
     metrics["losses_used"] = len(losses)
-    lose_masks = dict(zip(map(id, losses), _lose_masks(engine, losses)))
+    mask_of = dict(zip(map(id, losses), lose_masks(engine, losses)))
     pad, max_len, device, bsz = engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device, cfg.optim.batch_size
 
     def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
@@ -206,7 +228,7 @@ def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: fl
         lose_logp = lose_mask = conf_B = None
         if u:
             lose_logp = logp_BL[nw:]
-            lose_mask = right_align([lose_masks[id(t)] for t in u], length, device) * mask_BL[nw:]
+            lose_mask = right_align([mask_of[id(t)] for t in u], length, device) * mask_BL[nw:]
             conf_B = torch.tensor([t.confidence for t in u], device=device)
         loss, stats = spear_loss(logp_BL[:nw], mask_BL[:nw], lose_logp, lose_mask, conf_B,
                                  _with_lambda(cfg.spear, lam_lose))
