@@ -169,7 +169,8 @@ class OptimConfig:
     lr_min: float = _f(1e-5, "final learning rate of the cosine schedule")
     use_warmup: bool = _f(False, "warm-up + cosine schedule over rounds (False = constant lr)")
     micro_batch_size: int | None = _f(None, "chunk forwards to this many sequences (None = no chunking)")
-    dedup_draws: bool = _f(True, "(fedspear) compute a trace drawn k times once, weighted by k (same loss, less work)")
+    dedup_draws: bool = _f(True, "(fedspear) compute a trace drawn k times once, weighted by k (same loss and "
+                           "tokens_trained, less work); exact only without dropout, so it is off when lora.dropout > 0")
 
 
 @dataclass

@@ -47,6 +47,7 @@ from fedspear.algorithms.lose_mask import (
     unlikelihood_mask,
 )
 from fedspear.algorithms.losses import spear_loss
+from fedspear.config import Config
 from fedspear.generation import GenSettings, GenStats, eos_ids, generate
 from fedspear.models import Engine
 from fedspear.tasks.prompts import build_revision_prompt
@@ -189,6 +190,16 @@ def lose_masks(engine: Engine, losses: list[Trace]) -> list[list[float]]:
     return masks
 
 
+def dedup_active(cfg: Config) -> bool:
+    """Whether repeated draws are computed once (``optim.dedup_draws``): only with ``lora.dropout`` 0.
+
+    Without dropout a trace drawn k times gives k identical forward passes, so one pass weighted by k is exact.
+    With dropout each draw would get its own dropout mask; one weighted pass is then unbiased but noisier, so
+    every draw is computed instead, as with ``dedup_draws=false``.
+    """
+    return bool(cfg.optim.dedup_draws) and cfg.lora.dropout == 0
+
+
 def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: float | None = None) -> LocalUpdateResult:
     """Train the client's adapter on its wins (likelihood) and losses (unlikelihood) (SPEAR.md 2.5-2.8).
 
@@ -217,13 +228,17 @@ def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: fl
     mask_of = dict(zip(map(id, losses), lose_masks(engine, losses)))
     pad, max_len, device, bsz = engine.tokenizer.pad_token_id, cfg.model.max_seq_len, engine.device, cfg.optim.batch_size
 
+    dedup = dedup_active(cfg)
+
     def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
-        w, w_count = collapse(draw(step_rng, wins, bsz), cfg.optim.dedup_draws)
-        u, u_count = collapse(draw(step_rng, losses, bsz), cfg.optim.dedup_draws)
+        w, w_count = collapse(draw(step_rng, wins, bsz), dedup)
+        u, u_count = collapse(draw(step_rng, losses, bsz), dedup)
         batch = make_batch(w + u, pad, max_len, device)  # one forward for wins and losses
         logp_BL = completion_logprobs(engine.model, batch)
-        # A trace drawn k times counts k times in both losses' numerators and denominators.
-        mask_BL = batch.mask_BL * torch.tensor(w_count + u_count, dtype=torch.float32, device=device)[:, None]
+        # A trace drawn k times counts k times in both losses' numerators and denominators, and in tokens_trained.
+        counts_B = torch.tensor(w_count + u_count, dtype=torch.float32, device=device)
+        mask_BL = batch.mask_BL * counts_B[:, None]
+        tokens = int((batch.attention_BT.sum(-1).to(counts_B.dtype) * counts_B).sum())
         nw, length = len(w), mask_BL.shape[1]
         lose_logp = lose_mask = conf_B = None
         if u:
@@ -233,7 +248,7 @@ def train(engine: Engine, job: ClientJob, data: FeedbackRollout, lambda_lose: fl
         loss, stats = spear_loss(logp_BL[:nw], mask_BL[:nw], lose_logp, lose_mask, conf_B,
                                  _with_lambda(cfg.spear, lam_lose))
         terms = {k: float(v) for k, v in stats._asdict().items()}
-        return loss, batch.num_tokens, terms
+        return loss, tokens, terms
 
     stats = optimise(engine, job.lr, job.seed, micro_step)
     metrics.update(stats.as_metrics(cfg.fl.local_train_steps * cfg.optim.grad_accum_steps))
