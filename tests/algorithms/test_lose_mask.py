@@ -129,7 +129,8 @@ def test_mask_stays_aligned_with_a_truncated_completion(tok):
     batch = make_batch([Trace([5, 6], ids)], pad_id=0, max_len=4, device=torch.device("cpu"))
     assert batch.targets_BL.tolist() == [ids[:3]]
     aligned = right_align([mask], batch.mask_BL.shape[1], torch.device("cpu"))
-    # before: the 10-long mask was right-aligned (its last 3 entries, all 1), penalising "ĠAnswer" and ":"
+    # right-aligning the uncut 10-long mask would put its last 3 entries (Ġwater : Ġlight, all 1) on "ĠAnswer",
+    # ":" and "ĠB": the marker would be penalised
     assert aligned.tolist() == [[0.0, 0.0, 1.0]]
 
 

@@ -165,7 +165,7 @@ def test_tokens_trained_counts_every_draw(engine, monkeypatch, dedup, dropout, r
     real_make_batch = spear.make_batch
     monkeypatch.setattr(spear, "make_batch", lambda traces, *a: widths.append(len(traces)) or real_make_batch(traces, *a))
     result = spear.train(engine, ClientJob(0, 1, [], 1e-3, seed=3), data)
-    assert result.metrics["tokens_trained"] == 2 * 3 * 8 * 5  # before: 2 * 3 * 3 * 5 = 90 with dedup
+    assert result.metrics["tokens_trained"] == 2 * 3 * 8 * 5  # before: distinct traces only (<= 3 a step)
     # dedup computes the distinct traces once (at most 3); without it, or with LoRA dropout (off automatically),
     # all 8 draws
     assert len(widths) == 6 and (max(widths) <= 3 if rows == 3 else widths == [8] * 6)
