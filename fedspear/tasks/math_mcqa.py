@@ -4,8 +4,10 @@ Hub schema (``stellaathena/math_mcqa``): ``problem``, ``level``, ``type``, ``sol
 ``\\boxed{...}`` final answer), ``choices`` (option texts) and ``answer`` (the gold option's 0-based index).
 
 The oracle hint is the first few lines of the gold solution with every ``\\boxed{...}`` removed and every
-line that contains the gold option's text, a boxed answer or the gold letter dropped; when no line is
-left it falls back to the option-words hint, and to a generic hint when even that would reveal the answer.
+line dropped that states the gold option or a boxed answer in any equivalent spelling (compared in the canonical
+form of :func:`normalize_math`: ``\\dfrac34`` = ``3/4``, ``90^\\circ`` = ``90 degrees``, ...) or names the gold
+letter; when no line is left it falls back to the option-words hint, and to a generic hint when even that would
+reveal the answer.
 """
 
 from __future__ import annotations
