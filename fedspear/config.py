@@ -115,6 +115,8 @@ class GenConfig:
     do_sample: bool = _f(False, "sample rollouts (False = greedy)")
     temperature: float = _f(0.7, "rollout sampling temperature")
     top_p: float = _f(0.95, "rollout nucleus sampling")
+    top_k: int = _f(50, "(fedspear) top-k when sampling (rollouts, and evaluation when it samples); 50 = transformers' "
+                    "default that the authors' runs sampled with alongside top_p; 0 disables")
     rollout_batch_size: int = _f(8, "prompts per generation batch")
     eval_batch_size: int = _f(8, "prompts per evaluation batch")
     eval_do_sample: bool = _f(False, "(fedspear) sample during evaluation")
@@ -135,7 +137,8 @@ class OptimConfig:
     lr_min: float = _f(1e-5, "final learning rate of the cosine schedule")
     use_warmup: bool = _f(False, "warm-up + cosine schedule over rounds (False = constant lr)")
     micro_batch_size: int | None = _f(None, "chunk forwards to this many sequences (None = no chunking)")
-    dedup_draws: bool = _f(True, "(fedspear) compute a trace drawn k times once, weighted by k (same loss, less work)")
+    dedup_draws: bool = _f(True, "(fedspear) compute a trace drawn k times once, weighted by k (same loss and "
+                           "tokens_trained, less work); exact only without dropout, so it is off when lora.dropout > 0")
 
 
 @dataclass
@@ -551,6 +554,7 @@ def validate(cfg: Config) -> None:
         _check(value > 0, key, f"must be > 0, got {value}")
     non_negative = {
         "fl.local_train_steps": cfg.fl.local_train_steps, "gen.num_revisions": cfg.gen.num_revisions,
+        "gen.top_k": cfg.gen.top_k,
         "optim.lr": cfg.optim.lr, "optim.lr_min": cfg.optim.lr_min, "optim.weight_decay": cfg.optim.weight_decay,
         "spear.lambda_win": cfg.spear.lambda_win, "spear.lambda_lose": cfg.spear.lambda_lose,
         "spear.lambda_anchor": cfg.spear.lambda_anchor, "spear.ul_tail_tokens": cfg.spear.ul_tail_tokens,

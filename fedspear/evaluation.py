@@ -57,7 +57,7 @@ def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[E
     """Decode each prompt (greedy unless ``gen.eval_do_sample``) and verify the declared answer."""
     gen = cfg.gen
     settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
-                           gen.eval_temperature, gen.eval_top_p)
+                           gen.eval_temperature, gen.eval_top_p, gen.top_k)
     prompts = [policy.encode(ex.prompt) for ex in examples]
     check_finite_logits(policy, cfg, prompts[: gen.eval_batch_size])
     completions = generate(policy, prompts, settings, seed=cfg.data.seed)

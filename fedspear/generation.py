@@ -1,7 +1,8 @@
 """Batched generation that returns the sampled token ids (never re-encoded text).
 
 Prompts are token-id lists (tokenized once by the caller), grouped by length into left-padded batches,
-generated with Hugging Face ``generate``, and returned in input order. Each completion keeps the exact
+generated with Hugging Face ``generate``, and returned in input order. Sampling uses the settings' temperature
+and top_p plus ``gen.top_k`` (transformers' top-k filter; 0 turns it off). Each completion keeps the exact
 sampled ids up to and including the first EOS; nothing after it (padding) is kept.
 """
 
@@ -25,6 +26,7 @@ class GenSettings:
     do_sample: bool
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # transformers' top-k filter when sampling (``gen.top_k``); 0 = off
 
 
 @dataclass
@@ -88,7 +90,8 @@ def generate(
     gen_kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                   "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True}
     if settings.do_sample:
-        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        # gen.top_k (0 = off) applies to every sampled call, rollouts and a sampling evaluation alike.
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     torch.manual_seed(seed)

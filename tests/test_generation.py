@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from fedspear.config import load_config
+from fedspear.config import ConfigError, load_config
 from fedspear.generation import GenSettings, cut_at_eos, generate
 from fedspear.models import build_engine
 
@@ -67,3 +68,21 @@ def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen)
     assert [c.ids for c in merged] == [c.ids for c in plain]
     after = {k: v for k, v in engine.model.state_dict().items() if "base_layer" in k}
     assert all(torch.equal(base_before[k], after[k]) for k in base_before)  # no merge/unmerge drift
+
+
+def test_top_k_filters_sampling(tiny_qwen):
+    engine = _engine(tiny_qwen, 8)
+    prompts = [engine.encode(t) for t in ("Which is hot?\nAnswer:", "Light\nAnswer:", "Water boils at\nAnswer:")] * 3
+    greedy = [c.ids for c in generate(engine, prompts, GenSettings(6, False), seed=0)]
+    top1 = GenSettings(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=1)
+    assert [c.ids for c in generate(engine, prompts, top1, seed=5)] == greedy  # only the likeliest token survives
+    off = GenSettings(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    # off: the full distribution (a random tiny model rarely repeats greedy 9 times)
+    assert [c.ids for c in generate(engine, prompts, off, seed=5)] != greedy
+
+
+def test_top_k_config():
+    assert load_config(None, []).gen.top_k == 50
+    assert load_config(None, ["gen.top_k=0"]).gen.top_k == 0
+    with pytest.raises(ConfigError, match=r"gen\.top_k: must be >= 0, got -1"):
+        load_config(None, ["gen.top_k=-1"])

@@ -95,6 +95,9 @@ class RunSettings:
         feedback: the feedback source.
         max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
         seed: the run seed (``data.seed``).
+        dedup_draws: compute a trace drawn k times once, weighted by k: ``optim.dedup_draws`` and only with
+            ``lora.dropout`` 0 (with dropout each draw gets its own mask, so one weighted pass would be unbiased
+            but noisier; every draw is computed instead).
     """
 
     fl: FLConfig
@@ -103,11 +106,13 @@ class RunSettings:
     feedback: FeedbackConfig
     max_seq_len: int
     seed: int
+    dedup_draws: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config) -> RunSettings:
         """The shared sections of ``cfg`` (the same objects, not copies; nothing here writes them)."""
-        return cls(cfg.fl, cfg.optim, cfg.gen, cfg.feedback, cfg.model.max_seq_len, cfg.data.seed)
+        return cls(cfg.fl, cfg.optim, cfg.gen, cfg.feedback, cfg.model.max_seq_len, cfg.data.seed,
+                   bool(cfg.optim.dedup_draws) and cfg.lora.dropout == 0)
 
 
 R = TypeVar("R")

@@ -54,7 +54,7 @@ def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.dev
     keeping a leading ``bos_id`` (``Policy.bos_id``) first (:func:`fedspear.models.left_truncate`)."""
     seqs, comp_lens = [], []
     for t in traces:
-        comp = t.completion_ids[: max_len - 1]
+        comp = kept_completion(t.completion_ids, max_len)
         prompt = left_truncate(t.prompt_ids, max_len - len(comp), bos_id)
         seqs.append(prompt + comp)
         comp_lens.append(len(comp))
@@ -71,6 +71,11 @@ def make_batch(traces: list[Trace], pad_id: int, max_len: int, device: torch.dev
     targets = input_ids[:, width - length :]
     return SeqBatch(input_ids.to(device), attention.to(device), positions.to(device), targets.to(device),
                     mask.to(device))
+
+
+def kept_completion(completion_ids: list[int], max_len: int) -> list[int]:
+    """The completion tokens :func:`make_batch` trains: the first ``max_len - 1`` (room for one prompt token)."""
+    return completion_ids[: max_len - 1]
 
 
 def completion_logits(model: torch.nn.Module, batch: SeqBatch) -> torch.Tensor:
@@ -243,7 +248,8 @@ MIN_SAMPLING_TEMPERATURE = 0.7
 
 def sampling_settings(gen: GenConfig, max_new_tokens: int) -> GenSettings:
     """Sampling forced on: temperature max(0.7, ``gen.temperature``), top_p ``gen.top_p``."""
-    return GenSettings(max_new_tokens, True, max(MIN_SAMPLING_TEMPERATURE, gen.temperature), gen.top_p)
+    return GenSettings(max_new_tokens, True, max(MIN_SAMPLING_TEMPERATURE, gen.temperature), gen.top_p,
+                       gen.top_k)
 
 
 def choose_prompts(policy: Policy, job: ClientJob, count: int) -> list[tuple[Example, list[int]]]:

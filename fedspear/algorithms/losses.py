@@ -26,7 +26,7 @@ Objectives as implemented:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -178,7 +178,7 @@ def unlikelihood_loss(
 
     Args:
         logp_BT: log-probs of the lose completion tokens ``[B, T]``.
-        mask_BT: 1.0 on penalised positions (see :func:`unlikelihood_mask`).
+        mask_BT: 1.0 on penalised positions (see :func:`fedspear.algorithms.lose_mask.unlikelihood_mask`).
         confidence_B: c_i per trace ``[B]`` (1.0 fixed by revision, 0.5 never fixed).
         margin: the threshold mu on p; 0 penalises every position.
 
@@ -282,48 +282,6 @@ def spear_loss(
     stats = SpearStats(loss.detach(), win_stats.loss, lose_stats.loss, win_stats.n_tokens, lose_stats.n_positions,
                        lose_stats.n_above, lose_stats.mean_p)
     return loss, stats
-
-
-def unlikelihood_mask(
-    completion_ids: list[int],
-    protected: Collection[int],
-    tail_tokens: int = 0,
-    answer_span: tuple[int, int] | None = None,
-    eos_id: int | Collection[int] | None = None,
-) -> list[bool]:
-    """Which completion positions of a lose trace the unlikelihood term penalises.
-
-    Every completion token except EOS and protected tokens, then restricted to ``answer_span`` when given
-    (``ul_answer_only``) and to the last ``tail_tokens`` positions when > 0; when both are given the restrictions
-    intersect. The tail is counted back from the end of the content (before a trailing EOS), by position: a
-    protected token inside the tail takes a place in it but is not penalised.
-
-    Args:
-        completion_ids: the sampled completion ids (ending with EOS where generation emitted it).
-        protected: token ids never penalised (the task's answer marker; math operators / LaTeX structure under
-            ``ul_skip_math_ops``).
-        tail_tokens: keep only the last N content positions (0 = all).
-        answer_span: ``(start, end)`` token positions, half-open, of the final answer in ``completion_ids``.
-        eos_id: the EOS id, or several stop ids; None when nothing is excluded as EOS.
-
-    Returns:
-        One bool per completion position.
-    """
-    n = len(completion_ids)
-    eos = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
-    keep = [tok not in eos and tok not in protected for tok in completion_ids]
-    if answer_span is not None:
-        start, end = answer_span
-        if not 0 <= start <= end <= n:
-            raise ValueError(f"answer_span {answer_span} is not within a completion of {n} tokens")
-        keep = [k and start <= i < end for i, k in enumerate(keep)]
-    if tail_tokens > 0:
-        content = n
-        while content > 0 and completion_ids[content - 1] in eos:
-            content -= 1
-        first = max(0, content - tail_tokens)
-        keep = [k and i >= first for i, k in enumerate(keep)]
-    return keep
 
 
 # --------------------------------------------------------------------------- GRPO

@@ -110,7 +110,7 @@ class OPSD(Algorithm[DistillRollout]):
         policy.load_global()
         chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
         gen = run.gen
-        settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p)
+        settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p, gen.top_k)
         gen_stats = GenStats()
         seed = jobs[0].seed if jobs else 0
         completions = generate(policy, [x0 for items in chosen for _, x0 in items], settings, seed, gen_stats)

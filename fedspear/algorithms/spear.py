@@ -9,8 +9,9 @@ Objective, per micro-step of B wins W and B losses U (drawn with replacement whe
 
 Wins are correct first answers (x0, y0) and feedback-guided revisions trained under the ORIGINAL prompt
 (x0, y'); losses are wrong first answers (x0, y0) with confidence c = 1.0 when a revision fixed them and 0.5
-when none did. M_i = completion positions minus EOS and protected answer-marker tokens, restricted to the last
-``ul_tail_tokens`` positions (> 0) or to the answer suffix (``ul_answer_only``).
+when none did. M_i = completion positions minus every stop id and the answer marker's token sequences (plus the
+math-structure list under ``ul_skip_math_ops``), restricted to the last ``ul_tail_tokens`` positions (> 0) or to the
+tokens after the final answer marker (``ul_answer_only``); see :mod:`fedspear.algorithms.lose_mask`.
 
 Deviations from the authors' reference (docs/deviations.md): training uses the sampled token ids (no
 re-tokenisation; EOS only where emitted); a client with no wins returns no update (weight 0); the returned
@@ -35,15 +36,23 @@ from fedspear.algorithms.common import (
     draw,
     fedprox,
     finish_update,
+    kept_completion,
     l2_to_global,
     make_batch,
     optimise,
     right_align,
     train_metrics,
 )
-from fedspear.algorithms.losses import spear_loss, unlikelihood_mask
+from fedspear.algorithms.lose_mask import (
+    MATH_PROTECTED,
+    final_answer_span,
+    marker_texts,
+    token_sequences,
+    unlikelihood_mask,
+)
+from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
-from fedspear.generation import GenSettings, GenStats, generate
+from fedspear.generation import GenSettings, GenStats, eos_ids, generate
 from fedspear.models import Policy
 from fedspear.tasks.base import Task
 from fedspear.tasks.prompts import build_revision_prompt
@@ -74,7 +83,7 @@ class Spear(Algorithm[FeedbackRollout]):
 
     def __init__(self, task: Task, run: RunSettings, settings: SpearSettings) -> None:
         super().__init__(task, run, settings)
-        self._protected: dict[int, set[int]] = {}  # id(tokenizer) -> protected token ids
+        self._protected: dict[int, tuple[set, set]] = {}  # id(tokenizer) -> (marker, protected) sequences
 
     def regularisers(self) -> list[Regulariser]:
         """SPEAR's anchor (``spear.lambda_anchor``, mean per tensor) then FedProx."""
@@ -84,7 +93,7 @@ class Spear(Algorithm[FeedbackRollout]):
     def _gen_settings(self, revision: bool) -> GenSettings:
         gen = self.run.gen
         return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p)
+                           gen.temperature, gen.top_p, gen.top_k)
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
         """Rollout + verification + feedback-guided revision for several clients at once (docs/algorithms.md, "SPEAR").
@@ -145,37 +154,42 @@ class Spear(Algorithm[FeedbackRollout]):
         _split_tokens(rollouts, first, items, gen_stats)
         return rollouts
 
-    def protected_token_ids(self, policy: Policy) -> set[int]:
-        """Token ids never penalised by unlikelihood: the task's answer marker (with and without a leading
-        space), and math operators with ``spear.ul_skip_math_ops``; never EOS."""
+    def protected_sequences(self, policy: Policy) -> tuple[set[tuple[int, ...]], set[tuple[int, ...]]]:
+        """(answer-marker token sequences, every protected token sequence) for ``policy``'s tokenizer: the task's
+        answer marker, plus :data:`~fedspear.algorithms.lose_mask.MATH_PROTECTED` with ``spear.ul_skip_math_ops``.
+        Cached per tokenizer."""
         tok = policy.tokenizer
         cached = self._protected.get(id(tok))
-        if cached is not None:
-            return cached
-        marker = self.task.answer_marker
-        ids: set[int] = set()
-        for text in (marker, " " + marker, marker.rstrip(":"), " " + marker.rstrip(":"), ":", " :"):
-            ids.update(tok(text, add_special_tokens=False)["input_ids"])
-        if self.settings.ul_skip_math_ops:
-            for op in ("+", "-", "*", "/", "=", "^", "\\", "{", "}", "(", ")", "$", "frac", "sqrt", "cdot",
-                       "times"):
-                ids.update(tok(op, add_special_tokens=False)["input_ids"])
-                ids.update(tok(" " + op, add_special_tokens=False)["input_ids"])
-        ids.discard(tok.eos_token_id)
-        self._protected[id(tok)] = ids
-        return ids
+        if cached is None:
+            markers = token_sequences(tok, marker_texts(self.task.answer_marker))
+            protected = set(markers)
+            if self.settings.ul_skip_math_ops:
+                protected |= token_sequences(tok, MATH_PROTECTED)
+            cached = self._protected[id(tok)] = (markers, protected)
+        return cached
 
-    def _lose_masks(self, policy: Policy, losses: list[Trace]) -> list[list[float]]:
-        spear_cfg, tok = self.settings, policy.tokenizer
-        protected = self.protected_token_ids(policy)
+    def lose_masks(self, policy: Policy, losses: list[Trace]) -> list[list[float]]:
+        """Penalised positions of each lose trace, cut like its trained completion (docs/algorithms.md, "SPEAR").
+
+        The answer marker (and, under ``spear.ul_skip_math_ops``, the math-structure list) is protected where its
+        token sequence occurs; with ``spear.ul_answer_only`` the span starts after the last answer marker; every
+        stop id of generation is excluded. The mask is computed on the whole sampled completion (so the final
+        answer and the tail are those of what the model wrote) and then cut to the completion tokens
+        :func:`~fedspear.algorithms.common.make_batch` trains, so it stays aligned when ``model.max_seq_len``
+        truncated the completion.
+
+        Returns:
+            One 0/1 list per trace, as long as its trained completion.
+        """
+        settings = self.settings
+        markers, protected = self.protected_sequences(policy)
+        stop = eos_ids(policy)
         masks = []
         for t in losses:
-            span = None
-            if spear_cfg.ul_answer_only:
-                marks = [i for i, tid in enumerate(t.completion_ids) if tid in protected]
-                span = (marks[-1], len(t.completion_ids)) if marks else None
-            keep = unlikelihood_mask(t.completion_ids, protected, spear_cfg.ul_tail_tokens, span, tok.eos_token_id)
-            masks.append([float(k) for k in keep])
+            span = final_answer_span(t.completion_ids, markers) if settings.ul_answer_only else None
+            keep = unlikelihood_mask(t.completion_ids, protected, settings.ul_tail_tokens, span, stop)
+            kept = len(kept_completion(t.completion_ids, self.run.max_seq_len))
+            masks.append([float(k) for k in keep[:kept]])
         return masks
 
     def train(self, policy: Policy, job: ClientJob, data: FeedbackRollout) -> LocalUpdateResult:
@@ -202,25 +216,29 @@ class Spear(Algorithm[FeedbackRollout]):
         if len(losses) > cap:
             losses = rng.sample(losses, cap)
         metrics["losses_used"] = len(losses)
-        lose_masks = dict(zip(map(id, losses), self._lose_masks(policy, losses)))
+        mask_of = dict(zip(map(id, losses), self.lose_masks(policy, losses)))
         pad, max_len, device, bsz = policy.tokenizer.pad_token_id, run.max_seq_len, policy.device, run.optim.batch_size
 
+        dedup = run.dedup_draws
+
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
-            w, w_count = collapse(draw(step_rng, wins, bsz), run.optim.dedup_draws)
-            u, u_count = collapse(draw(step_rng, losses, bsz), run.optim.dedup_draws)
+            w, w_count = collapse(draw(step_rng, wins, bsz), dedup)
+            u, u_count = collapse(draw(step_rng, losses, bsz), dedup)
             batch = make_batch(w + u, pad, max_len, device, policy.bos_id)  # one forward for wins and losses
             logp_BL = completion_logprobs(policy.model, batch)
-            # A trace drawn k times counts k times in both losses' numerators and denominators.
-            mask_BL = batch.mask_BL * torch.tensor(w_count + u_count, dtype=torch.float32, device=device)[:, None]
+            # A trace drawn k times counts k times in both losses' numerators and denominators, and in tokens_trained.
+            counts_B = torch.tensor(w_count + u_count, dtype=torch.float32, device=device)
+            mask_BL = batch.mask_BL * counts_B[:, None]
+            tokens = int((batch.attention_BT.sum(-1).to(counts_B.dtype) * counts_B).sum())
             nw, length = len(w), mask_BL.shape[1]
             lose_logp = lose_mask = conf_B = None
             if u:
                 lose_logp = logp_BL[nw:]
-                lose_mask = right_align([lose_masks[id(t)] for t in u], length, device) * mask_BL[nw:]
+                lose_mask = right_align([mask_of[id(t)] for t in u], length, device) * mask_BL[nw:]
                 conf_B = torch.tensor([t.confidence for t in u], device=device)
             loss, stats = spear_loss(logp_BL[:nw], mask_BL[:nw], lose_logp, lose_mask, conf_B, settings)
             terms = {k: float(v) for k, v in stats._asdict().items()}
-            return loss, batch.num_tokens, terms
+            return loss, tokens, terms
 
         stats = optimise(policy, run, job.lr, job.seed, micro_step, self.regularisers())
         metrics.update(train_metrics(stats, run))

@@ -207,7 +207,7 @@ class ClientRuntime:
         """Decoding settings of first answers / revisions (``gen.*``, as in SPEAR's rollout)."""
         gen = self.cfg.gen
         return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p)
+                           gen.temperature, gen.top_p, gen.top_k)
 
     def _encode(self, prompt: str, settings: GenSettings, what: str) -> list[int]:
         ids = self.engine.tokenizer(prompt, add_special_tokens=True)["input_ids"]

@@ -110,7 +110,7 @@ def stream_answer(engine: Engine, prompt_ids: list[int], settings: GenSettings, 
     gen_kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
                                   "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(eos), "use_cache": True}
     if settings.do_sample:
-        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     result: dict[str, Any] = {}

@@ -4,13 +4,16 @@ Hub schema (``stellaathena/math_mcqa``): ``problem``, ``level``, ``type``, ``sol
 ``\\boxed{...}`` final answer), ``choices`` (option texts) and ``answer`` (the gold option's 0-based index).
 
 The oracle hint is the first few lines of the gold solution with every ``\\boxed{...}`` removed and every
-line that contains the gold option's text, a boxed answer or the gold letter dropped; when no line is
-left it falls back to the option-words hint, and to a generic hint when even that would reveal the answer.
+line dropped that states the gold option or a boxed answer in any equivalent spelling (compared in the canonical
+form of :func:`normalize_math`: ``\\dfrac34`` = ``3/4``, ``90^\\circ`` = ``90 degrees``, ...) or names the gold
+letter; when no line is left it falls back to the option-words hint, and to a generic hint when even that would
+reveal the answer.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from fedspear.tasks.base import LETTERS, Example, TaskData
@@ -19,8 +22,8 @@ from fedspear.tasks.multiple_choice import (
     MultipleChoiceTask,
     cut,
     format_options,
-    has_token,
     last_declared_letter,
+    names_letter,
     option_hint_sentence,
     option_words_hint,
 )
@@ -65,10 +68,98 @@ def remove_boxed(text: str) -> str:
     return re.sub(r"\\boxed\b", "", "".join(out))
 
 
+# Spellings folded by normalize_math, applied in order (after NFKC and before whitespace is dropped).
+_DROP_COMMANDS = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)[lr]?\b|\\displaystyle\b|\\limits\b")
+_TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNITS = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ\b|\\degree\b|°|\bdegrees?\b|\\%|%|\bpercent\b", re.IGNORECASE)
+_SYMBOLS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\minus", "-"), ("−", "-"), ("–", "-"), ("\\cdot", "*"),
+            ("\\times", "*"), ("×", "*"), ("·", "*"), ("\\div", "/"), ("÷", "/"), ("\\leq", "<="), ("\\le", "<="),
+            ("≤", "<="), ("\\geq", ">="), ("\\ge", ">="), ("≥", ">="), ("\\neq", "!="), ("\\ne", "!="), ("≠", "!="),
+            ("\\pi", "π"), ("\\infty", "∞"), ("√", "\\sqrt"), ("\\{", "{"), ("\\}", "}"), ("{,}", ""))
+_GROUP = r"\{([^{}]*)\}"
+_SQRT = re.compile(r"\\sqrt\s*(?:" + _GROUP + r"|\(([^()]*)\)|(\w))")
+_ATOM_IN_PARENS = re.compile(r"\(([\w.π∞]+)\)")
+
+
 def normalize_math(text: str) -> str:
-    """A loose form for containment checks: no whitespace, ``$``, ``\\left``/``\\right`` or thin spaces."""
-    text = re.sub(r"\\(left|right)\b|\\[,;!]|\$", "", text)
-    return re.sub(r"\s+", "", text.replace("\\dfrac", "\\frac"))
+    r"""A canonical spelling of a math answer or solution line, for "does this line state the answer" checks.
+
+    Folds the equivalent spellings people use for the same answer: Unicode width (NFKC) and case; ``$``,
+    ``\(``/``\)``, ``\[``/``\]``; ``\left``/``\right`` and ``\big`` sizes; thin and other spaces (``\!``, ``\,``,
+    ``\;``, ``\:``, ``~``, ``\quad``) and all whitespace; ``\text{..}``/``\mathrm{..}``/... (the contents stay);
+    ``\dfrac``/``\tfrac``/``\frac{a}{b}``/``\frac ab`` -> ``a/b``; ``\sqrt{2}``/``\sqrt2``/``√2``/``sqrt(2)`` ->
+    ``sqrt2``; degrees (``^\circ``, ``^{\circ}``, ``°``, ``degrees``) and percent signs dropped; ``\minus``,
+    U+2212 and en dash -> ``-``; ``\cdot``/``\times`` -> ``*``; ``\le``/``\ge``/``\ne`` spellings; ``\pi`` -> ``π``;
+    trailing zeros (``5.0``, ``5.50``) and thousands separators (``1{,}000``, ``1,000``); braces and parentheses
+    around a single number or name. Numeric equivalence (``0.5`` = ``1/2``) is not attempted.
+
+    Args:
+        text: LaTeX or plain text.
+
+    Returns:
+        The canonical form (no whitespace); "" for text with no content.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"\\[()\[\]]|\$", " ", text)
+    text = _DROP_COMMANDS.sub("", text)
+    for _ in range(3):  # nested \text{\textbf{..}}
+        text = _TEXT_COMMANDS.sub(r"\1", text)
+    text = _UNITS.sub("", text)
+    text = re.sub(r"\\[,;:! ]|~|\\q?quad\b", " ", text)
+    for old, new in _SYMBOLS:
+        text = text.replace(old, new)
+    for _ in range(3):  # \sqrt{..} / \sqrt2 / \sqrt x / √(2) / sqrt(2) -> sqrt(..), innermost first
+        text = _SQRT.sub(lambda m: f"sqrt({next(g for g in m.groups() if g is not None)})", text)
+    text = re.sub(r"\bsqrt\s*\(", "sqrt(", text)
+    text = re.sub(r"\\frac\s*(\w)\s*(\w)", r"\\frac{\1}{\2}", text)  # \frac12
+    for _ in range(3):  # nested fractions, innermost first
+        text = re.sub(r"\\frac\s*" + _GROUP + r"\s*" + _GROUP, r"((\1)/(\2))", text)
+    text = re.sub(r"\s+", "", text).casefold()
+    text = text.replace("{", "(").replace("}", ")").replace("\\", "")
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
+    text = re.sub(r"(\d\.\d*?)0+(?!\d)", r"\1", text)
+    text = re.sub(r"(\d)\.(?!\d)", r"\1", text)
+    for _ in range(4):  # ((1)/(2)) -> (1/2) -> ...
+        text = _ATOM_IN_PARENS.sub(r"\1", re.sub(r"\(\(([^()]*)\)\)", r"(\1)", text))
+    text = re.sub(r"^\((.*)\)$", lambda m: m.group(1) if _balanced(m.group(1)) else m.group(0), text)
+    return text.rstrip(".,;")
+
+
+def _balanced(text: str) -> bool:
+    """Whether the parentheses of ``text`` never close more than they opened."""
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def answer_spellings(text: str) -> list[str]:
+    """Canonical forms that state the answer ``text``: the whole, and what follows its last top-level ``=``."""
+    flat = normalize_math(text)
+    out = [flat] if flat else []
+    if "=" in flat:
+        rhs = flat.rsplit("=", 1)[1]
+        if rhs and rhs not in out and "<" not in flat[-len(rhs) - 2 :] and ">" not in flat[-len(rhs) - 2 :]:
+            out.append(rhs)
+    return out
+
+
+def states_answer(flat: str, secrets: list[str]) -> bool:
+    """Whether the canonical text ``flat`` contains any canonical secret as a whole number or expression.
+
+    A secret that starts (ends) with a digit does not match inside a longer number: "4" is not in "24" or "4.5",
+    but is in "x=4" and "4/5".
+    """
+    for secret in secrets:
+        if not secret:
+            continue
+        before = r"(?<![\d.])" if secret[0].isdigit() else ""
+        after = r"(?!\d|\.\d)" if secret[-1].isdigit() else ""
+        if re.search(before + re.escape(secret) + after, flat):
+            return True
+    return False
 
 
 def solution_hint(solution: str, secrets: list[str], gold_letter: str) -> str | None:
@@ -76,7 +167,8 @@ def solution_hint(solution: str, secrets: list[str], gold_letter: str) -> str | 
 
     Args:
         solution: the gold solution.
-        secrets: normalized texts that must not appear (the gold option, the boxed answers).
+        secrets: canonical texts that must not appear (:func:`answer_spellings` of the gold option and the
+            boxed answers), compared with :func:`states_answer`.
         gold_letter: the correct option's letter.
 
     Returns:
@@ -86,7 +178,7 @@ def solution_hint(solution: str, secrets: list[str], gold_letter: str) -> str | 
     for line in remove_boxed(solution).splitlines():
         line = line.strip()
         flat = normalize_math(line)
-        if not flat or any(s in flat for s in secrets) or has_token(line, gold_letter):
+        if not flat or states_answer(flat, secrets) or names_letter(line, gold_letter):
             continue
         lines.append(line)
         if len(lines) == HINT_MAX_LINES:
@@ -157,12 +249,12 @@ class MathMCQATask(MultipleChoiceTask):
         """Solution lines, else the option words, else a generic hint; never the answer or the gold letter."""
         gold_text = example.choices[LETTERS.index(example.answer)]
         solution = str(example.meta.get("solution", ""))
-        secrets = [s for s in [normalize_math(gold_text), *map(normalize_math, boxed_answers(solution))] if s]
+        secrets = [s for text in [gold_text, *boxed_answers(solution)] for s in answer_spellings(text)]
         lines = solution_hint(solution, secrets, example.answer)
         if lines is not None:
             return f"Hint: part of a correct solution:\n{lines}"
         found = option_words_hint(gold_text, cfg.feedback.mc_hint_words, example.answer)
-        if found is not None and not any(s in normalize_math(found[0]) for s in secrets):
+        if found is not None and not states_answer(normalize_math(found[0]), secrets):
             return option_hint_sentence(*found)
         return self.generic_hint
 

@@ -2,20 +2,23 @@
 
 The oracle hint for a wrong answer is the first ``feedback.mc_hint_words`` words of the correct option's
 text (SPEAR.md section 7), with two guards against the reference's leaks (reference-notes section 4.9):
-when those words are the whole option, fewer are given (at most half of its words, at least one), and a
-word that contains the gold letter as a standalone token (``\\bB\\b``) is dropped, so the feedback never
-names the gold letter. If nothing is left, a generic hint is used.
+when those words are the whole option, fewer are given (at most half of its words, at least one; none for a
+one-word option), and a word that names the gold letter (``\\bB\\b``, full-width ``Ｂ``, ``(b)``) is dropped,
+so the feedback never names the gold letter or states the gold option, in any case or width. If nothing is
+left, a generic hint is used.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from fedspear.tasks.base import LETTERS, Example, Task
 from fedspear.tasks.loaders import MalformedRow
 
 MC_ANSWER_FORMAT = "the option letter only"
+FALLBACK_HINT = "Hint: reconsider the question."
 
 
 # --------------------------------------------------------------------------- prompts
@@ -85,23 +88,45 @@ def has_token(text: str, token: str, ignore_case: bool = False) -> bool:
     return re.search(rf"\b{re.escape(token)}\b", text, re.IGNORECASE if ignore_case else 0) is not None
 
 
+def fold(text: str) -> str:
+    """``text`` in a form that ignores case, width and spacing: NFKC, casefolded, whitespace runs as one space."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def names_letter(text: str, letter: str) -> bool:
+    """Whether ``text`` refers to option ``letter``: the capital standing alone (``\\bB\\b``), also in full
+    width (``Ｂ``, read through NFKC), or the lower-case letter as an option label (``(b)``, ``[b]``, ``b)``,
+    ``option b``)."""
+    flat = unicodedata.normalize("NFKC", text)
+    low = re.escape(letter.lower())
+    return has_token(flat, letter) or re.search(
+        rf"[(\[]{low}[)\]]|(?<![\w'’]){low}\)|\b(?:option|choice|answer)\s*:?\s*{low}\b", flat, re.IGNORECASE) is not None
+
+
+def states_option(text: str, option_text: str) -> bool:
+    """Whether ``text`` contains the whole ``option_text`` as words, in any case or width (:func:`fold`)."""
+    option = fold(option_text)
+    return bool(option) and re.search(rf"(?<!\w){re.escape(option)}(?!\w)", fold(text)) is not None
+
+
 def option_words_hint(option_text: str, max_words: int, gold_letter: str) -> tuple[str, bool] | None:
-    """The first words of the correct option, never the whole option (unless it is one word) nor the gold letter.
+    """The first words of the correct option, never the whole option (in any case or width) nor the gold letter.
 
     Args:
         option_text: the correct option's text.
         max_words: ``feedback.mc_hint_words``.
-        gold_letter: the correct option's letter; words holding it as a standalone token are dropped.
+        gold_letter: the correct option's letter; words naming it (:func:`names_letter`) are dropped.
 
     Returns:
-        (hint words, whether they are a plain prefix of the option), or None when no word is left.
+        (hint words, whether they are a plain prefix of the option), or None when no word is left or the words
+        would state the whole option (a one-word option).
     """
     words = option_text.split()
     count = min(max(1, max_words), len(words))
     if count >= len(words):  # the whole option would be given away: at most half of it, at least one word
         count = max(1, len(words) // 2)
-    kept = [word for word in words[:count] if not has_token(word, gold_letter)]
-    if not kept:
+    kept = [word for word in words[:count] if not names_letter(word, gold_letter)]
+    if not kept or states_option(" ".join(kept), option_text):
         return None
     return " ".join(kept), len(kept) == count
 
@@ -162,10 +187,18 @@ class MultipleChoiceTask(Task):
         return self.extract(completion, len(example.choices)) == example.answer
 
     def hint(self, example: Example, cfg: Any) -> str:
-        """The single hint sentence (with the task's nudge) for a wrong answer to ``example``."""
+        """The single hint sentence (with the task's nudge) for a wrong answer to ``example``.
+
+        The first candidate that neither names the gold letter nor states the gold option (any case or width)
+        is used: option words + nudge, the generic hint + nudge, the generic hint, a bare request to reconsider.
+        """
         gold_text = example.choices[LETTERS.index(example.answer)]
-        hint = hint_from_option(gold_text, cfg.feedback.mc_hint_words, example.answer) or self.generic_hint
-        return f"{hint} {self.hint_nudge}".strip()
+        words = hint_from_option(gold_text, cfg.feedback.mc_hint_words, example.answer)
+        candidates = [f"{h} {self.hint_nudge}".strip() for h in (words, self.generic_hint) if h]
+        for text in [*candidates, self.generic_hint, FALLBACK_HINT]:
+            if not (names_letter(text, example.answer) or states_option(text, gold_text)):
+                return text
+        return FALLBACK_HINT
 
     def feedback(self, example: Example, completion: str, cfg: Any) -> str:
         """Verdict naming the model's letter, one hint, the required format, and a request not to repeat."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from fedspear.tasks.base import Example, Task, TaskData
 from fedspear.tasks.loaders import MalformedRow, load_task_data, parse_structured, text_field
-from fedspear.tasks.multiple_choice import compose_feedback, cut, has_token
+from fedspear.tasks.multiple_choice import compose_feedback, cut, fold, has_token
 
 INSTRUCTION = (
     "Answer the following yes/no question. Reason step by step, then finish with a final line "
@@ -72,8 +72,9 @@ def strategy_row_to_example(row: dict[str, Any], row_id: str) -> Example:
 
 
 def facts_hint(facts: list[str]) -> str | None:
-    """The first half (at least one) of the facts, leaving out any that contains the word yes or no."""
-    clean = [f for f in facts if not (has_token(f, "yes", ignore_case=True) or has_token(f, "no", ignore_case=True))]
+    """The first half (at least one) of the facts, leaving out any that contains the word yes or no (any case or
+    width: "YES", full-width "ｙｅｓ")."""
+    clean = [f for f in facts if not (has_token(fold(f), "yes") or has_token(fold(f), "no"))]
     chosen = clean[: max(1, len(facts) // 2)]
     if not chosen:
         return None

@@ -53,7 +53,7 @@ def test_grpo_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
     engine = _engine(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
-    assert sampling_settings(engine.cfg.gen, 5) == GenSettings(5, True, 0.7, engine.cfg.gen.top_p)
+    assert sampling_settings(engine.cfg.gen, 5) == GenSettings(5, True, 0.7, engine.cfg.gen.top_p, engine.cfg.gen.top_k)
     jobs = [ClientJob(0, 1, _examples(5), 1e-3, seed=11), ClientJob(1, 1, _examples(2), 1e-3, seed=12)]
     out = _algo(engine).rollout(engine, jobs)
     assert [r.metrics["prompts"] for r in out] == [3, 2]  # min(|D_c|, P = 3)

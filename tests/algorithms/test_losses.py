@@ -21,7 +21,6 @@ from fedspear.algorithms.losses import (
     sft_loss,
     spear_loss,
     unlikelihood_loss,
-    unlikelihood_mask,
 )
 from fedspear.algorithms.settings import SpearSettings
 
@@ -222,27 +221,6 @@ def test_spear_loss_combines_terms():
     loss_sft, stats_sft = spear_loss(win_logp, win_mask, None, None, None, cfg)
     close(loss_sft, 1.5 * LN2)
     assert float(stats_sft.lose) == 0.0
-
-
-def test_unlikelihood_mask_rules():
-    eos, marker = 2, 7
-    ids = [5, 7, 9, 11, 13, 2]
-    assert unlikelihood_mask(ids, {marker}, eos_id=eos) == [True, False, True, True, True, False]
-    # last 2 content positions (11, 13); EOS is not part of the tail
-    assert unlikelihood_mask(ids, {marker}, tail_tokens=2, eos_id=eos) == [False, False, False, True, True, False]
-    # the tail is positional: the protected token inside a 4-token tail takes a place but is not penalised
-    assert unlikelihood_mask(ids, {marker}, tail_tokens=4, eos_id=eos) == [False, False, True, True, True, False]
-    # answer span [1, 4) holds 7 (protected), 9, 11
-    assert unlikelihood_mask(ids, {marker}, answer_span=(1, 4), eos_id=eos) == [False, False, True, True, False, False]
-    # both restrictions intersect: span [1, 4) and tail {11, 13} -> only 11
-    assert unlikelihood_mask(ids, {marker}, tail_tokens=2, answer_span=(1, 4), eos_id=eos) == [
-        False, False, False, True, False, False]
-    # no EOS emitted (length cut): the tail counts from the last token; several stop ids
-    assert unlikelihood_mask([5, 9, 11], set(), tail_tokens=1, eos_id=eos) == [False, False, True]
-    assert unlikelihood_mask([5, 3, 2], set(), eos_id=[2, 3]) == [True, False, False]
-    assert unlikelihood_mask([], {marker}, tail_tokens=3, eos_id=eos) == []
-    with pytest.raises(ValueError):
-        unlikelihood_mask(ids, set(), answer_span=(4, 9), eos_id=eos)
 
 
 # --------------------------------------------------------------------------- GRPO

@@ -147,7 +147,7 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
             rollouts = [_algo(engine).rollout(engine, [j])[0] for j in jobs]
         results[name] = [_algo(engine).train(engine, j, r) for j, r in zip(jobs, rollouts)]
     for fast, plain in zip(results["fast"], results["plain"]):
-        for key in ("wins", "losses", "wins_y0", "wins_revision", "losses_fixed", "losses_unfixed"):
+        for key in ("wins", "losses", "wins_y0", "wins_revision", "losses_fixed", "losses_unfixed", "tokens_trained"):
             assert fast.metrics[key] == plain.metrics[key], key
         assert fast.weight == plain.weight
         if fast.adapter is None:
@@ -156,3 +156,21 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
         for k in fast.adapter:
             torch.testing.assert_close(fast.adapter[k], plain.adapter[k], rtol=1e-4, atol=1e-5)
     assert any(r.adapter is not None for r in results["fast"])  # at least one client really trained
+
+
+@pytest.mark.parametrize(("dedup", "dropout", "rows"), [(True, 0.0, 3), (False, 0.0, 8), (True, 0.1, 8)])
+def test_tokens_trained_counts_every_draw(engine, monkeypatch, dedup, dropout, rows):
+    # 2 wins + 1 loss, each 3 prompt + 2 completion ids, drawn 4 + 4 times per micro-step (with replacement):
+    # every draw is 5 tokens, so tokens_trained = S * A * 8 * 5 whether or not repeated draws are computed once.
+    engine.cfg.optim.batch_size, engine.cfg.optim.dedup_draws, engine.cfg.lora.dropout = 4, dedup, dropout
+    engine.cfg.fl.local_train_steps, engine.cfg.optim.grad_accum_steps = 2, 3
+    data = spear.FeedbackRollout(wins=[spear.Trace([5, 6, 7], [8, 9]), spear.Trace([5, 6, 10], [11, 9])],
+                                 losses=[spear.Trace([5, 6, 12], [13, 9], confidence=0.5)])
+    widths = []
+    real_make_batch = spear.make_batch
+    monkeypatch.setattr(spear, "make_batch", lambda traces, *a: widths.append(len(traces)) or real_make_batch(traces, *a))
+    result = _algo(engine).train(engine, ClientJob(0, 1, [], 1e-3, seed=3), data)
+    assert result.metrics["tokens_trained"] == 2 * 3 * 8 * 5  # before: distinct traces only (<= 3 a step)
+    # dedup computes the distinct traces once (at most 3); without it, or with LoRA dropout (off automatically),
+    # all 8 draws
+    assert len(widths) == 6 and (max(widths) <= 3 if rows == 3 else widths == [8] * 6)

@@ -11,10 +11,13 @@ from fedspear.config import Config
 from fedspear.tasks.loaders import MalformedRow
 from fedspear.tasks.math_mcqa import (
     MathMCQATask,
+    answer_spellings,
     boxed_answers,
     math_row_to_example,
+    normalize_math,
     remove_boxed,
     solution_hint,
+    states_answer,
 )
 
 ROW = {"problem": "Solve $2x+3=11$.", "level": "Level 2", "type": "Algebra",
@@ -130,3 +133,50 @@ def test_hub_schema_written_by_datasets_to_csv(tmp_path):
     examples = data.train + data.eval
     assert sorted(e.answer for e in examples) == ["A", "C"]
     assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt}
+
+
+# Each group: spellings of one answer that must share one canonical form (normalize_math).
+SAME = [
+    ["$\\frac{3}{4}$", "\\dfrac{3}{4}", "\\tfrac34", "3/4", "\\frac 3 4", "$\\left(\\frac{3}{4}\\right)$"],
+    ["(2,1)", "\\left(2, 1\\right)", "$( 2 ,\\! 1 )$", "\\left( 2,\\,1 \\right)"],
+    ["90", "$90^\\circ$", "90^{\\circ}", "90°", "90 degrees", "\\text{90 Degrees}"],
+    ["-3", "$-3$", "\\minus 3", "−3", "– 3", "$-\\!3$"],
+    ["2\\sqrt{3}", "2\\sqrt3", "2√3", "2 sqrt(3)", "2\\sqrt{(3)}", "2 \\sqrt 3"],
+    ["\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2", "√3/2", "\\dfrac{\\sqrt 3}{2}"],
+    ["5", "5.0", "5.00", "\\boxed5".replace("\\boxed", ""), "\\mathrm{5}", "\\textbf{5}", "５"],
+    ["2.5", "2.50", "$2.5$"],
+    ["1000", "1,000", "1{,}000"],
+    ["50", "50\\%", "50%", "50 percent"],
+    ["2\\pi", "2π", "$2 \\pi$"],
+    ["\\frac{x+1}{2}", "(x+1)/2", "\\dfrac{x + 1}{2}"],
+    ["x \\le 3", "x\\leq 3", "x ≤ 3", "x<=3"],
+    ["3 \\cdot 4", "3\\times4", "3 × 4", "3*4"],
+]
+DIFFERENT = [("3/4", "4/3"), ("2,1", "1,2"), ("-3", "3"), ("2\\sqrt{3}", "2\\sqrt{2}"), ("5.5", "5"), ("25", "5")]
+
+
+@pytest.mark.parametrize("group", SAME, ids=[g[0] for g in SAME])
+def test_equivalent_latex_spellings_share_one_canonical_form(group):
+    assert len({normalize_math(text) for text in group}) == 1, [normalize_math(text) for text in group]
+
+
+@pytest.mark.parametrize(("a", "b"), DIFFERENT)
+def test_different_answers_stay_different(a, b):
+    assert normalize_math(a) != normalize_math(b)
+
+
+def test_states_answer_matches_whole_numbers_and_expressions():
+    secrets = answer_spellings("$x = 4$")
+    assert secrets == ["x=4", "4"]  # the right-hand side states the answer too
+    assert states_answer(normalize_math("so $x=4.0$"), secrets)
+    assert states_answer(normalize_math("hence 4/5 of them"), secrets)
+    assert not states_answer(normalize_math("24 apples"), secrets)  # a different number
+    assert not states_answer(normalize_math("about 4.5"), secrets)
+    assert states_answer(normalize_math("the angle is $90$ degrees"), answer_spellings("$90^\\circ$"))
+
+
+def test_solution_lines_with_an_equivalent_spelling_of_the_answer_are_dropped():
+    row = dict(ROW, choices=["$3$", "$\\frac{3}{4}$", "$4$", "$8$"], answer=1,
+               solution="Divide both sides by 4.\nThis gives 3/4 of the whole.\nOr $\\dfrac34$.\nSo \\boxed{\\tfrac{3}{4}}.")
+    ex = math_row_to_example(row, "r")
+    assert MathMCQATask().hint(ex, _cfg()) == "Hint: part of a correct solution:\nDivide both sides by 4.\nSo ."

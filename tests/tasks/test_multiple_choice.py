@@ -45,7 +45,10 @@ def test_last_declared_letter(text, letter):
     [("the heat from the sun", 3, "B", ("the heat from", True)),
      ("dry palms", 3, "A", ("dry", True)),  # 3 words would be the whole option: half of 2 = 1 word
      ("a b c d", 4, "A", ("a b", True)),
-     ("Mars", 3, "A", ("Mars", True)),  # at least one word
+     ("Mars", 3, "A", None),  # a one-word option would be stated whole (issue 11: formerly ("Mars", True))
+     ("Mars rover", 3, "A", ("Mars", True)),  # at least one word
+     ("ＡＢ Ａ blocks of wood", 3, "A", ("ＡＢ blocks", False)),  # a full-width letter names the option too (NFKC)
+     ("(a) both of these", 3, "A", ("both of", False)),  # a lower-case option label
      ("A", 3, "A", None),  # the option text is the gold letter
      ("vitamin A supplements daily", 3, "A", ("vitamin supplements", False)),
      ("B-12 vitamins only now", 3, "B", ("vitamins only", False)),
