@@ -31,6 +31,7 @@ from typing import Any
 from fedspear.generation import GenSettings
 from fedspear.models import Engine
 from fedspear.serve.adapters import AdapterRegistry, LiveAdapter
+from fedspear.serve.security import secure_state
 from fedspear.serve.store import AWAITING_HINT, Interaction, NewAttempt, StateError, TraceStore
 from fedspear.serve.streaming import StreamResult, stream_answer
 from fedspear.tasks.base import DataError, Example
@@ -137,7 +138,8 @@ class ClientRuntime:
 
     Args:
         engine: a loaded engine (model, tokenizer, task, config).
-        state_dir: the client's state folder; holds ``traces.sqlite`` and ``adapters/``.
+        state_dir: the client's state folder; holds ``traces.sqlite``, ``adapters/`` and ``token`` (made
+            owner-only, :func:`fedspear.serve.security.secure_state`; the token is ``self.token``).
         limits: input limits.
         token_delay_s: pause after each generated token (demos and crash tests).
         initial_adapter: adapter tensors to publish and serve at start (``fedspear serve --adapter``).
@@ -153,6 +155,7 @@ class ClientRuntime:
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
         self.lock = threading.Lock()
+        self.token = secure_state(self.state_dir)  # owner-only folder; the API's secret token
         self.store = TraceStore(self.state_dir / STORE_FILE)
         self.registry = AdapterRegistry(self.state_dir / ADAPTERS_DIR)
         self.live = LiveAdapter(engine, self.registry)
