@@ -19,10 +19,11 @@ def tiny_world(tmp_path_factory):
     return tiny_world_dir(tmp_path_factory)
 
 
-def _stream_first_token(url: str, body: dict) -> dict:
+def _stream_first_token(url: str, body: dict, token: str) -> dict:
     """Start a streamed answer and return once its first token arrived (the answer is still being generated)."""
     req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "X-Fedspear-Session": "test"})
+                                 headers={"Content-Type": "application/json", "X-Fedspear-Session": "test",
+                                          "X-Fedspear-Token": token})
     res = urllib.request.urlopen(req, timeout=60)
     events = []
     while not any(e["event"] == "token" for e in events):
@@ -34,34 +35,35 @@ def test_kill_9_mid_revision_restart_train_and_the_new_adapter_answers(tiny_worl
     state = tmp_path / "client"
     # a slow model (0.4 s per token) so that the kill lands while a revision is being generated
     with ServeProcess(state, tiny_world, "--token-delay-ms", "400") as server:
-        spec = http("GET", server.url + "/openapi.json")[1]
+        spec = server.api("GET", "/openapi.json")[1]
         assert spec["info"]["title"] == "fedspear client" and "/api/ask" in spec["paths"]
-        status, done = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"})
+        status, done = server.api("POST", "/api/ask", {"question": "What color is the zorvik?"})
         assert status == 200 and done["adapter"]["version"] == 0
         iid, y0 = done["interaction"]["id"], done["interaction"]["attempts"][0]["text"]
-        assert http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False})[0] == 200
-        partial = _stream_first_token(f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"})
+        assert server.api("POST", f"/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False})[0] == 200
+        partial = _stream_first_token(f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"},
+                                      server.token)
         assert partial["events"][0]["event"] == "start"
         server.kill9()
         partial["response"].close()
     assert (state / "traces.sqlite-wal").exists() or (state / "traces.sqlite").exists()
 
     with ServeProcess(state, tiny_world) as server:  # the same state folder, a fresh process
-        status, it = http("GET", f"{server.url}/api/interactions/{iid}")
+        status, it = server.api("GET", f"/api/interactions/{iid}")
         # everything acknowledged survived; the unacknowledged revision left no trace
         assert status == 200 and it["state"] == "awaiting_hint" and len(it["attempts"]) == 1
         assert it["attempts"][0]["text"] == y0 and it["attempts"][0]["verdict"] is False
-        status, rev = http("POST", f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"})
+        status, rev = server.api("POST", f"/api/interactions/{iid}/revise", {"hint": "think of grass"})
         assert status == 200 and rev["attempt"] == 1
-        assert http("POST", f"{server.url}/api/interactions/{iid}/verdict",
+        assert server.api("POST", f"/api/interactions/{iid}/verdict",
                     {"attempt": 1, "correct": True})[1]["state"] == "fixed"
 
         summary = run_train_local(state, tiny_world)  # uses the state folder's config.yaml, as serve wrote it
         assert summary["published"]["version"] == 1 and summary["metrics"]["wins_revision"] == 1.0
 
-        status, again = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"})
+        status, again = server.api("POST", "/api/ask", {"question": "What color is the zorvik?"})
         assert again["adapter"]["version"] == 1 and again["adapter"]["label"] == "local round 1"
-        assert http("GET", server.url + "/api/status")[1]["counts"]["fixed"] == 1
+        assert server.api("GET", "/api/status")[1]["counts"]["fixed"] == 1
         server.stop()
         assert server.proc.returncode == 0
 
