@@ -192,7 +192,10 @@ class TraceStore:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            owner_only_file(self.path)
+            for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                         self.path.with_name(self.path.name + "-shm")):
+                if path == self.path or path.exists():  # SQLite gives new journal files the database's mode
+                    owner_only_file(path)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot create the trace store ({exc.strerror})") from None
         try:
