@@ -409,7 +409,9 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+        # opened as /?token=...: no-referrer keeps the token out of any request the page makes elsewhere
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store",
+                                                                "Referrer-Policy": "no-referrer"})
 
     @app.get("/api/status", responses=_ERRORS, summary="model, served adapter, store counts and limits")
     def status() -> dict[str, Any]:

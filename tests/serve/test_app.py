@@ -206,6 +206,7 @@ def test_every_api_call_needs_the_token(runtime, method, path, body):
         # the page and its files hold no data and load without it, and tell how to get in
         page = c.get("/")
         assert page.status_code == 200 and 'data-testid="locked"' in page.text and "token" in page.text
+        assert page.headers["Referrer-Policy"] == "no-referrer"
         assert "X-Fedspear-Token" in c.get("/static/app.js").text
         ok = c.request(method, path, json=body, headers={"X-Fedspear-Token": runtime.token})
         assert ok.status_code != 401
