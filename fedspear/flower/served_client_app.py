@@ -67,11 +67,14 @@ def _engine(cfg: Any) -> Any:
 
 def _state_dir(node_config: dict[str, Any]) -> Path:
     from fedspear.config import ConfigError
+    from fedspear.serve.security import secure_state
 
     if STATE_DIR_KEY not in node_config:
         raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
                           "folder>'\"")
-    return Path(str(node_config[STATE_DIR_KEY])).expanduser()
+    state = Path(str(node_config[STATE_DIR_KEY])).expanduser()
+    secure_state(state)  # owner-only, with the page's token (the node reaches the store directly, as its owner)
+    return state
 
 
 def _job_config(content: RecordDict, node_config: dict[str, Any]) -> tuple[Any, int, int]:

@@ -9,8 +9,13 @@ Client -> server, and nothing else: ``adapter`` (ArrayRecord, the client's adapt
 update), ``metrics`` (MetricRecord: the aggregation weight and the client's scalar metrics) for ``train``, and
 ``identity`` (MetricRecord: client-id, and serves-page = 1 from a store-backed node) for ``query``, and
 ``metrics`` (published: 0 or 1) for ``evaluate``. :func:`check_client_content` enforces this on every
-reply (:func:`wire_guard`), so prompts, completions, feedback text or any other string never leave a client.
-A failing client replies with Flower's Error (an error code and a one-line reason).
+reply (:func:`wire_guard`), so prompts, completions, feedback text or any other string never leave a client:
+the adapter may hold only the tensor names of the global adapter the server sent, with its shapes and a
+floating dtype, and metrics only the names in :data:`METRIC_NAMES` (or :data:`METRIC_PATTERN`) with finite
+scalar numbers. A metric name holding text, a list metric (token ids) or a uint8 array (UTF-8 bytes) is refused.
+A failing client replies with Flower's Error carrying a fixed code (:data:`CLIENT_FAILED_CODE`,
+:data:`WIRE_REFUSED_CODE`) and a fixed reason naming only the exception type; the full message (which may hold
+file paths or people's text) stays in the node's local log.
 
 Tensors travel as numpy arrays; dtypes numpy lacks (bfloat16) travel as float32 (exact for bfloat16) and are
 cast back to the receiver's adapter dtypes.
@@ -19,13 +24,15 @@ cast back to the receiver's adapter dtypes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 if TYPE_CHECKING:  # torch and the server module are imported where used, so a `query` reply stays cheap
     import torch
@@ -47,6 +54,27 @@ PUBLISHED_KEY = "published"  # in an ``evaluate`` reply's ``metrics``: 1 when th
 CLIENT_RECORDS: dict[str, type] = {ADAPTER: ArrayRecord, METRICS: MetricRecord, IDENTITY: MetricRecord}
 # Setting this environment variable on a SuperNode makes its ClientApp append one JSON line per reply.
 WIRE_LOG_ENV = "FEDSPEAR_FLOWER_WIRE_LOG"
+
+# The scalar metrics a client update may report (the algorithms' rollout and training metrics; loss terms are
+# ``loss_<field>`` of the loss functions' stats, see fedspear.algorithms.losses), plus the wire's own keys.
+METRIC_NAMES = frozenset({
+    "prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "y1_accuracy",
+    "needs_revision", "revision_successes", "wins_revision", "losses_fixed", "losses_unfixed", "mean_reward",
+    "zero_advantage_groups", "teacher_prompts_truncated", "feedback_calls", "generation_s", "feedback_s",
+    "wins", "losses", "losses_used", "skipped_no_wins", "steps", "skipped_steps", "tokens_trained", "tokens_forward",
+    "training_s", "store_interactions", WEIGHT_KEY, PUBLISHED_KEY,
+})
+LOSS_TERMS = ("total", "loss", "win", "lose", "n_win_tokens", "n_lose_positions", "n_above_margin", "mean_lose_p",
+              "policy", "kl", "clip_frac", "ratio", "sd", "rl0", "rl1", "kl0", "kl1", "distill", "n_tokens")
+METRIC_PATTERN = re.compile(r"revision_(attempts|successes)_\d{1,2}|loss_(" + "|".join(LOSS_TERMS) + ")")
+# Metrics each client record may hold.
+RECORD_METRICS: dict[str, frozenset[str] | None] = {METRICS: None, IDENTITY: frozenset({CLIENT_ID_KEY, SERVES_PAGE_KEY})}
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})  # bfloat16 travels as float32
+# Error codes of a failing client's reply (Flower's own ErrorCode values are 0-8).
+CLIENT_FAILED_CODE = 100
+WIRE_REFUSED_CODE = 101
+
+logger = logging.getLogger("fedspear")
 
 State = dict[str, "torch.Tensor"]
 
@@ -88,19 +116,22 @@ def record_to_state(record: ArrayRecord, reference: State) -> State:
     return state
 
 
-def _scalar(value: Any) -> int | float | list[int] | list[float] | None:
-    """A MetricRecord value for ``value``: numbers (bool as int), uniform number lists; None for anything else."""
+def known_metric(name: str, record: str = METRICS) -> bool:
+    """Whether a client may report a metric called ``name`` in ``record`` (``metrics`` or ``identity``)."""
+    allowed = RECORD_METRICS.get(record, frozenset())
+    if allowed is not None:
+        return name in allowed
+    return name in METRIC_NAMES or METRIC_PATTERN.fullmatch(name) is not None
+
+
+def _scalar(value: Any) -> int | float | None:
+    """A MetricRecord value for ``value``: a finite number (bool as int); None for anything else (lists too)."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)) and value:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return list(value)
-        if all(isinstance(v, float) and math.isfinite(v) for v in value):
-            return list(value)
     item = getattr(value, "item", None)  # numpy / torch scalars
     if callable(item) and getattr(value, "ndim", 0) == 0:
         return _scalar(item())
@@ -108,8 +139,15 @@ def _scalar(value: Any) -> int | float | list[int] | list[float] | None:
 
 
 def metrics_to_record(metrics: dict[str, Any], weight: float) -> MetricRecord:
-    """The client's metrics as a MetricRecord: non-scalar values (strings, None, NaN, nested) are dropped."""
-    record = {k: v for k, v in ((str(k), _scalar(v)) for k, v in metrics.items()) if v is not None}
+    """The client's metrics as a MetricRecord: unknown names (:func:`known_metric`) and non-scalar values
+    (strings, None, NaN, lists, nested) are dropped, the unknown names logged locally."""
+    record = {}
+    for key, value in metrics.items():
+        number = _scalar(value)
+        if not known_metric(str(key)):
+            logger.warning("metric %r is not one the wire carries; dropped", str(key)[:40])
+        elif number is not None:
+            record[str(key)] = number
     record[WEIGHT_KEY] = float(weight)
     return MetricRecord(record)
 
@@ -129,7 +167,7 @@ def report_from_reply(client_id: int, reply: Message, reference: State) -> Clien
     if reply.has_error():
         return ClientReport.failure(client_id, f"client error {reply.error.code}: {reply.error.reason}")
     try:
-        check_client_content(reply.content)
+        check_client_content(reply.content, reference)
         metrics = dict(reply.content[METRICS])
         weight = float(metrics.pop(WEIGHT_KEY, 0.0))
         adapter = record_to_state(reply.content[ADAPTER], reference) if ADAPTER in reply.content else None
@@ -138,23 +176,51 @@ def report_from_reply(client_id: int, reply: Message, reference: State) -> Clien
     return ClientReport(client_id, adapter, weight if adapter is not None else 0.0, metrics)
 
 
-def check_client_content(content: RecordDict) -> None:
-    """Refuse a client reply holding anything but the records in :data:`CLIENT_RECORDS`.
+def _layout(reference: ArrayRecord | State | None) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of the adapter a reply may carry (the global adapter the server sent)."""
+    if reference is None:
+        return None
+    if isinstance(reference, ArrayRecord):
+        return {k: tuple(a.shape) for k, a in reference.items()}
+    return {k: tuple(t.shape) for k, t in reference.items()}
+
+
+def check_client_content(content: RecordDict, reference: ArrayRecord | State | None = None) -> None:
+    """Refuse a client reply holding anything but the records in :data:`CLIENT_RECORDS`, checked by name.
+
+    Args:
+        content: the reply's content.
+        reference: the global adapter the server sent (its ArrayRecord, or the state): an ``adapter`` must hold
+            exactly its tensor names and shapes, in a floating dtype. None: the reply may hold no adapter.
 
     Raises:
-        WireError: an unknown record name, a record of the wrong type, or a metric that is not a number.
+        WireError: an unknown record name or type; an adapter with other names, shapes or a non-float dtype (or
+            none expected); a metric of an unknown name, or whose value is not one finite number.
     """
+    layout = _layout(reference)
     for name, record in content.items():
         expected = CLIENT_RECORDS.get(name)
         if expected is None:
-            raise WireError(f"a client reply may only hold {sorted(CLIENT_RECORDS)}, not '{name}'")
+            raise WireError(f"a client reply may only hold {sorted(CLIENT_RECORDS)}, not '{str(name)[:40]}'")
         if not isinstance(record, expected):
             raise WireError(f"'{name}' must be a {expected.__name__}, got {type(record).__name__}")
+        if isinstance(record, ArrayRecord):
+            if layout is None:
+                raise WireError("an adapter in a reply to a message that sent no global adapter")
+            if set(record.keys()) != set(layout):
+                raise WireError(f"adapter tensor names differ from the global adapter's ({len(record)} tensors, "
+                                f"expected {len(layout)})")
+            for key, array in record.items():
+                if array.dtype not in FLOAT_DTYPES:
+                    raise WireError(f"adapter tensor '{key}' has dtype {array.dtype}, not a float")
+                if tuple(array.shape) != layout[key]:
+                    raise WireError(f"adapter tensor '{key}' has shape {tuple(array.shape)}, expected {layout[key]}")
         if isinstance(record, MetricRecord):
             for key, value in record.items():
-                values = value if isinstance(value, list) else [value]
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                    raise WireError(f"metric '{key}' is not a number: {type(value).__name__}")
+                if not known_metric(key, name):
+                    raise WireError(f"'{name}' may not hold a metric of that name ({len(key)} characters)")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise WireError(f"metric '{key}' is not one finite number: {type(value).__name__}")
 
 
 def describe_message(msg: Message) -> dict[str, Any]:
@@ -179,12 +245,26 @@ def describe_message(msg: Message) -> dict[str, Any]:
 def wire_guard(msg: Message, context: Context, call_next: Any) -> Message:
     """ClientApp mod: check every reply with :func:`check_client_content` before it leaves the node.
 
+    The reply's adapter is checked against the ``global`` adapter of the message it answers. A reply that fails
+    the check, or a ClientApp that raises, becomes an Error reply with a fixed code and reason (the exception's
+    type only): the full message, which may name files or quote people's text, is only logged on the node.
+
     With the environment variable ``FEDSPEAR_FLOWER_WIRE_LOG`` set to a file path, each reply's
     :func:`describe_message` (plus the node's config) is appended to that file as one JSON line.
     """
-    reply = call_next(msg, context)
-    if reply.has_content():
-        check_client_content(reply.content)
+    try:
+        reply = call_next(msg, context)
+        if reply.has_content():
+            reference = msg.content[GLOBAL] if msg.has_content() and GLOBAL in msg.content else None
+            check_client_content(reply.content, reference)
+    except WireError as exc:
+        logger.error("refused to send a reply: %s", exc)
+        reply = Message(Error(code=WIRE_REFUSED_CODE, reason="the reply held data the wire does not carry; "
+                                                             "see the node's log"), reply_to=msg)
+    except Exception as exc:  # noqa: BLE001 - the reason leaves the node, the details stay in its log
+        logger.exception("the client update failed")
+        reply = Message(Error(code=CLIENT_FAILED_CODE, reason=f"the client failed ({type(exc).__name__}); see the "
+                                                              "node's log"), reply_to=msg)
     log_path = os.environ.get(WIRE_LOG_ENV)
     if log_path:
         entry = describe_message(reply)

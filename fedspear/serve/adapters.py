@@ -6,9 +6,13 @@ Layout of ``<state>/adapters/``::
     current.json            {"version", "label", "model", "file", "created_at"} of the version to serve
     history.jsonl           one line per published version, oldest first
 
-:meth:`AdapterRegistry.publish` writes the tensors (temporary file, fsync, rename) before it points
-``current.json`` at them (also by rename), so a reader sees either the old or the new version, never a
-partial file. Whoever obtains a new global adapter publishes it (``fedspear train-local``, a Flower client
+:meth:`AdapterRegistry.publish` first checks the tensors against the running model's adapter
+(:func:`check_adapter`: the same names, shapes, a floating dtype, finite values) and refuses another layout
+before anything is written. It writes the tensors (a uniquely named temporary file, fsync, rename) before it
+points ``current.json`` at them (also by rename), so a reader sees either the old or the new version, never a
+partial file. Publishing holds a cross-process file lock (``.publish.lock``, :mod:`filelock`), so two processes
+publishing at once (``train-local`` while the SuperNode publishes a global adapter) get distinct versions and
+both land in the history. The folder is owner-only (``0700``). Whoever obtains a new global adapter publishes it (``fedspear train-local``, a Flower client
 receiving the server's aggregate, ``fedspear serve --adapter``); the app calls :meth:`LiveAdapter.refresh`
 before each answer and loads it without a restart.
 
@@ -23,19 +27,59 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
+from fedspear.config import ConfigError
 from fedspear.models import Engine
+from fedspear.serve.security import owner_only_dir
 
 ADAPTERS_DIR = "adapters"  # the adapter versions' folder in a client's state folder
 
 logger = logging.getLogger("fedspear")
+
+LOCK_FILE = ".publish.lock"
+LOCK_TIMEOUT_S = 120.0
+
+
+class AdapterError(ConfigError):
+    """An adapter does not fit the running base model and LoRA settings (nothing was published)."""
+
+
+def check_adapter(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str = "the adapter") -> None:
+    """Refuse an adapter that the running model cannot load: other names, shapes, a non-float dtype, NaN or inf.
+
+    Args:
+        state: the adapter to publish (PEFT state-dict names -> tensors).
+        reference: the running engine's adapter (``engine.adapter.params``): its names and shapes are the base
+            model's LoRA layout (target modules, rank).
+        what: how the message names ``state`` (e.g. the folder it was read from).
+
+    Raises:
+        AdapterError: one line naming the first difference and what to do.
+    """
+    extra, missing = sorted(set(state) - set(reference)), sorted(set(reference) - set(state))
+    fix = "; pass an adapter trained for this model and LoRA settings (model.*, lora.*)"
+    if extra or missing:
+        example = f"unexpected '{extra[0]}'" if extra else f"missing '{missing[0]}'"
+        raise AdapterError(f"{what} does not fit this model: {len(extra)} unexpected and {len(missing)} missing "
+                           f"tensors ({example}){fix}")
+    for key, ref in reference.items():
+        t = state[key]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise AdapterError(f"{what}: '{key}' is {getattr(t, 'dtype', type(t).__name__)}, not a float tensor{fix}")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise AdapterError(f"{what}: '{key}' has shape {tuple(t.shape)}, this model expects {tuple(ref.shape)} "
+                               f"(another LoRA rank or base model){fix}")
+        if not bool(torch.isfinite(t).all()):
+            raise AdapterError(f"{what}: '{key}' holds NaN or infinite values; it cannot be served")
 
 
 @dataclass(frozen=True)
@@ -88,13 +132,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(final: Path) -> Path:
+    """A fresh, uniquely named (``mkstemp``) empty file next to ``final``, to write and then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
 
 
@@ -102,12 +156,12 @@ class AdapterRegistry:
     """The adapter versions of one client (see the module docstring).
 
     Args:
-        folder: the adapters folder (created when missing).
+        folder: the adapters folder (created when missing; owner-only).
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = owner_only_dir(Path(folder))
+        self.lock = FileLock(str(self.folder / LOCK_FILE), timeout=LOCK_TIMEOUT_S, mode=0o600)
 
     @property
     def current_file(self) -> Path:
@@ -144,29 +198,44 @@ class AdapterRegistry:
             numbers.append(current.version)
         return max(numbers, default=-1) + 1
 
-    def publish(self, state: dict[str, torch.Tensor], label: str, model: str) -> AdapterVersion:
-        """Save ``state`` as the next version and make it current.
+    def publish(self, state: dict[str, torch.Tensor], label: str, model: str,
+                reference: dict[str, torch.Tensor] | None = None) -> AdapterVersion:
+        """Save ``state`` as the next version and make it current (under the cross-process publish lock).
 
         Args:
             state: adapter tensors (PEFT state-dict names).
             label: where it came from, shown on the page.
             model: the base model's :func:`model_fingerprint`.
+            reference: the running model's adapter; when given, ``state`` is checked against it first
+                (:func:`check_adapter`) and nothing is written when it does not fit.
 
         Returns:
             The new version.
+
+        Raises:
+            AdapterError: ``state`` does not fit ``reference``.
+            filelock.Timeout: another process held the publish lock for over two minutes.
         """
-        version = self._next_version()
-        name = f"v{version:04d}.safetensors"
-        tmp = self.folder / (name + ".tmp")
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"model": model, "label": label})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / name)
-        entry = AdapterVersion(version, label, model, name, time.time())
-        _atomic_write_bytes(self.current_file, json.dumps(entry.to_dict()).encode())
-        with open(self.folder / "history.jsonl", "a") as f:
-            f.write(json.dumps(entry.to_dict()) + "\n")
+        if reference is not None:
+            check_adapter(state, reference, f"adapter '{label}'")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        with self.lock:
+            version = self._next_version()
+            name = f"v{version:04d}.safetensors"
+            tmp = _temp_name(self.folder / name)
+            try:
+                save_file(tensors, str(tmp), metadata={"model": model, "label": label})
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.folder / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            entry = AdapterVersion(version, label, model, name, time.time())
+            _atomic_write_bytes(self.current_file, json.dumps(entry.to_dict()).encode())
+            with open(self.folder / "history.jsonl", "a") as f:
+                f.write(json.dumps(entry.to_dict()) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         logger.info("published adapter v%d (%s)", version, label)
         return entry
 
@@ -209,8 +278,9 @@ class LiveAdapter:
         has none, its initial adapter) is published again and served.
         """
         current = self.registry.current()
+        reference = self.engine.adapter.params  # the running model's LoRA layout: names and shapes
         if initial is not None:
-            current = self.registry.publish(initial, label or "imported", self.fingerprint)
+            current = self.registry.publish(initial, label or "imported", self.fingerprint, reference)
         elif current is None or current.model != self.fingerprint:
             mine = [v for v in self.registry.history()
                     if v.model == self.fingerprint and (self.registry.folder / v.file).is_file()]
@@ -218,9 +288,10 @@ class LiveAdapter:
                 logger.warning("adapter v%d belongs to %s, not %s; switching to %s", current.version, current.model,
                                self.fingerprint, f"v{mine[-1].version}" if mine else "this model's initial adapter")
             if mine:  # this model was served here before: continue from its latest version
-                current = self.registry.publish(self.registry.load(mine[-1]), mine[-1].label, self.fingerprint)
+                current = self.registry.publish(self.registry.load(mine[-1]), mine[-1].label, self.fingerprint,
+                                                reference)
             else:
-                current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint)
+                current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint, reference)
         self._load(current)
         return current
 

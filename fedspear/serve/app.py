@@ -10,12 +10,24 @@ The page (``/``, files in ``static/``) drives the JSON API below; the OpenAPI do
     POST /api/interactions/{id}/close                                 give up on the question
     GET  /api/interactions/{id}, GET /api/interactions?limit=         stored interactions
 
+Every ``/api/`` call needs the state folder's secret token in the ``X-Fedspear-Token`` header
+(:mod:`fedspear.serve.security`; the page reads it once from the ``?token=`` URL ``fedspear serve`` prints), and
+every POST a ``Content-Type: application/json``: a plain HTML form cannot send either, and a cross-origin
+``fetch`` that tries needs a CORS preflight, which is never granted. The page and its static files need no
+token (they hold no data).
+
 Streamed answers are newline-delimited JSON (``application/x-ndjson``): ``start``, ``token``..., then ``done``
-(sent only after the trace is committed) or ``error``. Requests are refused with a status code and a
-``detail`` message: 404 unknown id, 409 the interaction is in another state (e.g. judged in another tab),
-411/413 missing length or body over the limit, 422 bad input (too long, empty, control characters), 429 over
-the per-client rate (``Retry-After`` says when to retry). Requests whose Host is not the bound loopback name
-are refused (no DNS rebinding), and without CORS other sites cannot call the API.
+(sent only after the trace is committed) or ``error``. Requests are refused with a 4xx status code and a
+``detail`` message: 401 missing or wrong token, 404 unknown id, 409 the interaction is in another state (e.g.
+judged in another tab), 411/413 missing length or body over the limit, 415 a POST that is not JSON, 422 bad
+input (too long, empty, control characters, invalid Unicode), 429 over the rate limit (``Retry-After`` says when
+to retry). Requests whose Host is not the bound loopback name are refused (no DNS rebinding), and without CORS
+other sites cannot call the API.
+
+The rate limit (answers per minute) is keyed on the peer address of a request that carried the valid token,
+never on a header the client picks: it protects the device (one answer is generated at a time, so a runaway
+script or a stuck page would starve the person's own answers and fill the store with traces training would
+use), not secrecy, which the token provides.
 
 Run it with ``fedspear serve [--config PRESET] [--state DIR] [--port N] [KEY=VALUE ...]`` (binds 127.0.0.1).
 """
@@ -23,8 +35,10 @@ Run it with ``fedspear serve [--config PRESET] [--state DIR] [--port N] [KEY=VAL
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -36,12 +50,14 @@ from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from fedspear.serve.runtime import ClientRuntime, Plan
+from fedspear.serve.security import TOKEN_HEADER, page_url, token_matches
 from fedspear.serve.store import NotFoundError, StateError, StoreError
 
 logger = logging.getLogger("fedspear")
@@ -61,11 +77,13 @@ class ServeOptions:
         rate_per_minute: answers (questions + revisions) one client may request per minute.
         max_body_bytes: largest request body accepted.
         allowed_hosts: Host header values accepted (["*"] = any); default the loopback names.
+        token: the secret every API call must carry (None = the runtime's, i.e. the state folder's token).
     """
 
     rate_per_minute: int = 30
     max_body_bytes: int = 1024 * 1024
     allowed_hosts: list[str] | None = None
+    token: str | None = None
 
 
 # --------------------------------------------------------------------------- request and response bodies
@@ -159,8 +177,10 @@ class ErrorBody(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": why} for code, why in [
     (400, "malformed request (body not UTF-8 JSON, bad Content-Length or Host)"),
+    (401, "missing or wrong X-Fedspear-Token"),
     (404, "unknown interaction or task item"), (409, "the interaction is in another state"),
     (411, "a body without Content-Length"), (413, "body over the size limit"),
+    (415, "a POST without Content-Type: application/json"),
     (422, "invalid input"), (429, "over the rate limit"), (503, "the trace store cannot be used")]}
 _STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "the answer; with stream=true, newline-delimited JSON events",
@@ -221,13 +241,68 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
-def _client_key(request: Request, session: str | None) -> str:
-    if session and _SESSION_RE.match(session):
-        return f"session:{session}"
-    return f"host:{request.client.host if request.client else 'unknown'}"
+class TokenGate:
+    """ASGI middleware: every ``/api/`` request needs ``token`` in the ``X-Fedspear-Token`` header (else 401),
+    and every POST a JSON content type (else 415), checked before the body is read."""
+
+    UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token
+        self.header = TOKEN_HEADER.lower().encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            headers = dict(scope.get("headers", []))  # lower-case names; the last of repeated headers
+            status, detail = 0, ""
+            if not token_matches(headers.get(self.header), self.token):
+                status, detail = 401, ("missing or wrong token: open the page with the URL `fedspear serve` printed "
+                                       "(http://127.0.0.1:PORT/?token=...), or send the state folder's `token` "
+                                       f"file in the {TOKEN_HEADER} header")
+            elif scope["method"] in self.UNSAFE:
+                kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if kind != b"application/json":
+                    status, detail = 415, "send the request body as JSON (Content-Type: application/json)"
+            if status:
+                await JSONResponse({"detail": detail}, status_code=status,
+                                   headers={"WWW-Authenticate": TOKEN_HEADER} if status == 401 else None)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _client_key(request: Request, token: str) -> str:
+    """The rate-limit key: the peer address and (a digest of) the token it proved, never a client-chosen header."""
+    peer = request.client.host if request.client else "unknown"
+    return f"{peer}|{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` made renderable as strict UTF-8 JSON: lone surrogates replaced, non-finite floats and other
+    objects as text, nesting below 6 levels and strings over 200 characters cut (an error echoes its input)."""
+    if isinstance(value, str):
+        text = value.encode("utf-8", "replace").decode("utf-8")
+        return text if len(text) <= 200 else text[:200] + "…"
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= 6:
+        return "…"
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, depth + 1) for v in list(value)[:50]]
+    return json_safe(str(value), depth)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with FastAPI's error list, made JSON-safe (a lone surrogate in the input broke the default: HTTP 500)."""
+    return JSONResponse({"detail": json_safe(list(exc.errors()))}, status_code=422)
 
 
 def _session_name(session: str | None) -> str:
+    """The page's tab label stored with an interaction (not an identity: any caller with the token may set it)."""
     return session if session and _SESSION_RE.match(session) else "anonymous"
 
 
@@ -302,16 +377,20 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
         The app; run it with uvicorn, or call it in-process (tests).
     """
     options = options or ServeOptions()
+    token = options.token or runtime.token
     limiter = RateLimiter(options.rate_per_minute)
     app = FastAPI(title="fedspear client", version="1", docs_url=None, redoc_url=None,
-                  description="Ask, judge, hint, revise; every trace stays on this device.")
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts or LOOPBACK_NAMES)
+                  description="Ask, judge, hint, revise; every trace stays on this device. Every /api/ call needs "
+                              f"the state folder's token in the {TOKEN_HEADER} header.")
+    app.add_middleware(TokenGate, token=token)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts or LOOPBACK_NAMES)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.runtime = runtime
 
-    def rate_check(request: Request, session: str | None) -> None:
-        wait = limiter.hit(_client_key(request, session))
+    def rate_check(request: Request) -> None:
+        wait = limiter.hit(_client_key(request, token))
         if wait is not None:
             raise HTTPException(429, f"too many answers requested; at most {options.rate_per_minute} per minute, "
                                      f"retry in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
@@ -330,7 +409,9 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+        # opened as /?token=...: no-referrer keeps the token out of any request the page makes elsewhere
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store",
+                                                                "Referrer-Policy": "no-referrer"})
 
     @app.get("/api/status", responses=_ERRORS, summary="model, served adapter, store counts and limits")
     def status() -> dict[str, Any]:
@@ -351,7 +432,7 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
             plan = await asyncio.to_thread(runtime.prepare_ask, body.question, body.example_id, _session_name(session))
         except (ValueError, LookupError) as exc:
             _raise_http(exc)
-        rate_check(request, session)
+        rate_check(request)
         return await answer(plan, body.stream)
 
     @app.post("/api/interactions/{interaction_id}/verdict", response_model=InteractionView, responses=_ERRORS,
@@ -364,13 +445,13 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
 
     @app.post("/api/interactions/{interaction_id}/revise", response_model=AnswerResponse,
               responses={**_STREAM_RESPONSE, **_ERRORS}, summary="revise the latest wrong answer from a hint")
-    async def revise(body: ReviseRequest, request: Request, interaction_id: int = PathParam(..., ge=1, le=MAX_ID),
-                     session: str | None = Header(None, alias=SESSION_HEADER, max_length=200)) -> Any:
+    async def revise(body: ReviseRequest, request: Request,
+                     interaction_id: int = PathParam(..., ge=1, le=MAX_ID)) -> Any:
         try:
             plan = await asyncio.to_thread(runtime.prepare_revise, interaction_id, body.hint)
         except (StoreError, ValueError) as exc:
             _raise_http(exc)
-        rate_check(request, session)
+        rate_check(request)
         return await answer(plan, body.stream)
 
     @app.post("/api/interactions/{interaction_id}/close", response_model=InteractionView, responses=_ERRORS,
@@ -463,5 +544,7 @@ def serve(runtime: ClientRuntime, host: str = "127.0.0.1", port: int = 8000,
                        host)
         options.allowed_hosts = ["*"]
     app = create_app(runtime, options)
-    logger.info("fedspear serve: http://%s:%d (state %s)", host, port, runtime.state_dir)
+    logger.info("fedspear serve: state %s", runtime.state_dir)
+    # printed once, as notebook servers do: whoever has this URL (or reads STATE/token) can use the page
+    print(f"fedspear serve: open {page_url(host, port, options.token or runtime.token)}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

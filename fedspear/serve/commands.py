@@ -3,8 +3,9 @@
     fedspear serve [--config FILE|PRESET] [--state DIR] [--host 127.0.0.1] [--port 8000] [KEY=VALUE ...]
     fedspear train-local [--config FILE|PRESET] [--state DIR] [--client-id 0] [--lr LR] [KEY=VALUE ...]
 
-Both work on a client *state folder* (default ``fedspear-client``): ``traces.sqlite``, ``adapters/`` and
-``config.yaml``, the resolved config of the last ``serve``. Without ``--config``, a command uses the folder's
+Both work on a client *state folder* (default ``fedspear-client``, owner-only): ``traces.sqlite``, ``adapters/``,
+``token`` (the page's secret, see :mod:`fedspear.serve.security`) and ``config.yaml``, the resolved config of the
+last ``serve``. Without ``--config``, a command uses the folder's
 ``config.yaml`` when there is one, else the default preset (the built-in world), so ``train-local`` trains
 the model that ``serve`` serves.
 """
@@ -88,15 +89,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"fedspear serve needs the web packages ({exc.name} is missing): "
                           "pip install -e '.[serve]'") from None
     from fedspear.models import build_engine
-    from fedspear.serve.adapters import load_peft_adapter
+    from fedspear.serve.adapters import check_adapter, load_peft_adapter
     from fedspear.serve.runtime import STORE_FILE, ClientRuntime
+    from fedspear.serve.security import secure_state
     from fedspear.serve.store import TraceStore
     from fedspear.tasks import get_task
 
     if args.threads < 0:
         raise ConfigError("--threads must be 0 (torch's default) or more")
     state = Path(args.state)
-    state.mkdir(parents=True, exist_ok=True)
+    secure_state(state)  # owner-only folder and its token, before anything is written into it
     TraceStore(state / STORE_FILE).close()  # a damaged store fails now, not after loading the model
     initial = load_peft_adapter(args.adapter) if args.adapter else None
     if args.threads > 0:
@@ -104,9 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     engine = build_engine(cfg, get_task(cfg.data.dataset))
-    (state / CONFIG_FILE).write_text(cfg.to_yaml())
+    if initial is not None:  # refuse an adapter of another model or rank before the folder changes
+        check_adapter(initial, engine.adapter.params, f"--adapter {args.adapter}")
     runtime = ClientRuntime(engine, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
                             initial_label=f"from {args.adapter}" if args.adapter else "", seed=args.seed)
+    (state / CONFIG_FILE).write_text(cfg.to_yaml())
     try:
         serve(runtime, args.host, args.port, ServeOptions(rate_per_minute=args.rate))
     finally:
@@ -119,12 +123,14 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     cfg = client_config(args)
     from fedspear.models import build_engine
     from fedspear.serve.learning import train_local
+    from fedspear.serve.security import secure_state
     from fedspear.tasks import get_task
 
     state = Path(args.state)
     if not (state / "traces.sqlite").is_file():
         raise FileNotFoundError(f"{state / 'traces.sqlite'}: no trace store; start `fedspear serve --state {state}` "
                                 "and answer some questions first")
+    secure_state(state)  # the page's folder and token: owner-only, as `serve` keeps them
     engine = build_engine(cfg, get_task(cfg.data.dataset))
     summary = train_local(engine, state, client_id=args.client_id, lr=args.lr)
     if summary["published"] is None:

@@ -134,6 +134,10 @@ def publish_global(registry: AdapterRegistry, engine: Engine, state: dict[str, t
     Publishing the tensors the current version already holds (for the same base model) is a no-op that returns
     the current version, so a global adapter that reaches the device twice (after a round, then with the next
     round's job) is one version.
+
+    Raises:
+        AdapterError: ``state`` does not fit the engine's adapter (names, shapes, float dtype, finite values);
+            nothing is published.
     """
     model = model_fingerprint(engine)
     current = registry.current()
@@ -141,7 +145,7 @@ def publish_global(registry: AdapterRegistry, engine: Engine, state: dict[str, t
         served = registry.load(current)
         if served.keys() == state.keys() and all(torch.equal(served[k], state[k].detach().cpu()) for k in state):
             return current
-    return registry.publish(state, label, model)
+    return registry.publish(state, label, model, reference=engine.adapter.params)
 
 
 def train_local(engine: Engine, state_dir: str | Path, client_id: int = 0, lr: float | None = None) -> dict[str, Any]:

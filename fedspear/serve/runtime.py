@@ -32,6 +32,7 @@ from fedspear.generation import GenSettings
 from fedspear.models import Engine
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
 from fedspear.serve.learning import update_from_store
+from fedspear.serve.security import secure_state
 from fedspear.serve.store import AWAITING_HINT, STORE_FILE, Interaction, NewAttempt, StateError, TraceStore
 from fedspear.serve.streaming import StreamResult, stream_answer
 from fedspear.tasks.base import DataError, Example
@@ -136,7 +137,8 @@ class ClientRuntime:
 
     Args:
         engine: a loaded engine (model, tokenizer, task, config).
-        state_dir: the client's state folder; holds ``traces.sqlite`` and ``adapters/``.
+        state_dir: the client's state folder; holds ``traces.sqlite``, ``adapters/`` and ``token`` (made
+            owner-only, :func:`fedspear.serve.security.secure_state`; the token is ``self.token``).
         limits: input limits.
         token_delay_s: pause after each generated token (demos and crash tests).
         initial_adapter: adapter tensors to publish and serve at start (``fedspear serve --adapter``).
@@ -152,6 +154,7 @@ class ClientRuntime:
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
         self.lock = threading.Lock()
+        self.token = secure_state(self.state_dir)  # owner-only folder; the API's secret token
         self.store = TraceStore(self.state_dir / STORE_FILE)
         self.registry = AdapterRegistry(self.state_dir / ADAPTERS_DIR)
         self.live = LiveAdapter(engine, self.registry)

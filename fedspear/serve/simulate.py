@@ -62,15 +62,17 @@ class ApiClient:
         base_url: e.g. ``http://127.0.0.1:8000``.
         session: the ``X-Fedspear-Session`` id this client sends.
         timeout_s: per-request timeout.
+        token: the served client's secret (``ClientRuntime.token``, its state folder's ``token`` file), sent in
+            the ``X-Fedspear-Token`` header.
     """
 
-    def __init__(self, base_url: str, session: str = "scripted", timeout_s: float = 300.0) -> None:
+    def __init__(self, base_url: str, session: str = "scripted", timeout_s: float = 300.0, token: str = "") -> None:
         self.base_url, self.session, self.timeout_s = base_url.rstrip("/"), session, timeout_s
+        self.headers = {"Content-Type": "application/json", "X-Fedspear-Session": session, "X-Fedspear-Token": token}
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "X-Fedspear-Session": self.session})
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as res:  # noqa: S310 - loopback URL we built
                 return json.loads(res.read())
@@ -87,8 +89,7 @@ class ApiClient:
     def stream(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float | None, float]:
         """A streamed answer, timed at the client: (done event, seconds to the first token, seconds to done)."""
         req = urllib.request.Request(self.base_url + path, data=json.dumps({**body, "stream": True}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json",
-                                                             "X-Fedspear-Session": self.session})
+                                     method="POST", headers=self.headers)
         start = time.perf_counter()
         first: float | None = None
         try:
@@ -309,7 +310,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         for srv in servers:
             srv.__enter__()
         judged = task_with_feedback(task, cfg)  # the people judge and hint as feedback.provider does
-        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}"), judged, cfg)
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=runtimes[i].token), judged, cfg)
                   for i, srv in enumerate(servers)]
         runner = ServedClients(runtimes, people, parts, questions)
         server = FederatedServer(cfg, record, build_engine(cfg, task), data.eval, publish=publish)
@@ -359,7 +360,7 @@ def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, s
     rng = random.Random(seed)
     try:
         with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10**6))) as server:
-            api = ApiClient(server.url, session="latency")
+            api = ApiClient(server.url, session="latency", token=runtime.token)
             person = ScriptedPerson(api, task, cfg)
             api.stream("/api/ask", {"question": "warm-up"})  # first call pays one-time costs
             for ex in rng.sample(examples, min(conversations, len(examples))):

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedspear.serve.security import owner_only_file
+
 SCHEMA_VERSION = 1
 STORE_FILE = "traces.sqlite"  # the store's file name in a client's state folder
 
@@ -178,7 +180,8 @@ class TraceStore:
     """The SQLite trace store of one client (see the module docstring).
 
     Args:
-        path: the database file (created with its folder when missing).
+        path: the database file (created with its folder when missing; the file is made owner-only, ``0600``,
+            and SQLite gives its journal files the same mode).
         timeout_s: how long to wait for another process's write lock.
 
     Raises:
@@ -187,8 +190,15 @@ class TraceStore:
 
     def __init__(self, path: str | Path, timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        try:
+            for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                         self.path.with_name(self.path.name + "-shm")):
+                if path == self.path or path.exists():  # SQLite gives new journal files the database's mode
+                    owner_only_file(path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the trace store ({exc.strerror})") from None
         try:
             self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
                                        check_same_thread=False)

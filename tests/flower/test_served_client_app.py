@@ -34,7 +34,7 @@ def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     })
     reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, engine=engine)
 
-    wire.check_client_content(reply)
+    wire.check_client_content(reply, content[wire.GLOBAL])
     assert set(reply.keys()) == {wire.ADAPTER, wire.METRICS}
     assert reply[wire.METRICS][wire.WEIGHT_KEY] == 2.0 and reply[wire.METRICS]["wins_revision"] == 1.0
     payload = serde.recorddict_to_proto(reply).SerializeToString()

@@ -6,8 +6,9 @@ import pytest
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install -e '.[flower]')")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedspear.algorithms.base import LocalUpdateResult  # noqa: E402
 from fedspear.flower import wire  # noqa: E402
@@ -46,14 +47,16 @@ def test_record_to_state_refuses_another_layout():
 
 
 def test_train_reply_holds_only_adapter_and_scalar_metrics():
-    metrics = {"wins": 3, "y0_accuracy": 0.5, "note": "the prompt text", "bad": float("nan"), "flag": True,
-               "per_step": [0.1, 0.2], "nested": {"a": 1}, "none": None}
+    metrics = {"wins": 3, "y0_accuracy": 0.5, "note": "the prompt text", "bad": float("nan"), "steps": True,
+               "per_step": [0.1, 0.2], "nested": {"a": 1}, "none": None, "losses": [5, 17, 9],
+               "revision_attempts_2": 1, "loss_win": 0.25, "What color is the zorvik?": 1.0}
     result = LocalUpdateResult({"k": torch.ones(2)}, 3.0, metrics)
     content = wire.train_reply_content(result)
     assert sorted(content.keys()) == ["adapter", "metrics"]
-    assert dict(content["metrics"]) == {"wins": 3, "y0_accuracy": 0.5, "flag": 1, "per_step": [0.1, 0.2],
-                                        "weight": 3.0}
-    wire.check_client_content(content)
+    # known names with one finite number each; text, lists (token ids), NaN and unknown names never leave
+    assert dict(content["metrics"]) == {"wins": 3, "y0_accuracy": 0.5, "steps": 1, "revision_attempts_2": 1,
+                                        "loss_win": 0.25, "weight": 3.0}
+    wire.check_client_content(content, {"k": torch.zeros(2)})
     report = wire.report_from_reply(4, _message(content), {"k": torch.zeros(2)})
     assert report.client_id == 4 and report.weight == 3.0 and report.error is None
     assert torch.equal(report.adapter["k"], torch.ones(2)) and report.metrics["wins"] == 3
@@ -67,7 +70,8 @@ def test_client_without_update_sends_no_tensors():
 
 
 @pytest.mark.parametrize("content, match", [
-    (RecordDict({"metrics": MetricRecord({"a": 1}), "config": ConfigRecord({"prompt": "what is 2+2?"})}), "not 'config'"),
+    (RecordDict({"metrics": MetricRecord({"wins": 1}), "config": ConfigRecord({"prompt": "what is 2+2?"})}),
+     "not 'config'"),
     (RecordDict({"metrics": ConfigRecord({"a": "text"})}), "must be a MetricRecord"),
     (RecordDict({"adapter": MetricRecord({"a": 1})}), "must be a ArrayRecord"),
 ])
@@ -83,23 +87,94 @@ def test_wire_guard_mod_checks_and_logs_every_reply(tmp_path, monkeypatch):
     class Ctx:
         node_config = {"partition-id": 1, "secret": ["x"]}
 
-    msg = _message(RecordDict({}))
-    good = RecordDict({"metrics": MetricRecord({"a": 1}), "adapter": ArrayRecord({})})
+    msg = _message(RecordDict({"global": wire.state_to_record({"k": torch.zeros(2)})}))
+    good = RecordDict({"metrics": MetricRecord({"wins": 1}), "adapter": wire.state_to_record({"k": torch.ones(2)})})
     reply = wire.wire_guard(msg, Ctx(), lambda m, c: Message(good, reply_to=m))
     assert reply.content is good
-    with pytest.raises(wire.WireError):
-        wire.wire_guard(msg, Ctx(), lambda m, c: Message(RecordDict({"x": ConfigRecord({"t": "s"})}), reply_to=m))
+    refused = wire.wire_guard(msg, Ctx(), lambda m, c: Message(RecordDict({"x": ConfigRecord({"t": "s"})}),
+                                                                 reply_to=m))
+    assert refused.has_error() and not refused.has_content()  # the refused content never left
     wire.wire_guard(msg, Ctx(), lambda m, c: Message(Error(code=2, reason="boom"), reply_to=m))
     import json
 
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(lines) == 2  # the refused reply never left
-    assert lines[0]["records"]["metrics"] == {"kind": "metrics", "values": {"a": "int"}}
+    assert len(lines) == 3
+    assert lines[0]["records"]["metrics"] == {"kind": "metrics", "values": {"wins": "int"}}
     assert lines[0]["node_config"] == {"partition-id": 1}
-    assert lines[1]["error"] == {"code": 2, "reason": "boom"}
+    assert lines[1]["error"]["code"] == wire.WIRE_REFUSED_CODE and "records" not in lines[1]
+    assert lines[2]["error"] == {"code": 2, "reason": "boom"}
 
 
 def test_error_reply_is_a_failure():
     reply = Message(Error(code=5, reason="node unavailable"), reply_to=_message(RecordDict({})))
     report = wire.report_from_reply(2, reply, {})
     assert report.error == "client error 5: node unavailable" and report.adapter is None
+
+
+# --------------------------------------------------------------------------- what the guard refuses (issue 12)
+
+GLOBAL_STATE = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
+SECRET = "What color is the zorvik? Hint: think of grass"
+
+
+@pytest.mark.parametrize(("records", "match"), [
+    ({"metrics": MetricRecord({SECRET: 1.0})}, "may not hold a metric of that name"),  # prompt text as a name
+    ({"metrics": MetricRecord({"wins": [3923, 1502, 88, 2]})}, "not one finite number"),  # token ids as a list
+    ({"metrics": MetricRecord({"wins": [0.5, 1.5]})}, "not one finite number"),
+    ({"metrics": MetricRecord({"y0_accuracy": float("nan")})}, "not one finite number"),
+    ({"metrics": MetricRecord({"weight": float("inf")})}, "not one finite number"),
+    ({"identity": MetricRecord({"client-id": 1, "wins": 2})}, "'identity' may not hold"),
+    ({"adapter": ArrayRecord({**{k: Array(v.numpy()) for k, v in GLOBAL_STATE.items()},
+                              "a.lora_A.weight": Array(np.frombuffer(SECRET.encode()[:6], np.uint8).reshape(2, 3))})},
+     "dtype uint8, not a float"),  # UTF-8 bytes in a tensor of the right shape
+    ({"adapter": ArrayRecord({**{k: Array(v.numpy()) for k, v in GLOBAL_STATE.items()},
+                              "a.lora_B.weight": Array(np.zeros((3, 2), np.int64))})}, "dtype int64"),
+    ({"adapter": ArrayRecord({**{k: Array(v.numpy()) for k, v in GLOBAL_STATE.items()},
+                              "notes": Array(np.zeros(4, np.float32))})}, "tensor names differ"),
+    ({"adapter": ArrayRecord({"a.lora_A.weight": Array(np.zeros((2, 3), np.float32))})}, "tensor names differ"),
+    ({"adapter": ArrayRecord({"a.lora_A.weight": Array(np.zeros((2, 3), np.float32)),
+                              "a.lora_B.weight": Array(np.zeros((3, 200), np.float32))})}, r"shape \(3, 200\)"),
+])
+def test_guard_checks_names_dtypes_and_shapes(records, match):
+    with pytest.raises(wire.WireError, match=match) as err:
+        wire.check_client_content(RecordDict(records), wire.state_to_record(GLOBAL_STATE))
+    assert "zorvik" not in str(err.value)  # the refusal does not repeat the text it refused
+
+
+def test_guard_accepts_the_adapter_it_sent_in_float_dtypes_only_with_a_global():
+    ok = RecordDict({"adapter": ArrayRecord({k: Array(v.numpy().astype(np.float16)) for k, v in GLOBAL_STATE.items()}),
+                     "metrics": MetricRecord({"wins": 2, "loss_total": 0.5, "revision_successes_1": 1, "weight": 2.0})})
+    wire.check_client_content(ok, wire.state_to_record(GLOBAL_STATE))
+    wire.check_client_content(ok, GLOBAL_STATE)
+    with pytest.raises(wire.WireError, match="sent no global adapter"):
+        wire.check_client_content(ok)
+
+
+def test_every_loss_term_the_algorithms_report_is_a_known_metric():
+    from fedspear.algorithms import losses
+
+    for stats in (losses.SpearStats, losses.GRPOStats, losses.RLTFSDStats, losses.DistillStats):
+        for field in ("total", *stats._fields):
+            assert wire.known_metric(f"loss_{field}"), (stats.__name__, field)
+    assert not wire.known_metric("loss_the zorvik is green") and not wire.known_metric("revision_attempts_1x")
+
+
+def test_a_failing_client_reply_carries_a_fixed_code_and_no_paths_or_text(caplog):
+    msg = _message(RecordDict({}))
+
+    class Ctx:
+        node_config = {}
+
+    def fails(m, c):
+        raise FileNotFoundError(f"/home/person/data/private.jsonl: row 3 '{SECRET}' is broken")
+
+    with caplog.at_level("ERROR", logger="fedspear"):
+        reply = wire.wire_guard(msg, Ctx(), fails)
+    assert reply.has_error() and reply.error.code == wire.CLIENT_FAILED_CODE
+    assert reply.error.reason == "the client failed (FileNotFoundError); see the node's log"
+    assert "private.jsonl" in caplog.text and SECRET in caplog.text  # the full message stays in the node's log
+    leaky = wire.wire_guard(msg, Ctx(), lambda m, c: Message(RecordDict({"metrics": MetricRecord({SECRET: 1})}),
+                                                             reply_to=m))
+    assert leaky.error.code == wire.WIRE_REFUSED_CODE and "zorvik" not in leaky.error.reason
+    report = wire.report_from_reply(3, reply, GLOBAL_STATE)
+    assert report.error == f"client error {wire.CLIENT_FAILED_CODE}: {reply.error.reason}" and "/home" not in report.error

@@ -68,11 +68,14 @@ def teach(served, right: str, fixed: str, hint: str) -> None:
     served.verdict(iid, 1, True)
 
 
-def http(method: str, url: str, body: dict | None = None, session: str = "test", timeout: float = 60.0):
-    """(status, parsed JSON or text) of one request."""
+def http(method: str, url: str, body: dict | None = None, session: str = "test", timeout: float = 60.0,
+         token: str = ""):
+    """(status, parsed JSON or text) of one request (with the served client's ``token`` when given)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", "X-Fedspear-Session": session})
+    headers = {"Content-Type": "application/json", "X-Fedspear-Session": session}
+    if token:
+        headers["X-Fedspear-Token"] = token
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as res:
             raw = res.read()
@@ -93,6 +96,7 @@ class ServeProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.state = state
         self.log = state.parent / f"serve-{state.name}-{self.port}.log"
         state.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "fedspear", "serve", "--state", str(state), "--port", str(self.port),
@@ -100,13 +104,23 @@ class ServeProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
 
+    @property
+    def token(self) -> str:
+        """The state folder's secret (what the page URL `fedspear serve` prints carries)."""
+        path = self.state / "token"
+        return path.read_text().strip() if path.is_file() else ""
+
+    def api(self, method: str, path: str, body: dict | None = None, **kw: object):
+        """``http`` on this server with its token."""
+        return http(method, self.url + path, body, token=self.token, **kw)
+
     def wait_ready(self, timeout: float = 180.0) -> ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fedspear serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                status, _ = http("GET", self.url + "/api/status", timeout=5)
+                status, _ = http("GET", self.url + "/api/status", timeout=5, token=self.token)
                 if status == 200:
                     return self
             except OSError:

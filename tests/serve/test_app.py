@@ -16,6 +16,8 @@ from fedspear.serve.app import RateLimiter, ServeOptions, ThreadedServer, create
 from fedspear.serve.runtime import ClientRuntime, person_feedback  # noqa: E402
 from fedspear.tasks.prompts import build_revision_prompt  # noqa: E402
 
+JSON = {"Content-Type": "application/json"}
+
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
@@ -28,6 +30,7 @@ def runtime(tmp_path_factory):
 def client(runtime):
     with TestClient(create_app(runtime, ServeOptions(rate_per_minute=10_000)), base_url="http://127.0.0.1") as c:
         c.headers["X-Fedspear-Session"] = "tab-a"
+        c.headers["X-Fedspear-Token"] = runtime.token
         yield c
 
 
@@ -112,7 +115,7 @@ def test_out_of_turn_and_malformed_requests(client):
     assert client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 0, "correct": False}).status_code == 200
     assert client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 0, "correct": True}).status_code == 409
     assert client.post(f"/api/interactions/{iid}/revise", json={"hint": "h" * 501}).status_code == 422
-    assert client.post(f"/api/interactions/{iid}/close").json()["state"] == "unfixed"
+    assert client.post(f"/api/interactions/{iid}/close", headers=JSON).json()["state"] == "unfixed"
     assert client.post("/api/interactions/999999/verdict", json={"attempt": 0, "correct": True}).status_code == 404
     assert client.get("/api/interactions/0").status_code == 422
     assert client.get(f"/api/interactions/{2**70}").status_code == 422
@@ -128,12 +131,18 @@ def test_rate_limit_per_client(runtime):
     assert limiter.hit("a", now=2.0) == pytest.approx(58.0) and limiter.hit("b", now=2.0) is None
     assert limiter.hit("a", now=60.5) is None  # the first hit left the window
     with TestClient(create_app(runtime, ServeOptions(rate_per_minute=2)), base_url="http://127.0.0.1") as c:
+        c.headers["X-Fedspear-Token"] = runtime.token
         ask = {"question": "What color is the zorvik?"}
         assert [c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "fast"}).status_code
                 for _ in range(3)] == [200, 200, 429]
         res = c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "fast"})
         assert res.status_code == 429 and int(res.headers["Retry-After"]) >= 1 and "per minute" in res.json()["detail"]
-        assert c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "other"}).status_code == 200
+        # the key is the token-bound client, not the tab label it sends: rotating made-up sessions does not reset it
+        assert [c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": f"other-{i}"}).status_code
+                for i in range(3)] == [429, 429, 429]
+        assert c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "x" * 300}).status_code == 422
+        # nor does a wrong token get through to the limiter or the model
+        assert c.post("/api/ask", json=ask, headers={"X-Fedspear-Token": "x" * 43}).status_code == 401
 
 
 def test_a_new_global_adapter_answers_without_restart(client, runtime):
@@ -154,13 +163,15 @@ def test_two_tabs_at_once_over_http(runtime):
     with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10_000))) as server:
         def tab(name: str) -> None:
             for _ in range(3):
-                status, done = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"}, name)
+                status, done = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"}, name,
+                                    token=runtime.token)
                 iid = done["interaction"]["id"]
                 steps = [http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False},
-                              name),
-                         http("POST", f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"}, name),
+                              name, token=runtime.token),
+                         http("POST", f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"}, name,
+                              token=runtime.token),
                          http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 1, "correct": True},
-                              name)]
+                              name, token=runtime.token)]
                 if status != 200 or [s for s, _ in steps] != [200, 200, 200]:
                     errors.append(f"{name}: {status} {[s for s, _ in steps]}")
 
@@ -169,8 +180,93 @@ def test_two_tabs_at_once_over_http(runtime):
             t.start()
         for t in threads:
             t.join()
-        _, mine = http("GET", server.url + "/api/interactions?limit=50", session="tab-0")
+        _, mine = http("GET", server.url + "/api/interactions?limit=50", session="tab-0", token=runtime.token)
     assert errors == []
     assert runtime.store.counts()["total"] == before + 6
     assert len(mine) == 3 and all(it["session"] == "tab-0" and it["state"] == "fixed" for it in mine)
     assert runtime.store.integrity() == "ok"
+
+
+# --------------------------------------------------------------------------- who may call the API (issue 12)
+
+API_CALLS = [("GET", "/api/status", None), ("GET", "/api/examples", None), ("GET", "/api/interactions", None),
+             ("GET", "/api/interactions/1", None), ("POST", "/api/ask", {"question": "q"}),
+             ("POST", "/api/interactions/1/verdict", {"attempt": 0, "correct": False}),
+             ("POST", "/api/interactions/1/revise", {"hint": "h"}), ("POST", "/api/interactions/1/close", {})]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), API_CALLS)
+def test_every_api_call_needs_the_token(runtime, method, path, body):
+    with TestClient(create_app(runtime), base_url="http://127.0.0.1") as c:
+        for headers in ({}, {"X-Fedspear-Token": ""}, {"X-Fedspear-Token": runtime.token[:-1]},
+                        {"X-Fedspear-Token": runtime.token + "x"}, {"Cookie": f"fedspear_token={runtime.token}"},
+                        {"Authorization": f"Bearer {runtime.token}"}):
+            res = c.request(method, path, json=body, headers=headers)
+            assert res.status_code == 401 and "?token=" in res.json()["detail"], (headers, res.text)
+        # the page and its files hold no data and load without it, and tell how to get in
+        page = c.get("/")
+        assert page.status_code == 200 and 'data-testid="locked"' in page.text and "token" in page.text
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+        assert "X-Fedspear-Token" in c.get("/static/app.js").text
+        ok = c.request(method, path, json=body, headers={"X-Fedspear-Token": runtime.token})
+        assert ok.status_code != 401
+
+
+def test_cross_site_form_post_cannot_close_an_interaction(client, runtime):
+    """What a page on another origin can send without a CORS preflight: a form post (no custom header)."""
+    done = client.post("/api/ask", json={"question": "Where does the zorvik live?"}).json()
+    iid = done["interaction"]["id"]
+    client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 0, "correct": False})
+    before = runtime.store.get(iid)
+    assert before.state == "awaiting_hint"
+    evil = {"Origin": "http://evil.example", "X-Fedspear-Token": ""}
+    for content_type, data in [("application/x-www-form-urlencoded", b""), ("multipart/form-data; boundary=x",
+                                                                            b"--x--"), ("text/plain", b"{}")]:
+        res = client.post(f"/api/interactions/{iid}/close", content=data, headers={**evil, "Content-Type": content_type})
+        assert res.status_code == 401 and "detail" in res.json()
+    # even with the token, a state change must be JSON (a form cannot set both)
+    res = client.post(f"/api/interactions/{iid}/close", content=b"", headers={"Content-Type": "text/plain"})
+    assert res.status_code == 415 and "application/json" in res.json()["detail"]
+    after = runtime.store.get(iid)
+    assert after.state == "awaiting_hint" and after.updated_at == before.updated_at  # no lose trace was made
+    assert "access-control-allow-origin" not in {k.lower() for k in res.headers}
+    pre = client.options("/api/ask", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "x-fedspear-token"})
+    assert "access-control-allow-origin" not in {k.lower() for k in pre.headers}
+
+
+@pytest.mark.parametrize(("raw", "status", "detail"), [
+    (b'{"question": "\\ud800"}', 422, "string_unicode"),  # a lone surrogate (was HTTP 500)
+    (b'{"question": "ok", "colour": "\\udfff\\ud800"}', 422, "extra_forbidden"),
+    (b'{"\\ud800": 1}', 422, "string_unicode"),  # ... in a key
+    (b'{"question": "\xff\xfe\xc3"}', 400, "error parsing the body"),  # invalid UTF-8 bytes
+    (b'{"question": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "error parsing the body"),  # deep nesting
+    (b'{"question": ' + b"[" * 300 + b"]" * 300 + b"}", 422, "string_type"),  # deep, parses: echo cut short
+    (b'{"question": ' + b"9" * 5000 + b"}", 400, "error parsing the body"),  # an int past Python's digit limit
+    (b'{"question": 1e999}', 422, "string_type"),  # parses as inf (was HTTP 500)
+    (b'{"question": NaN}', 422, "string_type"),
+])
+def test_malformed_json_is_a_4xx_with_detail(client, raw, status, detail):
+    res = client.post("/api/ask", content=raw, headers=JSON)
+    assert res.status_code == status and detail in res.text
+    assert res.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", [b'{"attempt": 1e999, "correct": true}', b'{"attempt": -Infinity, "correct": true}',
+                                 b'{"attempt": ' + b"1" * 4000 + b', "correct": true}', b'{"attempt": 0, "correct": "\\udc80"}'])
+def test_huge_numbers_and_surrogates_in_a_verdict(client, raw):
+    res = client.post("/api/interactions/1/verdict", content=raw, headers=JSON)
+    assert res.status_code == 422 and res.json()["detail"]
+
+
+def test_json_safe_keeps_what_renders_and_fixes_what_does_not():
+    from fedspear.serve.app import json_safe
+
+    assert json_safe({"a": [1, 2.5, None, True, "é"]}) == {"a": [1, 2.5, None, True, "é"]}
+    assert json_safe(["\ud800x", float("inf"), float("nan")]) == ["?x", "inf", "nan"]
+    assert json_safe("y" * 300) == "y" * 200 + "…"
+    deep: list = []
+    for _ in range(20):
+        deep = [deep]
+    assert json_safe(deep) == [[[[[["…"]]]]]]
+    json.dumps(json_safe({"ctx": ValueError("\udc80")}), allow_nan=False).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,10 +20,11 @@ def tiny_world(tmp_path_factory):
     return tiny_world_dir(tmp_path_factory)
 
 
-def _stream_first_token(url: str, body: dict) -> dict:
+def _stream_first_token(url: str, body: dict, token: str) -> dict:
     """Start a streamed answer and return once its first token arrived (the answer is still being generated)."""
     req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "X-Fedspear-Session": "test"})
+                                 headers={"Content-Type": "application/json", "X-Fedspear-Session": "test",
+                                          "X-Fedspear-Token": token})
     res = urllib.request.urlopen(req, timeout=60)
     events = []
     while not any(e["event"] == "token" for e in events):
@@ -34,34 +36,42 @@ def test_kill_9_mid_revision_restart_train_and_the_new_adapter_answers(tiny_worl
     state = tmp_path / "client"
     # a slow model (0.4 s per token) so that the kill lands while a revision is being generated
     with ServeProcess(state, tiny_world, "--token-delay-ms", "400") as server:
-        spec = http("GET", server.url + "/openapi.json")[1]
+        token = server.token
+        # the page URL with the token is printed once; the folder, store, token and adapters are owner-only
+        assert len(token) >= 40 and server.log.read_text().count(f"http://127.0.0.1:{server.port}/?token={token}") == 1
+        assert {p: oct(os.stat(state / p).st_mode & 0o777) for p in ("", "token", "traces.sqlite", "adapters")} == {
+            "": "0o700", "token": "0o600", "traces.sqlite": "0o600", "adapters": "0o700"}
+        assert http("GET", server.url + "/api/status")[0] == 401
+        spec = server.api("GET", "/openapi.json")[1]
         assert spec["info"]["title"] == "fedspear client" and "/api/ask" in spec["paths"]
-        status, done = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"})
+        status, done = server.api("POST", "/api/ask", {"question": "What color is the zorvik?"})
         assert status == 200 and done["adapter"]["version"] == 0
         iid, y0 = done["interaction"]["id"], done["interaction"]["attempts"][0]["text"]
-        assert http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False})[0] == 200
-        partial = _stream_first_token(f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"})
+        assert server.api("POST", f"/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False})[0] == 200
+        partial = _stream_first_token(f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"},
+                                      server.token)
         assert partial["events"][0]["event"] == "start"
         server.kill9()
         partial["response"].close()
     assert (state / "traces.sqlite-wal").exists() or (state / "traces.sqlite").exists()
 
     with ServeProcess(state, tiny_world) as server:  # the same state folder, a fresh process
-        status, it = http("GET", f"{server.url}/api/interactions/{iid}")
+        assert server.token == token  # one token per state folder, kept across restarts
+        status, it = server.api("GET", f"/api/interactions/{iid}")
         # everything acknowledged survived; the unacknowledged revision left no trace
         assert status == 200 and it["state"] == "awaiting_hint" and len(it["attempts"]) == 1
         assert it["attempts"][0]["text"] == y0 and it["attempts"][0]["verdict"] is False
-        status, rev = http("POST", f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"})
+        status, rev = server.api("POST", f"/api/interactions/{iid}/revise", {"hint": "think of grass"})
         assert status == 200 and rev["attempt"] == 1
-        assert http("POST", f"{server.url}/api/interactions/{iid}/verdict",
+        assert server.api("POST", f"/api/interactions/{iid}/verdict",
                     {"attempt": 1, "correct": True})[1]["state"] == "fixed"
 
         summary = run_train_local(state, tiny_world)  # uses the state folder's config.yaml, as serve wrote it
         assert summary["published"]["version"] == 1 and summary["metrics"]["wins_revision"] == 1.0
 
-        status, again = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"})
+        status, again = server.api("POST", "/api/ask", {"question": "What color is the zorvik?"})
         assert again["adapter"]["version"] == 1 and again["adapter"]["label"] == "local round 1"
-        assert http("GET", server.url + "/api/status")[1]["counts"]["fixed"] == 1
+        assert server.api("GET", "/api/status")[1]["counts"]["fixed"] == 1
         server.stop()
         assert server.proc.returncode == 0
 
@@ -89,3 +99,31 @@ def test_clear_errors_before_loading_anything(tiny_world, tmp_path):
     out = subprocess.run([sys.executable, "-m", "fedspear", "train-local", "--state", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no trace store" in out.stderr
+
+
+def test_an_adapter_of_another_rank_is_refused_and_the_folder_is_unchanged(tiny_world, tmp_path):
+    from serve_fixtures import make_engine, serve_overrides
+
+    from fedspear.models import save_adapter
+    from fedspear.serve.runtime import ClientRuntime
+
+    other = make_engine(tiny_world, **{"lora.r": 4})
+    save_adapter(other, other.global_state, tmp_path / "rank4")
+    state = tmp_path / "client"
+    ClientRuntime(make_engine(tiny_world), state, seed=0).close()  # a client that served its initial adapter
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(state)): p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    from fedspear.serve.app import free_port
+
+    cmd = [sys.executable, "-m", "fedspear", "serve", "--state", str(state), "--port", str(free_port()),
+           "--config", "default", "--adapter", str(tmp_path / "rank4"), *serve_overrides(tiny_world)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("fedspear: error")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(errors) == 1 and "shape" in errors[0] and "(4, " in errors[0] and "LoRA rank" in errors[0]
+    assert snapshot() == before  # nothing published: the next serve / train-local still work
+    # the refused adapter never became current; the client still serves (and loads) its own v0
+    ClientRuntime(make_engine(tiny_world), state, seed=0).close()

@@ -102,7 +102,8 @@ def test_update_trains_from_the_global_adapter_and_only_numbers_leave(engine, tm
         from flwr.common import serde
 
         content = wire.train_reply_content(result)
-        wire.check_client_content(content)
+        wire.check_client_content(content, before)
+        assert set(content["metrics"].keys()) == {*result.metrics, "weight"}  # every metric SPEAR reports is known
         payload = serde.recorddict_to_proto(content).SerializeToString()
         assert set(content.keys()) == {"adapter", "metrics"}
         for text in (secret, "zorvik", "What color", "Answer:"):

@@ -2,6 +2,18 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// The state folder's secret: read once from the ?token= link `fedspear serve` printed, then kept in this origin's
+// storage (other sites cannot read it) and sent in a header with every API call.
+const TOKEN = (() => {
+  const url = new URL(window.location.href);
+  const given = url.searchParams.get("token");
+  if (given) {
+    localStorage.setItem("fedspear-token", given);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url.pathname + url.search + url.hash);  // keep it out of the address bar
+  }
+  return given || localStorage.getItem("fedspear-token") || "";
+})();
 const SESSION = (() => {
   let s = sessionStorage.getItem("fedspear-session");
   if (!s) {
@@ -21,13 +33,28 @@ function showError(message) {
   el.hidden = !message;
 }
 
+function headers() {
+  return { "Content-Type": "application/json", "X-Fedspear-Session": SESSION, "X-Fedspear-Token": TOKEN };
+}
+
+// Without the token (or with an old one) every call is refused with 401: say how to get in.
+function locked(res) {
+  if (res.status !== 401) return false;
+  $("locked").hidden = false;
+  $("ask-panel").hidden = true;
+  return true;
+}
+
 async function api(method, path, body) {
   const res = await fetch(path, {
     method,
-    headers: { "Content-Type": "application/json", "X-Fedspear-Session": SESSION },
+    headers: headers(),
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  if (!res.ok) throw new Error(await errorText(res));
+  if (!res.ok) {
+    if (locked(res)) throw new Error("this page needs its link with the token (see above)");
+    throw new Error(await errorText(res));
+  }
   return res.json();
 }
 
@@ -114,10 +141,13 @@ async function streamAnswer(path, body, card) {
   const meta = card.querySelector(".meta");
   const res = await fetch(path, {
     method: "POST",
-    headers: { "Content-Type": "application/json", "X-Fedspear-Session": SESSION },
+    headers: headers(),
     body: JSON.stringify({ ...body, stream: true }),
   });
-  if (!res.ok) throw new Error(await errorText(res));
+  if (!res.ok) {
+    if (locked(res)) throw new Error("this page needs its link with the token (see above)");
+    throw new Error(await errorText(res));
+  }
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
