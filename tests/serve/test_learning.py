@@ -121,7 +121,8 @@ def _logp(engine, x0: list[int], ids: list[int]) -> float:
 
 def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp_path):
     """Teach a wrong answer away through the steps the page calls: wrong, hint, accept the revision, train."""
-    engine = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02})
+    # top_k 0: the sampled revision this test was written against (gen.top_k=50 samples another one)
+    engine = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
     runtime = ClientRuntime(engine, tmp_path / "client", seed=3)
     ex_id = runtime.list_examples(1, group="misconception", kind="mc")[0]["id"]
     done = runtime.run_to_end(runtime.prepare_ask(example_id=ex_id))
