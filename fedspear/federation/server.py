@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from fedspear import privacy
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
@@ -36,6 +37,7 @@ from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Engine, save_adapter
 from fedspear.records import RunRecord, write_report
 from fedspear.tasks.base import Example
+from fedspear.tracking import Trackers
 
 logger = logging.getLogger("fedspear")
 
@@ -166,6 +168,7 @@ class FederatedServer:
         self.engine = engine
         self.eval_set = eval_set
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
+        self.trackers = Trackers(cfg, record.run_dir)
 
     @property
     def global_state(self) -> State:
@@ -216,8 +219,11 @@ class FederatedServer:
             new_state, info = {k: v.clone() for k, v in self.global_state.items()}, {"num_aggregated": 0}
             info["skipped_round"] = f"only {len(results)} client results < fl.min_clients={min_clients}"
             logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
+        elif self.cfg.dp.mode == "central":
+            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
+                                                           self.server_opt)
         else:
-            new_state, info = aggregate(self.global_state, results, self.server_opt)
+            new_state, info = aggregate(self.global_state, results, self.server_opt, self.cfg.fl)
         info["num_failed_clients"] = sum(1 for r in client_rows if "error" in r)
         self.engine.global_state = new_state
         self.engine.load_global()
@@ -229,6 +235,8 @@ class FederatedServer:
                      "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
                      "aggregation_s": time.perf_counter() - agg_start},
         }
+        if self.cfg.dp.mode != "off":
+            row["privacy"] = privacy.budget(self.cfg, plan.round_idx)
         row.update(extra or {})
         return row
 
@@ -253,6 +261,7 @@ class FederatedServer:
             row["time"]["eval_s"] = time.perf_counter() - ev_start
         self.record.append_metrics(row)
         self.save_checkpoint(round_idx)
+        self.trackers.log_round(row)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
@@ -275,6 +284,7 @@ class FederatedServer:
             row0["data"] = load_stats
         self.record.append_metrics(row0)
         self.save_checkpoint(0)
+        self.trackers.log_round(row0)
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
@@ -290,6 +300,7 @@ class FederatedServer:
         if not final.exists():
             save_adapter(self.engine, self.global_state, final)
         report = write_report(self.record.run_dir)
+        self.trackers.finish(final)
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
 
