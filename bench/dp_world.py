@@ -52,17 +52,17 @@ def summarize(folder: Path, sigma: str) -> dict[str, Any]:
     return {"sigma": sigma, "epsilon": privacy["epsilon"] if privacy else None,
             "delta": privacy["delta"] if privacy else None, "rounds": final_round,
             "round0_accuracy": evals[0][1]["accuracy"], "final_accuracy": final["accuracy"],
-            "best_accuracy": max(ev["accuracy"] for _, ev in evals), "groups": final.get("groups", {})}
+            "best_accuracy": max(ev["accuracy"] for rnd, ev in evals if rnd > 0), "groups": final.get("groups", {})}
 
 
 def table(results: list[dict[str, Any]], clip_norm: float) -> str:
     """The markdown table of :func:`summarize` rows."""
-    lines = [f"| sigma | epsilon (delta=1e-5) | final accuracy | best accuracy | final per group | clip C={clip_norm} |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| sigma (clip C = {clip_norm}) | epsilon (delta=1e-5) | final accuracy | best after round 0 | final per group |",
+             "| --- | --- | --- | --- | --- |"]
     for r in results:
         eps = "- (no DP)" if r["sigma"] == "off" else ("inf" if r["epsilon"] is None else f"{r['epsilon']:.3g}")
         groups = " / ".join(f"{g} {a:.2f}" for g, a in r["groups"].items())
-        lines.append(f"| {r['sigma']} | {eps} | {r['final_accuracy']:.3f} | {r['best_accuracy']:.3f} | {groups} | |")
+        lines.append(f"| {r['sigma']} | {eps} | {r['final_accuracy']:.3f} | {r['best_accuracy']:.3f} | {groups} |")
     return "\n".join(lines)
 
 
