@@ -95,7 +95,8 @@ def test_budget_uses_k_over_n_for_central_and_no_amplification_for_local():
 @pytest.mark.parametrize("mode", ["central", "local"])
 def test_dp_run_on_the_world_runs_end_to_end_and_reports_epsilon(tmp_path, mode):
     cfg = load_config(resolve_config(None), [*WORLD_SMALL, f"dp.mode={mode}", "dp.noise_multiplier=1.5",
-                                             "dp.seed=0", f"output_dir={tmp_path / 'run'}"])
+                                             "dp.seed=0", "logging.report_to=[tensorboard]",
+                                             f"output_dir={tmp_path / 'run'}"])
     run_dir = simulator.run(cfg)
     rows = RunRecord(run_dir).read_metrics()
     q = 0.5 if mode == "central" else 1.0
@@ -106,3 +107,10 @@ def test_dp_run_on_the_world_runs_end_to_end_and_reports_epsilon(tmp_path, mode)
     eps = rows[-1]["privacy"]["epsilon"]
     report = (run_dir / "report.md").read_text()
     assert f"privacy spent ({mode} DP) | epsilon {eps:.3f} at delta 1e-05 after 2 rounds" in report
+    # the server's tracker hooks logged every row (rounds 0-2) and the budget
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [0, 1, 2]
+    assert acc.Scalars("privacy/epsilon")[-1].value == pytest.approx(eps, rel=1e-6)
