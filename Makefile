@@ -1,7 +1,9 @@
 # Developer entry points. `make run` and `make test` create the virtual environment on first use.
 #   make run                      the main job: a SPEAR run on the built-in offline world (fedspear/configs/default.yaml)
 #   make run ARGS="fl.rounds=3"   the same with config overrides (any `fedspear run` arguments)
-#   make test                     the whole test suite incl. slow, Flower and browser tests (what CI runs)
+#   make test                     the whole test suite incl. slow, Flower and browser tests (what CI runs; installs
+#                                 Debian's chromium for the browser tests first, scripts/install_test_deps.sh)
+#   make bench                    every bench in bench/ on small settings, printing its figures
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -17,20 +19,31 @@ install: $(STAMP)
 # wheel directory pip is configured with (find-links).
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -e '.[dev,flower,serve]'
+	$(PYTHON) -m pip install -e '.[dev,flower,serve,track,privacy]'
 	touch $(STAMP)
 
 run: install
 	$(VENV)/bin/fedspear run $(ARGS)
 
 test: install
+	./scripts/install_test_deps.sh
 	$(PYTHON) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Small settings (1-2 rounds, 1 seed; runs under runs/bench-small): the full settings are in each script's
+# docstring and their results in bench/RESULTS.md, bench/quality.md, bench/compare_world.md, README (DP).
+BENCH_TMP ?= runs/bench-small
 bench: install
-	@echo "make bench: no benchmark is wired up yet (see ../shared/bench/bench.yaml)"
+	rm -rf $(BENCH_TMP) && mkdir -p $(BENCH_TMP)
+	$(PYTHON) bench/round_time.py --rounds 2
+	$(PYTHON) bench/profile_round.py --rounds 1 --algorithms spear
+	$(PYTHON) bench/dp_world.py --sigmas off 1 --rounds 1 --out-dir $(BENCH_TMP)/dp_world
+	$(PYTHON) bench/quality.py --seeds 0 --methods spear --out-dir $(BENCH_TMP)/quality --report $(BENCH_TMP)/quality.md fl.rounds=1
+	cat $(BENCH_TMP)/quality.md
+	$(PYTHON) bench/compare_world.py --seeds 0 --out-dir $(BENCH_TMP)/compare --report $(BENCH_TMP)/compare_world.md fl.rounds=1
+	cat $(BENCH_TMP)/compare_world.md
 
 clean-venv:
 	rm -rf $(VENV)

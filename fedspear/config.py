@@ -29,7 +29,9 @@ ALGORITHMS = ("spear", "feedback_sft", "grpo", "opsd", "rltf_sd")
 EXTRA_ALGORITHMS: list[str] = []
 EXTRA_SECTIONS: dict[str, type] = {}
 TASKS = ("arc_challenge", "hellaswag", "math_mcqa", "strategy_qa", "world")
-AGGREGATIONS = ("fedavg", "fedadam", "fedyogi")
+AGGREGATIONS = ("fedavg", "fedadam", "fedyogi", "median", "trimmed_mean", "krum", "multi_krum")
+DP_MODES = ("off", "central", "local")
+TRACKERS = ("tensorboard", "wandb")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
@@ -94,7 +96,11 @@ class FLConfig:
     clients_per_round: int = _f(5, "clients K sampled per round")
     local_train_steps: int = _f(50, "optimizer steps S per client-round")
     local_rollout_steps: int = _f(25, "rollout prompts P per client-round")
-    aggregation: str = _f("fedavg", "fedavg | fedadam | fedyogi")
+    aggregation: str = _f("fedavg", "fedavg | fedadam | fedyogi | median | trimmed_mean | krum | multi_krum "
+                          "(the last four are robust to a few bad clients; docs/privacy-and-robustness.md)")
+    trim_ratio: float = _f(0.1, "(fedspear) trimmed_mean: share of clients dropped at each end, per coordinate")
+    krum_f: int = _f(1, "(fedspear) krum / multi_krum: number of Byzantine clients f tolerated")
+    multi_krum_m: int | None = _f(None, "(fedspear) multi_krum: updates averaged; None = clients - f")
     fedprox_mu: float = _f(0.0, "FedProx proximal weight (mu/2 * ||theta - theta_global||^2)")
     server_lr: float = _f(1e-2, "FedAdam/FedYogi server learning rate")
     server_beta1: float = _f(0.9, "FedAdam/FedYogi beta1")
@@ -157,6 +163,24 @@ class HFConfig:
 
 
 @dataclass
+class DPConfig:
+    mode: str = _f("off", "(fedspear) differential privacy of client updates: off | central (DP-FedAvg, noise at "
+                   "the server) | local (each client clips and noises its own update)")
+    clip_norm: float = _f(1.0, "(fedspear) L2 bound C on each client's update (adapter - round-start global)")
+    noise_multiplier: float = _f(1.0, "(fedspear) sigma: Gaussian noise std is sigma * C")
+    delta: float = _f(1e-5, "(fedspear) delta of the reported (epsilon, delta) privacy budget")
+    seed: int | None = _f(None, "(fedspear) seed of the noise; None = fresh OS randomness (a fixed seed makes the "
+                          "noise removable: tests and benchmarks only)")
+
+
+@dataclass
+class LoggingConfig:
+    report_to: list[str] = _f([], "(fedspear) experiment trackers: [] | [tensorboard] | [wandb] | [tensorboard,wandb]")
+    wandb_project: str = _f("fedspear", "(fedspear) wandb project name")
+    wandb_mode: str = _f("offline", "(fedspear) wandb mode: offline (no network; `wandb sync` later) | online")
+
+
+@dataclass
 class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -171,6 +195,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     hf: HFConfig = field(default_factory=HFConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     output_dir: str = _f("runs/exp", "run folder; may use {time}, {algorithm}, {dataset}, {seed}")
     # Sections of algorithms added with register_algorithm (EXTRA_SECTIONS), by section name.
     extensions: dict[str, Any] = field(default_factory=dict, metadata={"help": ""})
@@ -587,6 +613,30 @@ def validate(cfg: Config) -> None:
     _check(cfg.fl.min_clients <= cfg.fl.clients_per_round, "fl.min_clients", "must be <= fl.clients_per_round")
     _check(cfg.fl.max_idle_rounds >= 0, "fl.max_idle_rounds", f"must be >= 0 (0 = never stop), got {cfg.fl.max_idle_rounds}")
     _check_token_budget(cfg)
+    _validate_robust_and_dp(cfg)
+
+
+def _validate_robust_and_dp(cfg: Config) -> None:
+    """The robust-aggregation, differential-privacy and tracking keys."""
+    _check(0 <= cfg.fl.trim_ratio < 0.5, "fl.trim_ratio", f"must be in [0, 0.5), got {cfg.fl.trim_ratio}")
+    _check(cfg.fl.krum_f >= 0, "fl.krum_f", f"must be >= 0, got {cfg.fl.krum_f}")
+    if cfg.fl.aggregation in ("krum", "multi_krum"):
+        _check(cfg.fl.clients_per_round > 2 * cfg.fl.krum_f + 2, "fl.krum_f",
+               f"Krum needs fl.clients_per_round > 2*f + 2 (got {cfg.fl.clients_per_round} clients, f={cfg.fl.krum_f});"
+               " lower fl.krum_f or sample more clients")
+    m = cfg.fl.multi_krum_m
+    _check(m is None or 1 <= m <= cfg.fl.clients_per_round - cfg.fl.krum_f, "fl.multi_krum_m",
+           f"must be in [1, clients_per_round - krum_f] or null, got {m}")
+    _one_of(cfg.dp.mode, "dp.mode", DP_MODES)
+    _check(cfg.dp.clip_norm > 0, "dp.clip_norm", f"must be > 0, got {cfg.dp.clip_norm}")
+    _check(cfg.dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {cfg.dp.noise_multiplier}")
+    _check(0 < cfg.dp.delta < 1, "dp.delta", f"must be in (0, 1), got {cfg.dp.delta}")
+    _check(cfg.dp.mode != "central" or cfg.fl.aggregation in ("fedavg", "fedadam", "fedyogi"), "dp.mode",
+           f"central DP adds noise to the sum of updates, which fl.aggregation={cfg.fl.aggregation} does not use; "
+           "use fl.aggregation=fedavg (or fedadam/fedyogi), or dp.mode=local with a robust rule")
+    for name in cfg.logging.report_to:
+        _one_of(name, "logging.report_to", TRACKERS)
+    _one_of(cfg.logging.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
 
 
 def field_help() -> dict[str, str]:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,11 +170,14 @@ def attach_lora(model: nn.Module, cfg: Any, seed: int) -> nn.Module:
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias=cfg.lora.bias,
         target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out,
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft 0.21's PeftModel.__init__ reads the base model's `is_gradient_checkpointing`, which transformers 5
+        # deprecated (FutureWarning on every run); the value it reads is the same as `is_activation_checkpointing`.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, peft_cfg)
     if cfg.model.gradient_checkpointing:
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
     logger.info("LoRA on %d modules (%s family), %d trainable parameters", len(targets), family,
                 sum(p.numel() for p in peft_model.parameters() if p.requires_grad))

@@ -525,6 +525,14 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
         total = _total(metrics, "aggregate", key)
         if total is not None:
             items.append((label, str(int(total))))
+    privacy = next((row["privacy"] for row in reversed(metrics) if isinstance(row.get("privacy"), dict)), None)
+    if privacy is not None:
+        eps = _num(privacy.get("epsilon"))
+        items.append((f"privacy spent ({privacy.get('mode')} DP)",
+                      f"epsilon {_fmt(eps, 3) if eps is not None else 'inf (no noise)'} at delta {privacy.get('delta')} "
+                      f"after {privacy.get('rounds')} rounds (sigma {privacy.get('noise_multiplier')}, clip "
+                      f"{privacy.get('clip_norm')}, sampling rate {_fmt(privacy.get('sampling_rate'), 3)}; "
+                      "dp-accounting RDP)"))
     excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
     if excluded:
         items.append(("client updates excluded (non-finite)", str(int(excluded))))

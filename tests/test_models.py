@@ -52,3 +52,14 @@ def test_adapter_state_copies_share_no_memory(tiny_qwen):
     assert all(torch.equal(before[k], state[k]) for k in state)  # training the live model leaves copies alone
     handle.set(before)
     assert all(torch.equal(handle.get()[k], before[k]) for k in before)
+
+
+def test_attach_lora_causes_no_future_warning(tiny_qwen):
+    import warnings
+
+    cfg = load_config(None, [f"model.model_name={tiny_qwen}", "model.dtype=fp32"])
+    base = load_base_model(cfg, torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_lora(base, cfg, seed=0)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

@@ -1,4 +1,5 @@
-"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (SPEAR.md section 3).
+"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (SPEAR.md section 3),
+and the Byzantine-robust rules coordinate-wise median, trimmed mean and (multi-)Krum.
 
 States are adapter state dicts ``dict[str, Tensor]`` (PEFT names, CPU tensors, the same keys and shapes
 for every client). Every function returns freshly allocated tensors: nothing returned shares memory with
@@ -18,6 +19,7 @@ from fedspear.config import FLConfig
 State = dict[str, torch.Tensor]
 
 SERVER_OPTIMIZERS = ("fedadam", "fedyogi")
+ROBUST_RULES = ("median", "trimmed_mean", "krum", "multi_krum")
 TENSOR_PREFIX = "server_opt."
 
 
@@ -73,6 +75,155 @@ def fedavg(states: list[State | None], weights: list[float]) -> State | None:
             acc.add_(state[key].to(device=acc.device, dtype=torch.float64), alpha=weight / total)
         averaged[key] = acc.to(tensor.dtype)  # acc is new memory; .to() on it never aliases an input
     return averaged
+
+
+def _stacked(states: list[State], key: str) -> torch.Tensor:
+    """``[n, *shape]`` float64 stack of one tensor across clients."""
+    return torch.stack([state[key].to(device="cpu", dtype=torch.float64) for state in states])
+
+
+def _checked(states: list[State], what: str) -> State:
+    if not states:
+        raise ValueError(f"{what}: no client states to aggregate")
+    for state in states[1:]:
+        _check_same_layout(states[0], state, what)
+    return states[0]
+
+
+def coordinate_median(states: list[State]) -> State:
+    """Coordinate-wise median of client adapters (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
+    Towards Optimal Statistical Rates", ICML, Definition 1).
+
+    ``med[k][j] = median_i state_i[k][j]``; for an even number of clients the mean of the two middle values.
+    Client weights are not used. Computed in float64, returned in each tensor's input dtype.
+
+    Args:
+        states: n >= 1 adapter states with one layout (tensors of any shape ``[*shape]``).
+
+    Returns:
+        The median state (new tensors, same keys and shapes).
+
+    Raises:
+        ValueError: no states, or states with different layouts.
+    """
+    first = _checked(states, "median")
+    n = len(states)
+    out: State = {}
+    for key, tensor in first.items():
+        ordered = _stacked(states, key).sort(dim=0).values
+        out[key] = ((ordered[(n - 1) // 2] + ordered[n // 2]) / 2).to(tensor.dtype)
+    return out
+
+
+def trimmed_mean(states: list[State], trim_ratio: float) -> State:
+    """Coordinate-wise trimmed mean (Yin et al. 2018, ICML, Definition 2).
+
+    Per coordinate, the ``b = floor(trim_ratio * n)`` largest and ``b`` smallest client values are dropped and
+    the remaining ``n - 2b`` averaged (b is lowered to ``(n - 1) // 2`` so at least one value is left).
+    Client weights are not used.
+
+    Args:
+        states: n >= 1 adapter states with one layout.
+        trim_ratio: beta in [0, 0.5): the share of clients dropped at each end.
+
+    Returns:
+        The trimmed-mean state (new tensors in the input dtypes).
+
+    Raises:
+        ValueError: trim_ratio outside [0, 0.5), no states, or different layouts.
+    """
+    if not 0 <= trim_ratio < 0.5:
+        raise ValueError(f"trimmed_mean: trim_ratio must be in [0, 0.5), got {trim_ratio}")
+    first = _checked(states, "trimmed_mean")
+    n = len(states)
+    b = min(int(math.floor(trim_ratio * n)), (n - 1) // 2)
+    out: State = {}
+    for key, tensor in first.items():
+        ordered = _stacked(states, key).sort(dim=0).values
+        out[key] = ordered[b : n - b].mean(dim=0).to(tensor.dtype)
+    return out
+
+
+def krum_scores(states: list[State], f: int) -> list[float]:
+    """Krum score of each client (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine Tolerant
+    Gradient Descent", NeurIPS, Section 4).
+
+    ``score(i) = sum of ||V_i - V_j||^2 over the n - f - 2 clients j != i closest to i``, with V the client's
+    whole adapter flattened (float64).
+
+    Args:
+        states: n > 2f + 2 adapter states with one layout.
+        f: the number of Byzantine clients tolerated.
+
+    Returns:
+        One score per client, in input order (lower = more central).
+
+    Raises:
+        ValueError: n <= 2f + 2, f < 0, or different layouts.
+    """
+    first = _checked(states, "krum")
+    n = len(states)
+    if f < 0 or n <= 2 * f + 2:
+        raise ValueError(f"krum: needs more than 2f + 2 = {2 * f + 2} client updates (got {n}, f={f})")
+    flat = torch.stack([torch.cat([s[k].reshape(-1).to("cpu", torch.float64) for k in first]) for s in states])
+    dist = torch.cdist(flat, flat).pow(2)  # [n, n]
+    scores = []
+    for i in range(n):
+        others = torch.cat([dist[i, :i], dist[i, i + 1 :]])
+        scores.append(float(others.sort().values[: n - f - 2].sum()))
+    return scores
+
+
+def multi_krum(states: list[State], f: int, m: int | None = None) -> tuple[State, list[int]]:
+    """(Multi-)Krum (Blanchard et al. 2017, NeurIPS, Section 4): the mean of the m clients with the lowest
+    :func:`krum_scores`; ``m = 1`` is Krum itself (the selected client's adapter).
+
+    Args:
+        states: n > 2f + 2 adapter states with one layout.
+        f: the number of Byzantine clients tolerated.
+        m: clients averaged, 1 <= m <= n - f; None = n - f.
+
+    Returns:
+        (aggregated state as new tensors in the input dtypes, indices of the selected clients ascending).
+
+    Raises:
+        ValueError: as :func:`krum_scores`, or m out of range.
+    """
+    scores = krum_scores(states, f)
+    n = len(states)
+    m = n - f if m is None else m
+    if not 1 <= m <= n - f:
+        raise ValueError(f"multi_krum: m must be in [1, n - f = {n - f}], got {m}")
+    chosen = sorted(sorted(range(n), key=lambda i: (scores[i], i))[:m])
+    avg = fedavg([states[i] for i in chosen], [1.0] * m)
+    assert avg is not None
+    return avg, chosen
+
+
+def robust_aggregate(states: list[State], fl_cfg: FLConfig) -> tuple[State, dict[str, Any]]:
+    """The robust rule ``fl.aggregation`` names over the clients' adapters (weights are not used).
+
+    Krum and multi-Krum need more than ``2 * fl.krum_f + 2`` updates; with fewer (failed clients) the round
+    falls back to the coordinate-wise median, and ``info["aggregation_rule"]`` says so.
+
+    Returns:
+        (new state, info with ``aggregation_rule`` and, for Krum, ``krum_selected`` = indices into ``states``).
+    """
+    rule = fl_cfg.aggregation
+    n, f = len(states), fl_cfg.krum_f
+    if rule in ("krum", "multi_krum") and n <= 2 * f + 2:
+        rule = "median"
+        info: dict[str, Any] = {"aggregation_rule": f"median ({fl_cfg.aggregation} needs > {2 * f + 2} updates, got {n})"}
+    else:
+        info = {"aggregation_rule": rule}
+    if rule == "median":
+        return coordinate_median(states), info
+    if rule == "trimmed_mean":
+        return trimmed_mean(states, fl_cfg.trim_ratio), info
+    m = 1 if rule == "krum" else (fl_cfg.multi_krum_m if fl_cfg.multi_krum_m is not None else n - f)
+    state, chosen = multi_krum(states, f, min(m, n - f))
+    info["krum_selected"] = chosen
+    return state, info
 
 
 class ServerOptimizer:
@@ -195,14 +346,15 @@ class ServerOptimizer:
 
 
 def build_server_optimizer(fl_cfg: FLConfig) -> ServerOptimizer | None:
-    """The server optimizer for ``fl.aggregation``, or None for plain FedAvg."""
-    if fl_cfg.aggregation == "fedavg":
+    """The server optimizer for ``fl.aggregation``, or None for plain FedAvg and the robust rules."""
+    if fl_cfg.aggregation not in SERVER_OPTIMIZERS:
         return None
     return ServerOptimizer.from_config(fl_cfg)
 
 
 def aggregate(
-    global_state: State, results: list[tuple[State | None, float]], server_opt: ServerOptimizer | None
+    global_state: State, results: list[tuple[State | None, float]], server_opt: ServerOptimizer | None,
+    fl_cfg: FLConfig | None = None,
 ) -> tuple[State, dict[str, Any]]:
     """One server round: drop non-finite updates, FedAvg the rest, then apply the server optimizer if any.
 
@@ -210,6 +362,8 @@ def aggregate(
         global_state: the round-start global adapter.
         results: (adapter state or None, weight) per selected client.
         server_opt: FedAdam/FedYogi optimizer, or None for plain FedAvg (the average becomes the new global).
+        fl_cfg: when its ``aggregation`` is a robust rule (:data:`ROBUST_RULES`), that rule replaces FedAvg
+            (unweighted, see :func:`robust_aggregate`); None or any other value = FedAvg.
 
     Returns:
         (new global state, info). The new state is always new memory; when nothing was aggregated it is a
@@ -231,12 +385,17 @@ def aggregate(
         else:
             kept_states.append(state)
             kept_weights.append(float(weight))
-    avg = fedavg(kept_states, kept_weights)
+    robust_info: dict[str, Any] = {}
+    if fl_cfg is not None and fl_cfg.aggregation in ROBUST_RULES and kept_states:
+        avg, robust_info = robust_aggregate(kept_states, fl_cfg)
+    else:
+        avg = fedavg(kept_states, kept_weights)
     info: dict[str, Any] = {
         "num_aggregated": len(kept_states),
         "num_excluded_nonfinite": num_nonfinite,
         "num_without_update": num_without_update,
         "total_weight": float(sum(kept_weights)),
+        **robust_info,
     }
     if avg is None:
         return {k: t.clone() for k, t in global_state.items()}, info

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from fedspear import privacy
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
@@ -34,6 +35,7 @@ from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Engine, save_adapter
 from fedspear.records import RunFileError, RunRecord, durable_step, write_report
 from fedspear.tasks.base import Example
+from fedspear.tracking import Trackers
 
 logger = logging.getLogger("fedspear")
 
@@ -178,6 +180,7 @@ class FederatedServer:
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
+        self.trackers = Trackers(cfg, record.run_dir)
 
     @property
     def global_state(self) -> State:
@@ -229,8 +232,11 @@ class FederatedServer:
             new_state, info = {k: v.clone() for k, v in self.global_state.items()}, {"num_aggregated": 0}
             info["skipped_round"] = f"only {len(results)} client results < fl.min_clients={min_clients}"
             logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
+        elif self.cfg.dp.mode == "central":
+            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
+                                                           self.server_opt)
         else:
-            new_state, info = aggregate(self.global_state, results, self.server_opt)
+            new_state, info = aggregate(self.global_state, results, self.server_opt, self.cfg.fl)
             if info.get("refused_nonfinite_aggregate"):
                 logger.warning("round %d: the aggregate of %d client updates is not finite (NaN/inf); it is refused "
                                "and the global adapter is unchanged", plan.round_idx, info["num_aggregated"])
@@ -247,6 +253,8 @@ class FederatedServer:
                      "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
                      "aggregation_s": time.perf_counter() - agg_start},
         }
+        if self.cfg.dp.mode != "off":
+            row["privacy"] = privacy.budget(self.cfg, plan.round_idx)
         row.update(extra or {})
         return row
 
@@ -298,6 +306,7 @@ class FederatedServer:
             row["time"]["eval_s"] = time.perf_counter() - ev_start
         self.record.append_metrics(row)
         self.save_checkpoint(round_idx)
+        self.trackers.log_round(row)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
         if stop is not None:
             report = write_report(self.record.run_dir)
@@ -323,6 +332,7 @@ class FederatedServer:
             row0["data"] = load_stats
         self.record.append_metrics(row0)
         self.save_checkpoint(0)
+        self.trackers.log_round(row0)
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
@@ -337,6 +347,7 @@ class FederatedServer:
         if not (final / "adapter_model.safetensors").exists():
             save_adapter(self.engine, self.global_state, final)
         report = write_report(self.record.run_dir)
+        self.trackers.finish(final)
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fedspear import privacy
 from fedspear.algorithms.base import Algorithm
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, load_config
@@ -83,6 +84,9 @@ class LocalClients:
         fed.engine.global_state = global_state
         jobs = [plan.job(cid, fed.clients[cid]) for cid in plan.selected]
         results = run_clients(fed.engine, fed.algorithm, jobs, batched=fed.cfg.fl.batch_clients)
+        results = [res if isinstance(res, Exception) else privacy.privatize_result(fed.cfg, res, global_state,
+                                                                                   plan.round_idx, job.client_id)
+                   for job, res in zip(jobs, results, strict=True)]
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
 

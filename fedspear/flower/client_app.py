@@ -96,7 +96,10 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
     engine = _engine(cfg)
     examples = _examples(cfg, node)
-    engine.global_state = record_to_state(msg.content[GLOBAL], engine.global_state)
+    from fedspear.privacy import privatize_result
+
+    engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)
     result = client_update(engine, examples, client_id, int(job["round"]), float(job["lr"]), int(job["seed"]))
+    result = privatize_result(cfg, result, start, int(job["round"]), client_id)  # dp.mode=local: noise here
     logger.info("client %d round %s: weight %.1f", client_id, job["round"], result.weight)
     return Message(train_reply_content(result), reply_to=msg)

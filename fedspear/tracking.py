@@ -1,0 +1,178 @@
+"""Experiment tracking: per-round metrics to TensorBoard and/or Weights & Biases (``logging.report_to``).
+
+Like TRL's ``report_to``: ``logging.report_to=[tensorboard,wandb]`` logs, for every metrics row the server writes
+(round 0 included), the scalars of :func:`round_scalars` at step = round; the resolved config as
+hyperparameters; and at the end the final adapter's path. :class:`FederatedServer` calls :class:`Trackers`, so
+the simulator, ``fedspear compare`` (which runs the simulator) and the Flower ServerApp all log alike.
+
+TensorBoard event files go to ``<run_dir>/tensorboard`` (``tensorboard --logdir runs``); wandb writes its run
+folder under ``<run_dir>/wandb`` in ``logging.wandb_mode`` (``offline`` by default: no network, upload later with
+``wandb sync <run_dir>/wandb/offline-run-*``). Both libraries are the optional extra ``fedspear[track]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fedspear.config import Config, ConfigError
+
+logger = logging.getLogger("fedspear")
+
+# Summed counts of the row's "aggregate" logged under train/.
+TRAIN_KEYS = ("prompts", "wins", "wins_y0", "wins_revision", "losses", "losses_used", "revision_successes",
+              "needs_revision", "y0_accuracy", "needs_revision_pct", "tokens_generated", "tokens_trained",
+              "steps", "skipped_steps")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def round_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one metrics row, keyed for a tracker.
+
+    Keys: ``eval/accuracy`` and ``eval/group/<name>``; ``train/<count>`` (:data:`TRAIN_KEYS`) and ``train/lr``;
+    ``loss/<name>`` = the clients' mean of each ``loss_*`` metric; ``time/<phase>_s`` (seconds);
+    ``aggregation/<count>``; ``privacy/epsilon`` (and ``privacy/delta``) when DP is on. Missing or non-numeric
+    values are left out.
+
+    Args:
+        row: a metrics.jsonl row (see :meth:`fedspear.federation.server.FederatedServer.aggregate_round`).
+
+    Returns:
+        ``{tag: value}``.
+    """
+    out: dict[str, float] = {}
+
+    def put(tag: str, value: Any) -> None:
+        number = _number(value)
+        if number is not None:
+            out[tag] = number
+
+    ev = row.get("eval") if isinstance(row.get("eval"), dict) else {}
+    put("eval/accuracy", ev.get("accuracy"))
+    for group, acc in (ev.get("groups") or {}).items():
+        put(f"eval/group/{group}", acc)
+    agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
+    for key in TRAIN_KEYS:
+        put(f"train/{key}", agg.get(key))
+    put("train/lr", row.get("lr"))
+    losses: dict[str, list[float]] = {}
+    for client in row.get("clients") or []:
+        for key, value in (client.get("metrics") or {}).items():
+            if key.startswith("loss_") and _number(value) is not None:
+                losses.setdefault(key[len("loss_"):], []).append(float(value))
+    for name, values in losses.items():
+        out[f"loss/{name}"] = sum(values) / len(values)
+    for key, value in (row.get("time") or {}).items():
+        put(f"time/{key}", value)
+    for key, value in (row.get("aggregation") or {}).items():
+        put(f"aggregation/{key}", value)
+    privacy = row.get("privacy") if isinstance(row.get("privacy"), dict) else {}
+    put("privacy/epsilon", privacy.get("epsilon"))
+    if privacy:
+        put("privacy/delta", privacy.get("delta"))
+    return out
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fl": {"rounds": 3}}`` -> ``{"fl.rounds": 3}``; lists and None become text (TensorBoard hparams)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+class _TensorBoard:
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("logging.report_to: tensorboard is not installed; pip install 'fedspear[track]' "
+                              "or drop tensorboard from logging.report_to") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```", 0)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def finish(self, final_adapter: Path, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        self.writer.add_text("final_adapter", str(final_adapter), 0)
+        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("logging.report_to: wandb is not installed; pip install 'fedspear[track]' "
+                              "or drop wandb from logging.report_to") from None
+        settings = wandb.Settings(quiet=True, console="off", x_disable_stats=True, disable_git=True,
+                                  save_code=False)
+        self.run = wandb.init(project=cfg.logging.wandb_project, name=run_dir.name, dir=str(run_dir),
+                              config=cfg.to_dict(), mode=cfg.logging.wandb_mode, reinit="create_new",
+                              settings=settings)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def finish(self, final_adapter: Path, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        self.run.summary["final_adapter"] = str(final_adapter)
+        self.run.finish()
+
+
+_BACKENDS = {"tensorboard": _TensorBoard, "wandb": _Wandb}
+
+
+class Trackers:
+    """The trackers ``logging.report_to`` names for one run; a no-op when it is empty.
+
+    Backends open at the first :meth:`log_round` (the run folder exists by then) and close in :meth:`finish`.
+
+    Args:
+        cfg: the resolved run configuration (logged as hyperparameters).
+        run_dir: the run folder.
+
+    Raises:
+        ConfigError: (at the first log) a named tracker whose library is not installed.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.backends: list[Any] | None = None
+        self.last: dict[str, float] = {}
+
+    def _open(self) -> list[Any]:
+        if self.backends is None:
+            self.backends = [_BACKENDS[name](self.cfg, self.run_dir) for name in dict.fromkeys(self.cfg.logging.report_to)]
+        return self.backends
+
+    def log_round(self, row: dict[str, Any]) -> None:
+        """Log one metrics row's :func:`round_scalars` at step = its round."""
+        if not self.cfg.logging.report_to:
+            return
+        scalars = round_scalars(row)
+        self.last.update(scalars)
+        for backend in self._open():
+            backend.log(scalars, int(row["round"]))
+
+    def finish(self, final_adapter: Path) -> None:
+        """Record the final adapter's path (and, for TensorBoard, the hparams with the last scalars) and close."""
+        if not self.cfg.logging.report_to:
+            return
+        final = {k: v for k, v in self.last.items() if k.startswith(("eval/", "privacy/epsilon"))}
+        for backend in self._open():
+            backend.finish(final_adapter, _flat(self.cfg.to_dict()), final)
+        self.backends = None
