@@ -78,6 +78,8 @@ class DataConfig:
     eval_every_round_up_to: int = _f(10, "also evaluate every round up to this one")
     max_eval_examples: int = _f(10000, "(fedspear) cap on evaluation rows (a seeded subsample)")
     eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
+    groups: list[str] = _f([], "(fedspear) world: keep only these fact groups (known, misconception, uncertain, "
+                           "decoy); [] = all")
 
 
 @dataclass
@@ -125,6 +127,8 @@ class SpearConfig:
     ul_tail_tokens: int = _f(0, "penalise only the last N completion tokens (0 = all)")
     ul_skip_math_ops: bool = _f(False, "never penalise math operators / LaTeX structure tokens")
     max_lose_ratio: float = _f(2.0, "keep at most ratio * wins lose traces")
+    confidence_fixed: float = _f(1.0, "(fedspear) confidence c of a loss a revision fixed (paper: 1.0)")
+    confidence_unfixed: float = _f(0.5, "(fedspear) confidence c of a loss no revision fixed (paper: 0.5)")
 
 
 @dataclass
@@ -174,6 +178,11 @@ class OptimConfig:
 class FeedbackConfig:
     provider: str = _f("oracle", "oracle | none")
     mc_hint_words: int = _f(3, "words of the correct option given as a hint")
+    false_accept_rate: float = _f(0.0, "(fedspear) share of wrong answers reported correct (false wins)")
+    false_reject_rate: float = _f(0.0, "(fedspear) share of right answers reported wrong, hinted toward a wrong value")
+    misleading_hint_rate: float = _f(0.0, "(fedspear) share of hints pointing to a wrong value")
+    no_hint_rate: float = _f(0.0, "(fedspear) share of feedback that is a bare 'incorrect', no hint")
+    drop_rate: float = _f(0.0, "(fedspear) share of interactions the user never answers (dropped)")
 
 
 @dataclass
@@ -485,6 +494,7 @@ def validate(cfg: Config) -> None:
         "spear.lambda_win": cfg.spear.lambda_win, "spear.lambda_lose": cfg.spear.lambda_lose,
         "spear.lambda_anchor": cfg.spear.lambda_anchor, "spear.ul_tail_tokens": cfg.spear.ul_tail_tokens,
         "spear.max_lose_ratio": cfg.spear.max_lose_ratio, "fl.fedprox_mu": cfg.fl.fedprox_mu,
+        "spear.confidence_fixed": cfg.spear.confidence_fixed, "spear.confidence_unfixed": cfg.spear.confidence_unfixed,
         "grpo.beta_kl": cfg.grpo.beta_kl, "grpo.clip_range": cfg.grpo.clip_range, "lora.dropout": cfg.lora.dropout,
         "data.eval_every_round_up_to": cfg.data.eval_every_round_up_to,
     }
@@ -492,6 +502,11 @@ def validate(cfg: Config) -> None:
         _check(value >= 0, key, f"must be >= 0, got {value}")
     _check(0 <= cfg.spear.unlikelihood_margin < 1, "spear.unlikelihood_margin", "must be in [0, 1)")
     _check(0 <= cfg.spear.ema_decay < 1, "spear.ema_decay", "must be in [0, 1)")
+    for knob in ("false_accept_rate", "false_reject_rate", "misleading_hint_rate", "no_hint_rate", "drop_rate"):
+        value = getattr(cfg.feedback, knob)
+        _check(0 <= value <= 1, f"feedback.{knob}", f"must be in [0, 1], got {value}")
+    _check(cfg.feedback.misleading_hint_rate + cfg.feedback.no_hint_rate <= 1, "feedback.misleading_hint_rate",
+           "+ feedback.no_hint_rate must be <= 1 (a hint is bare, misleading or the oracle's)")
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")

@@ -7,6 +7,7 @@ token sequence the model samples after "Answer:" in training, so training and ev
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -81,7 +82,10 @@ def evaluate(engine: Engine, examples: list[Example]) -> dict[str, Any]:
 
     Returns:
         {"accuracy", "method", "n", "seconds", "<method>_accuracy" for each method run, "groups": per
-        ``Example.meta["group"]`` accuracy of the primary method when groups exist}.
+        ``Example.meta["group"]`` accuracy of the primary method when groups exist, "correct": the primary
+        method's per-item correctness as a string of "1"/"0" in ``examples`` order, "items": a 12-hex-digit
+        digest of the ordered example ids (two runs whose digests match scored the same items, so
+        ``fedspear sweep`` can pair them item by item)}.
     """
     start = time.perf_counter()
     result: dict[str, Any] = {"n": len(examples)}
@@ -93,6 +97,8 @@ def evaluate(engine: Engine, examples: list[Example]) -> dict[str, Any]:
         if method == methods[0]:
             result["accuracy"] = result[f"{method}_accuracy"]
             result["method"] = method
+            result["correct"] = "".join("1" if ok else "0" for ok in correct)
+            result["items"] = hashlib.sha256("\n".join(ex.id for ex in examples).encode()).hexdigest()[:12]
             groups = _group_accuracy(examples, correct)
             if groups:
                 result["groups"] = groups

@@ -43,6 +43,7 @@ import torch
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.common import completion_logprobs, draw, finish_update, make_batch, optimise, right_align
 from fedspear.algorithms.losses import group_advantages, grpo_loss
+from fedspear.feedback_noise import FeedbackModel, feedback_models
 from fedspear.generation import Completion, GenSettings, GenStats, generate
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
@@ -155,19 +156,24 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[GroupRollout]:
     seed = jobs[0].seed if jobs else 0
     completions = generate(engine, prompts, sampling_settings(engine, cfg.gen.max_new_tokens_y0), seed, gen_stats)
     gen_seconds = split_by_count(gen_stats.seconds, [len(items) * group for items in chosen])
+    users = feedback_models(engine, jobs)  # the verdicts, through the imperfect-feedback knobs
     out, pos = [], 0
-    for items, seconds in zip(chosen, gen_seconds, strict=True):
+    for items, seconds, user in zip(chosen, gen_seconds, users, strict=True):
         comps = completions[pos : pos + len(items) * group]
         pos += len(items) * group
-        out.append(_group_rollout(engine, items, comps, group, seconds))
+        kept = [p for p in range(len(items)) if not user.dropped()]  # a dropped prompt loses its whole group
+        items, comps = [items[p] for p in kept], [c for p in kept for c in comps[p * group : (p + 1) * group]]
+        out.append(_group_rollout(engine, items, comps, group, seconds, user))
     return out
 
 
 def _group_rollout(engine: Engine, items: list[tuple[Example, list[int]]], comps: list[Completion], group: int,
-                   gen_seconds: float) -> GroupRollout:
-    """Rewards, advantages and metrics of one client's P * G completions (group-major)."""
-    task, cfg = engine.task, engine.cfg
-    correct = [task.is_correct(ex, c.text) for (ex, _), c in zip(_repeat(items, group), comps, strict=True)]
+                   gen_seconds: float, user: FeedbackModel | None = None) -> GroupRollout:
+    """Rewards, advantages and metrics of one client's P * G completions (group-major); ``user`` gives the
+    verdicts (None = the task's oracle)."""
+    cfg = engine.cfg
+    user = user or FeedbackModel(engine.task, cfg, 0)
+    correct = [user.verdict(ex, c.text) for (ex, _), c in zip(_repeat(items, group), comps, strict=True)]
     rewards_PG = torch.tensor([reward(engine, ok) for ok in correct], dtype=torch.float32).reshape(len(items), group)
     adv_PG = group_advantages(rewards_PG, cfg.grpo.normalize_advantage)
     traces = [Trace(x0, c.ids, reward=float(a), text=c.text)
@@ -180,7 +186,7 @@ def _group_rollout(engine: Engine, items: list[tuple[Example, list[int]]], comps
         "y0_accuracy": sum(correct) / n_samples if n_samples else None,
         "needs_revision": 0, "revision_successes": 0,  # GRPO asks for no feedback
         "mean_reward": float(rewards_PG.mean()) if n_samples else None, "zero_advantage_groups": constant,
-        "generation_s": gen_seconds, "feedback_s": 0.0,
+        "generation_s": gen_seconds, "feedback_s": 0.0, **user.metrics(),
     }
     return GroupRollout(traces, rewards_PG, metrics)
 

@@ -67,13 +67,18 @@ class DistillRollout:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def teacher_prompt(engine: Engine, example: Example) -> str:
-    """The teacher's prompt: a privileged-information section, then the unchanged task prompt x0."""
-    privileged = engine.task.privileged_context(example)[: engine.cfg.distill.priv_max_chars]
+def format_teacher_prompt(privileged: str, prompt: str) -> str:
+    """The teacher's prompt text: a privileged-information section, then the unchanged task prompt x0."""
     return ("### Verified reference (known to be correct)\n"
             f"{privileged.strip()}\n\n"
             "### Task\n"
-            f"{example.prompt}")
+            f"{prompt}")
+
+
+def teacher_prompt(engine: Engine, example: Example) -> str:
+    """The teacher's prompt for ``example``: :func:`format_teacher_prompt` of its capped privileged context."""
+    privileged = engine.task.privileged_context(example)[: engine.cfg.distill.priv_max_chars]
+    return format_teacher_prompt(privileged, example.prompt)
 
 
 def rollout(engine: Engine, jobs: list[ClientJob]) -> list[DistillRollout]:

@@ -47,6 +47,7 @@ from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.common import completion_logprobs, draw, finish_update, make_batch, optimise
 from fedspear.algorithms.grpo import choose_prompts, reward, sampling_settings, score_traces, split_by_count
 from fedspear.algorithms.losses import rltf_sd_advantages, rltf_sd_loss, sequence_logprobs
+from fedspear.feedback_noise import FeedbackModel, feedback_models
 from fedspear.generation import GenStats, generate
 from fedspear.models import Engine
 from fedspear.tasks.base import Example
@@ -103,7 +104,7 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
     Returns:
         One SDRollout per job.
     """
-    cfg, task = engine.cfg, engine.task
+    cfg = engine.cfg
     engine.load_global()
     group = cfg.grpo.num_generations
     per_client = max(1, cfg.fl.local_rollout_steps // group)
@@ -114,15 +115,18 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
     first_stats, second_stats = GenStats(), GenStats()
     y0s = generate(engine, [x0 for _, _, x0 in items], sampling_settings(engine, cfg.gen.max_new_tokens_y0), seed,
                    first_stats)
-    ok0 = [task.is_correct(ex, y0.text) for (_, ex, _), y0 in zip(items, y0s, strict=True)]
+    users = feedback_models(engine, jobs)  # verdicts and hints, through the imperfect-feedback knobs
+    kept = [k for p in range(0, len(items), group) if not users[items[p][0]].dropped() for k in range(p, p + group)]
+    items, y0s = [items[k] for k in kept], [y0s[k] for k in kept]  # a dropped prompt loses its whole group
+    ok0 = [users[j].verdict(ex, y0.text) for (j, ex, _), y0 in zip(items, y0s, strict=True)]
     revise = [k for k, ok in enumerate(ok0) if not (ok and cfg.rltf_sd.early_termination)]
     start = time.perf_counter()
-    x1s = {k: _revision_prompt(engine, items[k][1], y0s[k].text, ok0[k]) for k in revise}
+    x1s = {k: _revision_prompt(engine, items[k][1], y0s[k].text, ok0[k], users[items[k][0]]) for k in revise}
     feedback_seconds = time.perf_counter() - start
     y1_list = generate(engine, [x1s[k] for k in revise], sampling_settings(engine, cfg.gen.max_new_tokens_y1),
                        seed + 7919, second_stats)
     y1s = dict(zip(revise, y1_list, strict=True))
-    ok1 = {k: task.is_correct(items[k][1], y1.text) for k, y1 in y1s.items()}
+    ok1 = {k: users[items[k][0]].verdict(items[k][1], y1.text) for k, y1 in y1s.items()}
     owner = [j for j, _, _ in items]
     clients = range(len(jobs))
     gen_s = [a + b for a, b in zip(split_by_count(first_stats.seconds, [owner.count(c) for c in clients]),
@@ -143,6 +147,7 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
             samples.append(s)
         _set_advantages(engine, samples, group)
         metrics = _rollout_metrics(samples, [ok0[k] for k in ks], [ok1.get(k) for k in ks], len(ks) // group)
+        metrics.update(users[c].metrics())
         metrics.update(generation_s=gen_s[c], feedback_s=fb_s[c],
                        tokens_generated=sum(len(s.rl0.completion_ids) + (len(s.rl1.completion_ids) if s.revised
                                                                          else 0) for s in samples))
@@ -150,11 +155,11 @@ def rollout(engine: Engine, jobs: list[ClientJob]) -> list[SDRollout]:
     return out
 
 
-def _revision_prompt(engine: Engine, example: Example, answer: str, correct: bool) -> list[int]:
-    """x1 ids: oracle feedback on a wrong answer (a fixed message on a correct one), cut to
+def _revision_prompt(engine: Engine, example: Example, answer: str, correct: bool, user: FeedbackModel) -> list[int]:
+    """x1 ids: the user's feedback on an answer reported wrong (a fixed message on one reported correct), cut to
     ``distill.feedback_max_chars``, in the shared revision template."""
     cfg, task = engine.cfg, engine.task
-    hint = CORRECT_FEEDBACK if correct else task.feedback(example, answer, cfg)
+    hint = CORRECT_FEEDBACK if correct else user.feedback(example, answer)
     hint = hint[: cfg.distill.feedback_max_chars]
     return engine.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format))
 

@@ -39,6 +39,7 @@ from fedspear.algorithms.common import (
     right_align,
 )
 from fedspear.algorithms.losses import spear_loss, unlikelihood_mask
+from fedspear.feedback_noise import feedback_models
 from fedspear.generation import GenSettings, GenStats, generate
 from fedspear.models import Engine
 from fedspear.tasks.prompts import build_revision_prompt
@@ -73,6 +74,7 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
     """
     cfg, task = engine.cfg, engine.task
     engine.load_global()
+    users = feedback_models(engine, jobs)  # the oracle, through the imperfect-feedback knobs
     rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
     gen_stats = GenStats()
     feedback_s = 0.0
@@ -87,9 +89,11 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
     pending = []  # (item, first completion, latest completion)
     for item, comp in zip(items, first):
         j, ex, x0 = item
+        if users[j].dropped():
+            continue
         m = rollouts[j].metrics
         m["prompts"] = m.get("prompts", 0) + 1
-        if task.is_correct(ex, comp.text):
+        if users[j].verdict(ex, comp.text):
             m["wins_y0"] = m.get("wins_y0", 0) + 1
             rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))
         else:
@@ -101,8 +105,8 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
             break
         start = time.perf_counter()
         prompts = []
-        for (_, ex, _), _, latest in pending:
-            hint = task.feedback(ex, latest.text, cfg)
+        for (j, ex, _), _, latest in pending:
+            hint = users[j].feedback(ex, latest.text)
             prompts.append(engine.encode(build_revision_prompt(ex.prompt, latest.text, hint, task.answer_format)))
         feedback_s += time.perf_counter() - start
         revisions = generate(engine, prompts, _settings(engine, True), seed + 7919 * attempt, gen_stats)
@@ -110,24 +114,25 @@ def feedback_rollout(engine: Engine, jobs: list[ClientJob]) -> list[FeedbackRoll
         for ((j, ex, x0), y0, _), rev in zip(pending, revisions):
             m = rollouts[j].metrics
             m[f"revision_attempts_{attempt}"] = m.get(f"revision_attempts_{attempt}", 0) + 1
-            if task.is_correct(ex, rev.text):
+            if users[j].verdict(ex, rev.text):
                 m[f"revision_successes_{attempt}"] = m.get(f"revision_successes_{attempt}", 0) + 1
                 rollouts[j].wins.append(Trace(x0, rev.ids, text=rev.text))  # y' trained under x0
-                rollouts[j].losses.append(Trace(x0, y0.ids, confidence=1.0, text=y0.text))
+                rollouts[j].losses.append(Trace(x0, y0.ids, confidence=cfg.spear.confidence_fixed, text=y0.text))
             else:
                 still.append(((j, ex, x0), y0, rev))
         pending = still
     for (j, _, x0), y0, _ in pending:
-        rollouts[j].losses.append(Trace(x0, y0.ids, confidence=0.5, text=y0.text))
+        rollouts[j].losses.append(Trace(x0, y0.ids, confidence=cfg.spear.confidence_unfixed, text=y0.text))
     share = 1.0 / max(1, len(items))
     for j, r in enumerate(rollouts):
         n = sum(1 for item in items if item[0] == j)
         m = r.metrics
-        m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, n)
+        m.update(users[j].metrics())
+        m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, m["prompts"])
         m["wins_revision"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
         m["revision_successes"] = m["wins_revision"]
-        m["losses_fixed"] = sum(1 for t in r.losses if t.confidence == 1.0)
-        m["losses_unfixed"] = sum(1 for t in r.losses if t.confidence != 1.0)
+        m["losses_fixed"] = m["wins_revision"]  # each fixed loss is the y0 of one successful revision
+        m["losses_unfixed"] = len(r.losses) - m["wins_revision"]
         # Batched work is shared by the clients: each is charged its share of the round's prompts.
         m["generation_s"] = gen_stats.seconds * n * share
         m["feedback_s"] = feedback_s * n * share
