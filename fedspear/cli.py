@@ -204,7 +204,7 @@ def cmd_flower_config(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of cells over several seeds (reusing finished runs); print the sweep report's path."""
-    from fedspear.sweep import parse_grid, parse_list, plan, resolve_reference
+    from fedspear.sweep import parse_grid, parse_list, plan, report_dir, resolve_reference
 
     grid = parse_grid(args.grid)
     algorithms = parse_list(args.algorithms, "--algorithms")
@@ -213,11 +213,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds: '{args.seeds}' is not a comma-separated list of integers") from None
     config = resolve_config(args.config)
-    plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run starts
+    base, _ = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    report_dir(base, args.name)
     resolve_reference(args.reference, algorithms, grid)
     from fedspear.sweep import sweep  # imports torch
 
-    print(sweep(config, grid, algorithms, seeds, args.overrides, args.reference, progress=not args.no_progress))
+    print(sweep(config, grid, algorithms, seeds, args.overrides, args.reference, progress=not args.no_progress,
+                name=args.name))
     return 0
 
 
@@ -291,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--reference", default=None, metavar="ALGORITHM|KEY=V",
                      help="what each cell is compared with: an algorithm (same grid point) or a grid value (same "
                           "algorithm); default: the first algorithm, or the first value of the first grid key")
+    swp.add_argument("--name", default=None, help="write the report to <output_dir>/NAME/ (sweeps sharing runs)")
     swp.add_argument("--no-progress", action="store_true", help="no progress bar")
     swp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
 

@@ -4,8 +4,10 @@
 *cell* (one algorithm at one point of the grid) once per seed. The seed is ``data.seed``, which fixes the data
 shuffle, the partition, the client schedule and every per-(round, client) seed, so for one seed every cell sees the
 same partition and the same client schedule and differs only in its algorithm and grid values. Runs live in
-``<output_dir>/<algorithm>/<grid point>/seed<S>``; finished runs there are reused and interrupted ones resumed
-(:func:`fedspear.compare.run_or_reuse`), so a sweep continues where it stopped and overlapping sweeps share runs.
+``<output_dir>/<algorithm>/<grid point>/seed<S>``, where the grid point names only the values that differ from
+the base config (``default`` when none), so equal configurations share one folder; finished runs there are
+reused and interrupted ones resumed (:func:`fedspear.compare.run_or_reuse`), so a sweep continues where it stopped
+and sweeps over one ``output_dir`` share their runs (``--name`` gives each its own report folder).
 
 The report (``sweep.md`` + ``sweep.json`` + ``plots/*.png``) gives, from each run's last evaluation:
 
@@ -57,9 +59,13 @@ class Cell:
     def label(self) -> str:
         return " ".join([self.algorithm, *(f"{k}={v}" for k, v in self.params)])
 
-    @property
-    def folder(self) -> str:
-        point = "_".join(f"{k}={v}" for k, v in self.params) or "default"
+    def folder(self, changed: set[str] | None = None) -> str:
+        """``<algorithm>/<k=v_...>`` over the params in ``changed`` (all when None); ``default`` when none.
+
+        Leaving out params equal to the base config's value makes equal configs share one folder (and one
+        run), e.g. the paper setting of every ablation sweep.
+        """
+        point = "_".join(f"{k}={v}" for k, v in self.params if changed is None or k in changed) or "default"
         return f"{self.algorithm}/{re.sub(r'[^A-Za-z0-9_.=+-]', '-', point)}"
 
 
@@ -115,24 +121,36 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
     named.algorithm.name = "sweep"
     base = Path(expand_output_dir(named))
     keys = [k for k, _ in grid]
+    default = named.to_dict()
     runs: dict[tuple[Cell, int], Config] = {}
     for algorithm in algorithms:
         for values in itertools.product(*(v for _, v in grid)):
             cell = Cell(algorithm, tuple(zip(keys, values, strict=True)))
             for seed in seeds:
-                extra = [f"{k}={v}" for k, v in cell.params]
-                extra += [f"algorithm.name={algorithm}", f"data.seed={seed}",
-                          f"output_dir={base / cell.folder / f'seed{seed}'}"]
+                extra = [f"{k}={v}" for k, v in cell.params] + [f"algorithm.name={algorithm}", f"data.seed={seed}"]
                 try:
-                    runs[(cell, seed)] = load_config(config, [*overrides, *extra])
+                    cfg = load_config(config, [*overrides, *extra])
                 except ConfigError as exc:
                     raise ConfigError(f"sweep cell '{cell.label}' seed {seed}: {exc}") from None
+                changed = {k for k in keys if _lookup(cfg.to_dict(), k) != _lookup(default, k)}
+                cfg.output_dir = str(base / cell.folder(changed) / f"seed{seed}")
+                runs[(cell, seed)] = cfg
     return base, runs
 
 
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
 def sweep(config: str | Path | None, grid: list[tuple[str, list[str]]], algorithms: list[str], seeds: list[int],
-          overrides: list[str] | None = None, reference: str | None = None, progress: bool = True) -> Path:
+          overrides: list[str] | None = None, reference: str | None = None, progress: bool = True,
+          name: str | None = None) -> Path:
     """Run (or reuse) every cell for every seed, then write the report; returns the path of ``sweep.md``.
+
+    The report goes to ``<output_dir>/sweep.md``, or ``<output_dir>/<name>/sweep.md`` with ``name`` (several
+    sweeps sharing one folder of runs, each with its own report).
 
     Raises:
         ConfigError: bad grid, algorithms, seeds, overrides or reference (checked before any run starts).
@@ -150,7 +168,20 @@ def sweep(config: str | Path | None, grid: list[tuple[str, list[str]]], algorith
             bar.set_postfix_str(f"{cell.label} seed {seed}")
             dirs[(cell, seed)] = run_or_reuse(cfg)
             bar.update(1)
-    return write_sweep(base, grid, algorithms, seeds, dirs, reference)
+    return write_sweep(report_dir(base, name), grid, algorithms, seeds, dirs, reference)
+
+
+def report_dir(base: Path, name: str | None) -> Path:
+    """Where a sweep's report goes: ``base`` or ``base/name``.
+
+    Raises:
+        ConfigError: a name that is not one plain folder name or that is an algorithm's run folder.
+    """
+    if name is None:
+        return base
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in ALGORITHMS or name in (".", ".."):
+        raise ConfigError(f"--name: '{name}' must be one folder name (letters, digits, _ . -) and not an algorithm")
+    return base / name
 
 
 # --------------------------------------------------------------------------- statistics
@@ -329,7 +360,7 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
     Returns:
         The path of sweep.md.
     """
-    base = Path(base)
+    base = Path(base)  # the report folder
     cells = list(dict.fromkeys(cell for cell, _ in dirs))
     stats = collect(cells, seeds, dirs)
     ref = resolve_reference(reference, algorithms, grid)
@@ -379,6 +410,7 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
         lines += ["## Plots", ""]
         lines += [f"![final accuracy vs {key}]({path.relative_to(base).as_posix()})\n" for key, path in plots]
     lines += ["## Runs", ""] + [f"- {cell.label} seed {s}: `{d}`" for (cell, s), d in dirs.items()] + [""]
+    lines.insert(5, f"- runs: {len(dirs)} (equal configurations share one run folder)")
     base.mkdir(parents=True, exist_ok=True)
     (base / SWEEP_FILE).write_text("\n".join(lines), encoding="utf-8")
     payload = {

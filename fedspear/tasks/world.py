@@ -408,8 +408,8 @@ class WorldTask(Task):
         meta = example.meta
         given = self.extract(completion)
         options = options_for(meta["attribute"])
-        given_value = options[LETTERS.index(given)] if meta["kind"] == "mc" and given in LETTERS[: len(options)] \
-            else given
+        is_letter = given is not None and len(given) == 1 and given in LETTERS[: len(options)]
+        given_value = options[LETTERS.index(given)] if meta["kind"] == "mc" and is_letter else given
         wrong = rng.choice([v for v in options if v not in (meta["truth"], given_value)])
         clue_index = rng.randrange(len(ATTRIBUTES[meta["attribute"]][wrong]))
         return oracle_feedback(meta["kind"], meta["attribute"], wrong, example.answer, given, clue_index)
