@@ -139,3 +139,9 @@ def test_bad_rates_are_config_errors(override, message):
         load_config(None, [override])
     with pytest.raises(ConfigError, match="must be <= 1"):
         load_config(None, ["feedback.misleading_hint_rate=0.6", "feedback.no_hint_rate=0.5"])
+    with pytest.raises(ConfigError, match="need a task that can hint toward a wrong value \\(data.dataset=world\\), "
+                                          "not 'arc_challenge'"):
+        load_config(None, ["feedback.false_reject_rate=0.1"])
+    assert load_config(None, ["data.dataset=world", "feedback.false_reject_rate=0.1"]).feedback.false_reject_rate == 0.1
+    with pytest.raises(ConfigError, match="data.groups: only the world has fact groups, not 'arc_challenge'"):
+        load_config(None, ["data.groups=[known]"])

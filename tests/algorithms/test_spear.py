@@ -151,3 +151,27 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
         for k in fast.adapter:
             torch.testing.assert_close(fast.adapter[k], plain.adapter[k], rtol=1e-4, atol=1e-5)
     assert any(r.adapter is not None for r in results["fast"])  # at least one client really trained
+
+
+def test_imperfect_feedback_reaches_the_rollout(engine, monkeypatch):
+    """The rollout asks the feedback model, not the oracle: false accepts make wrong answers wins, drops remove
+    prompts, and the client's metrics count what was corrupted; the loss confidences come from the config."""
+    fake, calls = _scripted_generate([["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    engine.cfg.feedback.false_accept_rate = 1.0
+    (out,) = spear.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    m = out.metrics
+    assert len(calls) == 1 and len(out.wins) == 3 and not out.losses  # every wrong answer reported correct
+    assert m["wins_y0"] == 3 and m["feedback_false_accepts"] == m["feedback_corrupted_verdicts"] == 3
+    engine.cfg.feedback.false_accept_rate = 0.0
+    engine.cfg.feedback.drop_rate = 1.0
+    fake, calls = _scripted_generate([["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    (out,) = spear.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    assert out.metrics["prompts"] == 0 and out.metrics["feedback_dropped"] == 3 and not out.wins and not out.losses
+    engine.cfg.feedback.drop_rate = 0.0
+    engine.cfg.spear.confidence_unfixed = 1.0  # uniform confidences
+    fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    (out,) = spear.rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    assert [t.confidence for t in out.losses] == [1.0] * 3 and out.metrics["feedback_corrupted_verdicts"] == 0
