@@ -79,7 +79,7 @@ class DataConfig:
     max_eval_examples: int = _f(10000, "(fedspear) cap on evaluation rows (a seeded subsample)")
     eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
     groups: list[str] = _f([], "(fedspear) world: keep only these fact groups (known, misconception, uncertain, "
-                           "decoy); [] = all")
+                           "decoy); [] = all; other tasks have no groups and ignore it")
 
 
 @dataclass
@@ -510,8 +510,6 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.dataset == "world" or not (cfg.feedback.misleading_hint_rate or cfg.feedback.false_reject_rate),
            "feedback.misleading_hint_rate", "and feedback.false_reject_rate need a task that can hint toward a wrong "
            f"value (data.dataset=world), not '{cfg.data.dataset}'; set them to 0")
-    _check(not cfg.data.groups or cfg.data.dataset == "world", "data.groups",
-           f"only the world has fact groups, not '{cfg.data.dataset}'; set data.groups=[]")
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")

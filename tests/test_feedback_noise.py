@@ -143,5 +143,3 @@ def test_bad_rates_are_config_errors(override, message):
                                           "not 'arc_challenge'"):
         load_config(None, ["feedback.false_reject_rate=0.1"])
     assert load_config(None, ["data.dataset=world", "feedback.false_reject_rate=0.1"]).feedback.false_reject_rate == 0.1
-    with pytest.raises(ConfigError, match="data.groups: only the world has fact groups, not 'arc_challenge'"):
-        load_config(None, ["data.groups=[known]"])

@@ -72,13 +72,13 @@ def test_sweep_cli_runs_a_tiny_grid_reuses_runs_and_reports(tiny_qwen, tmp_path,
     require_shared_data()
     out = tmp_path / "sweep"
     overrides = tiny_overrides(tiny_qwen, out, **{**FAST_EVAL, "fl.rounds": 1})
-    argv = ["sweep", "--grid", "spear.lambda_lose=0,0.3", "--algorithms", "spear", "--seeds", "0,1", "--no-progress",
+    argv = ["sweep", "--grid", "spear.lambda_lose=0,0.1", "--algorithms", "spear", "--seeds", "0,1", "--no-progress",
             *overrides]
     assert main(argv) == 0
     report = out / "sweep.md"
     assert capsys.readouterr().out.strip().endswith(str(report))
     data = json.loads((out / "sweep.json").read_text())
-    assert [c["label"] for c in data["cells"]] == ["spear spear.lambda_lose=0", "spear spear.lambda_lose=0.3"]
+    assert [c["label"] for c in data["cells"]] == ["spear spear.lambda_lose=0", "spear spear.lambda_lose=0.1"]
     for cell in data["cells"]:  # the statistics are those of the per-seed final accuracies
         accs = [cell["per_seed"][s]["accuracy"] for s in ("0", "1")]
         assert cell["accuracy"] == mean_ci(accs)
@@ -86,7 +86,7 @@ def test_sweep_cli_runs_a_tiny_grid_reuses_runs_and_reports(tiny_qwen, tmp_path,
     assert comp["reference"]["label"] == "spear spear.lambda_lose=0" and comp["seeds"] == [0, 1]
     assert comp["mcnemar"]["items"] == 2 * 4  # 4 evaluation items per seed, paired by id
     text = report.read_text()
-    assert "| spear spear.lambda_lose=0.3 | spear spear.lambda_lose=0 |" in text and "McNemar" in text
+    assert "| spear spear.lambda_lose=0.1 | spear spear.lambda_lose=0 |" in text and "McNemar" in text
     assert (out / "plots" / "accuracy_vs_spear.lambda_lose.png").is_file()
     # the same partition and client schedule per seed: both cells' seed-0 runs selected the same clients
     def schedule(cell: str, seed: int) -> list:
@@ -95,7 +95,7 @@ def test_sweep_cli_runs_a_tiny_grid_reuses_runs_and_reports(tiny_qwen, tmp_path,
         return [r.get("selected_clients") for r in rows if r.get("round", 0) >= 1]
 
     assert schedule("spear.lambda_lose=0", 0) == schedule("default", 0)
-    # 0.3 is the base config's value: that cell's runs live in spear/default (shared with any sweep's default)
+    # 0.1 is the default preset's value: that cell's runs live in spear/default (shared with any sweep's default)
     metrics = out / "spear" / "default" / "seed1" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
     assert main(argv) == 0  # everything reused: no run touched, the same report
