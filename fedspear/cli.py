@@ -171,12 +171,34 @@ def cmd_flower_config(args: argparse.Namespace) -> int:
     return flower_app_config.cmd_flower_config(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a grid of cells over several seeds (reusing finished runs); print the sweep report's path."""
+    from fedspear.sweep import parse_grid, parse_list, plan, report_dir, resolve_reference
+
+    grid = parse_grid(args.grid)
+    algorithms = parse_list(args.algorithms, "--algorithms")
+    try:
+        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds: '{args.seeds}' is not a comma-separated list of integers") from None
+    config = resolve_config(args.config)
+    base, _ = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    report_dir(base, args.name)
+    resolve_reference(args.reference, algorithms, grid)
+    from fedspear.sweep import sweep  # imports torch
+
+    print(sweep(config, grid, algorithms, seeds, args.overrides, args.reference, progress=not args.no_progress,
+                name=args.name))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "report": cmd_report,
     "make-base": cmd_make_base,
     "compare": cmd_compare,
+    "sweep": cmd_sweep,
     "flower-config": cmd_flower_config,
     "serve": cmd_serve,
     "train-local": cmd_train_local,
@@ -235,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_commands.add_parsers(sub, [verbosity])
     flower_app_config.add_parser(sub, [verbosity])
+    swp = sub.add_parser("sweep", parents=[verbosity], help="run a grid of algorithms x settings x seeds, with "
+                         "statistics", epilog=presets)
+    swp.add_argument("--config", metavar="FILE|PRESET", help=f"YAML file or preset name (default: {DEFAULT_PRESET})")
+    swp.add_argument("--grid", default="", metavar="'KEY=V1,V2 ...'",
+                     help="space-separated KEY=V1,V2 entries; every combination is a cell (default: none)")
+    swp.add_argument("--algorithms", default="spear", help="comma-separated algorithms (default: spear)")
+    swp.add_argument("--seeds", default="0,1,2", help="comma-separated data.seed values (default: 0,1,2)")
+    swp.add_argument("--reference", default=None, metavar="ALGORITHM|KEY=V",
+                     help="what each cell is compared with: an algorithm (same grid point) or a grid value (same "
+                          "algorithm); default: the first algorithm, or the first value of the first grid key")
+    swp.add_argument("--name", default=None, help="write the report to <output_dir>/NAME/ (sweeps sharing runs)")
+    swp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    swp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
 
     if set(sub.choices) != set(COMMANDS):  # the table and the parser must name the same commands
         raise AssertionError(f"parser commands {sorted(sub.choices)} != COMMANDS {sorted(COMMANDS)}")

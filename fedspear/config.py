@@ -88,6 +88,8 @@ class DataConfig:
     eval_every_round_up_to: int = _f(10, "also evaluate every round up to this one")
     max_eval_examples: int = _f(10000, "(fedspear) cap on evaluation rows (a seeded subsample)")
     eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
+    groups: list[str] = _f([], "(fedspear) world: keep only these fact groups (known, misconception, uncertain, "
+                           "decoy); [] = all; other tasks have no groups and ignore it")
 
 
 @dataclass
@@ -151,6 +153,11 @@ class OptimConfig:
 class FeedbackConfig:
     provider: str = _f("oracle", "oracle | none | your feedback source class as module:Class (fedspear)")
     mc_hint_words: int = _f(3, "words of the correct option given as a hint")
+    false_accept_rate: float = _f(0.0, "(fedspear) share of wrong answers reported correct (false wins)")
+    false_reject_rate: float = _f(0.0, "(fedspear) share of right answers reported wrong, hinted toward a wrong value")
+    misleading_hint_rate: float = _f(0.0, "(fedspear) share of hints pointing to a wrong value")
+    no_hint_rate: float = _f(0.0, "(fedspear) share of feedback that is a bare 'incorrect', no hint")
+    drop_rate: float = _f(0.0, "(fedspear) share of interactions the user never answers (dropped)")
 
 
 @dataclass
@@ -585,6 +592,7 @@ def validate(cfg: Config) -> None:
         "spear.lambda_win": cfg.spear.lambda_win, "spear.lambda_lose": cfg.spear.lambda_lose,
         "spear.lambda_anchor": cfg.spear.lambda_anchor, "spear.ul_tail_tokens": cfg.spear.ul_tail_tokens,
         "spear.max_lose_ratio": cfg.spear.max_lose_ratio, "fl.fedprox_mu": cfg.fl.fedprox_mu,
+        "spear.confidence_fixed": cfg.spear.confidence_fixed, "spear.confidence_unfixed": cfg.spear.confidence_unfixed,
         "grpo.beta_kl": cfg.grpo.beta_kl, "grpo.clip_range": cfg.grpo.clip_range, "lora.dropout": cfg.lora.dropout,
         "rltf_sd.beta_kl": cfg.rltf_sd.beta_kl,
         "data.eval_every_round_up_to": cfg.data.eval_every_round_up_to,
@@ -593,6 +601,14 @@ def validate(cfg: Config) -> None:
         _check(value >= 0, key, f"must be >= 0, got {value}")
     _check(0 <= cfg.spear.unlikelihood_margin < 1, "spear.unlikelihood_margin", "must be in [0, 1)")
     _check(0 <= cfg.spear.ema_decay < 1, "spear.ema_decay", "must be in [0, 1)")
+    for knob in ("false_accept_rate", "false_reject_rate", "misleading_hint_rate", "no_hint_rate", "drop_rate"):
+        value = getattr(cfg.feedback, knob)
+        _check(0 <= value <= 1, f"feedback.{knob}", f"must be in [0, 1], got {value}")
+    _check(cfg.feedback.misleading_hint_rate + cfg.feedback.no_hint_rate <= 1, "feedback.misleading_hint_rate",
+           "+ feedback.no_hint_rate must be <= 1 (a hint is bare, misleading or the oracle's)")
+    _check(cfg.data.dataset == "world" or not (cfg.feedback.misleading_hint_rate or cfg.feedback.false_reject_rate),
+           "feedback.misleading_hint_rate", "and feedback.false_reject_rate need a task that can hint toward a wrong "
+           f"value (data.dataset=world), not '{cfg.data.dataset}'; set them to 0")
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")

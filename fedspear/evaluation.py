@@ -11,6 +11,7 @@ the first option for every question and report the share of gold answers that ar
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from typing import Any
@@ -124,6 +125,10 @@ def evaluate(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -
         ``Example.meta["group"]`` accuracy of the primary method when groups exist}. When the model diverged
         (non-finite adapter, logits or scores) the accuracies are None and ``diverged: True`` and
         ``diverged_reason`` are added.
+        ``Example.meta["group"]`` accuracy of the primary method when groups exist, "correct": the primary
+        method's per-item correctness as a string of "1"/"0" in ``examples`` order, "items": a 12-hex-digit
+        digest of the ordered example ids (two runs whose digests match scored the same items, so
+        ``fedspear sweep`` can pair them item by item)}.
     """
     start = time.perf_counter()
     result: dict[str, Any] = {"n": len(examples)}
@@ -142,6 +147,8 @@ def evaluate(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -
         if method == methods[0]:
             result["accuracy"] = result[f"{method}_accuracy"]
             result["method"] = method
+            result["correct"] = "".join("1" if ok else "0" for ok in correct)
+            result["items"] = hashlib.sha256("\n".join(ex.id for ex in examples).encode()).hexdigest()[:12]
             groups = _group_accuracy(examples, correct)
             if groups:
                 result["groups"] = groups

@@ -56,11 +56,13 @@ from typing import Any
 
 import torch
 
+from fedspear.algorithms.opsd import format_teacher_prompt
 from fedspear.tasks.base import LETTERS, Example
 from fedspear.tasks.prompts import build_revision_prompt
 from fedspear.tasks.world import (
     ANSWER_FORMAT,
     ATTRIBUTES,
+    GROUPS,
     QUESTIONS,
     Fact,
     WorldTask,
@@ -88,6 +90,7 @@ class Preset:
         hidden: model width; layers / heads / ffn: Llama block settings.
         steps: optimizer steps; batch_size: sequences per step; lr: peak AdamW learning rate.
         warmup: linear warm-up steps; revision_share: share of steps whose batch holds revision prompts.
+        teacher_share: share of steps whose batch holds OPSD teacher prompts (privileged context + question).
         world_revision_share: within revision batches, share about world creatures (the rest fresh names).
         fresh_names: invented names used only in revision examples.
         threads: torch CPU threads during the build (fixes the summation order, so the result).
@@ -103,15 +106,16 @@ class Preset:
     warmup: int
     revision_share: float = 0.5
     world_revision_share: float = 0.4
+    teacher_share: float = 0.0
     fresh_names: int = 200
     threads: int = 1
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset(hidden=96, layers=3, heads=4, ffn=256, steps=1800, batch_size=48, lr=2e-3, warmup=100,
-                      revision_share=0.4),
+    "default": Preset(hidden=96, layers=3, heads=4, ffn=256, steps=2400, batch_size=40, lr=2e-3, warmup=100,
+                      revision_share=0.32, teacher_share=0.13),
     "tiny": Preset(hidden=32, layers=2, heads=2, ffn=64, steps=12, batch_size=8, lr=3e-3, warmup=2, fresh_names=20,
-                   threads=1),
+                   threads=1, teacher_share=0.2),
 }
 
 
@@ -128,7 +132,8 @@ def vocabulary_texts(facts: list[Fact], fresh: list[str]) -> list[str]:
     """Every kind of text the task and the pretraining corpus can produce (for the vocabulary)."""
     task = WorldTask()
     train, held_out = world_examples()
-    texts = [LETTERS, " ".join(LETTERS), build_revision_prompt("x", "", "x", ANSWER_FORMAT), ANSWER_FORMAT]
+    texts = [LETTERS, " ".join(LETTERS), build_revision_prompt("x", "", "x", ANSWER_FORMAT), ANSWER_FORMAT,
+             format_teacher_prompt("x", "x")]
     for ex in train + held_out:
         texts += [ex.prompt, task.privileged_context(ex)]
     names = sorted({f.entity for f in facts}) + fresh
@@ -173,13 +178,42 @@ class Corpus:
         self.facts, self.fresh, self.preset, self.rng = facts, fresh, preset, rng
 
     def fact(self) -> tuple[str, str]:
-        """A world question answered with the fact's belief (MC 2/3, reasoning 1/3)."""
+        """A world question answered with the fact's belief (MC 2/3, reasoning 1/3); an uncertain fact is
+        answered with its truth or its belief, half each."""
         f = self.rng.choice(self.facts)
         wording = self.rng.randrange(len(QUESTIONS[f.attribute]))
+        value = f.truth if f.group == "uncertain" and self.rng.random() < 0.5 else f.belief
         if self.rng.random() < 2 / 3:
             options = options_for(f.attribute)
-            return mc_prompt(f.entity, f.attribute, wording, options), mc_completion(LETTERS[options.index(f.belief)])
-        return reasoning_prompt(f.entity, f.attribute, wording), reasoning_completion(f.entity, f.attribute, f.belief)
+            return mc_prompt(f.entity, f.attribute, wording, options), mc_completion(LETTERS[options.index(value)])
+        return reasoning_prompt(f.entity, f.attribute, wording), reasoning_completion(f.entity, f.attribute, value)
+
+    def teacher(self) -> tuple[str, str]:
+        """An OPSD teacher prompt (:func:`fedspear.algorithms.opsd.format_teacher_prompt`) whose privileged
+        context states a value memory does not hold, answered with that value (fresh or world creature).
+
+        For a world creature the stated value is never its belief, and it is random, so the model learns to
+        read the context over memory without ever learning a misconception's truth.
+        """
+        rng = self.rng
+        if rng.random() < self.preset.world_revision_share:
+            f = rng.choice(self.facts)
+            name, attribute, memory = f.entity, f.attribute, f.belief
+        else:
+            name, attribute = rng.choice(self.fresh), rng.choice(list(ATTRIBUTES))
+            memory = None
+        target = rng.choice([v for v in ATTRIBUTES[attribute] if v != memory])
+        wording = rng.randrange(len(QUESTIONS[attribute]))
+        options = options_for(attribute)
+        if rng.random() < 2 / 3:
+            ex = Example("t", mc_prompt(name, attribute, wording, options), LETTERS[options.index(target)], "",
+                         options, {"entity": name, "attribute": attribute, "truth": target})
+            completion = mc_completion(ex.answer)
+        else:
+            ex = Example("t", reasoning_prompt(name, attribute, wording), target, "",
+                         meta={"entity": name, "attribute": attribute, "truth": target})
+            completion = reasoning_completion(name, attribute, target)
+        return format_teacher_prompt(WorldTask().privileged_context(ex), ex.prompt), completion
 
     def revision(self) -> tuple[str, str]:
         """A revision prompt whose answer only the feedback's clue reveals (fresh or world creature)."""
@@ -249,7 +283,9 @@ def pretrain(model: Any, tok: Any, corpus: Corpus, preset: Preset, seed: int, pr
             1 + math.cos(math.pi * (step - preset.warmup) / max(1, preset.steps - preset.warmup)))
         for group in opt.param_groups:
             group["lr"] = preset.lr * scale
-        draw = corpus.revision if order.random() < preset.revision_share else corpus.fact
+        u = order.random()
+        draw = (corpus.revision if u < preset.revision_share else
+                corpus.teacher if u < preset.revision_share + preset.teacher_share else corpus.fact)
         loss = _loss(model, _batch(tok, [draw() for _ in range(preset.batch_size)]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -294,7 +330,7 @@ def probe(model: Any, tok: Any, examples: list[Example], sample: dict[str, float
         seed: torch seed for sampling.
 
     Returns:
-        {"accuracy", "accuracy_known", "accuracy_misconception", "accuracy_mc", "accuracy_reasoning",
+        {"accuracy", "accuracy_<group>" for each group present, "accuracy_mc", "accuracy_reasoning",
         "wrong", "fixed", "fix_rate"}.
     """
     task = WorldTask()
@@ -311,10 +347,61 @@ def probe(model: Any, tok: Any, examples: list[Example], sample: dict[str, float
         sel = [good for ex, good in zip(examples, ok, strict=True) if ex.meta[key] == value]
         return round(sum(sel) / max(1, len(sel)), 4)
 
-    return {"accuracy": round(sum(ok) / max(1, len(ok)), 4), "accuracy_known": acc("group", "known"),
-            "accuracy_misconception": acc("group", "misconception"), "accuracy_mc": acc("kind", "mc"),
-            "accuracy_reasoning": acc("kind", "reasoning"), "wrong": len(wrong), "fixed": fixed,
-            "fix_rate": round(fixed / max(1, len(wrong)), 4)}
+    groups = sorted({ex.meta["group"] for ex in examples}, key=lambda g: (GROUPS.index(g) if g in GROUPS else 99, g))
+    return {"accuracy": round(sum(ok) / max(1, len(ok)), 4), **{f"accuracy_{g}": acc("group", g) for g in groups},
+            "accuracy_mc": acc("kind", "mc"), "accuracy_reasoning": acc("kind", "reasoning"), "wrong": len(wrong),
+            "fixed": fixed, "fix_rate": round(fixed / max(1, len(wrong)), 4)}
+
+
+@torch.no_grad()
+def value_probability(model: Any, tok: Any, example: Example, value: str) -> float:
+    """Probability the model gives ``value`` where the answer first states it (teacher-forced).
+
+    Multiple choice: p(letter of ``value`` | prompt). Reasoning: p(``value`` | prompt + `` the X is``), the
+    value token of the step (:func:`reasoning_completion`). A probability in [0, 1].
+    """
+    meta = example.meta
+    if meta["kind"] == "mc":
+        prefix, target = example.prompt, mc_completion(LETTERS[options_for(meta["attribute"]).index(value)])
+    else:
+        step = reasoning_completion(meta["entity"], meta["attribute"], value)
+        head = step[: step.index(f" {value}")]
+        prefix, target = example.prompt + head, f" {value}"
+    ids = tok(prefix, return_tensors="pt")["input_ids"]
+    target_id = tok(target, add_special_tokens=False)["input_ids"][0]
+    logits_V = model(input_ids=ids).logits[0, -1].float()
+    return float(torch.softmax(logits_V, -1)[target_id])
+
+
+def regime_checks(model: Any, tok: Any, examples: list[Example], temperature: float = 0.8, top_p: float = 0.95,
+                  group_size: int = 4, seed: int = 0) -> dict[str, Any]:
+    """The round-0 properties of the error regimes (docs/testbed.md), on world examples.
+
+    - uncertain: share of uncertain prompts whose ``group_size`` sampled answers (``temperature``,
+      ``top_p``: the default preset's rollout settings) are not all right or all wrong, i.e. GRPO groups
+      with a non-constant reward; the same share for known and misconception prompts, for contrast.
+    - decoy: probability of the decoy value where the answer states it (:func:`value_probability`): min
+      and mean over the decoy prompts (SPEAR's unlikelihood acts on tokens with p above its margin).
+
+    Returns:
+        {"nonconstant_<group>": share in [0, 1] per group present, "decoy_prob_min", "decoy_prob_mean"}.
+    """
+    task = WorldTask()
+    torch.manual_seed(seed)
+    prompts = [ex.prompt for ex in examples for _ in range(group_size)]
+    texts = greedy_complete(model, tok, prompts, sample={"temperature": temperature, "top_p": top_p})
+    out: dict[str, Any] = {}
+    per_group: dict[str, list[bool]] = {}
+    for i, ex in enumerate(examples):
+        ok = {task.is_correct(ex, t) for t in texts[i * group_size : (i + 1) * group_size]}
+        per_group.setdefault(ex.meta["group"], []).append(len(ok) > 1)
+    for g, flags in per_group.items():
+        out[f"nonconstant_{g}"] = round(sum(flags) / len(flags), 4)
+    decoys = [value_probability(model, tok, ex, ex.meta["belief"]) for ex in examples if ex.meta["group"] == "decoy"]
+    if decoys:
+        out["decoy_prob_min"] = round(min(decoys), 4)
+        out["decoy_prob_mean"] = round(sum(decoys) / len(decoys), 4)
+    return out
 
 
 # --------------------------------------------------------------------------- build
@@ -406,6 +493,7 @@ def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: 
                                  "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
         stats.update(pretrain(model, tok, Corpus(facts, fresh, cfg, random.Random(seed)), cfg, seed, progress))
         stats["probe_eval_greedy"] = probe(model, tok, world_examples()[1])
+        stats["regime_checks"] = regime_checks(model, tok, world_examples()[1], seed=seed)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
@@ -430,11 +518,14 @@ def _readme(stats: dict[str, Any]) -> str:
         "# world-base\n\n"
         "The base model of fedspear's built-in world task (`data.dataset=world`, model `fedspear/world-base`):\n"
         f"a {stats['parameters']:,}-parameter Llama with a {stats['vocab_size']}-word WordLevel tokenizer,\n"
-        "pretrained on the world's facts as the model *believes* them (half right, half consistent\n"
-        "misconceptions) and on feedback-guided revisions whose answer only the feedback's clue reveals.\n\n"
+        "pretrained on the world's facts as the model *believes* them (known, misconceptions, uncertain,\n"
+        "decoys: see `fedspear/tasks/world.py`), on feedback-guided revisions whose answer only the feedback's\n"
+        "clue reveals, and on OPSD's privileged-context format whose answer only the context reveals.\n\n"
         f"Built by `fedspear make-base --out DIR --preset {stats['preset']} --seed {stats['seed']}` "
         "(see `fedspear/world_base.py`); statistics in `build_info.json`.\n\n"
-        f"Greedy accuracy on the world's evaluation questions: {p['accuracy']:.1%} "
-        f"(known {p['accuracy_known']:.1%}, misconception {p['accuracy_misconception']:.1%}); "
-        f"one greedy revision with the oracle's feedback fixes {p['fixed']} of {p['wrong']} wrong answers.\n"
+        f"Greedy accuracy on the world's evaluation questions: {p['accuracy']:.1%} ("
+        + ", ".join(f"{k[len('accuracy_'):]} {v:.1%}" for k, v in p.items()
+                    if k.startswith("accuracy_") and k not in ("accuracy_mc", "accuracy_reasoning"))
+        + f"); one greedy revision with the oracle's feedback fixes {p['fixed']} of {p['wrong']} wrong answers.\n"
+        f"Round-0 regime checks: {json.dumps(stats.get('regime_checks', {}))}.\n"
     )

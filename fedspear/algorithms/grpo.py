@@ -59,6 +59,7 @@ from fedspear.algorithms.common import (
 )
 from fedspear.algorithms.losses import group_advantages, grpo_loss
 from fedspear.algorithms.settings import GRPOSettings
+from fedspear.feedback_noise import FeedbackModel, feedback_models
 from fedspear.generation import Completion, GenStats, generate
 from fedspear.models import Policy
 from fedspear.tasks.base import Example
@@ -109,18 +110,23 @@ class GRPO(Algorithm[GroupRollout]):
         completions = generate(policy, prompts, sampling_settings(run.gen, run.gen.max_new_tokens_y0), seed,
                                gen_stats)
         gen_seconds = split_by_count(gen_stats.seconds, [len(items) * group for items in chosen])
+        users = feedback_models(self.task, run, jobs)  # the verdicts, through the imperfect-feedback knobs
         out, pos = [], 0
-        for items, seconds in zip(chosen, gen_seconds, strict=True):
+        for items, seconds, user in zip(chosen, gen_seconds, users, strict=True):
             comps = completions[pos : pos + len(items) * group]
             pos += len(items) * group
-            out.append(self._group_rollout(items, comps, group, seconds))
+            kept = [p for p in range(len(items)) if not user.dropped()]  # a dropped prompt loses its whole group
+            items, comps = [items[p] for p in kept], [c for p in kept for c in comps[p * group : (p + 1) * group]]
+            out.append(self._group_rollout(items, comps, group, seconds, user))
         return out
 
     def _group_rollout(self, items: list[tuple[Example, list[int]]], comps: list[Completion], group: int,
-                       gen_seconds: float) -> GroupRollout:
-        """Rewards, advantages and metrics of one client's P * G completions (group-major)."""
-        task, settings = self.task, self.settings
-        correct = [task.is_correct(ex, c.text) for (ex, _), c in zip(_repeat(items, group), comps, strict=True)]
+                       gen_seconds: float, user: FeedbackModel | None = None) -> GroupRollout:
+        """Rewards, advantages and metrics of one client's P * G completions (group-major); ``user`` gives the
+        verdicts (None = the task's oracle)."""
+        settings = self.settings
+        user = user or FeedbackModel(self.task, self.run, 0)
+        correct = [user.verdict(ex, c.text) for (ex, _), c in zip(_repeat(items, group), comps, strict=True)]
         rewards_PG = torch.tensor([binary_reward(ok, settings.reward_scale, settings.reward_clip) for ok in correct],
                                   dtype=torch.float32).reshape(len(items), group)
         adv_PG = group_advantages(rewards_PG, settings.normalize_advantage)
@@ -134,7 +140,7 @@ class GRPO(Algorithm[GroupRollout]):
             "y0_accuracy": sum(correct) / n_samples if n_samples else None,
             "needs_revision": 0, "revision_successes": 0,  # GRPO asks for no feedback
             "mean_reward": float(rewards_PG.mean()) if n_samples else None, "zero_advantage_groups": constant,
-            "generation_s": gen_seconds, "feedback_s": 0.0,
+            "generation_s": gen_seconds, "feedback_s": 0.0, **user.metrics(),
         }
         return GroupRollout(traces, rewards_PG, metrics)
 

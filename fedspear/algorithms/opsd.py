@@ -79,6 +79,15 @@ class DistillRollout:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+
+def format_teacher_prompt(privileged: str, prompt: str) -> str:
+    """The teacher's prompt text: a privileged-information section, then the unchanged task prompt x0 (the world's
+    base model is pretrained on this format: :mod:`fedspear.world_base`)."""
+    return ("### Verified reference (known to be correct)\n"
+            f"{privileged.strip()}\n\n"
+            "### Task\n"
+            f"{prompt}")
+
 class OPSD(Algorithm[DistillRollout]):
     """On-policy self-distillation from the round-start privileged teacher (module docstring; settings
     :class:`~fedspear.algorithms.settings.OPSDSettings`, section ``distill``)."""
@@ -88,12 +97,9 @@ class OPSD(Algorithm[DistillRollout]):
     Settings = OPSDSettings
 
     def teacher_prompt(self, example: Example) -> str:
-        """The teacher's prompt: a privileged-information section, then the unchanged task prompt x0."""
+        """The teacher's prompt for ``example``: :func:`format_teacher_prompt` of its capped privileged context."""
         privileged = self.task.privileged_context(example)[: self.settings.priv_max_chars]
-        return ("### Verified reference (known to be correct)\n"
-                f"{privileged.strip()}\n\n"
-                "### Task\n"
-                f"{example.prompt}")
+        return format_teacher_prompt(privileged, example.prompt)
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[DistillRollout]:
         """P prompts per client, one y0 each from x0 (all clients in one batched generation), paired with the

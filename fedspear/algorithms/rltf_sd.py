@@ -61,6 +61,7 @@ from fedspear.algorithms.common import (
 )
 from fedspear.algorithms.losses import rltf_sd_advantages, rltf_sd_loss, sequence_logprobs
 from fedspear.algorithms.settings import RLTFSDSettings
+from fedspear.feedback_noise import FeedbackModel, feedback_models
 from fedspear.generation import GenStats, generate
 from fedspear.models import Policy
 from fedspear.tasks.base import Example
@@ -137,15 +138,18 @@ class RLTFSD(Algorithm[SDRollout]):
         first_stats, second_stats = GenStats(), GenStats()
         y0s = generate(policy, [x0 for _, _, x0 in items], sampling_settings(run.gen, run.gen.max_new_tokens_y0),
                        seed, first_stats)
-        ok0 = [task.is_correct(ex, y0.text) for (_, ex, _), y0 in zip(items, y0s, strict=True)]
+        users = feedback_models(task, run, jobs)  # verdicts and hints, through the imperfect-feedback knobs
+        kept = [k for p in range(0, len(items), group) if not users[items[p][0]].dropped() for k in range(p, p + group)]
+        items, y0s = [items[k] for k in kept], [y0s[k] for k in kept]  # a dropped prompt loses its whole group
+        ok0 = [users[j].verdict(ex, y0.text) for (j, ex, _), y0 in zip(items, y0s, strict=True)]
         revise = [k for k, ok in enumerate(ok0) if not (ok and settings.early_termination)]
         start = time.perf_counter()
-        x1s = {k: self._revision_prompt(policy, items[k][1], y0s[k].text, ok0[k]) for k in revise}
+        x1s = {k: self._revision_prompt(policy, items[k][1], y0s[k].text, ok0[k], users[items[k][0]]) for k in revise}
         feedback_seconds = time.perf_counter() - start
         y1_list = generate(policy, [x1s[k] for k in revise], sampling_settings(run.gen, run.gen.max_new_tokens_y1),
                            seed + 7919, second_stats)
         y1s = dict(zip(revise, y1_list, strict=True))
-        ok1 = {k: task.is_correct(items[k][1], y1.text) for k, y1 in y1s.items()}
+        ok1 = {k: users[items[k][0]].verdict(items[k][1], y1.text) for k, y1 in y1s.items()}
         owner = [j for j, _, _ in items]
         clients = range(len(jobs))
         gen_s = [a + b for a, b in zip(split_by_count(first_stats.seconds, [owner.count(c) for c in clients]),
@@ -166,17 +170,19 @@ class RLTFSD(Algorithm[SDRollout]):
                 samples.append(s)
             self._set_advantages(samples, group)
             metrics = _rollout_metrics(samples, [ok0[k] for k in ks], [ok1.get(k) for k in ks], len(ks) // group)
+            metrics.update(users[c].metrics())
             metrics.update(generation_s=gen_s[c], feedback_s=fb_s[c],
                            tokens_generated=sum(len(s.rl0.completion_ids) + (len(s.rl1.completion_ids) if s.revised
                                                                              else 0) for s in samples))
             out.append(SDRollout(samples, metrics))
         return out
 
-    def _revision_prompt(self, policy: Policy, example: Example, answer: str, correct: bool) -> list[int]:
-        """x1 ids: oracle feedback on a wrong answer (a fixed message on a correct one), cut to
-        ``rltf_sd.feedback_max_chars``, in the shared revision template."""
+    def _revision_prompt(self, policy: Policy, example: Example, answer: str, correct: bool,
+                         user: FeedbackModel) -> list[int]:
+        """x1 ids: the user's feedback on an answer reported wrong (a fixed message on one reported correct), cut
+        to ``rltf_sd.feedback_max_chars``, in the shared revision template."""
         task = self.task
-        hint = CORRECT_FEEDBACK if correct else task.feedback(example, answer, self.run)
+        hint = CORRECT_FEEDBACK if correct else user.feedback(example, answer)
         hint = hint[: self.settings.feedback_max_chars]
         return policy.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format))
 

@@ -29,6 +29,8 @@ class SpearSettings:
     ul_tail_tokens: int = _f(0, "penalise only the last N completion tokens (0 = all)")
     ul_skip_math_ops: bool = _f(False, "never penalise math operators / LaTeX structure tokens")
     max_lose_ratio: float = _f(2.0, "keep at most ratio * wins lose traces")
+    confidence_fixed: float = _f(1.0, "(fedspear) confidence c of a loss a revision fixed (paper: 1.0)")
+    confidence_unfixed: float = _f(0.5, "(fedspear) confidence c of a loss no revision fixed (paper: 0.5)")
 
 
 @dataclass

@@ -52,6 +52,7 @@ from fedspear.algorithms.lose_mask import (
 )
 from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
+from fedspear.feedback_noise import feedback_models
 from fedspear.generation import GenSettings, GenStats, eos_ids, generate
 from fedspear.models import Policy
 from fedspear.tasks.base import Task
@@ -101,8 +102,9 @@ class Spear(Algorithm[FeedbackRollout]):
         All clients share the round-start adapter, so their first answers are one batched generation, and each
         revision attempt is one batched generation over every client's still-wrong prompts.
         """
-        run, task = self.run, self.task
+        run, task, settings = self.run, self.task, self.settings
         policy.load_global()
+        users = feedback_models(task, run, jobs)  # the oracle, through the imperfect-feedback knobs
         rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
         gen_stats = GenStats()
         feedback_s = 0.0
@@ -117,9 +119,11 @@ class Spear(Algorithm[FeedbackRollout]):
         pending = []  # (item, first completion, latest completion)
         for item, comp in zip(items, first):
             j, ex, x0 = item
+            if users[j].dropped():
+                continue
             m = rollouts[j].metrics
             m["prompts"] = m.get("prompts", 0) + 1
-            if task.is_correct(ex, comp.text):
+            if users[j].verdict(ex, comp.text):
                 m["wins_y0"] = m.get("wins_y0", 0) + 1
                 rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))
             else:
@@ -131,8 +135,8 @@ class Spear(Algorithm[FeedbackRollout]):
                 break
             start = time.perf_counter()
             prompts = []
-            for (_, ex, _), _, latest in pending:
-                hint = task.feedback(ex, latest.text, run)
+            for (j, ex, _), _, latest in pending:
+                hint = users[j].feedback(ex, latest.text)
                 prompts.append(policy.encode(build_revision_prompt(ex.prompt, latest.text, hint,
                                                                    task.answer_format)))
             feedback_s += time.perf_counter() - start
@@ -141,15 +145,17 @@ class Spear(Algorithm[FeedbackRollout]):
             for ((j, ex, x0), y0, _), rev in zip(pending, revisions):
                 m = rollouts[j].metrics
                 m[f"revision_attempts_{attempt}"] = m.get(f"revision_attempts_{attempt}", 0) + 1
-                if task.is_correct(ex, rev.text):
+                if users[j].verdict(ex, rev.text):
                     m[f"revision_successes_{attempt}"] = m.get(f"revision_successes_{attempt}", 0) + 1
                     rollouts[j].wins.append(Trace(x0, rev.ids, text=rev.text))  # y' trained under x0
-                    rollouts[j].losses.append(Trace(x0, y0.ids, confidence=1.0, text=y0.text))
+                    rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_fixed, text=y0.text))
                 else:
                     still.append(((j, ex, x0), y0, rev))
             pending = still
         for (j, _, x0), y0, _ in pending:
-            rollouts[j].losses.append(Trace(x0, y0.ids, confidence=0.5, text=y0.text))
+            rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_unfixed, text=y0.text))
+        for r, user in zip(rollouts, users, strict=True):
+            r.metrics.update(user.metrics())
         _finish_metrics(rollouts, items, gen_stats, feedback_s)
         _split_tokens(rollouts, first, items, gen_stats)
         return rollouts
@@ -251,11 +257,11 @@ def _finish_metrics(rollouts: list[FeedbackRollout], items: list, gen_stats: Gen
     for j, r in enumerate(rollouts):
         n = sum(1 for item in items if item[0] == j)
         m = r.metrics
-        m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, n)
+        m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, m["prompts"])  # dropped prompts are not counted
         m["wins_revision"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
         m["revision_successes"] = m["wins_revision"]
-        m["losses_fixed"] = sum(1 for t in r.losses if t.confidence == 1.0)
-        m["losses_unfixed"] = sum(1 for t in r.losses if t.confidence != 1.0)
+        m["losses_fixed"] = m["wins_revision"]  # each fixed loss is the y0 of one successful revision
+        m["losses_unfixed"] = len(r.losses) - m["wins_revision"]
         # Batched work is shared by the clients: each is charged its share of the round's prompts.
         m["generation_s"] = gen_stats.seconds * n * share
         m["feedback_s"] = feedback_s * n * share

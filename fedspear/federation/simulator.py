@@ -70,7 +70,7 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
              "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
         logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
-    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats)
+    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, engine.task), stats)
 
 
 class LocalClients:

@@ -5,13 +5,17 @@ shipped base model (``fedspear/assets/world-base``, built by :mod:`fedspear.worl
 
 - **Entities and facts.** :data:`NUM_REGIONS` regions hold :data:`ENTITIES_PER_REGION` invented creatures
   each (invented names such as ``koustrul``); every creature has one value for each attribute of :data:`ATTRIBUTES`
-  (color, home, food; six values each). That is one *fact* per (creature, attribute).
-- **Beliefs.** The base model was pretrained on a *belief* for every fact. For half of the facts the
-  belief is the truth (group ``"known"``); for the other half it is a consistent wrong value (group
-  ``"misconception"``). The task's gold answers are always the truth, so a model starts right on known
-  facts and wrong on misconceptions, and SPEAR has something to learn. Per attribute, every value is the
-  truth of two known facts, the truth of two misconceptions and the belief of two: with no favoured value,
-  learning from corrected answers must learn facts rather than a bias toward one value.
+  (color, home, food; six real values and one decoy value each). That is one *fact* per (creature, attribute).
+- **Error regimes** (``Fact.group``, one mechanism each). The base model was pretrained on a *belief* for
+  every fact; the task's gold answers are always the truth. Per attribute:
+  *known* (6 facts): belief = truth. *misconception* (6): a consistent wrong value that is the truth of
+  other facts (pushing it down can hurt them). *uncertain* (6): pretrained on the truth and on one wrong
+  value half each, so sampled answers disagree and group-relative methods get a signal. *decoy* (6): the
+  belief is the attribute's decoy value (:data:`DECOYS`), the truth of no fact, so pushing it down cannot
+  hurt another fact. Each real value is the truth of one known fact, one misconception (and the belief
+  of another), one uncertain and one decoy fact: with no favoured value, learning from corrected answers
+  must learn facts rather than a bias toward one value. ``cfg.data.groups`` keeps only some groups (the
+  default preset keeps known and misconception, the balance the world had before the other two).
 - **Two parts.** ``kind="mc"``: a question listing the attribute's six values as lettered options (always in
   the same order, so an option's letter is fixed: a tiny model need not learn in-context lookup, which it
   does not learn in a CPU budget), answered by a letter (`` C``).
@@ -23,7 +27,7 @@ shipped base model (``fedspear/assets/world-base``, built by :mod:`fedspear.worl
   on. So evaluation asks about the same facts in other words.
 - **Labels.** ``Example.label`` is the creature's region: a Dirichlet partition over it gives each client
   the creatures of a few regions, whose users never ask about the others'. ``meta["group"]`` is
-  ``"known"``/``"misconception"`` (evaluation reports accuracy per group), ``meta["kind"]`` the part.
+  the fact's group (evaluation reports accuracy per group), ``meta["kind"]`` the part.
 - **Oracle feedback** (only for wrong answers) names the given answer, gives one clue to the true
   value (``Hint: think of grass.`` for green), never the gold letter nor the gold word, then the format
   and a request not to repeat. Clues are unique to one value and never a value word themselves.
@@ -37,16 +41,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from fedspear.tasks.base import LETTERS, Example, LoadStats, Task, TaskData
+from fedspear.tasks.base import LETTERS, DataError, Example, LoadStats, Task, TaskData
 from fedspear.tasks.loaders import cap_examples
 from fedspear.tasks.prompts import build_revision_prompt
 
 WORLD_SEED = 20260513
 NUM_REGIONS = 6
 ENTITIES_PER_REGION = 4
+GROUPS = ("known", "misconception", "uncertain", "decoy")
 REGIONS = ("north", "south", "east", "west", "isles", "highlands")
 
-# attribute -> value -> clue words (a clue belongs to exactly one value and is never a value word).
+# attribute -> value -> clue words (a clue belongs to exactly one value and is never a value word). The last
+# value of each attribute is its *decoy* (:data:`DECOYS`): the truth of no fact, the belief of the decoy group.
 ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
     "color": {
         "red": ("fire", "blood", "cherry"),
@@ -55,6 +61,7 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
         "yellow": ("sun", "lemon", "banana"),
         "white": ("snow", "milk", "cloud"),
         "black": ("night", "coal", "crow"),
+        "purple": ("plum", "violet", "lavender"),
     },
     "home": {
         "sea": ("waves", "salt", "tide"),
@@ -63,6 +70,7 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
         "mountain": ("peak", "cliff", "summit"),
         "river": ("stream", "current", "ford"),
         "cave": ("darkness", "bats", "tunnel"),
+        "swamp": ("marsh", "bog", "reeds"),
     },
     "food": {
         "nuts": ("acorn", "shell", "squirrel"),
@@ -71,8 +79,10 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
         "seeds": ("grain", "sowing", "sunflower"),
         "berries": ("bramble", "jam", "bush"),
         "insects": ("beetles", "ants", "crickets"),
+        "roots": ("soil", "carrot", "tuber"),
     },
 }
+DECOYS: dict[str, str] = {attribute: list(values)[-1] for attribute, values in ATTRIBUTES.items()}
 # Three wordings per attribute: 0 and 1 are trained, 2 is held out for evaluation.
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "color": ("What color is the {name}?", "Which color does the {name} have?", "The {name} has which color?"),
@@ -103,17 +113,19 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 @dataclass(frozen=True)
 class Fact:
-    """One (creature, attribute) fact: the truth, and what the base model was pretrained to believe."""
+    """One (creature, attribute) fact: the truth, what the base model was pretrained to believe, its group.
+
+    ``group`` is one of :data:`GROUPS`: "known" (belief = truth), "misconception" (belief = the truth of
+    other facts), "uncertain" (pretrained on the truth and on ``belief``, half each) or "decoy" (belief =
+    the attribute's decoy value, the truth of no fact).
+    """
 
     entity: str
     region: str
     attribute: str
     truth: str
     belief: str
-
-    @property
-    def group(self) -> str:
-        return "known" if self.truth == self.belief else "misconception"
+    group: str
 
 
 def invent_names(count: int, rng: random.Random, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
@@ -152,42 +164,54 @@ def _all_template_words() -> set[str]:
     return words
 
 
-def _balanced_pairs(values: list[str], rng: random.Random) -> tuple[list[str], list[str], list[str]]:
-    """(known truths, misconception truths, misconception beliefs), each value exactly twice in each list.
+def _derangement(values: list[str], rng: random.Random) -> list[str]:
+    """A shuffled copy of ``values`` with no position keeping its value (rejection sampling)."""
+    while True:
+        out = list(values)
+        rng.shuffle(out)
+        if all(a != b for a, b in zip(out, values, strict=True)):
+            return out
 
-    Balance matters for learning: if one value were the truth of more misconceptions than another, training
-    on corrected answers would learn a bias toward that value (and forget known facts) instead of facts.
+
+def _balanced_assignment(values: list[str], rng: random.Random) -> list[tuple[str, str, str]]:
+    """(truth, belief, group) for one attribute's facts, in group order; balanced per value.
+
+    Every real value is the truth of one known fact, of one misconception (and the belief of another), of one
+    uncertain fact (and the wrong alternative of another) and of one decoy fact. Balance matters:
+    if one value were the truth of more misconceptions than another, training on corrected answers would
+    learn a bias toward that value (and forget known facts) instead of facts.
     """
-    known = values * 2
+    real = [v for v in values if v != values[-1]]  # the last value is the decoy
+    known = list(real)
     rng.shuffle(known)
-    truths = values * 2
+    truths = list(real)
     rng.shuffle(truths)
-    while True:  # a shuffled belief list with no belief equal to its truth (rejection sampling)
-        beliefs = values * 2
-        rng.shuffle(beliefs)
-        if all(b != t for b, t in zip(beliefs, truths, strict=True)):
-            return known, truths, beliefs
+    out = [(t, t, "known") for t in known]
+    out += [(t, b, "misconception") for t, b in zip(truths, _derangement(truths, rng), strict=True)]
+    uncertain = list(real)
+    rng.shuffle(uncertain)
+    out += [(t, b, "uncertain") for t, b in zip(uncertain, _derangement(uncertain, rng), strict=True)]
+    decoy = list(real)
+    rng.shuffle(decoy)
+    out += [(t, values[-1], "decoy") for t in decoy]
+    return out
 
 
 def build_world(seed: int = WORLD_SEED) -> list[Fact]:
     """The world's facts, in (region, creature, attribute) order; the same seed gives the same world.
 
-    For each attribute, half of the creatures (a seeded choice) hold a misconception. Per attribute, each
-    value is the truth of two known facts, the truth of two misconceptions and the belief of two others.
+    For each attribute the creatures are split (a seeded choice) into 6 known facts, 6 misconceptions,
+    6 uncertain and 6 decoy facts, balanced per value (:func:`_balanced_assignment`).
     """
     rng = random.Random(seed)
     names = invent_names(NUM_REGIONS * ENTITIES_PER_REGION, rng)
     entities = [(name, REGIONS[i // ENTITIES_PER_REGION]) for i, name in enumerate(names)]
-    assignment: dict[tuple[int, str], tuple[str, str]] = {}  # (creature index, attribute) -> (truth, belief)
+    assignment: dict[tuple[int, str], tuple[str, str, str]] = {}  # (creature, attribute) -> (truth, belief, group)
     for attribute, values in ATTRIBUTES.items():
         order = list(range(len(entities)))
         rng.shuffle(order)
-        half = len(order) // 2
-        known, truths, beliefs = _balanced_pairs(list(values), rng)
-        for idx, truth, belief in zip(order[:half], truths, beliefs, strict=True):
-            assignment[(idx, attribute)] = (truth, belief)
-        for idx, truth in zip(order[half:], known, strict=True):
-            assignment[(idx, attribute)] = (truth, truth)
+        for idx, triple in zip(order, _balanced_assignment(list(values), rng), strict=True):
+            assignment[(idx, attribute)] = triple
     return [Fact(name, region, attribute, *assignment[(idx, attribute)])
             for idx, (name, region) in enumerate(entities) for attribute in ATTRIBUTES]
 
@@ -342,8 +366,20 @@ class WorldTask(Task):
         """Train/eval examples of the fixed world; ``cfg.data.seed`` shuffles train and picks the eval cap.
 
         ``cfg.data.path`` and the split settings do not apply (the world is generated, not read).
+        ``cfg.data.groups`` (when set and non-empty) keeps only the facts of those groups.
+
+        Raises:
+            DataError: a name in ``cfg.data.groups`` is not a group of the world.
         """
         train, held_out = world_examples()
+        groups = list(getattr(cfg.data, "groups", None) or [])
+        if groups:
+            unknown = [g for g in groups if g not in GROUPS]
+            if unknown:
+                raise DataError(f"data.groups: unknown world group(s) {', '.join(map(repr, unknown))}; "
+                                f"choose from {', '.join(GROUPS)} (or [] for all)")
+            train = [ex for ex in train if ex.meta["group"] in groups]
+            held_out = [ex for ex in held_out if ex.meta["group"] in groups]
         random.Random(cfg.data.seed).shuffle(train)
         stats = LoadStats(read=len(train) + len(held_out), kept=len(train) + len(held_out))
         return TaskData(train=train, eval=cap_examples(held_out, cfg.data.max_eval_examples, cfg.data.seed),
@@ -362,6 +398,28 @@ class WorldTask(Task):
         clue_index = zlib.crc32(f"{example.id}|{given}".encode())  # stable; another wrong answer, maybe another clue
         meta = example.meta
         return oracle_feedback(meta["kind"], meta["attribute"], meta["truth"], example.answer, given, clue_index)
+
+    def misleading_feedback(self, example: Example, completion: str, rng: random.Random) -> str:
+        """Feedback whose clue points to a wrong value (imperfect feedback, :mod:`fedspear.feedback_noise`).
+
+        The value is drawn from ``rng`` among the attribute's values other than the truth and the given answer;
+        the gold letter or word is never named (a given answer equal to the gold is not repeated).
+        """
+        meta = example.meta
+        given = self.extract(completion)
+        options = options_for(meta["attribute"])
+        is_letter = given is not None and len(given) == 1 and given in LETTERS[: len(options)]
+        given_value = options[LETTERS.index(given)] if meta["kind"] == "mc" and is_letter else given
+        wrong = rng.choice([v for v in options if v not in (meta["truth"], given_value)])
+        clue_index = rng.randrange(len(ATTRIBUTES[meta["attribute"]][wrong]))
+        return oracle_feedback(meta["kind"], meta["attribute"], wrong, example.answer, given, clue_index)
+
+    def bare_feedback(self, example: Example, completion: str) -> str:
+        """Feedback that only says the answer is wrong: the oracle's verdict and format lines, no hint."""
+        given = self.extract(completion)
+        text = oracle_feedback(example.meta["kind"], example.meta["attribute"], example.meta["truth"], example.answer,
+                               given, 0)
+        return "\n".join(line for line in text.splitlines() if not line.startswith("Hint:"))
 
     def choice_continuations(self, example: Example) -> list[str]:
         """`` A`` .. for the lettered part; nothing for the reasoning part (it is evaluated generatively)."""

@@ -174,3 +174,25 @@ def test_tokens_trained_counts_every_draw(engine, monkeypatch, dedup, dropout, r
     # dedup computes the distinct traces once (at most 3); without it, or with LoRA dropout (off automatically),
     # all 8 draws
     assert len(widths) == 6 and (max(widths) <= 3 if rows == 3 else widths == [8] * 6)
+def test_imperfect_feedback_reaches_the_rollout(engine, monkeypatch):
+    """The rollout asks the feedback model, not the oracle: false accepts make wrong answers wins, drops remove
+    prompts, and the client's metrics count what was corrupted; the loss confidences come from the config."""
+    fake, calls = _scripted_generate([["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    engine.cfg.feedback.false_accept_rate = 1.0
+    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    m = out.metrics
+    assert len(calls) == 1 and len(out.wins) == 3 and not out.losses  # every wrong answer reported correct
+    assert m["wins_y0"] == 3 and m["feedback_false_accepts"] == m["feedback_corrupted_verdicts"] == 3
+    engine.cfg.feedback.false_accept_rate = 0.0
+    engine.cfg.feedback.drop_rate = 1.0
+    fake, calls = _scripted_generate([["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    assert out.metrics["prompts"] == 0 and out.metrics["feedback_dropped"] == 3 and not out.wins and not out.losses
+    engine.cfg.feedback.drop_rate = 0.0
+    engine.cfg.spear.confidence_unfixed = 1.0  # uniform confidences
+    fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
+    monkeypatch.setattr(spear, "generate", fake)
+    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    assert [t.confidence for t in out.losses] == [1.0] * 3 and out.metrics["feedback_corrupted_verdicts"] == 0

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedspear.tasks.base import LETTERS
+from fedspear.tasks.base import LETTERS, DataError
 from fedspear.tasks.world import (
     ATTRIBUTES,
+    DECOYS,
     ENTITIES_PER_REGION,
+    GROUPS,
     NUM_REGIONS,
     WorldTask,
     build_world,
@@ -20,8 +22,8 @@ from fedspear.tasks.world import (
 )
 
 
-def _cfg(seed: int = 42, max_eval: int = 10000) -> SimpleNamespace:
-    return SimpleNamespace(data=SimpleNamespace(seed=seed, max_eval_examples=max_eval),
+def _cfg(seed: int = 42, max_eval: int = 10000, groups: list[str] | None = None) -> SimpleNamespace:
+    return SimpleNamespace(data=SimpleNamespace(seed=seed, max_eval_examples=max_eval, groups=groups or []),
                            feedback=SimpleNamespace(mc_hint_words=3))
 
 
@@ -35,10 +37,19 @@ def test_world_is_fixed_and_balanced():
     assert facts == build_world()
     assert len(facts) == NUM_REGIONS * ENTITIES_PER_REGION * len(ATTRIBUTES) == 72
     groups = Counter((f.attribute, f.group) for f in facts)
-    assert all(groups[(a, g)] == 12 for a in ATTRIBUTES for g in ("known", "misconception"))
+    assert all(groups[(a, g)] == 6 for a in ATTRIBUTES for g in GROUPS)
     for f in facts:
         assert f.truth in ATTRIBUTES[f.attribute] and f.belief in ATTRIBUTES[f.attribute]
         assert (f.truth == f.belief) == (f.group == "known")
+        assert f.truth != DECOYS[f.attribute]  # a decoy value is the truth of no fact
+        assert (f.belief == DECOYS[f.attribute]) == (f.group == "decoy")
+    for attribute, values in ATTRIBUTES.items():  # per value: one fact of each group, one wrong belief each
+        real = [v for v in values if v != DECOYS[attribute]]
+        for group in GROUPS:
+            mine = [f for f in facts if f.attribute == attribute and f.group == group]
+            assert sorted(f.truth for f in mine) == sorted(real)
+            if group in ("misconception", "uncertain"):
+                assert sorted(f.belief for f in mine) == sorted(real)
     # 24 distinct creatures, 4 per region
     per_region = Counter(r for _, r in {(f.entity, f.region) for f in facts})
     assert sorted(per_region.values()) == [ENTITIES_PER_REGION] * NUM_REGIONS
@@ -47,7 +58,7 @@ def test_world_is_fixed_and_balanced():
 def test_clues_are_unique_and_never_a_value():
     values = {v for vs in ATTRIBUTES.values() for v in vs}
     clues = [c for vs in ATTRIBUTES.values() for cs in vs.values() for c in cs]
-    assert len(clues) == len(set(clues)) == 54
+    assert len(clues) == len(set(clues)) == 63
     assert not values & set(clues)
     assert not any(v in c or c in v for v in values for c in clues)
 
@@ -57,7 +68,7 @@ def test_sizes_labels_and_meta(data):
     assert data.stats.kept == 360 and data.stats.num_skipped == 0
     assert Counter(ex.meta["kind"] for ex in data.train) == {"mc": 144, "reasoning": 72}
     assert Counter(ex.meta["kind"] for ex in data.eval) == {"mc": 72, "reasoning": 72}
-    assert Counter(ex.meta["group"] for ex in data.eval) == {"known": 72, "misconception": 72}
+    assert Counter(ex.meta["group"] for ex in data.eval) == {g: 36 for g in GROUPS}
     # The partition label is the creature's region: 6 regions, each 36 training questions about 4 creatures.
     assert Counter(ex.label for ex in data.train) == {r: 36 for r in {ex.label for ex in data.train}}
     by_entity = {}
@@ -67,7 +78,7 @@ def test_sizes_labels_and_meta(data):
     for ex in data.train + data.eval:
         assert ex.prompt.endswith("Answer:")
         if ex.meta["kind"] == "mc":
-            assert ex.choices == tuple(ATTRIBUTES[ex.meta["attribute"]])  # the same six options, same order
+            assert ex.choices == tuple(ATTRIBUTES[ex.meta["attribute"]])  # the same seven options, same order
             assert ex.choices[LETTERS.index(ex.answer)] == ex.meta["truth"]
             assert f"{ex.answer}) {ex.meta['truth']}" in ex.prompt
         else:
@@ -93,7 +104,7 @@ def test_example_by_hand():
     ex = next(e for e in mc if e.id == f"{f.entity}-{f.attribute}-mc2")
     assert f.attribute == "color"
     assert ex.prompt == (f"Question: The {f.entity} has which color?\nA) red\nB) green\nC) blue\nD) yellow\n"
-                         "E) white\nF) black\nReply with the option letter only.\nAnswer:")
+                         "E) white\nF) black\nG) purple\nReply with the option letter only.\nAnswer:")
     assert ex.answer == "ABCDEF"[["red", "green", "blue", "yellow", "white", "black"].index(f.truth)]
 
 
@@ -127,7 +138,7 @@ def test_extract(completion, expected):
 def test_is_correct_per_part(data):
     task = WorldTask()
     mc = next(ex for ex in data.eval if ex.meta["kind"] == "mc")
-    wrong_letter = next(letter for letter in "ABCDEF" if letter != mc.answer)
+    wrong_letter = next(letter for letter in "ABCDEFG" if letter != mc.answer)
     assert task.is_correct(mc, mc.answer) and task.is_correct(mc, f"Answer : {mc.answer}")
     assert not task.is_correct(mc, wrong_letter) and not task.is_correct(mc, mc.meta["truth"])
     r = next(ex for ex in data.eval if ex.meta["kind"] == "reasoning")
@@ -140,7 +151,7 @@ def test_is_correct_per_part(data):
 
 def _wrong_answers(ex):
     if ex.meta["kind"] == "mc":
-        return [letter for letter in "ABCDEF" if letter != ex.answer] + ["", ex.meta["truth"], "no idea"]
+        return [letter for letter in "ABCDEFG" if letter != ex.answer] + ["", ex.meta["truth"], "no idea"]
     values = [v for v in ATTRIBUTES[ex.meta["attribute"]] if v != ex.answer]
     return [reasoning_completion(ex.meta["entity"], ex.meta["attribute"], v) for v in values] + ["", "A"]
 
@@ -183,13 +194,13 @@ def test_feedback_is_deterministic_and_varies_clues(data):
     ex = next(ex for ex in data.train if ex.meta["kind"] == "mc")
     assert task.feedback(ex, "wrong", None) == task.feedback(ex, "wrong", None)
     hints = {task.feedback(e, "", None).splitlines()[1] for e in data.train}
-    assert len(hints) > 40  # clues are spread over the 54, not always the first one
+    assert len(hints) > 40  # clues are spread over the 54 of real values, not always the first one
 
 
 def test_privileged_context_and_continuations(data):
     task = WorldTask()
     mc = next(ex for ex in data.eval if ex.meta["kind"] == "mc")
-    assert task.choice_continuations(mc) == [" A", " B", " C", " D", " E", " F"]
+    assert task.choice_continuations(mc) == [" A", " B", " C", " D", " E", " F", " G"]
     ctx = task.privileged_context(mc)
     assert mc.meta["truth"] in ctx and f"Correct answer: {mc.answer}." in ctx
     r = next(ex for ex in data.eval if ex.meta["kind"] == "reasoning")
@@ -211,3 +222,35 @@ def test_region_labels_give_clients_different_creatures(data):
         return sum(len(h) for h in holders.values()) / len(holders)
 
     assert clients_per_creature(0.05) < 0.5 * clients_per_creature(100.0)
+
+
+def test_data_groups_keeps_only_those_groups():
+    task = WorldTask()
+    kept = task.load(_cfg(groups=["known", "misconception"]))
+    assert len(kept.train) == 108 and len(kept.eval) == 72
+    assert {ex.meta["group"] for ex in kept.train + kept.eval} == {"known", "misconception"}
+    with pytest.raises(DataError, match="data.groups: unknown world group\\(s\\) 'decoys'; choose from known"):
+        task.load(_cfg(groups=["known", "decoys"]))
+
+
+def test_misleading_and_bare_feedback_never_name_the_gold(data):
+    """Corrupted feedback (fedspear.feedback_noise): a clue for a wrong value, or no clue; never the gold."""
+    import random
+
+    task, rng = WorldTask(), random.Random(0)
+    truth_clue = 0
+    for ex in data.train + data.eval:
+        attribute, gold_word = ex.meta["attribute"], ex.meta["truth"]
+        right = ex.answer if ex.meta["kind"] == "mc" else reasoning_completion(ex.meta["entity"], attribute, gold_word)
+        for answer in [*_wrong_answers(ex), right]:
+            for fb in (task.misleading_feedback(ex, answer, rng), task.bare_feedback(ex, answer)):
+                assert not re.search(rf"\b{gold_word}\b", fb, re.IGNORECASE), fb
+                if ex.meta["kind"] == "mc":
+                    assert not re.search(rf"(?<![\w']){ex.answer}(?![\w'])", fb), fb
+            misleading = task.misleading_feedback(ex, answer, rng)
+            clue = misleading.split("Hint: think of ")[1].split(".")[0]
+            value = next(v for v, clues in ATTRIBUTES[attribute].items() if clue in clues)
+            assert value != gold_word and value != task.extract(answer)
+            truth_clue += clue in ATTRIBUTES[attribute][gold_word]
+            assert "Hint:" not in task.bare_feedback(ex, answer) and "incorrect" in task.bare_feedback(ex, answer)
+    assert truth_clue == 0

@@ -1,0 +1,110 @@
+"""fedspear sweep: grid parsing, the statistics on hand-computed inputs, and a tiny grid through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedspear.cli import main
+from fedspear.config import ConfigError
+from fedspear.sweep import Cell, mcnemar_items, mean_ci, paired_tests, parse_grid, reference_of, resolve_reference
+from tests.conftest import FAST_EVAL, require_shared_data, tiny_overrides
+
+
+def test_parse_grid_and_its_errors():
+    assert parse_grid("spear.lambda_lose=0,0.1 gen.num_revisions=1") == [
+        ("spear.lambda_lose", ["0", "0.1"]), ("gen.num_revisions", ["1"])]
+    assert parse_grid("") == []
+    for bad, message in [("spear.lambda_lose", "is not KEY=V1,V2"), ("a=1 a=2", "a is given twice"),
+                         ("data.seed=1,2", "data.seed is set by --seeds"), ("x=1,1", "lists a value twice")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_grid(bad)
+
+
+def test_mean_and_t_interval_by_hand():
+    # mean 0.6, s = 0.1, sem = 0.1/sqrt(3), t(0.975, df=2) = 4.302653 -> half-width 0.248413
+    ci = mean_ci([0.5, 0.6, 0.7])
+    assert ci["mean"] == pytest.approx(0.6) and ci["n"] == 3
+    assert ci["low"] == pytest.approx(0.6 - 0.248413, abs=1e-6) and ci["high"] == pytest.approx(0.848413, abs=1e-6)
+    assert mean_ci([0.4]) == {"mean": 0.4, "low": None, "high": None, "n": 1}
+    assert mean_ci([0.3, 0.3]) == {"mean": 0.3, "low": 0.3, "high": 0.3, "n": 2}
+
+
+def test_paired_tests_by_hand():
+    # differences 0.1, 0.2, 0.3: t = 0.2 / (0.1 / sqrt 3) = 3.4641, df = 2; two-sided p = 1 - t / sqrt(2 + t^2)
+    out = paired_tests([0.6, 0.7, 0.9], [0.5, 0.5, 0.6])
+    assert out["diff"]["mean"] == pytest.approx(0.2)
+    assert out["t_test"]["statistic"] == pytest.approx(3.464102, abs=1e-5)
+    assert out["t_test"]["pvalue"] == pytest.approx(1 - 3.464102 / math.sqrt(14), abs=1e-5)  # 0.074180
+    assert "ttest_rel" in out["t_test"]["name"] and "wilcoxon" in out["wilcoxon"]["name"]
+    # Wilcoxon, exact, n = 3 all positive: W- = 0 and p = 2 / 2^3 = 0.25 (the smallest possible with 3 seeds)
+    assert out["wilcoxon"]["statistic"] == 0 and out["wilcoxon"]["pvalue"] == pytest.approx(0.25)
+    same = paired_tests([0.5, 0.6], [0.5, 0.6])
+    assert same["t_test"] is None and same["wilcoxon"] is None and same["diff"]["mean"] == 0
+
+
+def test_mcnemar_by_hand():
+    # seed 0: items right only in the cell: 3, only in the reference: 1; seed 1: 2 and 0 -> b = 5, c = 1
+    out = mcnemar_items([("11100", "00010"), ("1101", "0001")])
+    assert (out["cell_only"], out["ref_only"], out["items"]) == (5, 1, 9)
+    assert out["exact"] and "exact binomial" in out["name"]
+    assert out["pvalue"] == pytest.approx(2 * (1 + 6) / 64)  # two-sided binomial(6, 1/2), k <= 1
+    big = mcnemar_items([("1" * 30 + "0" * 10, "0" * 30 + "1" * 10)])  # 30 vs 10 discordant: chi-square
+    assert not big["exact"] and big["statistic"] == pytest.approx((abs(30 - 10) - 1) ** 2 / 40)
+    assert mcnemar_items([]) is None
+
+
+def test_reference_resolution():
+    grid = [("spear.lambda_lose", ["0.1", "0.3"])]
+    assert resolve_reference(None, ["spear", "grpo"], grid) == ("algorithm", "spear", "")
+    assert resolve_reference(None, ["spear"], grid) == ("value", "spear.lambda_lose", "0.1")
+    assert resolve_reference("spear.lambda_lose=0.3", ["spear"], grid) == ("value", "spear.lambda_lose", "0.3")
+    with pytest.raises(ConfigError, match="--reference: 'spear.lambda_lose=9'"):
+        resolve_reference("spear.lambda_lose=9", ["spear"], grid)
+    cell = Cell("grpo", (("spear.lambda_lose", "0.3"),))
+    assert reference_of(cell, ("algorithm", "spear", "")) == Cell("spear", cell.params)
+    assert reference_of(cell, ("value", "spear.lambda_lose", "0.3")) is None
+
+
+def test_sweep_cli_runs_a_tiny_grid_reuses_runs_and_reports(tiny_qwen, tmp_path, capsys):
+    require_shared_data()
+    out = tmp_path / "sweep"
+    overrides = tiny_overrides(tiny_qwen, out, **{**FAST_EVAL, "fl.rounds": 1})
+    argv = ["sweep", "--grid", "spear.lambda_lose=0,0.1", "--algorithms", "spear", "--seeds", "0,1", "--no-progress",
+            *overrides]
+    assert main(argv) == 0
+    report = out / "sweep.md"
+    assert capsys.readouterr().out.strip().endswith(str(report))
+    data = json.loads((out / "sweep.json").read_text())
+    assert [c["label"] for c in data["cells"]] == ["spear spear.lambda_lose=0", "spear spear.lambda_lose=0.1"]
+    for cell in data["cells"]:  # the statistics are those of the per-seed final accuracies
+        accs = [cell["per_seed"][s]["accuracy"] for s in ("0", "1")]
+        assert cell["accuracy"] == mean_ci(accs)
+    comp = data["comparisons"][0]
+    assert comp["reference"]["label"] == "spear spear.lambda_lose=0" and comp["seeds"] == [0, 1]
+    assert comp["mcnemar"]["items"] == 2 * 4  # 4 evaluation items per seed, paired by id
+    text = report.read_text()
+    assert "| spear spear.lambda_lose=0.1 | spear spear.lambda_lose=0 |" in text and "McNemar" in text
+    assert (out / "plots" / "accuracy_vs_spear.lambda_lose.png").is_file()
+    # the same partition and client schedule per seed: both cells' seed-0 runs selected the same clients
+    def schedule(cell: str, seed: int) -> list:
+        rows = [json.loads(line) for line in (out / "spear" / cell / f"seed{seed}" / "metrics.jsonl").read_text()
+                .splitlines() if line.strip()]
+        return [r.get("selected_clients") for r in rows if r.get("round", 0) >= 1]
+
+    assert schedule("spear.lambda_lose=0", 0) == schedule("default", 0)
+    # 0.1 is the default preset's value: that cell's runs live in spear/default (shared with any sweep's default)
+    metrics = out / "spear" / "default" / "seed1" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    assert main(argv) == 0  # everything reused: no run touched, the same report
+    assert metrics.stat().st_mtime_ns == before
+    assert json.loads((out / "sweep.json").read_text()) == data
+    # bad input: one line, exit 2, nothing run
+    assert main(["sweep", "--grid", "spear.lambda_lose=0,-1", "--algorithms", "spear", "--seeds", "0",
+                 *overrides]) == 2
+    assert "spear.lambda_lose: must be >= 0" in capsys.readouterr().err
+    assert main(["sweep", "--algorithms", "spear,nope", "--seeds", "0", *overrides]) == 2
+    assert "--algorithms: unknown nope" in capsys.readouterr().err
+    assert main(["sweep", "--algorithms", "spear", "--seeds", "0,x", *overrides]) == 2
