@@ -50,13 +50,13 @@ def prefill_seconds(engine, prompts: list[list[int]], max_new_tokens: int) -> fl
     """Seconds of one bare forward over the prompts, batched exactly as generation batches them."""
     from fedspear.generation import merged_lora
 
-    cfg, model = engine.cfg, engine.model
+    model = engine.model
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     with merged_lora(engine):
-        for ids_BT, mask_BT in _padded_batches(prompts, cfg.gen.rollout_batch_size,
-                                               max(1, cfg.model.max_seq_len - max_new_tokens),
+        for ids_BT, mask_BT in _padded_batches(prompts, engine.gen_batch_size,
+                                               max(1, engine.max_seq_len - max_new_tokens),
                                                engine.tokenizer.pad_token_id):
             model(input_ids=ids_BT.to(engine.device), attention_mask=mask_BT.to(engine.device), logits_to_keep=1)
     model.train(was_training)
@@ -144,7 +144,7 @@ def op_table(result: dict) -> None:
 
     engine = result["engine"]
     call = max(result["calls"], key=lambda c: c["prompt_tokens"])
-    batch = call["prompts"][: engine.cfg.gen.rollout_batch_size]
+    batch = call["prompts"][: engine.gen_batch_size]
     prefill_seconds(engine, batch, call["max_new_tokens"])
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         prefill_seconds(engine, batch, call["max_new_tokens"])

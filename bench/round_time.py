@@ -126,7 +126,7 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     record.create(cfg)
     fed = simulator.setup(cfg, record)
     if coin_flip:
-        fed.engine.task = CoinFlipTask(fed.engine.task)
+        fed.task = fed.algorithm.task = CoinFlipTask(fed.task)  # the clients' and the evaluation's
     server_opt = build_server_optimizer(cfg.fl)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -165,7 +165,7 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     from fedspear.evaluation import evaluate
 
     fed.engine.load_global()
-    ev = evaluate(fed.engine, fed.engine.task, fed.cfg, fed.eval_set)
+    ev = evaluate(fed.engine, fed.task, fed.cfg, fed.eval_set)
     out["eval_s"] = time.perf_counter() - ev_start
     out["eval_n"] = ev["n"]
     return out

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,7 @@ def left_truncate(ids: list[int], max_len: int, keep_first: int | None = None) -
     Args:
         ids: prompt token ids.
         max_len: the most ids to keep (<= 0 keeps none).
-        keep_first: the id to keep at the start (``Engine.bos_id``), or None.
+        keep_first: the id to keep at the start (``Policy.bos_id``), or None.
 
     Returns:
         A new list of at most ``max_len`` ids.
@@ -301,48 +301,56 @@ def position_limit(model: nn.Module) -> int | None:
     return None
 
 
-def cap_max_seq_len(cfg: Any, model: nn.Module) -> None:
-    """Lower ``model.max_seq_len`` to the model's position limit, with a warning, when it is above it.
+def cap_max_seq_len(cfg: Any, model: nn.Module) -> int:
+    """``model.max_seq_len`` lowered to the model's position limit (with a warning) when it is above it.
+
+    ``cfg`` is not modified: use :func:`fit_config` for the config that carries the capped length.
+
+    Returns:
+        The length to use, in tokens (prompt + completion).
 
     Raises:
         ConfigError: the capped length leaves no room for the generation budgets (names the keys).
     """
     limit = position_limit(model)
     if limit is None or cfg.model.max_seq_len <= limit:
-        return
+        return int(cfg.model.max_seq_len)
     logger.warning("model.max_seq_len=%d is above the model's position limit (%d); using %d",
                    cfg.model.max_seq_len, limit, limit)
-    cfg.model.max_seq_len = limit
     from fedspear.config import validate
 
-    validate(cfg)
+    validate(replace(cfg, model=replace(cfg.model, max_seq_len=limit)))
+    return limit
 
 
-@dataclass
-class Engine(Policy):
-    """A :class:`Policy` bundled with the run's Config and Task, for the callers that still take one object
-    (evaluation, the serving runtime, the Flower ClientApp); algorithms and generation use the Policy part only.
+def build_policy(cfg: Any) -> Policy:
+    """Load tokenizer, base model and LoRA for a run (``max_seq_len`` capped by :func:`cap_max_seq_len`).
 
-    Attributes:
-        cfg: the run Config (read, never written).
-        task: the Task.
+    ``cfg`` is read, never written; :func:`fit_config` gives the config matching the policy's capped length.
     """
-
-    cfg: Any = None
-    task: Any = None
-
-
-def build_engine(cfg: Any, task: Any) -> Engine:
-    """Load tokenizer, base model and LoRA for a run (``model.max_seq_len`` capped by :func:`cap_max_seq_len`)."""
     device = resolve_device(cfg.model.device_map)
     tokenizer = load_tokenizer(cfg)
     base = load_base_model(cfg, device)
-    cap_max_seq_len(cfg, base)
+    max_seq_len = cap_max_seq_len(cfg, base)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
-    return Engine(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
-                  max_seq_len=cfg.model.max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
-                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, cfg=cfg, task=task)
+    return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
+                  max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
+                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit)
+
+
+def fit_config(cfg: Any, policy: Policy) -> Any:
+    """``cfg`` with ``model.max_seq_len`` set to the policy's (capped) length: a copy when it differs,
+    ``cfg`` itself otherwise (never modified in place)."""
+    if cfg.model.max_seq_len == policy.max_seq_len:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, max_seq_len=policy.max_seq_len))
+
+
+def load_policy(cfg: Any) -> tuple[Policy, Any]:
+    """:func:`build_policy` and the config to run it with (:func:`fit_config`)."""
+    policy = build_policy(cfg)
+    return policy, fit_config(cfg, policy)
 
 
 def save_adapter(engine: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:

@@ -149,3 +149,13 @@ def run_tiny(model_dir: Path, out_dir: Path, **extra: object) -> tuple[Path, lis
     run_dir = simulator.run(load_config(None, tiny_overrides(model_dir, out_dir, **{**FAST_EVAL, **extra})))
     return run_dir, RunRecord(run_dir).read_metrics()
 
+
+
+def build_rig(cfg, task):
+    """A Policy for ``cfg`` (``models.build_policy``) carrying, for the tests that read them from one object, the
+    config fitted to it (``models.fit_config``) as ``.cfg`` and ``task`` as ``.task``; the package never does."""
+    from fedspear.models import load_policy
+
+    policy, fitted = load_policy(cfg)
+    policy.cfg, policy.task = fitted, task
+    return policy

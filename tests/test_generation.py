@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_rig as build_engine
 
 from fedspear.config import ConfigError, load_config
 from fedspear.generation import GenSettings, cut_at_eos, generate
-from fedspear.models import build_engine
 
 
 class _NoTask:

@@ -15,10 +15,9 @@ import logging
 from typing import Any
 
 from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult
-from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config
 from fedspear.federation.partition import dirichlet_partition
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
 logger = logging.getLogger("fedspear")
@@ -65,33 +64,32 @@ def client_examples(cfg: Config, train: list[Example], partition_id: int | None)
     return partition_examples(cfg, train)[partition_id]
 
 
-def client_update(engine: Engine, examples: list[Example], client_id: int, round_idx: int, lr: float, seed: int,
-                  algorithm: Algorithm[Any] | None = None) -> LocalUpdateResult:
+def client_update(engine: Policy, examples: list[Example], client_id: int, round_idx: int, lr: float, seed: int,
+                  algorithm: Algorithm[Any]) -> LocalUpdateResult:
     """One client's round: the algorithm's rollout then its training, from ``engine.global_state``.
 
     Args:
-        engine: the engine; its ``global_state`` must hold the round-start global adapter.
+        engine: the policy; its ``global_state`` must hold the round-start global adapter.
         examples: the client's local examples.
         client_id: the client's id.
         round_idx: 1-based round index.
         lr: the round's learning rate.
         seed: the client's seed for this round (``client_seed(data.seed, round_idx, client_id)``).
-        algorithm: the algorithm; None = the one ``engine.cfg.algorithm.name`` names, built from the config.
+        algorithm: the algorithm (``build_algorithm(cfg, task)``, with the config the policy was fitted to).
 
     Returns:
         The client's :class:`LocalUpdateResult` (adapter copy or None, weight, scalar metrics).
     """
-    algorithm = algorithm if algorithm is not None else build_algorithm(engine.cfg, engine.task)
     job = ClientJob(client_id, round_idx, examples, lr, seed)
     return algorithm.train(engine, job, algorithm.rollout(engine, [job])[0])
 
 
-def run_clients(engine: Engine, algorithm: Algorithm[Any], jobs: list[ClientJob],
+def run_clients(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob],
                 batched: bool) -> list[LocalUpdateResult | Exception]:
     """Run several clients in this process, each from the global adapter; a failing client is isolated.
 
     Args:
-        engine: the engine holding the global adapter.
+        engine: the policy holding the global adapter.
         algorithm: the algorithm.
         jobs: one job per client.
         batched: one rollout call for all clients (then, if it fails, client by client); False runs
@@ -122,7 +120,7 @@ def run_clients(engine: Engine, algorithm: Algorithm[Any], jobs: list[ClientJob]
     return results
 
 
-def _batched_rollouts(engine: Engine, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
+def _batched_rollouts(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
     """All clients' rollouts in one batched call; on failure, client by client so one bad client is isolated."""
     try:
         return algorithm.rollout(engine, jobs)

@@ -32,7 +32,7 @@ from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
 from fedspear.federation.partition import client_seed, sample_clients
 from fedspear.federation.schedule import round_lr, should_evaluate
-from fedspear.models import Engine, save_adapter
+from fedspear.models import Policy, save_adapter
 from fedspear.records import RunFileError, RunRecord, durable_step, write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
@@ -162,18 +162,20 @@ class FederatedServer:
     Args:
         cfg: the run configuration.
         record: the run folder.
-        engine: the server's engine; ``engine.global_state`` is the global adapter (evaluation and adapter
-            saving use its model).
+        engine: the server's policy; ``engine.global_state`` is the global adapter (evaluation and adapter
+            saving use its model). ``cfg.model.max_seq_len`` must be its (capped) length (``models.fit_config``).
         eval_set: the evaluation examples.
         server_opt: FedAdam/FedYogi state; None builds the one ``fl.aggregation`` names (None for FedAvg).
         publish: called as ``publish(round_idx, global_state)`` with each round's new global adapter, right after
             aggregation and before evaluation (e.g. to hand it to served clients' pages); None = nobody.
+        task: the task evaluation scores with; None = the one ``data.dataset`` names.
     """
 
-    def __init__(self, cfg: Config, record: RunRecord, engine: Engine, eval_set: list[Example],
+    def __init__(self, cfg: Config, record: RunRecord, engine: Policy, eval_set: list[Example],
                  server_opt: ServerOptimizer | None = None,
-                 publish: Callable[[int, State], None] | None = None) -> None:
+                 publish: Callable[[int, State], None] | None = None, task: Any = None) -> None:
         self.cfg = cfg
+        self._task = task
         self.record = record
         self.engine = engine
         self.eval_set = eval_set
@@ -181,6 +183,15 @@ class FederatedServer:
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
         self.trackers = Trackers(cfg, record.run_dir)
+
+    @property
+    def task(self) -> Any:
+        """The task evaluation scores with (the one ``data.dataset`` names unless given)."""
+        if self._task is None:
+            from fedspear.tasks import get_task
+
+            self._task = get_task(self.cfg.data.dataset)
+        return self._task
 
     @property
     def global_state(self) -> State:
@@ -266,7 +277,7 @@ class FederatedServer:
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
         self.engine.load_global()
-        result = evaluate(self.engine, self.engine.task, self.cfg, self.eval_set)
+        result = evaluate(self.engine, self.task, self.cfg, self.eval_set)
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
                            result.get("diverged_reason", "non-finite scores"))
@@ -430,7 +441,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
@@ -442,7 +453,8 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     data = task.load(cfg)
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    server = FederatedServer(cfg, record, build_engine(cfg, task), data.eval)
+    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+    server = FederatedServer(cfg, record, policy, data.eval, task=task)
     if resuming:
         return server, server.resume() + 1
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),

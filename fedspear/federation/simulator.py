@@ -29,7 +29,7 @@ from fedspear.extensions import task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
 from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
-from fedspear.models import Engine, build_engine
+from fedspear.models import Policy, load_policy
 from fedspear.records import RunFileError, RunRecord
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
@@ -45,15 +45,20 @@ after_round_hook: Callable[[int], None] | None = None
 
 @dataclass
 class Federation:
-    """The static parts of a run: data, partition, engine, algorithm."""
+    """The static parts of a run: data, partition, policy, algorithm, task.
+
+    ``cfg`` carries the policy's (capped) ``model.max_seq_len``; ``task`` is the one clients and evaluation use
+    (it hears ``feedback.provider``).
+    """
 
     cfg: Config
     record: RunRecord
-    engine: Engine
+    engine: Policy
     clients: list[list[Example]]
     eval_set: list[Example]
     algorithm: Algorithm[Any]
     load_stats: dict[str, Any]
+    task: Any = None
 
 
 def setup(cfg: Config, record: RunRecord) -> Federation:
@@ -65,12 +70,13 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
     clients = partition_examples(cfg, data.train)
-    engine = build_engine(cfg, task_with_feedback(task, cfg, probe=data.train[0]))  # clients hear feedback.provider
+    task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
+    engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
              "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
         logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
-    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, engine.task), stats)
+    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats, task)
 
 
 class LocalClients:
@@ -92,7 +98,7 @@ class LocalClients:
 
 
 def _server(fed: Federation, server_opt: ServerOptimizer | None) -> FederatedServer:
-    return FederatedServer(fed.cfg, fed.record, fed.engine, fed.eval_set, server_opt)
+    return FederatedServer(fed.cfg, fed.record, fed.engine, fed.eval_set, server_opt, task=fed.task)
 
 
 def run_round(fed: Federation, round_idx: int, server_opt: Any) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def run(cfg: Config) -> Path:
     record.create(cfg)
     fed = setup(cfg, record)
     (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-    server = _server(fed, build_server_optimizer(cfg.fl))
+    server = _server(fed, build_server_optimizer(fed.cfg.fl))
     server.start(fed.load_stats)
     server.run_rounds(LocalClients(fed), 1, _after_round)
     return server.finish()
@@ -159,7 +165,7 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
         return run(replace(cfg, output_dir=str(run_dir)))
     record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
     fed = setup(cfg, record)
-    server = _server(fed, build_server_optimizer(cfg.fl))
+    server = _server(fed, build_server_optimizer(fed.cfg.fl))
     done = server.resume()
     server.run_rounds(LocalClients(fed), done + 1, _after_round)
     return server.finish()

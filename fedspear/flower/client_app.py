@@ -35,7 +35,7 @@ logger = logging.getLogger("fedspear")
 
 app = ClientApp(mods=[wire_guard])
 
-# config digest -> Engine; (config digest, node settings) -> examples. Cleared when the config changes.
+# config digest -> (Policy, its fitted Config, Algorithm); (config digest, node settings) -> examples. Cleared when the config changes.
 _ENGINES: dict[str, Any] = {}
 _EXAMPLES: dict[tuple[str, str], Any] = {}
 
@@ -44,16 +44,20 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _engine(cfg: Any) -> Any:
+def _engine(cfg: Any) -> tuple[Any, Any, Any]:
+    """(policy, the config fitted to it, the algorithm) for ``cfg``, loaded once per process."""
+    from fedspear.algorithms.registry import build_algorithm
     from fedspear.extensions import task_with_feedback
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.tasks import get_task
 
     key = _digest(cfg.to_yaml())
     if key not in _ENGINES:
         _ENGINES.clear()
         _EXAMPLES.clear()
-        _ENGINES[key] = build_engine(cfg, task_with_feedback(get_task(cfg.data.dataset), cfg))
+        policy, fitted = load_policy(cfg)  # fitted: a copy with the policy's capped model.max_seq_len
+        task = task_with_feedback(get_task(cfg.data.dataset), fitted)
+        _ENGINES[key] = (policy, fitted, build_algorithm(fitted, task))
     return _ENGINES[key]
 
 
@@ -94,12 +98,13 @@ def train(msg: Message, context: Context) -> Message:
     client_id = int(job[CLIENT_ID_KEY])
     if client_id != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
-    engine = _engine(cfg)
     examples = _examples(cfg, node)
+    engine, cfg, algorithm = _engine(cfg)
     from fedspear.privacy import privatize_result
 
     engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)
-    result = client_update(engine, examples, client_id, int(job["round"]), float(job["lr"]), int(job["seed"]))
+    result = client_update(engine, examples, client_id, int(job["round"]), float(job["lr"]), int(job["seed"]),
+                           algorithm)
     result = privatize_result(cfg, result, start, int(job["round"]), client_id)  # dp.mode=local: noise here
     logger.info("client %d round %s: weight %.1f", client_id, job["round"], result.weight)
     return Message(train_reply_content(result), reply_to=msg)

@@ -54,14 +54,13 @@ _ENGINES: dict[str, Any] = {}
 
 
 def _engine(cfg: Any) -> Any:
-    """The engine for ``cfg``, loaded once per process (keyed by the resolved config)."""
-    from fedspear.models import build_engine
-    from fedspear.tasks import get_task
+    """The policy for ``cfg``, loaded once per process (keyed by the resolved config)."""
+    from fedspear.models import build_policy
 
     key = cfg.to_yaml()
     if key not in _ENGINES:
         _ENGINES.clear()
-        _ENGINES[key] = build_engine(cfg, get_task(cfg.data.dataset))
+        _ENGINES[key] = build_policy(cfg)
     return _ENGINES[key]
 
 
@@ -99,7 +98,7 @@ def publish_content(content: RecordDict, node_config: dict[str, Any], engine: An
     Args:
         content: ``global`` (the global adapter after the round in ``job``) and ``job`` (as for ``train``).
         node_config: the SuperNode's node config (``state-dir``, ``client-id``).
-        engine: an engine for the job's config (None = load or reuse this process's).
+        engine: a policy for the job's config (None = load or reuse this process's).
 
     Returns:
         ``metrics`` with ``published`` = 1 when the page got a new version, 0 when it already served it.
@@ -128,7 +127,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         content: the message content: ``global`` (ArrayRecord) and ``job`` (ConfigRecord: client-id, round, lr,
             seed, config).
         node_config: the SuperNode's node config: ``state-dir`` plus :class:`~fedspear.flower.app_config.NodeSettings`.
-        engine: an engine for the job's config (None = load or reuse this process's).
+        engine: a policy for the job's config (None = load or reuse this process's).
 
     Returns:
         ``adapter`` (when the store held a win) and ``metrics`` records.
@@ -138,22 +137,26 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         ValueError: the job is for another client.
     """
     from fedspear.algorithms.base import ClientJob
+    from fedspear.models import fit_config
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.learning import publish_global, update_from_store
     from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
     from fedspear.serve.store import TraceStore
+    from fedspear.tasks import get_task
 
     state = _state_dir(node_config)
     cfg, client_id, round_idx = _job_config(content, node_config)
     job = content[JOB]
     engine = engine if engine is not None else _engine(cfg)
+    cfg = fit_config(cfg, engine)  # a copy with the policy's capped model.max_seq_len
     engine.global_state = record_to_state(content[GLOBAL], engine.global_state)
     engine.load_global()
     publish_global(AdapterRegistry(state / ADAPTERS_DIR), engine, engine.global_state,
                    f"global of server round {round_idx}")
     with TraceStore(state / STORE_FILE) as store:
-        result = update_from_store(engine, store, ClientJob(client_id, round_idx, [], float(job["lr"]),
-                                                            int(job["seed"])), label=f"server round {round_idx}")
+        job_ = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]))
+        result = update_from_store(engine, get_task(cfg.data.dataset), cfg, store, job_,
+                                   label=f"server round {round_idx}")
     engine.load_global()
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)

@@ -38,7 +38,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from fedspear.config import ConfigError
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.serve.security import owner_only_dir
 
 ADAPTERS_DIR = "adapters"  # the adapter versions' folder in a client's state folder
@@ -104,7 +104,7 @@ class AdapterVersion:
         return asdict(self)
 
 
-def model_fingerprint(engine: Engine) -> str:
+def model_fingerprint(engine: Policy) -> str:
     """``<model name>@<12 hex digits>``: the digits hash the tokenizer's vocabulary and the adapter's layout.
 
     Stored token ids and adapter tensors are only meaningful for the same tokenizer and LoRA layout, so a
@@ -264,7 +264,7 @@ class LiveAdapter:
         registry: the client's adapter registry.
     """
 
-    def __init__(self, engine: Engine, registry: AdapterRegistry) -> None:
+    def __init__(self, engine: Policy, registry: AdapterRegistry) -> None:
         self.engine = engine
         self.registry = registry
         self.fingerprint = model_fingerprint(engine)

@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(f"fedspear serve needs the web packages ({exc.name} is missing): "
                           "pip install -e '.[serve]'") from None
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.serve.adapters import check_adapter, load_peft_adapter
     from fedspear.serve.runtime import STORE_FILE, ClientRuntime
     from fedspear.serve.security import secure_state
@@ -105,10 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    engine = build_engine(cfg, get_task(cfg.data.dataset))
+    engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     if initial is not None:  # refuse an adapter of another model or rank before the folder changes
         check_adapter(initial, engine.adapter.params, f"--adapter {args.adapter}")
-    runtime = ClientRuntime(engine, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
+    runtime = ClientRuntime(engine, get_task(cfg.data.dataset), cfg, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
                             initial_label=f"from {args.adapter}" if args.adapter else "", seed=args.seed)
     (state / CONFIG_FILE).write_text(cfg.to_yaml())
     try:
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train_local(args: argparse.Namespace) -> int:
     """Train once from the stored feedback and print a JSON summary (the published version, the metrics)."""
     cfg = client_config(args)
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.serve.learning import train_local
     from fedspear.serve.security import secure_state
     from fedspear.tasks import get_task
@@ -131,8 +131,8 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{state / 'traces.sqlite'}: no trace store; start `fedspear serve --state {state}` "
                                 "and answer some questions first")
     secure_state(state)  # the page's folder and token: owner-only, as `serve` keeps them
-    engine = build_engine(cfg, get_task(cfg.data.dataset))
-    summary = train_local(engine, state, client_id=args.client_id, lr=args.lr)
+    engine, cfg = load_policy(cfg)
+    summary = train_local(engine, get_task(cfg.data.dataset), cfg, state, client_id=args.client_id, lr=args.lr)
     if summary["published"] is None:
         logger.warning("no update: the store has no accepted answer to learn from (%d interactions used)",
                        int(summary["metrics"].get("store_interactions", 0)))

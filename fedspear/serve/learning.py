@@ -15,7 +15,7 @@ For a Flower ClientApp backed by the store, the whole client update is::
 
     from fedspear.serve.learning import update_from_store, publish_global
     engine.global_state = <the round's global adapter from the server message>
-    result = update_from_store(engine, store, job)         # -> LocalUpdateResult(adapter | None, weight, metrics)
+    result = update_from_store(engine, task, cfg, store, job)  # -> LocalUpdateResult(adapter | None, weight, metrics)
     reply with result.adapter (ArrayRecord), result.weight ("num-examples") and result.metrics (MetricRecord)
     publish_global(registry, engine, new_global, "server round 7")   # when a new global adapter arrives
 
@@ -35,10 +35,12 @@ import torch
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.algorithms.spear import FeedbackRollout, Spear
+from fedspear.config import Config
 from fedspear.federation.partition import client_seed
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, AdapterVersion, model_fingerprint
 from fedspear.serve.store import ACCEPTED, FIXED, STORE_FILE, UNFIXED, Interaction, TraceStore
+from fedspear.tasks.base import Task
 
 logger = logging.getLogger("fedspear")
 
@@ -94,7 +96,8 @@ def rollout_from_interactions(interactions: list[Interaction]) -> FeedbackRollou
     return rollout
 
 
-def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: str | None = None) -> LocalUpdateResult:
+def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore, job: ClientJob,
+                      label: str | None = None) -> LocalUpdateResult:
     """One client update from the people's traces: select, build wins and losses, train with SPEAR.
 
     Takes up to ``fl.local_rollout_steps`` closed, judged interactions of this base model (least-trained
@@ -102,7 +105,9 @@ def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: 
     and, when an update was produced, counts the interactions as trained in the store.
 
     Args:
-        engine: the engine; ``engine.global_state`` must hold the round's global adapter.
+        engine: the policy; ``engine.global_state`` must hold the round's global adapter.
+        task: the client's task (prompts, verifier).
+        cfg: the client's config (algorithm, fl, optim, ...), with the policy's ``model.max_seq_len``.
         store: the client's trace store.
         job: round index, learning rate and seed (``job.examples`` is not used).
         label: the training log's label (default ``"round <job.round_idx>"``).
@@ -113,11 +118,11 @@ def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: 
     Raises:
         ValueError: ``algorithm.name`` is not spear or feedback_sft.
     """
-    name = engine.cfg.algorithm.name
-    algorithm = build_algorithm(engine.cfg, engine.task)
+    name = cfg.algorithm.name
+    algorithm = build_algorithm(cfg, task)
     if name not in ALGORITHMS or not isinstance(algorithm, Spear):
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
-    interactions = store.training_candidates(model_fingerprint(engine), engine.cfg.fl.local_rollout_steps)
+    interactions = store.training_candidates(model_fingerprint(engine), cfg.fl.local_rollout_steps)
     rollout = rollout_from_interactions(interactions)
     result = algorithm.train(engine, job, rollout)  # feedback_sft: Spear with lambda_lose = 0
     result.metrics["store_interactions"] = len(interactions)
@@ -127,7 +132,7 @@ def update_from_store(engine: Engine, store: TraceStore, job: ClientJob, label: 
     return result
 
 
-def publish_global(registry: AdapterRegistry, engine: Engine, state: dict[str, torch.Tensor],
+def publish_global(registry: AdapterRegistry, engine: Policy, state: dict[str, torch.Tensor],
                    label: str) -> AdapterVersion:
     """Make ``state`` the client's current adapter (a running app loads it before its next answer).
 
@@ -148,14 +153,17 @@ def publish_global(registry: AdapterRegistry, engine: Engine, state: dict[str, t
     return registry.publish(state, label, model, reference=engine.adapter.params)
 
 
-def train_local(engine: Engine, state_dir: str | Path, client_id: int = 0, lr: float | None = None) -> dict[str, Any]:
+def train_local(engine: Policy, task: Task, cfg: Config, state_dir: str | Path, client_id: int = 0,
+                lr: float | None = None) -> dict[str, Any]:
     """``fedspear train-local``: one SPEAR update from the store, published as the next adapter version.
 
     The update starts from the client's current adapter (or the engine's initial one when none of this model
     exists). With no wins there is no update and nothing is published.
 
     Args:
-        engine: a loaded engine for the client's config.
+        engine: a loaded policy for the client's config.
+        task: the client's task.
+        cfg: the client's config, with the policy's ``model.max_seq_len`` (``models.fit_config``).
         state_dir: the client's state folder (``traces.sqlite``, ``adapters/``).
         client_id: the client index used in the seed.
         lr: learning rate (default ``optim.lr``).
@@ -174,9 +182,9 @@ def train_local(engine: Engine, state_dir: str | Path, client_id: int = 0, lr: f
     engine.load_global()
     with TraceStore(state_dir / STORE_FILE) as store:
         round_idx = len(store.trainings()) + 1
-        job = ClientJob(client_id, round_idx, [], engine.cfg.optim.lr if lr is None else lr,
-                        client_seed(engine.cfg.data.seed, round_idx, client_id))
-        result = update_from_store(engine, store, job, label=f"local round {round_idx}")
+        job = ClientJob(client_id, round_idx, [], cfg.optim.lr if lr is None else lr,
+                        client_seed(cfg.data.seed, round_idx, client_id))
+        result = update_from_store(engine, task, cfg, store, job, label=f"local round {round_idx}")
     published = None
     if result.adapter is not None:
         published = publish_global(registry, engine, result.adapter, f"local round {round_idx}")

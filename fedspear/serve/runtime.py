@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedspear.config import Config
 from fedspear.generation import GenSettings
-from fedspear.models import Engine
+from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
 from fedspear.serve.learning import update_from_store
 from fedspear.serve.security import secure_state
 from fedspear.serve.store import AWAITING_HINT, STORE_FILE, Interaction, NewAttempt, StateError, TraceStore
 from fedspear.serve.streaming import StreamResult, stream_answer
-from fedspear.tasks.base import DataError, Example
+from fedspear.tasks.base import DataError, Example, Task
 from fedspear.tasks.prompts import build_revision_prompt
 
 logger = logging.getLogger("fedspear")
@@ -136,7 +137,9 @@ class ClientRuntime:
     """A served client: the engine, its state folder (store + adapters) and the steps of an interaction.
 
     Args:
-        engine: a loaded engine (model, tokenizer, task, config).
+        engine: a loaded policy (model, tokenizer, adapter).
+        task: the served task (prompts, answer format, verifier).
+        cfg: the client's config, with the policy's (capped) ``model.max_seq_len`` (``models.fit_config``).
         state_dir: the client's state folder; holds ``traces.sqlite``, ``adapters/`` and ``token`` (made
             owner-only, :func:`fedspear.serve.security.secure_state`; the token is ``self.token``).
         limits: input limits.
@@ -146,10 +149,10 @@ class ClientRuntime:
         seed: seeds the answers' samplers (None = fresh randomness per answer).
     """
 
-    def __init__(self, engine: Engine, state_dir: str | Path, limits: Limits | None = None,
-                 token_delay_s: float = 0.0, initial_adapter: dict | None = None, initial_label: str = "",
+    def __init__(self, engine: Policy, task: Task, cfg: Config, state_dir: str | Path,
+                 limits: Limits | None = None, token_delay_s: float = 0.0, initial_adapter: dict | None = None, initial_label: str = "",
                  seed: int | None = None) -> None:
-        self.engine, self.cfg, self.task = engine, engine.cfg, engine.task
+        self.engine, self.cfg, self.task = engine, cfg, task
         self.state_dir = Path(state_dir)
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
@@ -330,7 +333,7 @@ class ClientRuntime:
         with self.lock:
             self.live.refresh()
             try:
-                return update_from_store(self.engine, self.store, job)
+                return update_from_store(self.engine, self.task, self.cfg, self.store, job)
             finally:
                 self.engine.load_global()
 

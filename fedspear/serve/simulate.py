@@ -282,7 +282,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     from fedspear.extensions import task_with_feedback
     from fedspear.federation.client import partition_examples
     from fedspear.federation.server import FederatedServer
-    from fedspear.models import build_engine
+    from fedspear.models import build_policy, fit_config
     from fedspear.records import RunRecord
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.learning import publish_global
@@ -297,7 +297,9 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     parts = partition_examples(cfg, data.train)
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
-    runtimes = [ClientRuntime(build_engine(cfg, task), out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
+    policies = [build_policy(cfg) for _ in range(clients + 1)]  # the clients' and the server's
+    cfg = fit_config(cfg, policies[-1])  # a copy with the policies' capped model.max_seq_len
+    runtimes = [ClientRuntime(policies[i], task, cfg, out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
                 for i in range(clients)]
     servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
 
@@ -313,7 +315,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=runtimes[i].token), judged, cfg)
                   for i, srv in enumerate(servers)]
         runner = ServedClients(runtimes, people, parts, questions)
-        server = FederatedServer(cfg, record, build_engine(cfg, task), data.eval, publish=publish)
+        server = FederatedServer(cfg, record, policies[-1], data.eval, publish=publish, task=task)
         server.start()
         rows.append(record.read_metrics()[-1])
         for r in range(1, rounds + 1):
@@ -343,14 +345,15 @@ def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, s
         ``answer`` and ``revision`` (and ``answer/<kind>``, ``revision/<kind>`` per kind of task item): count,
         median / p90 / max seconds to the first token and to the stored answer (``done``), median tokens.
     """
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.runtime import ClientRuntime
     from fedspear.tasks import get_task
 
     task = get_task(cfg.data.dataset)
     examples = task.load(cfg).train
-    runtime = ClientRuntime(build_engine(cfg, task), Path(out_dir) / "latency-client", seed=seed)
+    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+    runtime = ClientRuntime(policy, task, cfg, Path(out_dir) / "latency-client", seed=seed)
     samples: dict[str, list[tuple[float | None, float, int]]] = {"answer": [], "revision": []}
 
     def add(stage: str, kind: str, row: tuple[float | None, float, int]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fedspear.generation import Completion, GenSettings, cut_at_eos, eos_ids, merged_lora
-from fedspear.models import Engine, left_truncate
+from fedspear.models import Policy, left_truncate
 
 _END = object()
 
@@ -84,13 +84,13 @@ class _Cancel:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def stream_answer(engine: Engine, prompt_ids: list[int], settings: GenSettings, seed: int,
+def stream_answer(engine: Policy, prompt_ids: list[int], settings: GenSettings, seed: int,
                   cancel: threading.Event | None = None, token_delay_s: float = 0.0) -> Iterator[str | StreamResult]:
     """Generate one completion with the live model, yielding text pieces as they come, then a StreamResult.
 
     Args:
-        engine: the engine (its live adapter answers).
-        prompt_ids: the prompt's token ids (left-truncated to ``model.max_seq_len - max_new_tokens``).
+        engine: the policy (its live adapter answers).
+        prompt_ids: the prompt's token ids (left-truncated to ``engine.max_seq_len - max_new_tokens``).
         settings: decoding settings.
         seed: seeds the sampler (same prompt, settings and seed give the same answer).
         cancel: set it to stop generation early (e.g. the client went away).
@@ -99,8 +99,8 @@ def stream_answer(engine: Engine, prompt_ids: list[int], settings: GenSettings, 
     Yields:
         Text pieces (``str``) in order, then exactly one :class:`StreamResult`.
     """
-    cfg, tok, model = engine.cfg, engine.tokenizer, engine.model
-    max_prompt = max(1, cfg.model.max_seq_len - settings.max_new_tokens)
+    tok, model = engine.tokenizer, engine.model
+    max_prompt = max(1, engine.max_seq_len - settings.max_new_tokens)
     prompt_ids = left_truncate(prompt_ids, max_prompt, engine.bos_id)
     cancel = cancel or threading.Event()
     pieces: queue.Queue = queue.Queue()

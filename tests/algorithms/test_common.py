@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_rig as build_engine
 
 from fedspear.algorithms.base import RunSettings, Trace
 from fedspear.algorithms.common import completion_logprobs, l2_to_global, make_batch, optimise
 from fedspear.config import load_config
-from fedspear.models import build_engine
 
 
 class _Task:

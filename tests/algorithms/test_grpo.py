@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import build_rig as build_engine
 from conftest import require_shared_data, run_tiny
 
 from fedspear.algorithms.base import ClientJob, RunSettings, Trace
@@ -11,7 +12,6 @@ from fedspear.algorithms.grpo import GRPO
 from fedspear.algorithms.losses import group_advantages
 from fedspear.config import load_config
 from fedspear.generation import GenSettings
-from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import build_rig as build_engine
 from conftest import require_shared_data, run_tiny
 
 from fedspear.algorithms import opsd
@@ -10,7 +11,6 @@ from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.common import completion_logits, make_batch
 from fedspear.algorithms.opsd import OPSD
 from fedspear.config import load_config
-from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_rig as build_engine
 from conftest import require_shared_data, run_tiny
 
 from fedspear.algorithms import rltf_sd
 from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.common import completion_logprobs, make_batch
 from fedspear.config import load_config
-from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_rig as build_engine
 from conftest import require_shared_data, tiny_overrides
 
 from fedspear.algorithms import spear
@@ -11,7 +12,6 @@ from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.spear import Spear
 from fedspear.config import load_config
 from fedspear.generation import Completion
-from fedspear.models import build_engine
 from fedspear.tasks import get_task
 from fedspear.tasks.base import Example, Task
 

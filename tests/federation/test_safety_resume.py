@@ -136,12 +136,12 @@ def test_cli_output_dir_file_is_exit_2(tiny_qwen, tmp_path, capsys, kind):
 def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
     require_shared_data()
     from fedspear.evaluation import evaluate
-    from fedspear.models import build_engine
+    from fedspear.models import build_policy
     from fedspear.tasks import get_task
 
     cfg = load_config(None, _overrides(tiny_qwen, tmp_path / "r", **{"data.eval_method": method}))
     task = get_task(cfg.data.dataset)
-    engine = build_engine(cfg, task)
+    engine = build_policy(cfg)
     examples = task.load(cfg).eval[:4]
     ok = evaluate(engine, task, cfg, examples)
     assert ok["accuracy"] is not None and "diverged" not in ok
@@ -179,7 +179,7 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from fedspear.evaluation import evaluate
-    from fedspear.models import build_engine
+    from fedspear.models import load_policy
     from fedspear.tasks import get_task
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen)
@@ -189,8 +189,10 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     tok.save_pretrained(gpt)
     cfg = load_config(None, _overrides(gpt, tmp_path / "r", **{"model.max_seq_len": 2048}))
     task = get_task(cfg.data.dataset)
-    engine = build_engine(cfg, task)
-    assert cfg.model.max_seq_len == 64 and "position limit (64)" in caplog.text
+    engine, fitted = load_policy(cfg)
+    assert cfg.model.max_seq_len == 2048  # the caller's config is not written; the copy carries the cap
+    cfg = fitted
+    assert cfg.model.max_seq_len == 64 == engine.max_seq_len and "position limit (64)" in caplog.text
     ex = task.load(cfg).eval[0]
     long = dataclasses.replace(ex, prompt="water light heat " * 100 + ex.prompt)
     assert len(engine.encode(long.prompt)) > 300
@@ -200,11 +202,10 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
 def test_left_truncated_prompts_keep_bos(tiny_llama, tmp_path):
     require_shared_data()
     from fedspear.generation import GenSettings, generate
-    from fedspear.models import build_engine
-    from fedspear.tasks import get_task
+    from fedspear.models import build_policy
 
     cfg = load_config(None, _overrides(tiny_llama, tmp_path / "r", **{"model.max_seq_len": 16}))
-    engine = build_engine(cfg, get_task(cfg.data.dataset))
+    engine = build_policy(cfg)
     bos = engine.tokenizer.bos_token_id
     assert engine.bos_id == bos is not None
     prompt = engine.encode("which best describes the plant water energy light heat earth sun Answer:")

@@ -15,7 +15,7 @@ from fedspear.config import load_config
 from fedspear.federation import simulator
 from fedspear.federation.partition import client_seed, dirichlet_partition
 from fedspear.federation.schedule import round_lr
-from fedspear.models import build_engine
+from fedspear.models import build_policy
 from fedspear.tasks import get_task
 
 
@@ -80,7 +80,7 @@ def test_single_client_equals_centralized_update(tiny_qwen, tmp_path):
     run_dir = simulator.run(cfg)
     task = get_task(cfg.data.dataset)
     data = task.load(cfg)
-    engine = build_engine(cfg, task)
+    engine = build_policy(cfg)
     (indices,) = dirichlet_partition([ex.label for ex in data.train], 1, cfg.data.dirichlet_alpha,
                                      cfg.data.max_examples_per_client, cfg.data.seed)
     job = ClientJob(0, 1, [data.train[i] for i in indices], round_lr(1, 1, cfg.optim), client_seed(cfg.data.seed, 1, 0))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_fixtures import make_engine, teach, tiny_world_dir  # noqa: E402
+from serve_fixtures import make_client, make_engine, teach, tiny_world_dir  # noqa: E402
 
 pytest.importorskip("flwr")
 wire = pytest.importorskip("fedspear.flower.wire")
@@ -21,7 +21,7 @@ from fedspear.serve.runtime import ClientRuntime  # noqa: E402
 
 def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     world = tiny_world_dir(tmp_path_factory)
-    served = ClientRuntime(make_engine(world), tmp_path / "device", seed=1)  # the page people use
+    served = ClientRuntime(*make_client(world), tmp_path / "device", seed=1)  # the page people use
     secret_hint = "think of the grass near the old mill"
     teach(served, "What color is the zorvik?", "Where does the zorvik live?", secret_hint)
     texts = [a.text for it in served.store.recent() for a in it.attempts if len(a.text) >= 12]  # no chance matches

@@ -49,11 +49,19 @@ def serve_config(model_dir: Path, **extra: object):
 
 
 def make_engine(model_dir: Path, **extra: object):
-    from fedspear.models import build_engine
+    """A policy for the serve config, carrying its fitted config and task as ``.cfg`` / ``.task`` (conftest.build_rig)."""
+    from conftest import build_rig
+
     from fedspear.tasks import get_task
 
     cfg = serve_config(model_dir, **extra)
-    return build_engine(cfg, get_task(cfg.data.dataset))
+    return build_rig(cfg, get_task(cfg.data.dataset))
+
+
+def make_client(model_dir: Path, **extra: object):
+    """(policy, task, config) of a served client: the first arguments of ``ClientRuntime`` / ``train_local``."""
+    engine = make_engine(model_dir, **extra)
+    return engine, engine.task, engine.cfg
 
 
 def teach(served, right: str, fixed: str, hint: str) -> None:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from serve_fixtures import http, make_engine, tiny_world_dir
+from serve_fixtures import http, make_client, tiny_world_dir
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -21,7 +21,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    rt = ClientRuntime(make_engine(tiny_world_dir(tmp_path_factory)), tmp_path_factory.mktemp("client"), seed=0)
+    rt = ClientRuntime(*make_client(tiny_world_dir(tmp_path_factory)), tmp_path_factory.mktemp("client"), seed=0)
     yield rt
     rt.close()
 

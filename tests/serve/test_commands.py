@@ -102,7 +102,7 @@ def test_clear_errors_before_loading_anything(tiny_world, tmp_path):
 
 
 def test_an_adapter_of_another_rank_is_refused_and_the_folder_is_unchanged(tiny_world, tmp_path):
-    from serve_fixtures import make_engine, serve_overrides
+    from serve_fixtures import make_client, make_engine, serve_overrides
 
     from fedspear.models import save_adapter
     from fedspear.serve.runtime import ClientRuntime
@@ -110,7 +110,7 @@ def test_an_adapter_of_another_rank_is_refused_and_the_folder_is_unchanged(tiny_
     other = make_engine(tiny_world, **{"lora.r": 4})
     save_adapter(other, other.global_state, tmp_path / "rank4")
     state = tmp_path / "client"
-    ClientRuntime(make_engine(tiny_world), state, seed=0).close()  # a client that served its initial adapter
+    ClientRuntime(*make_client(tiny_world), state, seed=0).close()  # a client that served its initial adapter
 
     def snapshot() -> dict[str, bytes]:
         return {str(p.relative_to(state)): p.read_bytes() for p in sorted(state.rglob("*")) if p.is_file()}
@@ -126,4 +126,4 @@ def test_an_adapter_of_another_rank_is_refused_and_the_folder_is_unchanged(tiny_
     assert len(errors) == 1 and "shape" in errors[0] and "(4, " in errors[0] and "LoRA rank" in errors[0]
     assert snapshot() == before  # nothing published: the next serve / train-local still work
     # the refused adapter never became current; the client still serves (and loads) its own v0
-    ClientRuntime(make_engine(tiny_world), state, seed=0).close()
+    ClientRuntime(*make_client(tiny_world), state, seed=0).close()

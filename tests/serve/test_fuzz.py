@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from serve_fixtures import make_engine, tiny_world_dir
+from serve_fixtures import make_client, tiny_world_dir
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -30,7 +30,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    runtime = ClientRuntime(make_engine(tiny_world_dir(tmp_path_factory)), tmp_path_factory.mktemp("fuzz"), seed=0)
+    runtime = ClientRuntime(*make_client(tiny_world_dir(tmp_path_factory)), tmp_path_factory.mktemp("fuzz"), seed=0)
     app = create_app(runtime, ServeOptions(rate_per_minute=10**6, allowed_hosts=[*LOOPBACK_NAMES, "testserver"]))
     yield app, runtime.token
     runtime.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_fixtures import make_engine, tiny_world_dir
+from serve_fixtures import make_client, make_engine, tiny_world_dir
 
 from fedspear.algorithms.base import ClientJob
 from fedspear.serve.adapters import model_fingerprint
@@ -75,7 +75,7 @@ def _store_interaction(store: TraceStore, engine, completion: str, verdicts: lis
 def test_no_wins_no_update_and_nothing_marked(engine, tmp_path):
     with TraceStore(tmp_path / "t.sqlite") as store:
         it = _store_interaction(store, engine, " red", [False, False, False])
-        result = update_from_store(engine, store, ClientJob(0, 1, [], 1e-3, 5))
+        result = update_from_store(engine, engine.task, engine.cfg, store, ClientJob(0, 1, [], 1e-3, 5))
         assert result.adapter is None and result.weight == 0.0
         assert result.metrics["losses"] == 1 and result.metrics["store_interactions"] == 1
         assert store.get(it.id).trained_count == 0 and store.trainings() == []
@@ -89,7 +89,7 @@ def test_update_trains_from_the_global_adapter_and_only_numbers_leave(engine, tm
             _store_interaction(store, engine, " red", [False, True], hint=secret).id,
         ]
         before = {k: v.clone() for k, v in engine.global_state.items()}
-        result = update_from_store(engine, store, ClientJob(0, 1, [], 1e-2, 5))
+        result = update_from_store(engine, engine.task, engine.cfg, store, ClientJob(0, 1, [], 1e-2, 5))
         assert result.weight == 2.0  # n_eff = wins: the accepted answer and the accepted revision
         assert set(result.adapter) == set(before)
         assert any(not torch.equal(result.adapter[k], before[k]) for k in before)
@@ -123,7 +123,7 @@ def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp
     """Teach a wrong answer away through the steps the page calls: wrong, hint, accept the revision, train."""
     # top_k 0: the sampled revision this test was written against (gen.top_k=50 samples another one)
     engine = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
-    runtime = ClientRuntime(engine, tmp_path / "client", seed=3)
+    runtime = ClientRuntime(engine, engine.task, engine.cfg, tmp_path / "client", seed=3)
     ex_id = runtime.list_examples(1, group="misconception", kind="mc")[0]["id"]
     done = runtime.run_to_end(runtime.prepare_ask(example_id=ex_id))
     it_id = done["interaction"]["id"]
@@ -148,11 +148,11 @@ def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp
 
 
 def test_train_local_publishes_a_version_the_running_client_picks_up(tiny_world, tmp_path):
-    runtime = ClientRuntime(make_engine(tiny_world), tmp_path / "client", seed=0)
+    runtime = ClientRuntime(*make_client(tiny_world), tmp_path / "client", seed=0)
     done = runtime.run_to_end(runtime.prepare_ask(question="What color is the zorvik?"))
     runtime.verdict(done["interaction"]["id"], 0, True)
     assert done["adapter"]["version"] == 0
-    summary = train_local(make_engine(tiny_world), tmp_path / "client")  # as `fedspear train-local` would
+    summary = train_local(*make_client(tiny_world), tmp_path / "client")  # as `fedspear train-local` would
     assert summary["published"]["version"] == 1 and summary["from_version"] == 0 and summary["weight"] == 1.0
     assert summary["published"]["label"] == "local round 1"
     again = runtime.run_to_end(runtime.prepare_ask(question="What color is the zorvik?"))
@@ -162,5 +162,5 @@ def test_train_local_publishes_a_version_the_running_client_picks_up(tiny_world,
     published = runtime.registry.load(runtime.registry.current())
     assert all(torch.equal(live[k], published[k]) for k in published)
     # a second round starts from the published version
-    assert train_local(make_engine(tiny_world), tmp_path / "client")["from_version"] == 1
+    assert train_local(*make_client(tiny_world), tmp_path / "client")["from_version"] == 1
     runtime.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from serve_fixtures import make_engine, tiny_world_dir
+from serve_fixtures import make_client, tiny_world_dir
 
 from fedspear.algorithms.base import ClientJob
 from fedspear.serve.runtime import ClientRuntime, person_feedback, question_prompt
@@ -13,7 +13,7 @@ from fedspear.tasks import get_task
 def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_factory, tmp_path):
     world = tiny_world_dir(tmp_path_factory)
     state = tmp_path / "client"
-    a = ClientRuntime(make_engine(world), state, seed=0)
+    a = ClientRuntime(*make_client(world), state, seed=0)
     done = a.run_to_end(a.prepare_ask(question="What color is the zorvik?"))
     a.verdict(done["interaction"]["id"], 0, True)
     trained = {k: v + 0.5 for k, v in a.engine.global_state.items()}
@@ -22,7 +22,7 @@ def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_f
     a.close()
 
     # another base model layout (LoRA rank 4) in the same state folder
-    b = ClientRuntime(make_engine(world, **{"lora.r": 4}), state, seed=0)
+    b = ClientRuntime(*make_client(world, **{"lora.r": 4}), state, seed=0)
     assert b.fingerprint != model_a
     assert (b.live.loaded.version, b.live.loaded.label) == (2, "initial")
     status = b.status()
@@ -31,7 +31,7 @@ def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_f
     b.close()
 
     # back to the first model: it continues from its own latest adapter, and its trace is there
-    a2 = ClientRuntime(make_engine(world), state, seed=0)
+    a2 = ClientRuntime(*make_client(world), state, seed=0)
     assert a2.fingerprint == model_a and a2.live.loaded.label == "local round 1" and a2.live.loaded.version == 3
     live = a2.engine.adapter.get()
     assert all(torch.allclose(live[k], trained[k]) for k in trained)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
 import torch  # noqa: E402
 from flower_harness import Processes, flwr_run, free_port, metrics_rows, start_superlink, start_supernode  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from serve_fixtures import make_engine, serve_overrides, teach, tiny_world_dir  # noqa: E402
+from serve_fixtures import make_client, serve_overrides, teach, tiny_world_dir  # noqa: E402
 
 from fedspear.cli import main  # noqa: E402
 from fedspear.serve.adapters import AdapterRegistry  # noqa: E402
@@ -35,7 +35,7 @@ HINTS = ["think of the grass near the old mill", "picture the sky over the harbo
 
 def teach_device(state: Path, world: Path, seed: int) -> None:
     """A person's session on the device's page: one answer marked right, one fixed by a hint."""
-    served = ClientRuntime(make_engine(world), state, seed=seed)
+    served = ClientRuntime(*make_client(world), state, seed=seed)
     try:
         teach(served, f"What color is the zorvik number {seed}?", f"Where does the zorvik number {seed} live?",
               HINTS[seed])
