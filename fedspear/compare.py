@@ -15,10 +15,10 @@ the centralized accuracy (Figure 7).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +55,10 @@ def variant(cfg: Config, algorithm: str, output_dir: Path, centralized: bool = F
     Returns:
         The copy.
     """
-    out = copy.deepcopy(cfg)
-    out.algorithm.name = algorithm
-    out.output_dir = str(output_dir)
+    out = replace(cfg, algorithm=replace(cfg.algorithm, name=algorithm), output_dir=str(output_dir))
     if centralized:
-        out.data.num_clients = out.fl.clients_per_round = out.fl.min_clients = 1
-        out.data.max_examples_per_client = ALL_EXAMPLES
+        out = replace(out, data=replace(out.data, num_clients=1, max_examples_per_client=ALL_EXAMPLES),
+                      fl=replace(out.fl, clients_per_round=1, min_clients=1))
     validate(out)
     return out
 
@@ -120,8 +118,7 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
     repeated = sorted({a for a in algorithms if algorithms.count(a) > 1})
     if repeated:
         raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")
-    named = copy.deepcopy(cfg)
-    named.algorithm.name = "compare"
+    named = replace(cfg, algorithm=replace(cfg.algorithm, name="compare"))  # names the folder
     base = Path(simulator.expand_output_dir(named))
     runs = {a: variant(cfg, a, base / a) for a in algorithms}
     central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} if centralized \

@@ -32,7 +32,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
     if unknown:
         raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
     named = load_config(config, overrides)
-    named.algorithm.name = "sweep"
+    named = replace(named, algorithm=replace(named.algorithm, name="sweep"))  # names the folder; a copy
     base = Path(expand_output_dir(named))
     keys = [k for k, _ in grid]
     default = named.to_dict()
@@ -133,8 +133,7 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
                 except ConfigError as exc:
                     raise ConfigError(f"sweep cell '{cell.label}' seed {seed}: {exc}") from None
                 changed = {k for k in keys if _lookup(cfg.to_dict(), k) != _lookup(default, k)}
-                cfg.output_dir = str(base / cell.folder(changed) / f"seed{seed}")
-                runs[(cell, seed)] = cfg
+                runs[(cell, seed)] = replace(cfg, output_dir=str(base / cell.folder(changed) / f"seed{seed}"))
     return base, runs
 
 

@@ -31,7 +31,7 @@ import json
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ def write_flower_app(cfg: Config, out_dir: Path, *, superlink: str = "127.0.0.1:
 
     ``cfg.output_dir`` and the local relative paths in ``data.path`` and ``model.model_name`` /
     ``tokenizer_name`` are made absolute (relative to the current folder), since the ServerApp runs wherever
-    the SuperLink runs. Run it with ``FLWR_HOME=<out_dir>/.flwr flwr run <out_dir> --stream``.
+    the SuperLink runs (in the written config; ``cfg`` itself is not modified). Run it with ``FLWR_HOME=<out_dir>/.flwr flwr run <out_dir> --stream``.
 
     Args:
         cfg: the resolved run configuration.
@@ -217,11 +217,12 @@ def write_flower_app(cfg: Config, out_dir: Path, *, superlink: str = "127.0.0.1:
     out_dir = Path(out_dir)
     (out_dir / ".flwr").mkdir(parents=True, exist_ok=True)
     if "{" not in cfg.output_dir:
-        cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+        cfg = replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))  # a copy, as below
     for section, key in (("data", "path"), ("model", "model_name"), ("model", "tokenizer_name")):
         value = getattr(getattr(cfg, section), key)
         if value and not Path(value).is_absolute() and Path(value).expanduser().exists():  # a local relative path
-            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+            absolute = str(Path(value).expanduser().resolve())
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: absolute})})
     (out_dir / "pyproject.toml").write_text(app_pyproject(cfg, **settings), encoding="utf-8")
     (out_dir / ".flwr" / "config.toml").write_text(
         flower_config_toml(superlink, insecure=insecure, root_certificates=root_certificates), encoding="utf-8")
