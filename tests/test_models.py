@@ -63,3 +63,25 @@ def test_attach_lora_causes_no_future_warning(tiny_qwen):
         warnings.simplefilter("always")
         attach_lora(base, cfg, seed=0)
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
+def test_cap_max_seq_len_returns_the_cap_and_fit_config_copies(tiny_qwen):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from fedspear.config import ConfigError
+    from fedspear.models import cap_max_seq_len, fit_config
+
+    def model(positions):
+        return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions))
+
+    cfg = load_config(None, [f"model.model_name={tiny_qwen}", "model.max_seq_len=2048"])
+    assert cap_max_seq_len(cfg, model(1024)) == 1024 and cfg.model.max_seq_len == 2048  # the config is not written
+    assert cap_max_seq_len(cfg, model(4096)) == 2048
+    with pytest.raises(ConfigError, match="gen.max_new_tokens"):  # 64 positions leave no room for 256 new tokens
+        cap_max_seq_len(cfg, model(64))
+    assert cfg.model.max_seq_len == 2048
+    fitted = fit_config(cfg, SimpleNamespace(max_seq_len=1024))
+    assert fitted.model.max_seq_len == 1024 and cfg.model.max_seq_len == 2048 and fitted.model is not cfg.model
+    assert fit_config(cfg, SimpleNamespace(max_seq_len=2048)) is cfg

@@ -98,8 +98,9 @@ def train(msg: Message, context: Context) -> Message:
     client_id = int(job[CLIENT_ID_KEY])
     if client_id != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
+    engine, fitted, algorithm = _engine(cfg)
     examples = _examples(cfg, node)
-    engine, cfg, algorithm = _engine(cfg)
+    cfg = fitted  # a copy with the policy's capped model.max_seq_len
     from fedspear.privacy import privatize_result
 
     engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)

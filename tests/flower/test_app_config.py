@@ -75,6 +75,7 @@ def test_write_flower_app_makes_paths_absolute_and_writes_the_connection(tmp_pat
     (tmp_path / "data").mkdir()
     cfg = load_config(None, ["output_dir=runs/x", "data.path=data", "model.model_name=org/not-a-local-folder"])
     out = write_flower_app(cfg, tmp_path / "app", superlink="10.0.0.5:9093", root_certificates="certs/ca.crt")
+    assert (cfg.output_dir, cfg.data.path) == ("runs/x", "data")  # the caller's config is not written
     run_config = _run_config((out / "pyproject.toml").read_text())
     sent = yaml.safe_load(run_config["fedspear-config"])
     assert sent["output_dir"] == str(tmp_path / "runs" / "x") and sent["data"]["path"] == str(tmp_path / "data")
