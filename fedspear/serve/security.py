@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 
 logger = logging.getLogger("fedspear")
@@ -66,21 +67,26 @@ def _tighten(path: Path, mode: int) -> None:
 def state_token(state_dir: str | Path) -> str:
     """The state folder's secret token: read ``<state>/token``, or create it (``0600``) when missing.
 
-    Two processes creating it at once agree: the file is created exclusively and the loser reads the winner's.
+    Two processes creating it at once agree: each writes a whole token to its own temporary file and links it into
+    place (``os.link`` fails when the name exists), so the token file is never seen half written and the loser
+    reads the winner's.
 
     Raises:
         TokenError: the token file is unreadable or holds no usable token.
     """
     path = Path(state_dir) / TOKEN_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            os.unlink(tmp)
     _tighten(path, 0o600)
     try:
         token = path.read_text().strip()
