@@ -196,17 +196,9 @@ def central_dp_aggregate(global_state: State, results: list[tuple[State | None, 
         (new global state, info with ``num_aggregated``, ``num_excluded_nonfinite``, ``num_without_update``,
         ``dp_clipped``, ``dp_mean_update_norm``).
     """
-    from fedspear.federation.aggregation import is_finite_state
+    from fedspear.federation.aggregation import usable_results
 
-    kept: list[State] = []
-    nonfinite = without = 0
-    for state, weight in results:
-        if state is None or weight == 0:
-            without += 1
-        elif not math.isfinite(weight) or not is_finite_state(state):
-            nonfinite += 1
-        else:
-            kept.append(state)
+    kept, _, without, nonfinite = usable_results(results)  # central DP weighs every kept client the same
     gen = noise_generator(cfg.dp, round_idx)
     new_state, info = central_dp_mean(global_state, kept, cfg.dp, cfg.fl.clients_per_round, gen)
     info.update(num_aggregated=len(kept), num_excluded_nonfinite=nonfinite, num_without_update=without)

@@ -352,6 +352,28 @@ def build_server_optimizer(fl_cfg: FLConfig) -> ServerOptimizer | None:
     return ServerOptimizer.from_config(fl_cfg)
 
 
+def usable_results(results: list[tuple[State | None, float]]
+                   ) -> tuple[list[State], list[float], int, int]:
+    """Split client results into the usable ones and the counts of the rest.
+
+    Returns:
+        (kept states, their weights, number without an update (None state or weight 0), number excluded as
+        non-finite (NaN/inf weight or tensor)).
+    """
+    kept_states: list[State] = []
+    kept_weights: list[float] = []
+    num_nonfinite = num_without_update = 0
+    for state, weight in results:
+        if state is None or weight == 0:
+            num_without_update += 1
+        elif not math.isfinite(weight) or not is_finite_state(state):
+            num_nonfinite += 1
+        else:
+            kept_states.append(state)
+            kept_weights.append(float(weight))
+    return kept_states, kept_weights, num_without_update, num_nonfinite
+
+
 def aggregate(
     global_state: State, results: list[tuple[State | None, float]], server_opt: ServerOptimizer | None,
     fl_cfg: FLConfig | None = None,
@@ -374,17 +396,7 @@ def aggregate(
         like a non-finite client update: the global adapter and the server optimizer's state stay as they
         were and info gets ``refused_nonfinite_aggregate: True``.
     """
-    kept_states: list[State] = []
-    kept_weights: list[float] = []
-    num_nonfinite = num_without_update = 0
-    for state, weight in results:
-        if state is None or weight == 0:
-            num_without_update += 1
-        elif not math.isfinite(weight) or not is_finite_state(state):
-            num_nonfinite += 1
-        else:
-            kept_states.append(state)
-            kept_weights.append(float(weight))
+    kept_states, kept_weights, num_without_update, num_nonfinite = usable_results(results)
     robust_info: dict[str, Any] = {}
     if fl_cfg is not None and fl_cfg.aggregation in ROBUST_RULES and kept_states:
         avg, robust_info = robust_aggregate(kept_states, fl_cfg)
