@@ -132,6 +132,10 @@ class GenConfig:
     eval_top_p: float = _f(1.0, "(fedspear) evaluation top_p when sampling")
     eval_max_new_tokens: int | None = _f(None, "(fedspear) evaluation new tokens; None = max_new_tokens_y0")
     merge_lora: bool = _f(True, "(fedspear) fold LoRA into the base weights while generating (faster; exact restore)")
+    revision_template: str = _f("instructions_first", "(fedspear) revision prompt section order: instructions_first "
+                                "(constant block first, cached once per call) | authors (the reference's order)")
+    prefix_cache: bool = _f(True, "(fedspear) compute the token prefix shared by every prompt of a generation call "
+                            "once (same completions up to float rounding)")
 
 
 @dataclass
@@ -560,6 +564,7 @@ def _check_token_budget(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
+    from fedspear.tasks.prompts import REVISION_TEMPLATES  # here: the tasks package imports this module
     _check(bool(str(cfg.output_dir).strip()), "output_dir",
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
     _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
@@ -568,6 +573,7 @@ def validate(cfg: Config) -> None:
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
     _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
+    _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
     positive = {
         "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,

@@ -4,10 +4,18 @@ Prompts are token-id lists (tokenized once by the caller), grouped by length int
 generated with Hugging Face ``generate``, and returned in input order. Sampling uses the settings' temperature
 and top_p plus ``gen.top_k`` (transformers' top-k filter; 0 turns it off). Each completion keeps the exact
 sampled ids up to and including the first EOS; nothing after it (padding) is kept.
+
+Shared prefix (``gen.prefix_cache``, on by default): when every prompt of a call starts with the same
+:data:`MIN_SHARED_PREFIX` or more tokens (the instruction block of ``instructions_first`` revision prompts), the
+prefix's key/value cache is computed once per call and copied into each batch; each row then holds
+``[prefix][padding][own suffix]``, with the padding masked and positions counted over real tokens only, which is
+the computation of the unshared prompt up to floating-point rounding (tests/test_generation.py checks the
+completions). Decoding reads the same cache either way, so only the prefill is saved.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +63,26 @@ class GenStats:
     seconds: float = 0.0
 
 
+MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth a separate forward pass
+
+
+def shared_prefix_len(prompts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the token prefix every prompt starts with, leaving each prompt at least one token of its own
+    (the last prompt token's logits start generation); 0 when that is shorter than ``minimum`` or there is one
+    prompt."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+        if n < minimum:
+            return 0
+    return n if n >= minimum else 0
+
+
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -95,8 +123,9 @@ def generate(
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     torch.manual_seed(seed)
+    prefix = shared_prefix_len(prompts) if engine.prefix_cache else 0
     with merged_lora(engine):
-        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out)
+        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix)
     model.train(was_training)
     if stats is not None:
         stats.sequences += len(prompts)
@@ -131,18 +160,32 @@ def merged_lora(engine: Policy) -> Iterator[None]:
 
 
 def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
-                      stop_ids: set[int], out: list) -> None:
+                      stop_ids: set[int], out: list, prefix: int = 0) -> None:
+    """Generate ``prompts`` batch by batch into ``out``; with ``prefix`` > 0 every prompt's first ``prefix`` tokens
+    are one shared cached forward pass (see the module docstring)."""
     model, tok = engine.model, engine.tokenizer
+    prefix_cache = None
+    if prefix:
+        prefix_ids = torch.tensor([prompts[order[0]][:prefix]], device=engine.device)
+        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
     for batch in _batches(order, engine.gen_batch_size):
-        width = max(len(prompts[i]) for i in batch)
+        width = prefix + max(len(prompts[i]) - prefix for i in batch)
         input_ids_BT = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         attention_BT = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):
             ids = prompts[i]
-            input_ids_BT[row, width - len(ids) :] = torch.tensor(ids)
-            attention_BT[row, width - len(ids) :] = 1
+            input_ids_BT[row, width - len(ids) + prefix :] = torch.tensor(ids[prefix:])
+            attention_BT[row, width - len(ids) + prefix :] = 1
+        extra = {}
+        if prefix_cache is not None:
+            input_ids_BT[:, :prefix] = torch.tensor(prompts[batch[0]][:prefix])
+            attention_BT[:, :prefix] = 1
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+            extra["past_key_values"] = cache
         sequences_BS = model.generate(
-            input_ids=input_ids_BT.to(engine.device), attention_mask=attention_BT.to(engine.device), **gen_kwargs
+            input_ids=input_ids_BT.to(engine.device), attention_mask=attention_BT.to(engine.device), **gen_kwargs,
+            **extra,
         ).cpu()
         new_BN = sequences_BS[:, width:].tolist()
         for row, i in enumerate(batch):

@@ -8,6 +8,7 @@ that share no memory with the live model, so FedAvg sees distinct client updates
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -44,6 +45,26 @@ def resolve_model_path(name: str) -> str:
             f"the built-in model '{name}' is missing at {path}; rebuild it with `fedspear make-base --out {path}`"
         )
     return str(path)
+
+
+def pretrained_revision_template(name: str) -> str | None:
+    """The revision prompt order (``gen.revision_template``) a built-in model was pretrained on, from its
+    ``build_info.json`` (bases built before the key existed used the authors' order); None for other models."""
+    path = BUILTIN_MODELS.get(name)
+    info = path / "build_info.json" if path is not None else None
+    if info is None or not info.is_file():
+        return None
+    return json.loads(info.read_text(encoding="utf-8")).get("config", {}).get("revision_template", "authors")
+
+
+def warn_on_template_mismatch(cfg: Any) -> None:
+    """Log a warning when a built-in base is used with another revision template than it was pretrained on: its
+    revisions then fix few answers, which is a property of the prompt, not of the algorithm."""
+    trained = pretrained_revision_template(cfg.model.model_name)
+    if trained is not None and trained != cfg.gen.revision_template:
+        logger.warning("model.model_name=%s was pretrained on gen.revision_template=%s, but this run uses %s, so "
+                       "its revisions will rarely fix an answer; set gen.revision_template=%s or rebuild the base "
+                       "with `fedspear make-base`", cfg.model.model_name, trained, cfg.gen.revision_template, trained)
 
 
 def resolve_device(device_map: str) -> torch.device:
@@ -233,6 +254,7 @@ class Policy:
         max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
         gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).
         merge_lora: fold LoRA into the base weights while generating (``gen.merge_lora``; off for 4-bit).
+        prefix_cache: compute the token prefix shared by every prompt of a generation call once (``gen.prefix_cache``).
         encoded: prompt text -> token ids, filled by :meth:`encode`.
         fingerprint: the serving fingerprint once computed (``serve.adapters.model_fingerprint``).
     """
@@ -246,6 +268,7 @@ class Policy:
     max_seq_len: int = 2048
     gen_batch_size: int = 8
     merge_lora: bool = True
+    prefix_cache: bool = True
     encoded: dict[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
 
@@ -328,6 +351,7 @@ def build_policy(cfg: Any) -> Policy:
 
     ``cfg`` is read, never written; :func:`fit_config` gives the config matching the policy's capped length.
     """
+    warn_on_template_mismatch(cfg)
     device = resolve_device(cfg.model.device_map)
     tokenizer = load_tokenizer(cfg)
     base = load_base_model(cfg, device)
@@ -336,7 +360,7 @@ def build_policy(cfg: Any) -> Policy:
     handle = AdapterHandle.from_model(model)
     return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
                   max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
-                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit)
+                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache)
 
 
 def fit_config(cfg: Any, policy: Policy) -> Any:

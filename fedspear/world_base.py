@@ -94,6 +94,8 @@ class Preset:
         world_revision_share: within revision batches, share about world creatures (the rest fresh names).
         fresh_names: invented names used only in revision examples.
         threads: torch CPU threads during the build (fixes the summation order, so the result).
+        revision_template: the revision prompt order the base is pretrained on (``gen.revision_template``; the
+            world preset, ``fedspear/configs/default.yaml``, must name the same one).
     """
 
     hidden: int
@@ -109,6 +111,7 @@ class Preset:
     teacher_share: float = 0.0
     fresh_names: int = 200
     threads: int = 1
+    revision_template: str = "authors"
 
 
 PRESETS: dict[str, Preset] = {
@@ -242,7 +245,8 @@ class Corpus:
             kind = "reasoning"
         clue = rng.randrange(len(ATTRIBUTES[attribute][target]))
         feedback = oracle_feedback(kind, attribute, target, gold, extract_answer(prev_text), clue)
-        return build_revision_prompt(prompt, prev_text.strip(), feedback, ANSWER_FORMAT), completion
+        return (build_revision_prompt(prompt, prev_text.strip(), feedback, ANSWER_FORMAT,
+                                      self.preset.revision_template), completion)
 
 
 def _batch(tok: Any, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -321,13 +325,14 @@ def greedy_complete(model: Any, tok: Any, prompts: list[str], max_new_tokens: in
 
 
 def probe(model: Any, tok: Any, examples: list[Example], sample: dict[str, float] | None = None,
-          seed: int = 0) -> dict[str, Any]:
+          seed: int = 0, template: str = "authors") -> dict[str, Any]:
     """Accuracy per group and part, and how many wrong answers one feedback-guided revision fixes.
 
     Args:
         model: the causal LM; tok: its tokenizer; examples: world examples.
         sample: None for greedy decoding, else ``{"temperature": .., "top_p": ..}``.
         seed: torch seed for sampling.
+        template: the revision prompt order (``gen.revision_template``).
 
     Returns:
         {"accuracy", "accuracy_<group>" for each group present, "accuracy_mc", "accuracy_reasoning",
@@ -338,7 +343,7 @@ def probe(model: Any, tok: Any, examples: list[Example], sample: dict[str, float
     first = greedy_complete(model, tok, [ex.prompt for ex in examples], sample=sample)
     ok = [task.is_correct(ex, c) for ex, c in zip(examples, first, strict=True)]
     wrong = [(ex, c) for ex, c, good in zip(examples, first, ok, strict=True) if not good]
-    revision_prompts = [build_revision_prompt(ex.prompt, c, task.feedback(ex, c, None), task.answer_format)
+    revision_prompts = [build_revision_prompt(ex.prompt, c, task.feedback(ex, c, None), task.answer_format, template)
                         for ex, c in wrong]
     revised = greedy_complete(model, tok, revision_prompts, sample=sample)
     fixed = sum(task.is_correct(ex, r) for (ex, _), r in zip(wrong, revised, strict=True))
@@ -492,7 +497,7 @@ def build_base(out_dir: Path, preset: str = "default", seed: int = 0, progress: 
         stats: dict[str, Any] = {"preset": preset, "seed": seed, "vocab_size": len(vocab),
                                  "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
         stats.update(pretrain(model, tok, Corpus(facts, fresh, cfg, random.Random(seed)), cfg, seed, progress))
-        stats["probe_eval_greedy"] = probe(model, tok, world_examples()[1])
+        stats["probe_eval_greedy"] = probe(model, tok, world_examples()[1], template=cfg.revision_template)
         stats["regime_checks"] = regime_checks(model, tok, world_examples()[1], seed=seed)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

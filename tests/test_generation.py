@@ -86,3 +86,65 @@ def test_top_k_config():
     assert load_config(None, ["gen.top_k=0"]).gen.top_k == 0
     with pytest.raises(ConfigError, match=r"gen\.top_k: must be >= 0, got -1"):
         load_config(None, ["gen.top_k=-1"])
+
+
+SHARED = ("### Instructions\nWrite the whole solution again as if it were your first attempt. Use the feedback, but "
+          "do not mention it.\n\n### Task\n")
+
+
+def test_shared_prefix_len():
+    from fedspear.generation import shared_prefix_len
+
+    assert shared_prefix_len([list(range(20)) + [1], list(range(20)) + [2, 3]], minimum=16) == 20
+    assert shared_prefix_len([list(range(20)), list(range(20))], minimum=16) == 19  # one own token kept per row
+    assert shared_prefix_len([list(range(20)) + [1], list(range(10)) + [9] * 12], minimum=16) == 0  # too short
+    assert shared_prefix_len([list(range(30))], minimum=16) == 0  # one prompt: nothing to share
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_prefix_cache_gives_the_plain_completions(tiny_qwen, batch_size):
+    """Greedy completions with the shared prefix computed once equal those of the plain path, for rows of
+    different lengths (padding between prefix and suffix), batch by batch, and with a non-trivial merged adapter."""
+    engine = _engine(tiny_qwen, batch_size)
+    with torch.no_grad():
+        for p in engine.adapter.params.values():
+            p.copy_(torch.randn_like(p) * 0.05)
+    tails = ["Which gas do plants take in?\nAnswer:", "Light\nAnswer:", "Water boils at a hundred degrees. Why?\n"
+             "Answer:", "Ice\nAnswer:", "Name a planet.\nAnswer:"]
+    prompts = [engine.encode(SHARED + t) for t in tails]
+    from fedspear.generation import shared_prefix_len
+
+    assert shared_prefix_len(prompts) >= 16  # the path under test really runs
+    settings = GenSettings(max_new_tokens=6, do_sample=False)
+    engine.prefix_cache = True
+    cached = generate(engine, prompts, settings, seed=0)
+    engine.prefix_cache = False
+    plain = generate(engine, prompts, settings, seed=0)
+    assert [c.ids for c in cached] == [c.ids for c in plain]
+    assert [c.prompt_ids for c in cached] == prompts
+
+
+def test_prefix_cache_prefill_logits_match(tiny_qwen):
+    """The logits that start generation agree with the unshared forward pass to float rounding (max |diff| < 1e-4)."""
+    import copy
+
+    engine = _engine(tiny_qwen, 8)
+    model = engine.model
+    a, b = engine.encode(SHARED + "Light\nAnswer:"), engine.encode(SHARED + "Which gas do plants take in?\nAnswer:")
+    from fedspear.generation import shared_prefix_len
+
+    n = shared_prefix_len([a, b])
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([a])).logits[0, -1]
+        cache = model(input_ids=torch.tensor([a[:n]]), use_cache=True).past_key_values
+        width = max(len(a), len(b)) - n
+        ids = torch.zeros((2, n + width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate((a, b)):
+            ids[row, :n], mask[row, :n] = torch.tensor(p[:n]), 1
+            ids[row, n + width - (len(p) - n):], mask[row, n + width - (len(p) - n):] = torch.tensor(p[n:]), 1
+        c = copy.deepcopy(cache)
+        c.batch_repeat_interleave(2)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:], past_key_values=c)
+    assert (out.logits[0, -1] - full).abs().max() < 1e-4

@@ -184,7 +184,8 @@ class RLTFSD(Algorithm[SDRollout]):
         task = self.task
         hint = CORRECT_FEEDBACK if correct else user.feedback(example, answer)
         hint = hint[: self.settings.feedback_max_chars]
-        return policy.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format))
+        return policy.encode(build_revision_prompt(example.prompt, answer, hint, task.answer_format,
+                                                 self.run.gen.revision_template))
 
     def _set_advantages(self, samples: list[SDSample], group: int) -> None:
         """Fill the advantages of group-major samples (``rltf_sd_advantages``; non-revised ones get 0 for

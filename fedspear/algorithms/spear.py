@@ -138,7 +138,7 @@ class Spear(Algorithm[FeedbackRollout]):
             for (j, ex, _), _, latest in pending:
                 hint = users[j].feedback(ex, latest.text)
                 prompts.append(policy.encode(build_revision_prompt(ex.prompt, latest.text, hint,
-                                                                   task.answer_format)))
+                                                                   task.answer_format, run.gen.revision_template)))
             feedback_s += time.perf_counter() - start
             revisions = generate(policy, prompts, self._gen_settings(True), seed + 7919 * attempt, gen_stats)
             still = []

@@ -258,7 +258,8 @@ class ClientRuntime:
         if interaction.state != AWAITING_HINT:
             raise StateError(f"interaction {interaction_id} is {interaction.state}, not awaiting a hint")
         feedback = person_feedback(self.task, interaction.prompt, interaction.latest.text, hint)
-        prompt = build_revision_prompt(interaction.prompt, interaction.latest.text, feedback, self.task.answer_format)
+        prompt = build_revision_prompt(interaction.prompt, interaction.latest.text, feedback, self.task.answer_format,
+                                       self.cfg.gen.revision_template)
         settings = self.settings(revision=True)
         ids = self._encode(prompt, settings, "the revision prompt (question, answer and hint)")
         return Plan(len(interaction.attempts), prompt, ids, settings, interaction_id=interaction_id, feedback=hint)

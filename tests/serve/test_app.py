@@ -66,7 +66,8 @@ def test_ask_wrong_hint_revise_accept(client, runtime):
     # the revision prompt is built exactly as in training, and its ids are what the model read
     y0 = rev["interaction"]["attempts"][0]["text"]
     feedback = person_feedback(runtime.task, it["prompt"], y0, "think of the sky")
-    expected = build_revision_prompt(it["prompt"], y0, feedback, runtime.task.answer_format)
+    expected = build_revision_prompt(it["prompt"], y0, feedback, runtime.task.answer_format,
+                                     runtime.cfg.gen.revision_template)
     stored = runtime.store.get(iid).attempts[1]
     assert a1["prompt"] == expected and stored.prompt_ids == runtime.engine.encode(expected)
     final = client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 1, "correct": True}).json()
