@@ -134,6 +134,8 @@ class GenConfig:
     merge_lora: bool = _f(True, "(fedspear) fold LoRA into the base weights while generating (faster; exact restore)")
     revision_template: str = _f("instructions_first", "(fedspear) revision prompt section order: instructions_first "
                                 "(constant block first, cached once per call) | authors (the reference's order)")
+    scheduler: str = _f("batched", "(fedspear) feedback-guided rollouts: batched (one wave per revision attempt; "
+                        "bit-reproducible) | continuous (transformers continuous batching; for GPUs)")
     prefix_cache: bool = _f(True, "(fedspear) compute the token prefix shared by every prompt of a generation call "
                             "once (same completions up to float rounding)")
 
@@ -574,6 +576,7 @@ def validate(cfg: Config) -> None:
     _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)
+    _one_of(cfg.gen.scheduler, "gen.scheduler", ("batched", "continuous"))
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
     positive = {
         "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,

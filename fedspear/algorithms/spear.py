@@ -53,8 +53,9 @@ from fedspear.algorithms.lose_mask import (
 from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
 from fedspear.feedback_noise import feedback_models
-from fedspear.generation import GenSettings, GenStats, eos_ids, generate
+from fedspear.generation import GenSettings, GenStats, eos_ids
 from fedspear.models import Policy
+from fedspear.rollout_queue import Request, run_requests
 from fedspear.tasks.base import Task
 from fedspear.tasks.prompts import build_revision_prompt
 
@@ -99,15 +100,16 @@ class Spear(Algorithm[FeedbackRollout]):
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
         """Rollout + verification + feedback-guided revision for several clients at once (docs/algorithms.md, "SPEAR").
 
-        All clients share the round-start adapter, so their first answers are one batched generation, and each
-        revision attempt is one batched generation over every client's still-wrong prompts.
+        All clients share the round-start adapter, so their prompts go through one request queue
+        (:mod:`fedspear.rollout_queue`, ``gen.scheduler``): each wrong answer's hint and revision prompt become a
+        follow-up request, up to ``gen.num_revisions`` attempts. Verdicts and hints are drawn in the order the
+        prompts were sampled within each wave, whatever the scheduler.
         """
-        run, task, settings = self.run, self.task, self.settings
+        run, task = self.run, self.task
         policy.load_global()
         users = feedback_models(task, run, jobs)  # the oracle, through the imperfect-feedback knobs
         rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
         gen_stats = GenStats()
-        feedback_s = 0.0
         # (job index, example, x0 ids) for every sampled prompt, in job order.
         items = []
         for j, job in enumerate(jobs):
@@ -115,49 +117,14 @@ class Spear(Algorithm[FeedbackRollout]):
             chosen = rng.sample(job.examples, min(len(job.examples), run.fl.local_rollout_steps))
             items.extend((j, ex, policy.encode(ex.prompt)) for ex in chosen)
         seed = jobs[0].seed if jobs else 0
-        first = generate(policy, [ids for _, _, ids in items], self._gen_settings(False), seed, gen_stats)
-        pending = []  # (item, first completion, latest completion)
-        for item, comp in zip(items, first):
-            j, ex, x0 = item
-            if users[j].dropped():
-                continue
-            m = rollouts[j].metrics
-            m["prompts"] = m.get("prompts", 0) + 1
-            if users[j].verdict(ex, comp.text):
-                m["wins_y0"] = m.get("wins_y0", 0) + 1
-                rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))
-            else:
-                m["needs_revision"] = m.get("needs_revision", 0) + 1
-                pending.append((item, comp, comp))
-        use_feedback = run.feedback.provider != "none"
-        for attempt in range(1, run.gen.num_revisions + 1 if use_feedback else 1):
-            if not pending:
-                break
-            start = time.perf_counter()
-            prompts = []
-            for (j, ex, _), _, latest in pending:
-                hint = users[j].feedback(ex, latest.text)
-                prompts.append(policy.encode(build_revision_prompt(ex.prompt, latest.text, hint,
-                                                                   task.answer_format, run.gen.revision_template)))
-            feedback_s += time.perf_counter() - start
-            revisions = generate(policy, prompts, self._gen_settings(True), seed + 7919 * attempt, gen_stats)
-            still = []
-            for ((j, ex, x0), y0, _), rev in zip(pending, revisions):
-                m = rollouts[j].metrics
-                m[f"revision_attempts_{attempt}"] = m.get(f"revision_attempts_{attempt}", 0) + 1
-                if users[j].verdict(ex, rev.text):
-                    m[f"revision_successes_{attempt}"] = m.get(f"revision_successes_{attempt}", 0) + 1
-                    rollouts[j].wins.append(Trace(x0, rev.ids, text=rev.text))  # y' trained under x0
-                    rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_fixed, text=y0.text))
-                else:
-                    still.append(((j, ex, x0), y0, rev))
-            pending = still
-        for (j, _, x0), y0, _ in pending:
-            rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_unfixed, text=y0.text))
+        chain = _RevisionChain(self, policy, users, rollouts, items)
+        first_settings = self._gen_settings(False)
+        requests = [Request(x0, first_settings, (i, 0, None, None)) for i, (_, _, x0) in enumerate(items)]
+        run_requests(policy, requests, chain.on_done, seed, gen_stats, run.gen.scheduler)
         for r, user in zip(rollouts, users, strict=True):
             r.metrics.update(user.metrics())
-        _finish_metrics(rollouts, items, gen_stats, feedback_s)
-        _split_tokens(rollouts, first, items, gen_stats)
+        _finish_metrics(rollouts, items, gen_stats, chain.feedback_s)
+        _split_tokens(rollouts, chain.first, items, gen_stats)
         return rollouts
 
     def protected_sequences(self, policy: Policy) -> tuple[set[tuple[int, ...]], set[tuple[int, ...]]]:
@@ -249,6 +216,60 @@ class Spear(Algorithm[FeedbackRollout]):
         stats = optimise(policy, run, job.lr, job.seed, micro_step, self.regularisers())
         metrics.update(train_metrics(stats, run))
         return LocalUpdateResult(finish_update(policy, settings.ema_decay), float(len(wins)), metrics)
+
+
+class _RevisionChain:
+    """SPEAR's per-prompt chain as a request-queue callback: verify an answer, record a win or keep it pending,
+    and ask for the next revision with the user's hint. Keys are ``(item index, attempt, y0, latest)``."""
+
+    def __init__(self, algorithm: Spear, policy: Policy, users: list, rollouts: list[FeedbackRollout],
+                 items: list) -> None:
+        self.algorithm, self.policy, self.users, self.rollouts, self.items = algorithm, policy, users, rollouts, items
+        self.first: list = []  # first completions in item order (token attribution)
+        self.feedback_s = 0.0
+        self.max_attempts = algorithm.run.gen.num_revisions if algorithm.run.feedback.provider != "none" else 0
+        self.revision_settings = algorithm._gen_settings(True)
+
+    def on_done(self, finished: list) -> list[Request]:
+        """Verdicts for ``finished`` (in order), then hints and revision requests for the still-wrong ones."""
+        settings, still = self.algorithm.settings, []
+        for request, comp in finished:
+            i, attempt, y0, _ = request.key
+            j, ex, x0 = self.items[i]
+            m, user = self.rollouts[j].metrics, self.users[j]
+            if attempt == 0:
+                self.first.append(comp)
+                if user.dropped():
+                    continue
+                m["prompts"] = m.get("prompts", 0) + 1
+                if user.verdict(ex, comp.text):
+                    m["wins_y0"] = m.get("wins_y0", 0) + 1
+                    self.rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))
+                else:
+                    m["needs_revision"] = m.get("needs_revision", 0) + 1
+                    still.append((i, 0, comp, comp))
+                continue
+            m[f"revision_attempts_{attempt}"] = m.get(f"revision_attempts_{attempt}", 0) + 1
+            if user.verdict(ex, comp.text):
+                m[f"revision_successes_{attempt}"] = m.get(f"revision_successes_{attempt}", 0) + 1
+                self.rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))  # y' trained under x0
+                self.rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_fixed, text=y0.text))
+            else:
+                still.append((i, attempt, y0, comp))
+        requests = []
+        start = time.perf_counter()
+        for i, attempt, y0, latest in still:
+            j, ex, x0 = self.items[i]
+            if attempt >= self.max_attempts:
+                self.rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_unfixed,
+                                                     text=y0.text))
+                continue
+            hint = self.users[j].feedback(ex, latest.text)
+            prompt = build_revision_prompt(ex.prompt, latest.text, hint, self.algorithm.task.answer_format,
+                                           self.algorithm.run.gen.revision_template)
+            requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, attempt + 1, y0, latest)))
+        self.feedback_s += time.perf_counter() - start
+        return requests
 
 
 def _finish_metrics(rollouts: list[FeedbackRollout], items: list, gen_stats: GenStats, feedback_s: float) -> None:

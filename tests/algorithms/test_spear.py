@@ -7,6 +7,7 @@ import torch
 from conftest import build_rig as build_engine
 from conftest import require_shared_data, tiny_overrides
 
+from fedspear import rollout_queue
 from fedspear.algorithms import spear
 from fedspear.algorithms.base import ClientJob
 from fedspear.algorithms.spear import Spear
@@ -89,7 +90,7 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
             fake.pending = fake.next_pending
         return [Completion(p, [200 + call, 300 + i], t, True) for i, (p, t) in enumerate(zip(prompts, texts))]
 
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     job = ClientJob(0, 1, exs, 1e-3, seed=5)
     (out,) = _algo(engine).rollout(engine, [job])
     m = out.metrics
@@ -110,14 +111,14 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
 def test_no_feedback_source_makes_every_wrong_answer_a_half_confidence_loss(engine, monkeypatch):
     engine.cfg.feedback.provider = "none"
     fake, calls = _scripted_generate([["zz", "zz", "zz"]])
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert len(calls) == 1 and not out.wins and [t.confidence for t in out.losses] == [0.5] * 3
 
 
 def test_client_without_wins_returns_no_update(engine, monkeypatch):
     fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     job = ClientJob(0, 1, _examples(), 1e-3, seed=1)
     result = _algo(engine).local_update(engine, job)
     assert result.adapter is None and result.weight == 0.0 and result.metrics["skipped_no_wins"] == 1
@@ -178,7 +179,7 @@ def test_imperfect_feedback_reaches_the_rollout(engine, monkeypatch):
     """The rollout asks the feedback model, not the oracle: false accepts make wrong answers wins, drops remove
     prompts, and the client's metrics count what was corrupted; the loss confidences come from the config."""
     fake, calls = _scripted_generate([["zz"] * 3])
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     engine.cfg.feedback.false_accept_rate = 1.0
     (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     m = out.metrics
@@ -187,12 +188,47 @@ def test_imperfect_feedback_reaches_the_rollout(engine, monkeypatch):
     engine.cfg.feedback.false_accept_rate = 0.0
     engine.cfg.feedback.drop_rate = 1.0
     fake, calls = _scripted_generate([["zz"] * 3])
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert out.metrics["prompts"] == 0 and out.metrics["feedback_dropped"] == 3 and not out.wins and not out.losses
     engine.cfg.feedback.drop_rate = 0.0
     engine.cfg.spear.confidence_unfixed = 1.0  # uniform confidences
     fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
-    monkeypatch.setattr(spear, "generate", fake)
+    monkeypatch.setattr(rollout_queue, "generate", fake)
     (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert [t.confidence for t in out.losses] == [1.0] * 3 and out.metrics["feedback_corrupted_verdicts"] == 0
+
+
+def test_continuous_scheduler_equals_batched(tiny_qwen, tmp_path):
+    """gen.scheduler=continuous (transformers' continuous batching, revisions submitted as soon as their first
+    answer is verified) gives the batched scheduler's wins, losses and client update under greedy decoding
+    (adapter tolerance rtol 1e-4, atol 1e-5: the two paths batch the same rows differently)."""
+    require_shared_data()
+    common = {"gen.do_sample": False, "lora.dropout": 0.0, "fl.local_rollout_steps": 8, "optim.batch_size": 6,
+              "gen.num_revisions": 2}
+    task = get_task("arc_challenge")
+    results = {}
+    for scheduler in ("batched", "continuous"):
+        cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / scheduler, **common,
+                                               **{"gen.scheduler": scheduler}))
+        data = task.load(cfg)
+        engine = build_engine(cfg, task)
+        with torch.no_grad():
+            for k, v in engine.global_state.items():
+                v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
+        jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
+        rollouts = _algo(engine).rollout(engine, jobs)
+        results[scheduler] = (rollouts, [_algo(engine).train(engine, j, r) for j, r in zip(jobs, rollouts)])
+    (batched, b_updates), (continuous, c_updates) = results["batched"], results["continuous"]
+    for b, c in zip(batched, continuous):
+        assert [(t.prompt_ids, t.completion_ids) for t in b.wins] == [(t.prompt_ids, t.completion_ids) for t in c.wins]
+        assert [(t.completion_ids, t.confidence) for t in b.losses] == \
+            [(t.completion_ids, t.confidence) for t in c.losses]
+        for key in ("prompts", "wins_y0", "needs_revision", "revision_attempts_1", "wins_revision", "generations",
+                    "tokens_generated"):
+            assert b.metrics.get(key) == c.metrics.get(key), key
+    assert sum(b.metrics.get("revision_attempts_1", 0) for b in batched) > 0  # revisions really ran
+    for b, c in zip(b_updates, c_updates):
+        assert (b.adapter is None) == (c.adapter is None)
+        for k in b.adapter or {}:
+            torch.testing.assert_close(b.adapter[k], c.adapter[k], rtol=1e-4, atol=1e-5)
