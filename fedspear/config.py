@@ -136,6 +136,8 @@ class GenConfig:
                                 "(constant block first, cached once per call) | authors (the reference's order)")
     scheduler: str = _f("batched", "(fedspear) feedback-guided rollouts: batched (one wave per revision attempt; "
                         "bit-reproducible) | continuous (transformers continuous batching; for GPUs)")
+    cache: str = _f("dynamic", "(fedspear) KV cache while generating: dynamic | static (preallocated; on CUDA "
+                    "transformers compiles the decode step with CUDA graphs)")
     prefix_cache: bool = _f(True, "(fedspear) compute the token prefix shared by every prompt of a generation call "
                             "once (same completions up to float rounding)")
 
@@ -577,6 +579,7 @@ def validate(cfg: Config) -> None:
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)
     _one_of(cfg.gen.scheduler, "gen.scheduler", ("batched", "continuous"))
+    _one_of(cfg.gen.cache, "gen.cache", ("dynamic", "static"))
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
     positive = {
         "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,

@@ -11,6 +11,11 @@ prefix's key/value cache is computed once per call and copied into each batch; e
 ``[prefix][padding][own suffix]``, with the padding masked and positions counted over real tokens only, which is
 the computation of the unshared prompt up to floating-point rounding (tests/test_generation.py checks the
 completions). Decoding reads the same cache either way, so only the prefill is saved.
+
+Static cache (``gen.cache=static``): a preallocated KV cache (transformers' ``cache_implementation="static"``);
+on a CUDA device transformers then compiles the decode step (``torch.compile``, CUDA graphs), which removes the
+per-step Python and kernel-launch overhead that bounds decoding of small batches. The shared-prefix cache is a
+dynamic cache, so a static-cache call computes every prompt whole.
 """
 
 from __future__ import annotations
@@ -123,7 +128,10 @@ def generate(
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     torch.manual_seed(seed)
-    prefix = shared_prefix_len(prompts) if engine.prefix_cache else 0
+    static = engine.cache_implementation == "static"
+    if static:
+        gen_kwargs["cache_implementation"] = "static"
+    prefix = shared_prefix_len(prompts) if engine.prefix_cache and not static else 0
     with merged_lora(engine):
         _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix)
     model.train(was_training)

@@ -255,6 +255,7 @@ class Policy:
         gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).
         merge_lora: fold LoRA into the base weights while generating (``gen.merge_lora``; off for 4-bit).
         prefix_cache: compute the token prefix shared by every prompt of a generation call once (``gen.prefix_cache``).
+        cache_implementation: ``dynamic`` or ``static`` KV cache while generating (``gen.cache``).
         encoded: prompt text -> token ids, filled by :meth:`encode`.
         fingerprint: the serving fingerprint once computed (``serve.adapters.model_fingerprint``).
     """
@@ -269,6 +270,7 @@ class Policy:
     gen_batch_size: int = 8
     merge_lora: bool = True
     prefix_cache: bool = True
+    cache_implementation: str = "dynamic"
     encoded: dict[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
 
@@ -360,7 +362,8 @@ def build_policy(cfg: Any) -> Policy:
     handle = AdapterHandle.from_model(model)
     return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
                   max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
-                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache)
+                  merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache,
+                  cache_implementation=cfg.gen.cache)
 
 
 def fit_config(cfg: Any, policy: Policy) -> Any:

@@ -148,3 +148,25 @@ def test_prefix_cache_prefill_logits_match(tiny_qwen):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:], past_key_values=c)
     assert (out.logits[0, -1] - full).abs().max() < 1e-4
+
+
+def test_static_cache_gives_the_dynamic_completions(tiny_qwen):
+    """gen.cache=static (preallocated KV cache; compiled decoding on CUDA) returns the dynamic cache's greedy
+    completions, batch by batch, with a merged non-trivial adapter."""
+    engine = _engine(tiny_qwen, 2)
+    with torch.no_grad():
+        for p in engine.adapter.params.values():
+            p.copy_(torch.randn_like(p) * 0.05)
+    prompts = [engine.encode(SHARED + t) for t in ("Light\nAnswer:", "Which gas do plants take in?\nAnswer:",
+                                                   "Ice\nAnswer:")]
+    settings = GenSettings(max_new_tokens=6, do_sample=False)
+    dynamic = generate(engine, prompts, settings, seed=0)
+    engine.cache_implementation = "static"
+    static = generate(engine, prompts, settings, seed=0)
+    assert [c.ids for c in static] == [c.ids for c in dynamic]
+
+
+def test_scheduler_and_cache_keys_are_validated():
+    for key, bad in (("gen.scheduler", "eager"), ("gen.cache", "paged"), ("gen.revision_template", "mine")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={bad}"])
