@@ -8,13 +8,17 @@ against ``feedback.misleading_hint_rate`` (0, 0.1, 0.2, 0.4) for SPEAR, feedback
 
 All sweeps run on the default preset with every fact group (``data.groups=[]``) and share ``--out-dir``: a cell
 whose configuration equals another's (e.g. the paper setting of SPEAR in every set) is one run, reused. Each run
-uses one CPU thread; ``--jobs`` sweeps run at a time (2 by default): first the five-algorithm set, one seed per
-job (it holds every run the other sets share), then the other sets split over the jobs (they share no new run,
-so no two processes ever write one run folder). A second invocation reuses every finished run and only rewrites
-the reports. Each set's report is ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
+uses one CPU thread; ``--jobs`` sweeps run at a time (2 by default), from queues balanced by their number of new
+runs: the five-algorithm set per seed first (it holds every run the other sets share), then the other sets, each
+waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
+runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``) and are compared per evaluation item on the
+same items (McNemar), which is what a few seeds cannot give; 49 runs in all, about 75 minutes on the 2-core
+machine. A second invocation reuses every finished run and only rewrites the reports. Each set's report is
+``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
 
 Usage:
-    python bench/testbed.py                                   # everything: 3 seeds (see docs/testbed.md for time)
+    python bench/testbed.py                                   # everything: (a) 3 seeds, (b) and (c) seed 0
+    python bench/testbed.py --ablation-seeds 0,1,2            # (b) and (c) on 3 seeds too (about 2.5x longer)
     python bench/testbed.py --sets a --seeds 0                # one set, one seed
     python bench/testbed.py --seeds 0 fl.rounds=1 data.max_eval_examples=8   # a smoke run (extra overrides)
 """
@@ -69,36 +73,61 @@ def sweep_command(name: str, seeds: str, out_dir: Path, extra: list[str], report
     return cmd + [*TESTBED, f"output_dir={out_dir}", *extra]
 
 
-def run_parallel(queues: list[list[list[str]]], log_dir: Path) -> None:
-    """Run each queue's commands in order, the queues side by side; stop with the first failure's log."""
+def new_runs(name: str, seeds: int) -> int:
+    """Runs a set adds beyond the five-algorithm set's default cells (for balancing the job queues)."""
+    _, grid, algorithms, _ = SETS[name]
+    if not grid:
+        return len(algorithms.split(",")) * seeds
+    values = grid.split("=", 1)[1].split(",")
+    return (len(values) - 1) * len(algorithms.split(",")) * seeds
+
+
+def plan(names: list[str], seeds: list[str], ablation_seeds: list[str], jobs: int, out_dir: Path,
+         extra: list[str]) -> list[list[tuple[str, list[str], set[str]]]]:
+    """Job queues of ``(label, command, labels it waits for)``: first the five-algorithm set per seed, then the
+    other sets, each on the least-loaded queue, waiting until the five-algorithm runs of their seeds exist (they
+    share those cells, and no two processes may write one run folder)."""
+    queues: list[list[tuple[str, list[str], set[str]]]] = [[] for _ in range(jobs)]
+    load = [0] * jobs
+    for s in seeds:
+        q = min(range(jobs), key=lambda k: (load[k], k))
+        queues[q].append((f"a-seed{s}", sweep_command("a", s, out_dir, extra, report=f"a-seed{s}"), set()))
+        load[q] += new_runs("a", 1)
+    needs = {f"a-seed{s}" for s in ablation_seeds if s in seeds}
+    for name in sorted((n for n in names if n != "a"), key=lambda n: -new_runs(n, len(ablation_seeds))):
+        q = min(range(jobs), key=lambda k: (load[k], k))
+        queues[q].append((name, sweep_command(name, ",".join(ablation_seeds), out_dir, extra), needs))
+        load[q] += new_runs(name, len(ablation_seeds))
+    return queues
+
+
+def run_parallel(queues: list[list[tuple[str, list[str], set[str]]]], log_dir: Path) -> None:
+    """Run each queue's commands in order, the queues side by side, a command only once the commands it waits
+    for have finished; stop with the first failure's log."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log_dir.mkdir(parents=True, exist_ok=True)
-    active: list[tuple[subprocess.Popen, list[list[str]], Path]] = []
-
-    def start(queue: list[list[str]], index: int) -> None:
-        cmd = queue.pop(0)
-        log = log_dir / f"job{index}-{len(queue)}.log"
-        print("$", " ".join(cmd[1:]), f"> {log}", flush=True)
-        active.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT),
-                       queue, log))
-
-    for i, q in enumerate(queues):
-        if q:
-            start(q, i)
-    while active:
+    active: dict[int, tuple[subprocess.Popen, str, Path]] = {}
+    finished: set[str] = set()
+    while any(queues) or active:
+        for index, queue in enumerate(queues):
+            if index in active or not queue or not queue[0][2] <= finished:
+                continue
+            label, cmd, _ = queue.pop(0)
+            log = log_dir / f"{label}.log"
+            print("$", " ".join(cmd[1:]), f"> {log}", flush=True)
+            active[index] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"),
+                                              stderr=subprocess.STDOUT), label, log)
         time.sleep(1.0)
-        for item in list(active):
-            proc, queue, log = item
+        for index, (proc, label, log) in list(active.items()):
             if proc.poll() is None:
                 continue
-            active.remove(item)
+            del active[index]
             if proc.returncode != 0:
-                for other, _, _ in active:
+                for other, _, _ in active.values():
                     other.terminate()
                 sys.exit(f"testbed: a sweep failed (exit {proc.returncode}); see {log}:\n"
                          + "\n".join(log.read_text().splitlines()[-5:]))
-            if queue:
-                start(queue, len(active) + 1)
+            finished.add(label)
 
 
 def collect(out_dir: Path, names: list[str], report: Path) -> None:
@@ -129,7 +158,9 @@ def collect(out_dir: Path, names: list[str], report: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated sets (default: all: {', '.join(SETS)})")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated data.seed values (default: 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2", help="data.seed values of set (a) (default: 0,1,2)")
+    parser.add_argument("--ablation-seeds", default="0", help="data.seed values of sets (b) and (c) (default: 0; "
+                        "their paired tests are per evaluation item, McNemar, on the same items)")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default: 2)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "testbed"), help="the shared folder of runs")
     parser.add_argument("--report", default=str(HERE / "testbed.md"), help="the collected report")
@@ -142,14 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                      else "--jobs must be >= 1")
     out_dir = Path(args.out_dir).resolve()
     seeds = [s for s in args.seeds.split(",") if s]
+    ablation_seeds = [s for s in args.ablation_seeds.split(",") if s]
+    if not set(ablation_seeds) <= set(seeds):
+        parser.error("--ablation-seeds must be among --seeds (sets (b) and (c) reuse the five-algorithm runs)")
     start = time.perf_counter()
-    jobs = max(1, args.jobs)
-    # 1. the runs the sets share (every algorithm's default cell), one seed per job
-    first = [[sweep_command("a", s, out_dir, args.overrides, report=f"a-seed{s}")] for s in seeds]
-    run_parallel([sum(first[i::jobs], []) for i in range(jobs)], out_dir / "logs")
-    # 2. the sets, split over the jobs (their new runs are disjoint)
-    cmds = [sweep_command(n, ",".join(seeds), out_dir, args.overrides) for n in names]
-    run_parallel([cmds[i::jobs] for i in range(jobs)], out_dir / "logs")
+    run_parallel(plan(names, seeds, ablation_seeds, max(1, args.jobs), out_dir, args.overrides), out_dir / "logs")
+    if "a" in names:  # the five-algorithm report over every seed (all its runs exist now)
+        run_parallel([[("a", sweep_command("a", ",".join(seeds), out_dir, args.overrides), set())]], out_dir / "logs")
     for s in seeds:
         shutil.rmtree(out_dir / f"a-seed{s}", ignore_errors=True)
     collect(out_dir, names, Path(args.report))
