@@ -7,6 +7,8 @@ only on the run seed, never on call order.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 # Purpose tags keep the random streams of the partition and of client sampling apart for the same seed.
@@ -76,15 +78,21 @@ def dirichlet_partition(
 
 
 def _fill_empty_clients(clients: list[list[int]], rng: np.random.Generator) -> None:
-    """Give each empty client one random index from the largest client, while that one has more than one."""
+    """Give each empty client one random index from the largest client (ties: lowest id), while that one has more
+    than one. The largest client comes from a heap, so this is O(N log N) in the number of clients N (a linear
+    scan per empty client made a 10,000-client partition quadratic)."""
+    heap = [(-len(c), cid) for cid, c in enumerate(clients) if c]
+    heapq.heapify(heap)
     for cid in range(len(clients)):
         if clients[cid]:
             continue
-        largest = max(range(len(clients)), key=lambda c: (len(clients[c]), -c))
-        if len(clients[largest]) <= 1:
+        if not heap or -heap[0][0] <= 1:
             return  # fewer examples than clients: nothing left to move
+        _, largest = heapq.heappop(heap)
         donor = clients[largest]
         clients[cid].append(donor.pop(int(rng.integers(len(donor)))))
+        heapq.heappush(heap, (-len(donor), largest))
+        heapq.heappush(heap, (-1, cid))
 
 
 def _cap(indices: list[int], max_per_client: int, rng: np.random.Generator) -> list[int]:
