@@ -134,7 +134,9 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     cfg = bench_config(bench_dir, algorithm, rounds, [*extra, *variant])
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
-    fed = simulator.setup(cfg, record)
+    setup_start = time.perf_counter()
+    fed = simulator.setup(cfg, record)  # model, data, partition
+    setup_s = time.perf_counter() - setup_start
     if coin_flip:
         fed.task = fed.algorithm.task = CoinFlipTask(fed.task)  # the clients' and the evaluation's
     server_opt = build_server_optimizer(cfg.fl)
@@ -156,7 +158,7 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     gen_s = sum(r["time"]["generation_s"] for r in timed)
     train_s = sum(r["time"]["training_s"] for r in timed)
     out = {
-        "algorithm": algorithm, "rounds_timed": len(timed), "round_s": med["wall_s"],
+        "algorithm": algorithm, "rounds_timed": len(timed), "round_s": med["wall_s"], "setup_s": setup_s,
         "round_s_all": [round(r["time"]["wall_s"], 3) for r in timed],
         "generation_s": med["generation_s"], "feedback_s": med["feedback_s"], "training_s": med["training_s"],
         "aggregation_s": med["aggregation_s"],
