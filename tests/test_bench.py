@@ -93,3 +93,46 @@ def test_compare_baseline_ignores_times_and_catches_any_other_difference(tmp_pat
     assert compare_main([a, run("b", [slower], 1.0)]) == 0  # only times differ
     assert compare_main([a, run("c", [other], 1.0)]) == 1  # a metric differs
     assert compare_main([a, run("d", [row], 1.0 + 1e-7)]) == 1  # an adapter tensor differs in the last bits
+
+
+@pytest.mark.slow
+def test_round_time_variants_and_targets(bench_dir, capsys):
+    """NAME@KEY=VALUE entries run as separate variants of one algorithm in one invocation, and the targets print."""
+    import round_time
+
+    assert round_time.split_variant("spear@gen.prefix_cache=false@gen.num_revisions=1") == \
+        ("spear", ["gen.prefix_cache=false", "gen.num_revisions=1"])
+    summary = round_time.main(["--bench-dir", str(bench_dir), "--rounds", "2", "--algorithms",
+                               "spear,spear@gen.revision_template=authors@gen.prefix_cache=false"])
+    out = capsys.readouterr().out
+    assert set(summary["results"]) == {"spear", "spear@gen.revision_template=authors@gen.prefix_cache=false"}
+    assert "target SPEAR <= 2.0 s" in out
+    # the same prompts and answers either way: the variants differ in cost, not in what they generate per prompt
+    a, b = summary["results"].values()
+    assert a["generations_per_round"] > 0 and b["generations_per_round"] > 0
+
+
+def test_scaling_growth_table_and_federation_rows(bench_dir):
+    import scaling
+
+    assert scaling.growth([{"value": 2, "t": 3.0}, {"value": 8, "t": 12.0}], "t") == pytest.approx(1.0)
+    assert scaling.growth([{"value": 10, "t": 2.0}, {"value": 1000, "t": 2.0}], "t") == pytest.approx(0.0)
+    assert scaling.growth([{"value": 1, "t": 1.0}, {"value": 16, "t": 4.0}], "t") == pytest.approx(0.5)
+    folder = scaling.federation_dir(bench_dir, 20)  # 40 rows per client, at least 600
+    rows = [json.loads(line) for line in (folder / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 800 and len({r["id"] for r in rows}) == 800
+    assert (folder / "model" / "config.json").is_file()
+    point = {"value": 10, "round_s": 1.0, "generation_s": 0.5, "training_s": 0.4, "generated_tokens_per_s": 100.0,
+             "trained_tokens_per_s": 1000.0, "peak_rss_mb": 500.0, "setup_s": 0.2, "rows": 600, "load_s": 0.1,
+             "partition_s": 0.01, "sample_ms": 0.02, "client_rows_median": 40}
+    text = scaling.table({"federation": [point, {**point, "value": 1000, "round_s": 1.0}]})
+    assert "| total clients N | 1,000 |" in text and "total clients N: 0.00" in text
+
+
+@pytest.mark.slow
+def test_scaling_point_runs_in_its_own_process(bench_dir):
+    import scaling
+
+    p = scaling.run_point(bench_dir, "federation", 10, rounds=2, threads=1)
+    assert p["curve"] == "federation" and p["value"] == 10 and p["rows"] == 600 and p["round_s"] > 0
+    assert p["peak_rss_mb"] > 0 and p["partition_s"] >= 0
