@@ -12,8 +12,9 @@ uses one CPU thread; ``--jobs`` sweeps run at a time (2 by default), from queues
 runs: the five-algorithm set per seed first (it holds every run the other sets share), then the other sets, each
 waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
 runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``) and are compared per evaluation item on the
-same items (McNemar), which is what a few seeds cannot give; 49 runs in all, about 75 minutes on the 2-core
-machine. A second invocation reuses every finished run and only rewrites the reports. Each set's report is
+same items (McNemar), which is what a few seeds cannot give; each ablation moves one knob to one other value
+(two for λ_lose). 45 runs in all; OPSD's runs are the longest (about 15 minutes each at one thread), and the
+set takes about 90 minutes with 2 jobs on the 2-core machine. A second invocation reuses every finished run and only rewrites the reports. Each set's report is
 ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
 
 Usage:
@@ -52,12 +53,12 @@ SETS: dict[str, tuple[str, str, str, str | None]] = {
                      "feedback.misleading_hint_rate=0"),
     "c-confidence": ("(c) Confidences 1.0/0.5 (paper) vs uniform 1.0/1.0", "spear.confidence_unfixed=0.5,1.0",
                      "spear", "spear.confidence_unfixed=0.5"),
-    "c-margin": ("(c) Unlikelihood margin", "spear.unlikelihood_margin=0.3,0.1,0.6", "spear",
+    "c-margin": ("(c) Unlikelihood margin", "spear.unlikelihood_margin=0.3,0.6", "spear",
                  "spear.unlikelihood_margin=0.3"),
-    "c-tail": ("(c) Unlikelihood tail tokens (0 = all)", "spear.ul_tail_tokens=3,0,1", "spear",
+    "c-tail": ("(c) Unlikelihood tail tokens (0 = all)", "spear.ul_tail_tokens=3,0", "spear",
                "spear.ul_tail_tokens=3"),
-    "c-revisions": ("(c) Number of revisions", "gen.num_revisions=2,1,3", "spear", "gen.num_revisions=2"),
-    "c-lambda-lose": ("(c) λ_lose", "spear.lambda_lose=0.1,0,0.3,1.0", "spear", "spear.lambda_lose=0.1"),
+    "c-revisions": ("(c) Number of revisions", "gen.num_revisions=2,1", "spear", "gen.num_revisions=2"),
+    "c-lambda-lose": ("(c) λ_lose", "spear.lambda_lose=0.1,0,1.0", "spear", "spear.lambda_lose=0.1"),
 }
 
 
