@@ -124,17 +124,26 @@ def test_client_without_wins_returns_no_update(engine, monkeypatch):
     assert result.adapter is None and result.weight == 0.0 and result.metrics["skipped_no_wins"] == 1
 
 
-def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
-    """Batched cross-client rollout + merged-LoRA generation + deduplicated draws give the same client updates
-    as one prompt per generate call, unmerged LoRA and every draw computed separately (greedy decoding, no
-    dropout, so both paths see the same samples)."""
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monkeypatch):
+    """Batched cross-client rollout + merged-LoRA generation + the shared-prefix cache (dynamic) or a static KV
+    cache + deduplicated draws give the same client updates as one prompt per generate call, unmerged LoRA, no
+    prefix cache and every draw computed separately (greedy decoding, no dropout, so both paths see the same
+    samples; adapters within rtol 1e-4, atol 1e-5). The revision prompts (instructions first) share their
+    instruction block, so the dynamic case runs the shared-prefix path."""
     require_shared_data()
     common = {"gen.do_sample": False, "lora.dropout": 0.0, "fl.local_rollout_steps": 8, "optim.batch_size": 6}
-    fast_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "a", **common))
+    fast_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "a", **common, **{"gen.cache": cache}))
     plain_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "b", **common, **{
-        "gen.rollout_batch_size": 1, "gen.merge_lora": False, "optim.dedup_draws": False}))
+        "gen.rollout_batch_size": 1, "gen.merge_lora": False, "optim.dedup_draws": False,
+        "gen.prefix_cache": False}))
     task = get_task("arc_challenge")
     data = task.load(fast_cfg)
+    from fedspear import generation
+
+    prefixes = []
+    real_prefix = generation.shared_prefix_len
+    monkeypatch.setattr(generation, "shared_prefix_len", lambda p, *a: prefixes.append(real_prefix(p, *a)) or prefixes[-1])
     results = {}
     for name, cfg in (("fast", fast_cfg), ("plain", plain_cfg)):
         engine = build_engine(cfg, task)
@@ -157,6 +166,7 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path):
         for k in fast.adapter:
             torch.testing.assert_close(fast.adapter[k], plain.adapter[k], rtol=1e-4, atol=1e-5)
     assert any(r.adapter is not None for r in results["fast"])  # at least one client really trained
+    assert (max(prefixes, default=0) >= 16) == (cache == "dynamic")  # the shared-prefix path really ran (dynamic cache only)
 
 
 @pytest.mark.parametrize(("dedup", "dropout", "rows"), [(True, 0.0, 3), (False, 0.0, 8), (True, 0.1, 8)])
