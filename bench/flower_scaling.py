@@ -8,6 +8,9 @@ runtime" section does. It measures:
 
 - ``wall_s``: the whole ``flwr run``, from its start until it exits (Ray start, model loads, discovery, rounds,
   evaluation, report);
+- ``round0_s``: until the ServerApp has evaluated round 0 (Ray started, the app installed, the model loaded);
+- ``first_node_s``: until the first node has answered the ServerApp's discovery ``query`` (a Ray worker started
+  and imported the ClientApp);
 - ``connected_s``: until the ServerApp logs "k of N clients connected" (it sends every node a ``query`` message
   and waits for the answers before round 1);
 - ``first_round_start_s`` / ``first_round_end_s``: when round 1 starts / its metrics row is written (from the
@@ -52,6 +55,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 BIN = Path(sys.executable).parent
 MARKER = "FEDSPEAR_FLOWER_BENCH"
+# Lines of the streamed ServerApp log whose first appearance is timed (seconds from the `flwr run` start, polled
+# every 0.5 s): the round-0 evaluation done (the ServerApp has loaded the model), the first node's answer to the
+# discovery query (a Ray worker has started and imported the ClientApp), all nodes' answers.
+MILESTONES = (("round0_s", "round   0/"), ("first_node_s", " is node "), ("connected_s", "clients connected"))
 SMALL = ["fl.clients_per_round=2", "fl.local_rollout_steps=8", "fl.local_train_steps=2", "gen.max_new_tokens_y0=8",
          "gen.max_new_tokens_y1=8", "data.eval_every=1000", "data.eval_every_round_up_to=0",
          "data.max_eval_examples=8", "fl.batch_clients=false"]
@@ -264,8 +271,8 @@ def flower_point(n: int, rounds: int = 3, *, bench_dir: Path | None = None, work
 
     Returns:
         A dict: ``n``, ``rounds``, ``ok`` (the run ended with exit 0 and all rounds in metrics.jsonl), ``error``
-        (when not ok, with the end of the log), times in seconds (``wall_s``, ``connected_s``,
-        ``first_round_start_s``, ``first_round_end_s``, ``round_s`` per round, ``eval_s`` per evaluated round),
+        (when not ok, with the end of the log), times in seconds (``wall_s``, ``round0_s``, ``first_node_s``,
+        ``connected_s``, ``first_round_start_s``, ``first_round_end_s``, ``round_s`` per round, ``eval_s`` per evaluated round),
         ``peak_rss_mb`` per role and ``total``, ``max_processes``, ``train_rows``, ``rows_cycled``, ``work_dir``.
     """
     import shutil
@@ -299,8 +306,10 @@ def flower_point(n: int, rounds: int = 3, *, bench_dir: Path | None = None, work
         seen_rows = 0
         while run.poll() is None and time.perf_counter() - start < timeout:
             now = time.perf_counter() - start
-            if "connected_s" not in result and "clients connected" in procs.log("flwr-run"):
-                result["connected_s"] = now
+            log = procs.log("flwr-run") if any(key not in result for key, _ in MILESTONES) else ""
+            for key, needle in MILESTONES:
+                if key not in result and needle in log:
+                    result[key] = now
             rows = _rows(run_dir)
             if len(rows) > seen_rows:
                 for row in rows[seen_rows:]:
@@ -323,8 +332,11 @@ def flower_point(n: int, rounds: int = 3, *, bench_dir: Path | None = None, work
                 f"; rounds done {len(result['round_s'])} of {rounds}; failed clients {len(failed)}; log tail:\n" + \
                 procs.log("flwr-run")[-2000:]
     finally:
-        poller.stop() if poller.is_alive() else None
-        left = procs.close()
+        try:
+            if poller.is_alive():
+                poller.stop()
+        finally:
+            left = procs.close()  # always, even when the poller fails
         result["peak_rss_mb"] = {k: round(v, 1) for k, v in sorted(poller.peak_mb.items())}
         result["max_processes"] = poller.max_processes
         if left:
@@ -338,17 +350,18 @@ def flower_point(n: int, rounds: int = 3, *, bench_dir: Path | None = None, work
 
 
 def _table(points: list[dict]) -> str:
-    head = f"{'N':>6}{'ok':>4}{'wall s':>9}{'conn s':>8}{'1st rnd s':>10}{'round s (each)':>24}" \
-           f"{'srvapp MB':>10}{'ray MB':>8}{'link MB':>8}{'total MB':>9}{'procs':>6}{'rows':>6}"
+    head = f"{'N':>6}{'ok':>4}{'wall s':>9}{'eval0 s':>8}{'node1 s':>8}{'conn s':>8}{'1st rnd s':>10}{'round s (each)':>24}" \
+           f"{'srvapp MB':>10}{'ray MB':>8}{'link MB':>8}{'total MB':>9}{'procs':>6}{'rows':>8}"
     lines = [head]
     for p in points:
         mem = p.get("peak_rss_mb", {})
         rounds = ", ".join(f"{s:.1f}" for s in p.get("round_s", []))
         lines.append(f"{p['n']:>6}{'y' if p.get('ok') else 'n':>4}{p.get('wall_s', 0):>9.1f}"
+                     f"{p.get('round0_s', float('nan')):>8.1f}{p.get('first_node_s', float('nan')):>8.1f}"
                      f"{p.get('connected_s', float('nan')):>8.1f}{p.get('first_round_start_s', float('nan')):>10.1f}"
                      f"{rounds:>24}{mem.get('serverapp', 0):>10.0f}{mem.get('ray', 0):>8.0f}"
                      f"{mem.get('superlink', 0):>8.0f}{mem.get('total', 0):>9.0f}{p.get('max_processes', 0):>6}"
-                     f"{p['train_rows']:>5}{'*' if p.get('rows_cycled') else ' '}")
+                     f"{p['train_rows']:>7}{'*' if p.get('rows_cycled') else ' '}")
     return "\n".join(lines)
 
 
