@@ -97,7 +97,10 @@ def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
     fed = simulator.setup(cfg, record)
-    log = CallLog(inspect.getmodule(type(fed.algorithm).rollout))
+    module = inspect.getmodule(type(fed.algorithm).rollout)
+    if not hasattr(module, "generate"):  # SPEAR / feedback-SFT generate through the rollout queue
+        from fedspear import rollout_queue as module
+    log = CallLog(module)
     server_opt = build_server_optimizer(cfg.fl)
     times = []
     try:

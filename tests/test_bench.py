@@ -136,3 +136,24 @@ def test_scaling_point_runs_in_its_own_process(bench_dir):
     p = scaling.run_point(bench_dir, "federation", 10, rounds=2, threads=1)
     assert p["curve"] == "federation" and p["value"] == 10 and p["rows"] == 600 and p["round_s"] > 0
     assert p["peak_rss_mb"] > 0 and p["partition_s"] >= 0
+
+
+def test_flower_scaling_point_runs_and_cleans_up(bench_dir, tmp_path, capsys):
+    """One N=4 point on Flower's simulation runtime, 1 round: all rounds measured, memory polled, nothing left."""
+    pytest.importorskip("flwr", reason="Flower is not installed (pip install -e '.[flower]')")
+    import flower_scaling
+
+    data, rows, cycled = flower_scaling.scaled_data(bench_dir, tmp_path / "data", 400)
+    lines = (data / "train.jsonl").read_text().splitlines()
+    assert (rows, cycled, len(lines)) == (800, True, 800) and json.loads(lines[612])["id"] == "train_612"
+    assert json.loads(lines[612])["question"] == json.loads(lines[12])["question"]  # cycled from the 600 bench rows
+
+    (point,) = flower_scaling.main(["--clients", "4", "--rounds", "1", "--bench-dir", str(bench_dir),
+                                    "--work-dir", str(tmp_path / "runs")])
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert printed["ok"] and point["ok"], point.get("error")
+    assert len(point["round_s"]) == 1 and point["round_s"][0] > 0 and point["failed_clients"] == 0
+    assert 0 < point["first_round_start_s"] < point["first_round_end_s"] <= point["wall_s"]
+    assert 0 < point["connected_s"] < point["first_round_end_s"]  # polled every 0.5 s: may pass the round start
+    assert point["peak_rss_mb"]["serverapp"] > 0 and point["peak_rss_mb"]["ray"] > 0
+    assert "left_behind" not in point and point["rows_cycled"] is False
