@@ -13,14 +13,16 @@ when each request is generated (``gen.scheduler``):
   request is submitted at once; a wrong first answer's revision is submitted as soon as that answer is verified,
   while other first answers are still decoding, and finished rows are refilled token by token. No wave waits
   for the slowest row, which is what bounds decoding on a GPU. Greedy decoding gives the batched path's
-  completions (tests/test_rollout_queue.py); sampled runs draw from the same distribution but, since the
-  batch composition depends on timing, are not bit-reproducible.
+  completions (``tests/algorithms/test_spear.py``); sampled runs draw from the same distribution but, since the
+  batch composition depends on timing, are not bit-reproducible. transformers' paged attention is built for
+  GPUs: on the CPU bench a SPEAR round took 129 s against 10 s batched (one thread), so a CPU run warns.
 
 Both paths call ``on_done`` in an order the caller can rely on: within a call, results are in submission order.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from fedspear.generation import Completion, GenSettings, GenStats, cut_at_eos, e
 from fedspear.models import Policy, left_truncate
 
 SCHEDULERS = ("batched", "continuous")
+logger = logging.getLogger("fedspear")
+_warned: list[bool] = []  # the CPU warning is logged once per process
 WAVE_SEED_STRIDE = 7919  # wave k samples with seed + 7919 k (the revision attempts' seeds since the first release)
 
 
@@ -75,6 +79,10 @@ def run_requests(policy: Policy, requests: Sequence[Request], on_done: OnDone, s
     if scheduler == "batched":
         return _run_waves(policy, list(requests), on_done, seed, stats)
     if scheduler == "continuous":
+        if policy.device.type == "cpu" and not _warned:
+            _warned.append(True)
+            logger.warning("gen.scheduler=continuous on a CPU: transformers' paged-attention batching is about 13x "
+                           "slower than gen.scheduler=batched here (bench/RESULTS.md); it is meant for GPUs")
         _run_continuous(policy, list(requests), on_done, seed, stats)
         return 1
     raise ValueError(f"gen.scheduler={scheduler!r} is not a scheduler; use one of {', '.join(SCHEDULERS)}")
@@ -105,6 +113,18 @@ def _cb_config(settings: GenSettings, policy: Policy) -> Any:
     return GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
                             eos_token_id=sorted(eos_ids(policy)), pad_token_id=policy.tokenizer.pad_token_id,
                             **sampling)
+
+
+def _cache_budget(policy: Policy, requests: list[Request]) -> dict[str, int]:
+    """Paged-cache size for ``gen.rollout_batch_size`` requests in flight, each up to ``model.max_seq_len`` tokens,
+    and prefill chunks of at most that many prompt tokens. Without it transformers sizes the cache from free
+    device memory, which on a CPU means gigabytes."""
+    page = 256
+    pages_per_request = -(-policy.max_seq_len // page)
+    longest = max(len(r.prompt_ids) + r.settings.max_new_tokens for r in requests)
+    return {"page_size": page, "num_blocks": policy.gen_batch_size * pages_per_request + pages_per_request,
+            "max_batch_tokens": max(page, min(policy.gen_batch_size * longest, 8192)),
+            "max_requests_per_batch": policy.gen_batch_size}
 
 
 def _run_continuous(policy: Policy, requests: list[Request], on_done: OnDone, seed: int,
@@ -138,7 +158,7 @@ def _run_continuous(policy: Policy, requests: list[Request], on_done: OnDone, se
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
-    cb_config = ContinuousBatchingConfig(seed=seed)
+    cb_config = ContinuousBatchingConfig(seed=seed, **_cache_budget(policy, requests))
     with merged_lora(policy), torch.no_grad():
         manager_cm = model.continuous_batching_context_manager(
             generation_config=_cb_config(requests[0].settings, policy), continuous_batching_config=cb_config,
