@@ -129,3 +129,27 @@ def test_node_that_goes_offline_or_stays_silent_fails_the_round():
     assert reports[0].error is None
     assert reports[1].error == "node went offline during the round"
     assert reports[2].error == "no reply within round-timeout=0.3s" and reports[2].details == {"node_id": 102}
+
+
+def test_discovery_keeps_a_bounded_window_of_queries(monkeypatch):
+    """With more new nodes than the window, discovery asks at most MAX_QUERIES_IN_FLIGHT at a time (the rest once
+    answers come back), and still maps every client, each node asked once."""
+    from fedspear.flower import server_app
+
+    monkeypatch.setattr(server_app, "MAX_QUERIES_IN_FLIGHT", 2)
+    pending = {}  # nodes that answer only on the second poll of their query
+
+    def slow(client_id):
+        def answer(msg):
+            pending[msg.metadata.message_id] = pending.get(msg.metadata.message_id, 0) + 1
+            return identity(client_id)(msg) if pending[msg.metadata.message_id] >= 2 else None
+        return answer
+
+    grid = ScriptedGrid({100 + i: slow(i) for i in range(5)})
+    clients = GridClients(grid, 5, "algorithm: {name: spear}\n",
+                          ServerSettings("x: 1", poll_interval=0.0, connect_timeout=1.0))
+    clients.discover()
+    assert len(grid.sent) == 2  # the window, not all five
+    clients.wait_for_clients(5, timeout=1.0)
+    assert clients.nodes == {i: 100 + i for i in range(5)}
+    assert sorted(m.metadata.dst_node_id for m in grid.sent.values()) == [100, 101, 102, 103, 104]
