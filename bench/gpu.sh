@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 6): the shared bench and the realistic Qwen2-0.5B-shaped setting, SPEAR and GRPO.
+# One prepared GPU check (issues 6 and 15): the shared bench and the realistic Qwen2-0.5B-shaped setting, SPEAR and
+# GRPO, and SPEAR's generation paths side by side on the realistic setting (continuous batching, static cache with
+# compiled decoding, the authors' template without the shared-prefix cache). Issue 15's GPU targets: SPEAR round
+# <= 10 s and generation >= 10,000 tokens/s on the realistic setting.
 # Run on a device machine from the repo root, with transformers/peft wheels in .whl and ../shared/bench copied to
 # .gpu/bench (both carried). Writes JSON results to $OUT (or ./gpu-out).
 set -uo pipefail
@@ -13,3 +16,7 @@ timeout 200 python3 bench/round_time.py --bench-dir /tmp/bench --rounds 6 --algo
 timeout 300 python3 bench/round_time.py --bench-dir /tmp/bench --realistic --rounds 3 --algorithms ${ALGOS:-spear,grpo} \
   --json > "$OUT/bench_realistic.json" 2> "$OUT/bench_realistic.err"; tail -3 "$OUT/bench_realistic.err"
 cat "$OUT/bench_realistic.json"
+V=spear,spear@gen.scheduler=continuous,spear@gen.cache=static,spear@gen.revision_template=authors@gen.prefix_cache=false
+timeout 420 python3 bench/round_time.py --bench-dir /tmp/bench --realistic --rounds 3 --algorithms ${PATHS:-$V} \
+  --json > "$OUT/bench_paths.json" 2> "$OUT/bench_paths.err"; tail -3 "$OUT/bench_paths.err"
+cat "$OUT/bench_paths.json"
