@@ -3,11 +3,12 @@ the federation's total size N, on CPU, on the shared bench setting (``../shared/
 Qwen2, ARC-shaped rows, 8 new tokens, two revision attempts).
 
 Each point runs in its own process (so its peak RSS is its own), with one warm-up round and ``--rounds - 1``
-timed rounds (median), one torch thread by default. Curves (every other setting as in bench.yaml):
+timed rounds (median), one torch thread by default. Clients get near-equal shares of the rows
+(``data.dirichlet_alpha=1000``), so the swept value, not a client's data, sets the work. Curves (every other setting as in bench.yaml):
 
 - ``clients``: clients per round K = 1..16 of N = 16, 32 rollouts each, ``gen.rollout_batch_size=128`` so the
   clients' rollouts share batches;
-- ``rollouts``: rollouts per client R = 8..128, K = 2;
+- ``rollouts``: rollouts per client R = 8..128, K = 2 of N = 2 clients of 300 rows;
 - ``width``: hidden size 64 / 128 (the bench model) / 256 (4 layers, random weights), K = 2;
 - ``federation``: total clients N = 10..10,000 at K = 2 on 40 N ARC-shaped rows (the bench rows cycled with new
   ids, so a sampled client has as much data at every N): data loading, partition and client-sampling time,
@@ -21,6 +22,7 @@ Usage:
     python bench/scaling.py                               # every curve; table, JSON and plot
     python bench/scaling.py --curves clients,width --rounds 2
     python bench/scaling.py --out bench/results/scaling.json --plot bench/scaling.png
+    python bench/scaling.py --curves rollouts --update --out bench/results/scaling.json   # redo one curve
 """
 
 from __future__ import annotations
@@ -88,18 +90,24 @@ def _link(target: Path, link: Path) -> None:
         link.symlink_to(target.resolve())
 
 
+# Near-equal client sizes (Dirichlet concentration 1000 ~ an IID split), so every sampled client has the rows its
+# rollouts need: with the bench's alpha = 1 a client often holds fewer rows than fl.local_rollout_steps, and
+# its rollouts are capped by its data instead of the swept value.
+EQUAL = ["data.dirichlet_alpha=1000"]
+
+
 def point_setting(bench_dir: Path, curve: str, value: int) -> tuple[Path, list[str]]:
     """(bench folder, config overrides) of one point."""
     if curve == "clients":
-        return bench_dir, ["data.num_clients=16", f"fl.clients_per_round={value}", "data.max_examples_per_client=37",
-                           "gen.rollout_batch_size=128"]
+        return bench_dir, [*EQUAL, "data.num_clients=16", f"fl.clients_per_round={value}",
+                           "data.max_examples_per_client=37", "gen.rollout_batch_size=128"]
     if curve == "rollouts":
-        return bench_dir, [f"fl.local_rollout_steps={value}", f"data.max_examples_per_client={max(60, value)}",
-                           "gen.rollout_batch_size=128"]
+        return bench_dir, [*EQUAL, "data.num_clients=2", f"fl.local_rollout_steps={value}",
+                           "data.max_examples_per_client=300", "gen.rollout_batch_size=128"]
     if curve == "width":
-        return width_dir(bench_dir, value), []
+        return width_dir(bench_dir, value), EQUAL
     if curve == "federation":
-        return federation_dir(bench_dir, value), [f"data.num_clients={value}"]
+        return federation_dir(bench_dir, value), [*EQUAL, f"data.num_clients={value}"]
     raise ValueError(f"unknown curve '{curve}'; choose from {', '.join(CURVES)}")
 
 
@@ -165,11 +173,12 @@ def growth(points: list[dict], key: str) -> float | None:
 
 def table(results: dict[str, list[dict]]) -> str:
     """Markdown table of every point, with the growth exponent of round time per curve."""
-    lines = ["| curve | value | round s | generation s | training s | gen tok/s | train tok/s | peak RSS MB | "
-             "set-up s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| curve | value | generations | round s | generation s | training s | gen tok/s | train tok/s | "
+             "peak RSS MB | set-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for curve, points in results.items():
         for p in points:
-            lines.append(f"| {CURVES[curve][0]} | {p['value']:,} | {p['round_s']:.2f} | {p['generation_s']:.2f} | "
+            lines.append(f"| {CURVES[curve][0]} | {p['value']:,} | {p['generations_per_round']:.0f} | "
+                         f"{p['round_s']:.2f} | {p['generation_s']:.2f} | "
                          f"{p['training_s']:.2f} | {p['generated_tokens_per_s'] or 0:,.0f} | "
                          f"{p['trained_tokens_per_s'] or 0:,.0f} | {p['peak_rss_mb']:.0f} | {p['setup_s']:.2f} |")
     fed = results.get("federation", [])
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bench-dir", type=Path, default=None, help="make_bench.py output (built if missing)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the plot here (PNG)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other curves already in --out (rerun only --curves)")
     parser.add_argument("--point", default=None, help=argparse.SUPPRESS)  # CURVE=VALUE: one point, this process
     args = parser.parse_args(argv)
     import round_time
@@ -236,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown curve(s) {', '.join(unknown)}; choose from {', '.join(CURVES)}")
     results: dict[str, list[dict]] = {}
+    if args.update and args.out and args.out.is_file():
+        results = {c: pts for c, pts in json.loads(args.out.read_text())["results"].items() if c not in curves}
     for curve in curves:
         results[curve] = []
         for value in CURVES[curve][1]:

@@ -122,7 +122,7 @@ def test_scaling_growth_table_and_federation_rows(bench_dir):
     rows = [json.loads(line) for line in (folder / "data" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 800 and len({r["id"] for r in rows}) == 800
     assert (folder / "model" / "config.json").is_file()
-    point = {"value": 10, "round_s": 1.0, "generation_s": 0.5, "training_s": 0.4, "generated_tokens_per_s": 100.0,
+    point = {"value": 10, "generations_per_round": 64, "round_s": 1.0, "generation_s": 0.5, "training_s": 0.4, "generated_tokens_per_s": 100.0,
              "trained_tokens_per_s": 1000.0, "peak_rss_mb": 500.0, "setup_s": 0.2, "rows": 600, "load_s": 0.1,
              "partition_s": 0.01, "sample_ms": 0.02, "client_rows_median": 40}
     text = scaling.table({"federation": [point, {**point, "value": 1000, "round_s": 1.0}]})
