@@ -54,7 +54,7 @@ SETS: dict[str, tuple[str, str, str, str | None]] = {
                      "feedback.misleading_hint_rate=0"),
     # RLTF-SD's runs take about 12 minutes each (4 samples per prompt plus revisions and teacher scoring), so it
     # gets the end points only; --sets b-false-accept-rltf with a longer --grid restores the rest.
-    "b-false-accept-rltf": ("(b) RLTF-SD and false accepts", "feedback.false_accept_rate=0,0.4", "rltf_sd",
+    "b-false-accept-rltf": ("(b) RLTF-SD and false accepts", "feedback.false_accept_rate=0,0.2,0.4", "rltf_sd",
                             "feedback.false_accept_rate=0"),
     "b-misleading-rltf": ("(b) RLTF-SD and misleading hints", "feedback.misleading_hint_rate=0,0.4", "rltf_sd",
                           "feedback.misleading_hint_rate=0"),
