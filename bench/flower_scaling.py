@@ -40,21 +40,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-BIN = Path(sys.executable).parent
-MARKER = "FEDSPEAR_FLOWER_BENCH"
+# Flower processes are started, marked and cleaned up as the Flower tests do (one implementation of each).
+sys.path.insert(0, str(BENCH.parent / "tests" / "flower"))
+from flower_harness import BIN, Processes, free_port, start_superlink  # noqa: E402
+from scaling import write_cycled_rows  # noqa: E402
+
 # Lines of the streamed ServerApp log whose first appearance is timed (seconds from the `flwr run` start, polled
 # every 0.5 s): the round-0 evaluation done (the ServerApp has loaded the model), the first node's answer to the
 # discovery query (a Ray worker has started and imported the ClientApp), all nodes' answers.
@@ -72,95 +70,15 @@ def scaled_data(bench_dir: Path, out_dir: Path, num_clients: int) -> tuple[Path,
     ARC-shaped copy in ``out_dir`` whose train split holds max(600, 2 * num_clients) rows, the bench rows
     cycled with new ids ``train_<i>`` (test split copied). Returns (folder, train rows, whether rows were cycled)."""
     src = bench_dir / "data"
-    rows = [line for line in (src / "train.jsonl").read_text().splitlines() if line.strip()]
+    have = sum(1 for line in (src / "train.jsonl").read_text().splitlines() if line.strip())
     wanted = max(600, 2 * num_clients)
-    if len(rows) >= wanted:
-        return src, len(rows), False
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "train.jsonl", "w") as f:
-        for i in range(wanted):
-            row = json.loads(rows[i % len(rows)])
-            row["id"] = f"train_{i}"
-            f.write(json.dumps(row) + "\n")
-    (out_dir / "test.jsonl").write_text((src / "test.jsonl").read_text())
+    if have >= wanted:
+        return src, have, False
+    write_cycled_rows(src, out_dir, wanted)
     return out_dir, wanted, True
 
 
-# --------------------------------------------------------------------------- processes (as tests/flower/flower_harness.py)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-class Processes:
-    """The processes of one measurement, each in its own session and marked in its environment (inherited by
-    every child, Ray workers included) so :meth:`close` ends them all, even those Flower or Ray detached."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.token = uuid.uuid4().hex
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
-        """Start ``argv``; its stdout and stderr go to ``log_dir/<name>.log``."""
-        full = dict(os.environ, **env)
-        full[MARKER] = self.token
-        full["PATH"] = f"{BIN}{os.pathsep}{full.get('PATH', '')}"
-        full.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-        full.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-        full.setdefault("TQDM_DISABLE", "1")
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full,
-                                    start_new_session=True, cwd=self.log_dir)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def marked(self) -> list[int]:
-        """Live processes that carry this measurement's marker."""
-        needle = f"{MARKER}={self.token}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if needle in (entry / "environ").read_bytes() and _alive(int(entry.name)):
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
-
-    def close(self, grace: float = 10.0) -> list[int]:
-        """End every marked process (SIGTERM, then SIGKILL after ``grace`` s); returns those still alive."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            pids = set(self.marked()) | {p.pid for p in self.procs.values() if p.poll() is None}
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and (self.marked() or any(p.poll() is None for p in self.procs.values())):
-                time.sleep(0.2)
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.wait(timeout=5)
-        return self.marked()
+# --------------------------------------------------------------------------- processes
 
 
 def _role(pid: int) -> str:
@@ -215,26 +133,6 @@ class MemoryPoller(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
-
-
-def start_superlink(procs: Processes, port: int, home: Path, timeout: float = 120.0) -> subprocess.Popen:
-    """A SuperLink in simulation mode on 127.0.0.1:``port``; waits until its health endpoint answers."""
-    argv = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(port)]
-    proc = procs.start("superlink", argv, FLWR_HOME=str(home))
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the SuperLink exited with {proc.returncode}:\n{procs.log('superlink')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as res:
-                if res.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the SuperLink did not answer on port {port} within {timeout:.0f}s")
-        time.sleep(0.25)
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -295,10 +193,11 @@ def flower_point(n: int, rounds: int = 3, *, bench_dir: Path | None = None, work
     federation = f"num-supernodes={n}" + (f" client-resources-num-cpus={client_cpus:g}" if client_cpus else "")
     result: dict = {"n": n, "rounds": rounds, "clients_per_round": cfg.fl.clients_per_round, "train_rows": train_rows,
                     "rows_cycled": cycled, "federation_config": federation, "work_dir": str(work)}
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the Flower processes inherit it (as bench/round_time.py does)
     procs = Processes(work / "logs")
     poller = MemoryPoller(procs)
     try:
-        start_superlink(procs, port, work / "superlink-home")
+        start_superlink(procs, port, work / "superlink-home", simulation=True, timeout=120.0)
         poller.start()
         start = time.perf_counter()
         run = procs.start("flwr-run", [str(BIN / "flwr"), "run", str(app), "fedspear", "--stream",

@@ -74,14 +74,20 @@ def federation_dir(bench_dir: Path, clients: int) -> Path:
     rows = max(600, ROWS_PER_CLIENT * clients)
     out = bench_dir / f"rows-{rows}"
     if not (out / "data" / "train.jsonl").is_file():
-        source = [json.loads(line) for line in (bench_dir / "data" / "train.jsonl").read_text().splitlines()]
-        (out / "data").mkdir(parents=True, exist_ok=True)
-        with open(out / "data" / "train.jsonl", "w") as f:
-            for i in range(rows):
-                f.write(json.dumps({**source[i % len(source)], "id": f"train_{i}"}) + "\n")
-        shutil.copyfile(bench_dir / "data" / "test.jsonl", out / "data" / "test.jsonl")
+        write_cycled_rows(bench_dir / "data", out / "data", rows)
         _link(bench_dir / "model", out / "model")
     return out
+
+
+def write_cycled_rows(src: Path, out: Path, rows: int) -> None:
+    """An ARC-shaped data folder ``out`` whose train split holds ``rows`` rows: the rows of ``src/train.jsonl``
+    cycled, with new ids ``train_<i>``; the test split is copied."""
+    source = [json.loads(line) for line in (src / "train.jsonl").read_text().splitlines() if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.jsonl", "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({**source[i % len(source)], "id": f"train_{i}"}) + "\n")
+    shutil.copyfile(src / "test.jsonl", out / "test.jsonl")
 
 
 def _link(target: Path, link: Path) -> None:

@@ -149,7 +149,7 @@ class Processes:
 
 
 def start_superlink(procs: Processes, port: int, home: Path, *, simulation: bool = False,
-                    database: Path | None = None, name: str = "superlink") -> subprocess.Popen:
+                    database: Path | None = None, name: str = "superlink", timeout: float = 60.0) -> subprocess.Popen:
     """A SuperLink on 127.0.0.1:``port`` (no TLS, no runtime dependency installation); waits until it answers."""
     argv = [str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1", "--port", str(port)]
@@ -168,7 +168,7 @@ def start_superlink(procs: Processes, port: int, home: Path, *, simulation: bool
         except OSError:
             return False
 
-    wait_for(healthy, 60, f"{name} on port {port}")
+    wait_for(healthy, timeout, f"{name} on port {port}")
     return proc
 
 
