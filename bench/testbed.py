@@ -1,8 +1,7 @@
 """The testbed's three result sets (docs/testbed.md), each a ``fedspear sweep`` over one shared folder of runs.
 
 (a) the five algorithms per fact group; (b) robustness: final accuracy against ``feedback.false_accept_rate`` and
-against ``feedback.misleading_hint_rate`` (0, 0.1, 0.2, 0.4) for SPEAR, feedback-SFT and GRPO, and at 0 and 0.4 for
-RLTF-SD;
+against ``feedback.misleading_hint_rate`` (0, 0.1, 0.2, 0.4) for SPEAR, feedback-SFT, GRPO and RLTF-SD;
 (c) SPEAR ablations, each against the paper setting with its paired tests: confidences 1.0/0.5 vs uniform
 (``spear.confidence_unfixed=1.0``), ``spear.unlikelihood_margin``, ``spear.ul_tail_tokens``,
 ``gen.num_revisions``, ``spear.lambda_lose``.
@@ -14,7 +13,7 @@ runs: the five-algorithm set per seed first (it holds every run the other sets s
 waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
 runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``) and are compared per evaluation item on the
 same items (McNemar), which is what a few seeds cannot give; each ablation moves one knob to one other value
-(two for λ_lose). 41 runs in all; OPSD's and RLTF-SD's runs are the longest (about 15 and 12 minutes each at
+(two for λ_lose). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 15 and 12 minutes each at
 one thread), and the set takes about 100 minutes with 2 jobs on the 2-core machine. A second invocation reuses every finished run and only rewrites the reports. Each set's report is
 ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
 
@@ -40,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FIVE = "spear,feedback_sft,grpo,opsd,rltf_sd"
-THREE = "spear,feedback_sft,grpo"
+FOUR = "spear,feedback_sft,grpo,rltf_sd"
 RATES = "0,0.1,0.2,0.4"
 # The testbed's fixed settings on top of the default preset: all four groups, every evaluation item, and an
 # evaluation only at round 0 and the last round (the sweep reads the final one).
@@ -48,16 +47,10 @@ TESTBED = ["data.groups=[]", "data.max_eval_examples=10000", "data.eval_every=10
 # name -> (title, grid, algorithms, reference)
 SETS: dict[str, tuple[str, str, str, str | None]] = {
     "a": ("(a) Five algorithms per fact group", "", FIVE, "spear"),
-    "b-false-accept": ("(b) Robustness to false accepts", f"feedback.false_accept_rate={RATES}", THREE,
+    "b-false-accept": ("(b) Robustness to false accepts", f"feedback.false_accept_rate={RATES}", FOUR,
                        "feedback.false_accept_rate=0"),
-    "b-misleading": ("(b) Robustness to misleading hints", f"feedback.misleading_hint_rate={RATES}", THREE,
+    "b-misleading": ("(b) Robustness to misleading hints", f"feedback.misleading_hint_rate={RATES}", FOUR,
                      "feedback.misleading_hint_rate=0"),
-    # RLTF-SD's runs take about 12 minutes each (4 samples per prompt plus revisions and teacher scoring), so it
-    # gets the end points only; --sets b-false-accept-rltf with a longer --grid restores the rest.
-    "b-false-accept-rltf": ("(b) RLTF-SD and false accepts", "feedback.false_accept_rate=0,0.2,0.4", "rltf_sd",
-                            "feedback.false_accept_rate=0"),
-    "b-misleading-rltf": ("(b) RLTF-SD and misleading hints", "feedback.misleading_hint_rate=0,0.4", "rltf_sd",
-                          "feedback.misleading_hint_rate=0"),
     "c-confidence": ("(c) Confidences 1.0/0.5 (paper) vs uniform 1.0/1.0", "spear.confidence_unfixed=0.5,1.0",
                      "spear", "spear.confidence_unfixed=0.5"),
     "c-margin": ("(c) Unlikelihood margin", "spear.unlikelihood_margin=0.3,0.6", "spear",

@@ -139,7 +139,8 @@ class GenConfig:
     cache: str = _f("dynamic", "(fedspear) KV cache while generating: dynamic | static (preallocated; on CUDA "
                     "transformers compiles the decode step with CUDA graphs)")
     prefix_cache: bool = _f(True, "(fedspear) compute the token prefix shared by every prompt of a generation call "
-                            "once (same completions up to float rounding)")
+                            "once, and reuse a revision attempt's cached prompt start (instructions, task) in the "
+                            "next attempt (same completions up to float rounding)")
 
 
 @dataclass

@@ -12,6 +12,13 @@ prefix's key/value cache is computed once per call and copied into each batch; e
 the computation of the unshared prompt up to floating-point rounding (tests/test_generation.py checks the
 completions). Decoding reads the same cache either way, so only the prefill is saved.
 
+Reused prompt prefixes (also ``gen.prefix_cache``): a caller that generates a chain of prompts, each extending an
+earlier one's start (a revision attempt repeats its previous attempt's instructions and task part and changes
+only the previous answer and the hint), passes a :class:`PromptKVStore` and a key per prompt. Each prompt's
+key/value cache (its real tokens only) is kept under its key; the next prompt with that key reuses the longest
+common token prefix (at least :data:`MIN_SHARED_PREFIX` tokens) and prefills only the rest. A batch then holds
+``[padding][reused tokens][padding][new tokens]`` per row, positions again counted over real tokens only.
+
 Static cache (``gen.cache=static``): a preallocated KV cache (transformers' ``cache_implementation="static"``);
 on a CUDA device transformers then compiles the decode step (``torch.compile``, CUDA graphs), which removes the
 per-step Python and kernel-launch overhead that bounds decoding of small batches. The shared-prefix cache is a
@@ -20,9 +27,8 @@ dynamic cache, so a static-cache call computes every prompt whole.
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -70,6 +76,52 @@ class GenStats:
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth a separate forward pass
 
+# Per layer, (keys, values) of one row's real prompt tokens, each [H_kv, T, D] (heads, tokens, head dim).
+RowKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+class PromptKVStore:
+    """Each chain's latest prompt and its key/value cache, kept between generate calls of one rollout.
+
+    ``lookup(key, ids)`` gives the cache of the longest token prefix ``ids`` shares with the stored prompt (at
+    least :data:`MIN_SHARED_PREFIX` tokens, leaving ``ids`` at least one token of its own); ``generate`` stores
+    each keyed prompt's cache after computing it. Memory: per kept prompt, 2 x layers x T x H_kv x D values.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[Hashable, tuple[list[int], RowKV]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def lookup(self, key: Hashable, ids: list[int]) -> tuple[int, RowKV | None]:
+        """(reusable length, per-layer cache sliced to it) for prompt ``ids``, or ``(0, None)``."""
+        entry = self._rows.get(key)
+        if entry is None:
+            return 0, None
+        n = min(common_prefix_len(entry[0], ids), len(ids) - 1)
+        if n < MIN_SHARED_PREFIX:
+            return 0, None
+        return n, [(k[:, :n], v[:, :n]) for k, v in entry[1]]
+
+    def put(self, key: Hashable, ids: list[int], kv: RowKV) -> None:
+        """Keep ``kv`` (per layer, [H_kv, len(ids), D]) as the cache of prompt ``ids`` under ``key``."""
+        self._rows[key] = (list(ids), kv)
+
+    def retain(self, keys: set) -> None:
+        """Drop every chain not in ``keys`` (chains that ended)."""
+        for key in [k for k in self._rows if k not in keys]:
+            del self._rows[key]
+
 
 def shared_prefix_len(prompts: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
     """Length of the token prefix every prompt starts with, leaving each prompt at least one token of its own
@@ -94,7 +146,8 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate(
-    engine: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None
+    engine: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None,
+    store: PromptKVStore | None = None, keys: Sequence[Hashable | None] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt with the live model (its current adapter).
 
@@ -104,6 +157,9 @@ def generate(
         settings: decoding settings.
         seed: seeds the sampler; the same prompts, settings and seed give the same completions.
         stats: optional counters updated in place.
+        store: prompt caches kept across calls (module docstring); used with ``gen.prefix_cache`` and a dynamic
+            cache only.
+        keys: one key per prompt for ``store`` (``None``: neither reused nor kept).
 
     Returns:
         One Completion per prompt, in input order.
@@ -131,9 +187,14 @@ def generate(
     static = engine.cache_implementation == "static"
     if static:
         gen_kwargs["cache_implementation"] = "static"
-    prefix = shared_prefix_len(prompts) if engine.prefix_cache and not static else 0
+    reuse = engine.prefix_cache and not static
+    prefix = shared_prefix_len(prompts) if reuse else 0
+    if not reuse or store is None or keys is None:
+        store, keys = None, None
+    elif len(keys) != len(prompts):
+        raise ValueError(f"generate: {len(keys)} keys for {len(prompts)} prompts")
     with merged_lora(engine):
-        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix)
+        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix, store, keys)
     model.train(was_training)
     if stats is not None:
         stats.sequences += len(prompts)
@@ -168,38 +229,83 @@ def merged_lora(engine: Policy) -> Iterator[None]:
 
 
 def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
-                      stop_ids: set[int], out: list, prefix: int = 0) -> None:
-    """Generate ``prompts`` batch by batch into ``out``; with ``prefix`` > 0 every prompt's first ``prefix`` tokens
-    are one shared cached forward pass (see the module docstring)."""
+                      stop_ids: set[int], out: list, prefix: int = 0, store: PromptKVStore | None = None,
+                      keys: Sequence[Hashable | None] | None = None) -> None:
+    """Generate ``prompts`` batch by batch into ``out``. Each row starts from the longest cached prefix it has: its
+    chain's stored prompt (``store``, ``keys``), else the call's shared ``prefix`` (one forward pass for all),
+    else none (see the module docstring)."""
     model, tok = engine.model, engine.tokenizer
-    prefix_cache = None
-    if prefix:
-        prefix_ids = torch.tensor([prompts[order[0]][:prefix]], device=engine.device)
-        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+    shared: list[RowKV] = []  # computed on first use
+
+    def cached(i: int) -> tuple[int, RowKV | None]:
+        n, kv = store.lookup(keys[i], prompts[i]) if store is not None and keys[i] is not None else (0, None)
+        if n >= prefix:
+            return n, kv
+        if not shared:
+            prefix_ids = torch.tensor([prompts[order[0]][:prefix]], device=engine.device)
+            shared.append(_row_kv(model(input_ids=prefix_ids, use_cache=True).past_key_values, 0, None))
+        return prefix, shared[0]
+
     for batch in _batches(order, engine.gen_batch_size):
-        width = prefix + max(len(prompts[i]) - prefix for i in batch)
+        reused = [cached(i) for i in batch]
+        c_width = max(n for n, _ in reused)
+        width = c_width + max(len(prompts[i]) - n for i, (n, _) in zip(batch, reused, strict=True))
         input_ids_BT = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
         attention_BT = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
+        for row, (i, (n, _)) in enumerate(zip(batch, reused, strict=True)):
             ids = prompts[i]
-            input_ids_BT[row, width - len(ids) + prefix :] = torch.tensor(ids[prefix:])
-            attention_BT[row, width - len(ids) + prefix :] = 1
-        extra = {}
-        if prefix_cache is not None:
-            input_ids_BT[:, :prefix] = torch.tensor(prompts[batch[0]][:prefix])
-            attention_BT[:, :prefix] = 1
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-            extra["past_key_values"] = cache
-        sequences_BS = model.generate(
-            input_ids=input_ids_BT.to(engine.device), attention_mask=attention_BT.to(engine.device), **gen_kwargs,
-            **extra,
-        ).cpu()
+            input_ids_BT[row, c_width - n : c_width] = torch.tensor(ids[:n], dtype=torch.long)
+            input_ids_BT[row, width - len(ids) + n :] = torch.tensor(ids[n:])
+            attention_BT[row, c_width - n : c_width] = 1
+            attention_BT[row, width - len(ids) + n :] = 1
+        extra: dict = {}
+        if c_width:
+            extra["past_key_values"] = _batch_cache(model, [kv for _, kv in reused], c_width)
+        if store is not None:
+            extra["return_dict_in_generate"] = True
+        output = model.generate(input_ids=input_ids_BT.to(engine.device),
+                                attention_mask=attention_BT.to(engine.device), **gen_kwargs, **extra)
+        sequences_BS = (output.sequences if store is not None else output).cpu()
+        if store is not None:
+            for row, i in enumerate(batch):
+                if keys[i] is not None:
+                    real = attention_BT[row].nonzero().squeeze(1).to(engine.device)
+                    store.put(keys[i], prompts[i], _row_kv(output.past_key_values, row, real))
         new_BN = sequences_BS[:, width:].tolist()
         for row, i in enumerate(batch):
             ids, finished = cut_at_eos(new_BN[row], stop_ids)
             text = tok.decode(ids, skip_special_tokens=True).strip()
             out[i] = Completion(prompts[i], ids, text, finished)
+
+
+def _row_kv(cache, row: int, positions: torch.Tensor | None) -> RowKV:
+    """Row ``row``'s per-layer (keys, values), [H_kv, T, D], at cache ``positions`` (all when ``None``)."""
+    kv = []
+    for layer in cache.layers:
+        k, v = layer.keys[row], layer.values[row]
+        if positions is not None:
+            k, v = k.index_select(1, positions), v.index_select(1, positions)
+        kv.append((k, v))
+    return kv
+
+
+def _batch_cache(model, rows: list[RowKV | None], width: int):
+    """A DynamicCache of ``width`` positions holding each row's cache right-aligned (zeros before it; the
+    attention mask hides them). ``None`` rows are all padding."""
+    from transformers import DynamicCache
+
+    template = next(kv for kv in rows if kv is not None)
+    data = []
+    for layer, (k0, v0) in enumerate(template):
+        keys_BHTD = k0.new_zeros((len(rows), k0.shape[0], width, k0.shape[2]))
+        values_BHTD = v0.new_zeros((len(rows), v0.shape[0], width, v0.shape[2]))
+        for row, kv in enumerate(rows):
+            if kv is not None and kv[layer][0].shape[1]:
+                n = kv[layer][0].shape[1]
+                keys_BHTD[row, :, width - n :] = kv[layer][0]
+                values_BHTD[row, :, width - n :] = kv[layer][1]
+        data.append((keys_BHTD, values_BHTD))
+    return DynamicCache(ddp_cache_data=data, config=model.config)
 
 
 def eos_ids(engine: Policy) -> set[int]:

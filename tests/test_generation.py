@@ -150,6 +150,55 @@ def test_prefix_cache_prefill_logits_match(tiny_qwen):
     assert (out.logits[0, -1] - full).abs().max() < 1e-4
 
 
+def test_prompt_kv_store_reuses_the_longest_common_prefix():
+    from fedspear.generation import PromptKVStore
+
+    store = PromptKVStore()
+    ids = list(range(40))
+    kv = [(torch.arange(40.0).view(1, 40, 1).expand(2, 40, 3), torch.zeros(2, 40, 3))]
+    store.put("a", ids, kv)
+    n, got = store.lookup("a", list(range(30)) + [99, 98])
+    assert n == 30 and got[0][0].shape == (2, 30, 3) and got[0][0][0, -1, 0].item() == 29.0
+    assert store.lookup("a", list(range(20)))[0] == 19  # the new prompt keeps one token of its own
+    assert store.lookup("a", list(range(10)) + [7] * 30) == (0, None)  # under MIN_SHARED_PREFIX: not worth it
+    assert store.lookup("b", ids) == (0, None)
+    store.retain({"b"})
+    assert len(store) == 0
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_chain_reuse_gives_the_plain_completions(tiny_qwen, batch_size, monkeypatch):
+    """A second call whose prompts extend the first call's starts (a revision attempt after the previous one)
+    reuses each row's stored cache and returns the plain path's greedy completions: rows of different reused and
+    new lengths in one batch, a row with no key, a merged non-trivial adapter."""
+    from fedspear.generation import PromptKVStore
+
+    engine = _engine(tiny_qwen, batch_size)
+    with torch.no_grad():
+        for p in engine.adapter.params.values():
+            p.copy_(torch.randn_like(p) * 0.05)
+    tasks = ["Which gas do plants take in?", "Light", "Water boils at a hundred degrees. Why?", "Ice", "A planet?"]
+    first = [engine.encode(SHARED + t + "\nPrevious: x\nAnswer:") for t in tasks]
+    second = [engine.encode(SHARED + t + f"\nPrevious: {'y z ' * k}\nHint: think\nAnswer:") for k, t in enumerate(tasks)]
+    keys = [0, 1, 2, None, 4]
+    settings = GenSettings(max_new_tokens=6, do_sample=False)
+    reused = []
+    real_lookup = PromptKVStore.lookup
+    monkeypatch.setattr(PromptKVStore, "lookup", lambda self, k, ids: reused.append(real_lookup(self, k, ids)[0])
+                        or real_lookup(self, k, ids))
+    engine.prefix_cache = True
+    store = PromptKVStore()
+    cached = [generate(engine, prompts, settings, seed=0, store=store, keys=keys) for prompts in (first, second)]
+    assert len(store) == 4  # every keyed row kept
+    assert reused[:4] == [0] * 4  # first call: nothing stored yet (the shared block is computed once instead)
+    assert len(reused) == 8 and min(reused[4:]) > len(engine.encode(SHARED))  # second: beyond the shared block
+    engine.prefix_cache = False
+    plain = [generate(engine, prompts, settings, seed=0) for prompts in (first, second)]
+    for c, p in zip(cached, plain, strict=True):
+        assert [x.ids for x in c] == [x.ids for x in p]
+    assert [x.prompt_ids for x in cached[1]] == second
+
+
 def test_static_cache_gives_the_dynamic_completions(tiny_qwen):
     """gen.cache=static (preallocated KV cache; compiled decoding on CUDA) returns the dynamic cache's greedy
     completions, batch by batch, with a merged non-trivial adapter."""

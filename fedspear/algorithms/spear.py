@@ -267,7 +267,8 @@ class _RevisionChain:
             hint = self.users[j].feedback(ex, latest.text)
             prompt = build_revision_prompt(ex.prompt, latest.text, hint, self.algorithm.task.answer_format,
                                            self.algorithm.run.gen.revision_template)
-            requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, attempt + 1, y0, latest)))
+            requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, attempt + 1, y0, latest),
+                                    chain=i))
         self.feedback_s += time.perf_counter() - start
         return requests
 

@@ -38,7 +38,7 @@ def _scripted_generate(script):
     """generate() stand-in: the i-th call returns script[i] (a text per prompt), with fake token ids."""
     calls = []
 
-    def fake(engine, prompts, settings, seed, stats=None):
+    def fake(engine, prompts, settings, seed, stats=None, store=None, keys=None):
         texts = script[len(calls)]
         calls.append(prompts)
         assert len(texts) == len(prompts)
@@ -74,7 +74,7 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
     script = {0: {"e0": "p", "e1": "x", "e2": "y"}, 1: {"e1": "x2", "e2": "y2"}, 2: {"e1": "q", "e2": "y3"}}
     order = {}
 
-    def fake(engine_, prompts, settings, seed, stats=None):
+    def fake(engine_, prompts, settings, seed, stats=None, store=None, keys=None):
         call = len(order)
         order[call] = prompts
         if call == 0:
@@ -130,9 +130,11 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
     cache + deduplicated draws give the same client updates as one prompt per generate call, unmerged LoRA, no
     prefix cache and every draw computed separately (greedy decoding, no dropout, so both paths see the same
     samples; adapters within rtol 1e-4, atol 1e-5). The revision prompts (instructions first) share their
-    instruction block, so the dynamic case runs the shared-prefix path."""
+    instruction block, so the dynamic case runs the shared-prefix path, and a second attempt reuses its first
+    attempt's cached instructions and task part (checked by spies)."""
     require_shared_data()
-    common = {"gen.do_sample": False, "lora.dropout": 0.0, "fl.local_rollout_steps": 8, "optim.batch_size": 6}
+    common = {"gen.do_sample": False, "lora.dropout": 0.0, "fl.local_rollout_steps": 8, "optim.batch_size": 6,
+              "gen.num_revisions": 2}
     fast_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "a", **common, **{"gen.cache": cache}))
     plain_cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / "b", **common, **{
         "gen.rollout_batch_size": 1, "gen.merge_lora": False, "optim.dedup_draws": False,
@@ -144,6 +146,10 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
     prefixes = []
     real_prefix = generation.shared_prefix_len
     monkeypatch.setattr(generation, "shared_prefix_len", lambda p, *a: prefixes.append(real_prefix(p, *a)) or prefixes[-1])
+    reused = []  # per revision row of attempt 2: tokens reused from its attempt-1 prompt
+    real_lookup = generation.PromptKVStore.lookup
+    monkeypatch.setattr(generation.PromptKVStore, "lookup",
+                        lambda self, k, ids: reused.append(real_lookup(self, k, ids)[0]) or real_lookup(self, k, ids))
     results = {}
     for name, cfg in (("fast", fast_cfg), ("plain", plain_cfg)):
         engine = build_engine(cfg, task)
@@ -167,6 +173,7 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
             torch.testing.assert_close(fast.adapter[k], plain.adapter[k], rtol=1e-4, atol=1e-5)
     assert any(r.adapter is not None for r in results["fast"])  # at least one client really trained
     assert (max(prefixes, default=0) >= 16) == (cache == "dynamic")  # the shared-prefix path really ran (dynamic cache only)
+    assert (max(reused, default=0) > max(prefixes, default=0)) == (cache == "dynamic")  # attempt 2 reused attempt 1's task part
 
 
 @pytest.mark.parametrize(("dedup", "dropout", "rows"), [(True, 0.0, 3), (False, 0.0, 8), (True, 0.1, 8)])
