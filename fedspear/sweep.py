@@ -214,7 +214,8 @@ def paired_tests(cell: list[float], ref: list[float]) -> dict[str, Any]:
     Returns:
         {"diff": :func:`mean_ci` of the differences, "t_test": {"name", "statistic", "pvalue"} from
         ``scipy.stats.ttest_rel`` (None below two pairs or when every difference is the same),
-        "wilcoxon": the same from ``scipy.stats.wilcoxon`` (exact two-sided; None when every difference is 0)}.
+        "wilcoxon": the same from ``scipy.stats.wilcoxon`` (exact two-sided; None below two pairs, where its
+        p = 1 says nothing, or when every difference is 0)}.
     """
     from scipy import stats
 
@@ -224,7 +225,7 @@ def paired_tests(cell: list[float], ref: list[float]) -> dict[str, Any]:
         res = stats.ttest_rel(cell, ref)
         out["t_test"] = {"name": "paired t (scipy.stats.ttest_rel)", "statistic": float(res.statistic),
                          "pvalue": float(res.pvalue)}
-    if any(d != 0 for d in diffs):
+    if len(diffs) >= 2 and any(d != 0 for d in diffs):
         res = stats.wilcoxon(cell, ref)
         out["wilcoxon"] = {"name": "Wilcoxon signed-rank (scipy.stats.wilcoxon)", "statistic": float(res.statistic),
                            "pvalue": float(res.pvalue)}

@@ -43,6 +43,8 @@ def test_paired_tests_by_hand():
     assert out["wilcoxon"]["statistic"] == 0 and out["wilcoxon"]["pvalue"] == pytest.approx(0.25)
     same = paired_tests([0.5, 0.6], [0.5, 0.6])
     assert same["t_test"] is None and same["wilcoxon"] is None and same["diff"]["mean"] == 0
+    one = paired_tests([0.7], [0.5])  # one seed: no test at all (scipy's Wilcoxon would say p = 1)
+    assert one["t_test"] is None and one["wilcoxon"] is None and one["diff"]["mean"] == pytest.approx(0.2)
 
 
 def test_mcnemar_by_hand():

@@ -140,9 +140,14 @@ def summary_line(row: dict[str, Any], rounds: int) -> str:
     parts = [f"round {row['round']:>3}/{rounds}"]
     if agg:
         y0 = agg.get("y0_accuracy")
-        parts += [f"lr {row['lr']:.2e}", f"y0 acc {y0:.2f}" if y0 is not None else "y0 acc -",
-                  f"wins {agg['wins']} (rev {agg['wins_revision']})", f"losses {agg['losses']}",
-                  f"{row['time']['round_s']:.1f}s"]
+        parts += [f"lr {row['lr']:.2e}", f"y0 acc {y0:.2f}" if y0 is not None else "y0 acc -"]
+        if agg.get("samples_y0"):  # group methods (GRPO, RLTF-SD): samples and revisions, no wins or losses
+            parts.append(f"samples {agg['samples_y0']}" + (f" (revised {agg['needs_revision']}, fixed "
+                                                            f"{agg['revision_successes']})"
+                                                            if agg.get("needs_revision") else ""))
+        else:
+            parts += [f"wins {agg['wins']} (rev {agg['wins_revision']})", f"losses {agg['losses']}"]
+        parts.append(f"{row['time']['round_s']:.1f}s")
         failed = row.get("aggregation", {}).get("num_failed_clients")
         if failed:
             parts.append(f"{failed} failed")

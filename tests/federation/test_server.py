@@ -139,3 +139,21 @@ def test_expand_output_dir_names_a_users_task_by_its_class():
     assert expand_output_dir(cfg) == "runs/arc_challenge-3"
     cfg.data.dataset = "my_pkg.tasks:MyTask"
     assert expand_output_dir(cfg) == "runs/MyTask-3"
+
+
+def test_summary_line_shows_what_each_kind_of_client_update_counts():
+    """SPEAR-like rounds show wins and losses; group methods (samples per prompt) show samples and revisions
+    instead of wins 0 / losses 0, which they never count."""
+    from fedspear.federation.server import summary_line
+
+    spear = sum_client_metrics([{"prompts": 10, "wins_y0": 4, "wins": 7, "wins_revision": 3, "losses": 5,
+                                 "needs_revision": 6}])
+    row = {"round": 2, "lr": 1e-3, "aggregate": spear, "time": {"round_s": 1.34}}
+    assert summary_line(row, 5) == "round   2/5 | lr 1.00e-03 | y0 acc 0.40 | wins 7 (rev 3) | losses 5 | 1.3s"
+    rltf = sum_client_metrics([{"prompts": 6, "samples_y0": 24, "wins_y0": 12, "needs_revision": 12,
+                                "revision_successes": 5}])
+    row = {"round": 2, "lr": 1e-3, "aggregate": rltf, "time": {"round_s": 3.0}}
+    assert summary_line(row, 5) == "round   2/5 | lr 1.00e-03 | y0 acc 0.50 | samples 24 (revised 12, fixed 5) | 3.0s"
+    grpo = sum_client_metrics([{"prompts": 6, "samples_y0": 24, "wins_y0": 6}])
+    row = {"round": 2, "lr": 1e-3, "aggregate": grpo, "time": {"round_s": 3.0}}
+    assert "| samples 24 |" in summary_line(row, 5) and "wins" not in summary_line(row, 5)
