@@ -110,6 +110,10 @@ class _TensorBoard:
         self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
         self.writer.close()
 
+    def abort(self, reason: str) -> None:
+        self.writer.add_text("stopped", reason, 0)
+        self.writer.close()
+
 
 class _Wandb:
     def __init__(self, cfg: Config, run_dir: Path) -> None:
@@ -130,6 +134,10 @@ class _Wandb:
     def finish(self, final_adapter: Path, hparams: dict[str, Any], final: dict[str, float]) -> None:
         self.run.summary["final_adapter"] = str(final_adapter)
         self.run.finish()
+
+    def abort(self, reason: str) -> None:
+        self.run.summary["stopped"] = reason
+        self.run.finish(exit_code=1)  # wandb marks the run failed, not finished
 
 
 _BACKENDS = {"tensorboard": _TensorBoard, "wandb": _Wandb}
@@ -175,4 +183,11 @@ class Trackers:
         final = {k: v for k, v in self.last.items() if k.startswith(("eval/", "privacy/epsilon"))}
         for backend in self._open():
             backend.finish(final_adapter, _flat(self.cfg.to_dict()), final)
+        self.backends = None
+
+    def abort(self, reason: str) -> None:
+        """Close the trackers of a run that stopped or failed, recording ``reason`` (wandb marks the run failed);
+        trackers that were never opened stay unopened."""
+        for backend in self.backends or []:
+            backend.abort(reason)
         self.backends = None

@@ -100,3 +100,28 @@ def test_no_trackers_writes_nothing(tmp_path):
 def test_unknown_tracker_is_a_config_error():
     with pytest.raises(ConfigError, match="logging.report_to: 'mlflow' is not one of tensorboard, wandb"):
         load_config(None, ["logging.report_to=[mlflow]"])
+
+
+def test_a_stopped_run_closes_its_trackers_with_the_reason(tmp_path, monkeypatch):
+    """A run that stops (or fails) after rounds were logged leaves TensorBoard closed with the reason, and a wandb
+    run marked failed (exit code 1) with the reason in its summary, instead of a run left open."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = load_config(None, ["logging.report_to=[tensorboard,wandb]", "fl.rounds=3"])
+    trackers = Trackers(cfg, tmp_path)
+    trackers.log_round(ROW0)
+    trackers.abort("RunStopped: no usable client update in 2 consecutive rounds")
+    assert trackers.backends is None
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("stopped/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text == "RunStopped: no usable client update in 2 consecutive rounds"
+    (run,) = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    records = _wandb_records(run)
+    summary = {(item.nested_key[0] if item.nested_key else item.key): json.loads(item.value_json)
+               for r in records if r.HasField("summary") for item in r.summary.update}
+    assert summary["stopped"].startswith("RunStopped: no usable")
+    assert [r.exit.exit_code for r in records if r.HasField("exit")] == [1]
+    Trackers(cfg, tmp_path / "never").abort("x")  # never opened: nothing to close, no folder written
+    assert not (tmp_path / "never").exists()

@@ -330,13 +330,18 @@ class FederatedServer:
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
                    after_round: Callable[[int], None] | None = None) -> None:
-        """Rounds ``start_round .. fl.rounds``, each ended by :meth:`end_round`, then ``after_round(round)``."""
+        """Rounds ``start_round .. fl.rounds``, each ended by :meth:`end_round`, then ``after_round(round)``. A run
+        that stops (:class:`RunStopped`), fails or is interrupted closes its trackers with the reason first."""
         bar = tqdm(range(start_round, self.cfg.fl.rounds + 1), desc="rounds", unit="round", dynamic_ncols=True,
                    disable=None)
-        for round_idx in bar:
-            self.end_round(self.run_round(round_idx, runner))
-            if after_round is not None:
-                after_round(round_idx)
+        try:
+            for round_idx in bar:
+                self.end_round(self.run_round(round_idx, runner))
+                if after_round is not None:
+                    after_round(round_idx)
+        except BaseException as exc:
+            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            raise
 
     # ------------------------------------------------------------------------------- start / resume / end
 

@@ -158,9 +158,14 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
 def test_idle_rounds_stop_the_run_with_a_report(tiny_qwen, tmp_path, monkeypatch, capsys):
     require_shared_data()
     monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, batched: [RuntimeError("boom")] * len(jobs))
+    from fedspear.tracking import Trackers
+
+    aborted = []
+    monkeypatch.setattr(Trackers, "abort", lambda self, reason: aborted.append(reason))
     out = tmp_path / "run"
     with pytest.raises(RunStopped, match="2 consecutive rounds"):
         simulator.run(load_config(None, _overrides(tiny_qwen, out, **{"fl.rounds": 4, "fl.max_idle_rounds": 2})))
+    assert len(aborted) == 1 and aborted[0].startswith("RunStopped: run stopped after round 2")  # trackers closed
     rows = RunRecord(out).read_metrics()
     assert [r["round"] for r in rows] == [0, 1, 2] and "fl.max_idle_rounds=2" in rows[-1]["stopped"]
     report = (out / "report.md").read_text()
