@@ -126,7 +126,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    from fedspear.records import REPORT_FILE, is_own_report, write_report
+    from fedspear.records import REPORT_FILE
+    from fedspear.report import is_own_report, write_report
 
     if not args.force and not is_own_report(run_dir / REPORT_FILE):
         raise ConfigError(f"{run_dir / REPORT_FILE} exists and was not written by fedspear; move it away or "

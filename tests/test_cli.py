@@ -186,9 +186,9 @@ def test_a_foreign_class_named_like_a_user_error_is_not_one() -> None:
 
 def test_report_prints_the_report_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    import fedspear.records
+    import fedspear.report
 
-    monkeypatch.setattr(fedspear.records, "write_report", lambda run_dir: run_dir / "report.md")
+    monkeypatch.setattr(fedspear.report, "write_report", lambda run_dir: run_dir / "report.md")
     assert cli.main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
 

@@ -10,7 +10,8 @@ import torch
 
 from fedspear.config import Config, load_config
 from fedspear.plots import plot_series
-from fedspear.records import RunExistsError, RunRecord, write_report
+from fedspear.records import RunExistsError, RunRecord
+from fedspear.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,8 @@ from fedspear import cli
 from fedspear.config import ConfigError, load_config
 from fedspear.federation.aggregation import ServerOptimizer, aggregate
 from fedspear.models import left_truncate
-from fedspear.records import RunDirError, RunFileError, RunRecord, write_report
+from fedspear.records import RunDirError, RunFileError, RunRecord
+from fedspear.report import write_report
 
 # --------------------------------------------------------------------------- class 1: run folder
 

@@ -33,7 +33,8 @@ from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_se
 from fedspear.federation.partition import client_seed, sample_clients
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
-from fedspear.records import RunFileError, RunRecord, durable_step, write_report
+from fedspear.records import RunFileError, RunRecord, durable_step
+from fedspear.report import write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
 

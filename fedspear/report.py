@@ -1,0 +1,243 @@
+"""The run report: ``report.md`` and ``plots/*.png`` of a run folder, written from its config.yaml and metrics.jsonl.
+
+Works on partial runs and on any algorithm's metrics (missing values show as "-"); the server writes it at the
+end of a run and when a run stops, ``fedspear report RUN_DIR`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedspear import plots
+from fedspear.plots import nested_get
+from fedspear.records import CONFIG_FILE, REPORT_TITLE, RunRecord
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    number = _num(value)
+    if number is None:
+        return "-"
+    return str(int(number)) if isinstance(value, int) else f"{number:.{digits}f}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    whole = int(round(seconds))
+    return f"{seconds:.1f} s ({whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d})"
+
+
+def _round_time(row: dict[str, Any]) -> float | None:
+    """Seconds of the round's client work and aggregation, without evaluation: time.round_s, or, when that
+    is absent, the sum of the row's other time parts except eval_s."""
+    times = row.get("time")
+    if not isinstance(times, dict):
+        return None
+    if _num(times.get("round_s")) is not None:
+        return float(times["round_s"])
+    parts = [_num(v) for k, v in times.items() if k != "eval_s"]
+    parts = [p for p in parts if p is not None]
+    return sum(parts) if parts else None
+
+
+def _row_wall_time(row: dict[str, Any]) -> float | None:
+    """Seconds of the whole row: :func:`_round_time` plus time.eval_s (the simulator times the evaluation
+    separately from round_s)."""
+    parts = [_round_time(row), _num(nested_get(row, "time", "eval_s"))]
+    parts = [p for p in parts if p is not None]
+    return sum(parts) if parts else None
+
+
+def _mean_y0_accuracy(row: dict[str, Any]) -> float | None:
+    """aggregate.y0_accuracy, else the plain mean of the clients' metrics.y0_accuracy."""
+    value = _num(nested_get(row, "aggregate", "y0_accuracy"))
+    if value is not None:
+        return value
+    clients = row.get("clients")
+    accs = [_num(nested_get(c, "metrics", "y0_accuracy")) for c in clients] if isinstance(clients, list) else []
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def _total(metrics: list[dict[str, Any]], *keys: str) -> float | None:
+    values = [_num(nested_get(row, *keys)) for row in metrics]
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
+
+
+def _header(cfg: dict[str, Any], run_dir: Path) -> list[str]:
+    def get(section: str, key: str) -> Any:
+        value = cfg.get(section)
+        return value.get(key, "?") if isinstance(value, dict) else "?"
+
+    return [
+        f"{REPORT_TITLE}{run_dir.name}",
+        "",
+        f"- algorithm: {get('algorithm', 'name')}",
+        f"- task: {get('data', 'dataset')}",
+        f"- model: {get('model', 'model_name')}",
+        f"- rounds: {get('fl', 'rounds')}",
+        f"- clients: {get('data', 'num_clients')} ({get('fl', 'clients_per_round')} per round), "
+        f"aggregation {get('fl', 'aggregation')}",
+        "",
+    ]
+
+
+def _summary(metrics: list[dict[str, Any]]) -> list[str]:
+    evals = [
+        (row.get("round", "?"), row["eval"])
+        for row in metrics
+        if _num(nested_get(row, "eval", "accuracy")) is not None
+    ]
+    items: list[tuple[str, str]] = []
+    completed = [row["round"] for row in metrics if isinstance(row.get("round"), int)]
+    items.append(("rounds completed", str(max(completed)) if completed else "none"))
+    round0 = [ev for rnd, ev in evals if rnd == 0]
+    if round0:
+        items.append(("round-0 accuracy", _fmt(round0[0]["accuracy"])))
+    if evals:
+        final_round, final = evals[-1]
+        best_round, best = max(evals, key=lambda item: item[1]["accuracy"])
+        items.append(
+            (
+                "final accuracy",
+                f"{_fmt(final['accuracy'])} (round {final_round}, n={final.get('n', '?')}, "
+                f"{final.get('method', '?')})",
+            )
+        )
+        items.append(("best accuracy", f"{_fmt(best['accuracy'])} (round {best_round})"))
+        for name, acc in (final.get("groups") or {}).items():
+            items.append((f"final accuracy, group {name}", _fmt(acc)))
+    walls = [w for w in (_row_wall_time(row) for row in metrics) if w is not None]
+    if walls:
+        items.append(("total wall time", _fmt_duration(sum(walls))))
+    round_times = [t for t in (_round_time(row) for row in metrics) if t is not None]
+    if round_times:
+        items.append(("wall time without evaluation", _fmt_duration(sum(round_times))))
+    for label, key in (
+        ("tokens generated", "tokens_generated"),
+        ("tokens trained", "tokens_trained"),
+        ("successful revisions", "revision_successes"),
+        ("samples needing revision", "needs_revision"),
+    ):
+        total = _total(metrics, "aggregate", key)
+        if total is not None:
+            items.append((label, str(int(total))))
+    privacy = next((row["privacy"] for row in reversed(metrics) if isinstance(row.get("privacy"), dict)), None)
+    if privacy is not None:
+        eps = _num(privacy.get("epsilon"))
+        items.append((f"privacy spent ({privacy.get('mode')} DP)",
+                      f"epsilon {_fmt(eps, 3) if eps is not None else 'inf (no noise)'} at delta {privacy.get('delta')} "
+                      f"after {privacy.get('rounds')} rounds (sigma {privacy.get('noise_multiplier')}, clip "
+                      f"{privacy.get('clip_norm')}, sampling rate {_fmt(privacy.get('sampling_rate'), 3)}; "
+                      "dp-accounting RDP)"))
+    excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
+    if excluded:
+        items.append(("client updates excluded (non-finite)", str(int(excluded))))
+    refused = [str(row.get("round")) for row in metrics if nested_get(row, "aggregation", "refused_nonfinite_aggregate")]
+    if refused:
+        items.append(("aggregates refused (non-finite)", f"rounds {', '.join(refused)}"))
+    diverged = [str(row.get("round")) for row in metrics if nested_get(row, "eval", "diverged")]
+    if diverged:
+        items.append(("**diverged** (non-finite scores, no accuracy)", f"rounds {', '.join(diverged)}"))
+    stopped = [row for row in metrics if row.get("stopped")]
+    if stopped:
+        items.append(("**run stopped**", f"after round {stopped[-1].get('round')}: {stopped[-1]['stopped']}"))
+    lines = ["## Summary", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {label} | {value} |" for label, value in items]
+    return lines + [""]
+
+
+def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Per round",
+        "",
+        "| round | eval accuracy | mean y0 accuracy | wins | losses | revisions fixed | needing revision | wall time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in metrics:
+        agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
+        cells = [
+            str(row.get("round", "-")),
+            "diverged" if nested_get(row, "eval", "diverged") else _fmt(nested_get(row, "eval", "accuracy")),
+            _fmt(_mean_y0_accuracy(row)),
+            _fmt(agg.get("wins")),
+            _fmt(agg.get("losses")),
+            _fmt(agg.get("revision_successes")),
+            _fmt(agg.get("needs_revision")),
+            _fmt(_row_wall_time(row), digits=1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _plots(metrics: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    plot_dir = run_dir / "plots"
+    cumulative: dict[str, list[plots.Point]] = {"with evaluation": [], "without evaluation": []}
+    totals = [0.0, 0.0]
+    for row in metrics:
+        if _num(row.get("round")) is None:
+            continue
+        for i, (label, seconds) in enumerate(zip(cumulative, (_row_wall_time(row), _round_time(row)), strict=True)):
+            if seconds is not None:
+                totals[i] += seconds
+                cumulative[label].append((float(row["round"]), totals[i]))
+    made = [
+        ("Evaluation accuracy", plots.plot_accuracy(metrics, plot_dir / "accuracy.png")),
+        ("Revisions", plots.plot_revisions(metrics, plot_dir / "revisions.png")),
+        (
+            "Cumulative wall time",
+            plots.plot_series(cumulative, "Cumulative wall time", "round", "seconds", plot_dir / "wall_time.png"),
+        ),
+    ]
+    lines = ["## Plots", ""]
+    for title, path in made:
+        if path is not None:
+            lines += [f"![{title}]({path.relative_to(run_dir).as_posix()})", ""]
+    return lines if len(lines) > 2 else []
+
+
+def is_own_report(path: Path) -> bool:
+    """Whether ``path`` is missing or a report written by :func:`write_report` (it starts with its title)."""
+    if not path.exists():
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return path.is_file() and fh.read(len(REPORT_TITLE)).decode("utf-8", "replace") == REPORT_TITLE
+    except OSError:
+        return False
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.md`` (and ``run_dir/plots/*.png``) from config.yaml and metrics.jsonl.
+
+    Works on partial runs and on any algorithm's metrics: missing keys show as "-" and plots with no data
+    are left out.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The path of report.md.
+    """
+    run_dir = Path(run_dir)
+    record = RunRecord(run_dir)
+    cfg: dict[str, Any] = {}
+    if record.config_path.exists():
+        loaded = yaml.safe_load(record.config_path.read_text(encoding="utf-8"))
+        cfg = loaded if isinstance(loaded, dict) else {}
+    metrics = sorted(record.read_metrics(), key=lambda row: _num(row.get("round")) or 0.0)
+    lines = _header(cfg, run_dir)
+    if not record.config_path.exists():
+        lines += [f"(no {CONFIG_FILE} in this folder)", ""]
+    lines += _summary(metrics) + _plots(metrics, run_dir) + _per_round_table(metrics)
+    record.report_path.write_text("\n".join(lines), encoding="utf-8")
+    return record.report_path
