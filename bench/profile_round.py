@@ -71,9 +71,9 @@ class CallLog:
         self.module, self.real, self.calls, self.active = module, module.generate, [], False
         module.generate = self
 
-    def __call__(self, engine, prompts, settings, seed, stats=None):
+    def __call__(self, engine, prompts, settings, seed, stats=None, *args, **kwargs):
         start = time.perf_counter()
-        out = self.real(engine, prompts, settings, seed, stats)
+        out = self.real(engine, prompts, settings, seed, stats, *args, **kwargs)
         seconds = time.perf_counter() - start
         if self.active:
             self.calls.append({"n": len(prompts), "prompt_tokens": sum(len(p) for p in prompts),
@@ -98,7 +98,7 @@ def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
     record.create(cfg)
     fed = simulator.setup(cfg, record)
     module = inspect.getmodule(type(fed.algorithm).rollout)
-    if not hasattr(module, "generate"):  # SPEAR / feedback-SFT generate through the rollout queue
+    if hasattr(module, "run_requests") or not hasattr(module, "generate"):  # SPEAR / feedback-SFT: the request queue
         from fedspear import rollout_queue as module
     log = CallLog(module)
     server_opt = build_server_optimizer(cfg.fl)
