@@ -187,7 +187,7 @@ def generate(
     static = engine.cache_implementation == "static"
     if static:
         gen_kwargs["cache_implementation"] = "static"
-    reuse = engine.prefix_cache and not static
+    reuse = engine.prefix_cache and not static and not has_sliding_window_layers(model)
     prefix = shared_prefix_len(prompts) if reuse else 0
     if not reuse or store is None or keys is None:
         store, keys = None, None
@@ -201,6 +201,14 @@ def generate(
         stats.tokens += sum(len(c.ids) for c in out if c is not None)
         stats.seconds += time.perf_counter() - start
     return [c for c in out if c is not None]
+
+
+def has_sliding_window_layers(model) -> bool:
+    """Whether any attention layer keeps only a sliding window of its cache (``config.layer_types``); such a cache
+    cannot be cut into per-row prefixes, so prefix reuse steps aside for those models."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return "sliding_attention" in (getattr(text_config, "layer_types", None) or ())
 
 
 @contextmanager

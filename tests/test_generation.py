@@ -199,6 +199,29 @@ def test_chain_reuse_gives_the_plain_completions(tiny_qwen, batch_size, monkeypa
     assert [x.prompt_ids for x in cached[1]] == second
 
 
+def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypatch):
+    """A model with sliding-window layers keeps only the window in its cache, so neither the shared prefix nor a
+    chain's stored cache is used: generate gets the whole prompts and no cache, and nothing is stored."""
+    from fedspear.generation import PromptKVStore, has_sliding_window_layers
+
+    engine = _engine(tiny_qwen, 8)
+    assert not has_sliding_window_layers(engine.model)
+    monkeypatch.setattr(engine.model.config.get_text_config(), "layer_types", ["full_attention", "sliding_attention"])
+    assert has_sliding_window_layers(engine.model)
+    seen = []
+
+    def fake_generate(input_ids, attention_mask, **kwargs):
+        seen.append(kwargs)
+        return torch.cat([input_ids, torch.full((input_ids.shape[0], 2), 7)], dim=1)
+
+    monkeypatch.setattr(engine.model, "generate", fake_generate)
+    store = PromptKVStore()
+    prompts = [engine.encode(SHARED + t) for t in ("Light\nAnswer:", "Ice\nAnswer:")]
+    out = generate(engine, prompts, GenSettings(max_new_tokens=2, do_sample=False), seed=0, store=store, keys=[0, 1])
+    assert [c.ids for c in out] == [[7, 7], [7, 7]] and len(store) == 0
+    assert seen and all("past_key_values" not in k and "return_dict_in_generate" not in k for k in seen)
+
+
 def test_static_cache_gives_the_dynamic_completions(tiny_qwen):
     """gen.cache=static (preallocated KV cache; compiled decoding on CUDA) returns the dynamic cache's greedy
     completions, batch by batch, with a merged non-trivial adapter."""
