@@ -13,8 +13,9 @@ runs: the five-algorithm set per seed first (it holds every run the other sets s
 waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
 runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``) and are compared per evaluation item on the
 same items (McNemar), which is what a few seeds cannot give; each ablation moves one knob to one other value
-(two for λ_lose). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 15 and 12 minutes each at
-one thread), and the set takes about 100 minutes with 2 jobs on the 2-core machine. A second invocation reuses every finished run and only rewrites the reports. Each set's report is
+(two for λ_lose). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 11 and 7-10 minutes each at
+one thread), and the set takes about 2 hours with 2 jobs on the 2-core machine (docs/testbed.md, "Time"). A
+second invocation reuses every finished run and only rewrites the reports. Each set's report is
 ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
 
 Usage:
