@@ -148,6 +148,7 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
 def generate(
     engine: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None,
     store: PromptKVStore | None = None, keys: Sequence[Hashable | None] | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt with the live model (its current adapter).
 
@@ -160,6 +161,11 @@ def generate(
         store: prompt caches kept across calls (module docstring); used with ``gen.prefix_cache`` and a dynamic
             cache only.
         keys: one key per prompt for ``store`` (``None``: neither reused nor kept).
+        keep: per prompt, whether to keep its cache for a later call (default: every keyed prompt); ``False`` for
+            a chain's last prompt saves the copy and the memory.
+
+    Raises:
+        ValueError: ``keys`` or ``keep`` of another length than ``prompts``.
 
     Returns:
         One Completion per prompt, in input order.
@@ -176,8 +182,10 @@ def generate(
     model.eval()
     out: list[Completion | None] = [None] * len(prompts)
     stop_ids = eos_ids(engine)
+    # One sequence per prompt, whatever a checkpoint's generation_config says (beams would break the row order).
     gen_kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True}
+                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True,
+                  "num_beams": 1, "num_return_sequences": 1}
     if settings.do_sample:
         # gen.top_k (0 = off) applies to every sampled call, rollouts and a sampling evaluation alike.
         gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
@@ -187,14 +195,15 @@ def generate(
     static = engine.cache_implementation == "static"
     if static:
         gen_kwargs["cache_implementation"] = "static"
-    reuse = engine.prefix_cache and not static and not has_sliding_window_layers(model)
+    reuse = engine.prefix_cache and not static and supports_prefix_reuse(model)
     prefix = shared_prefix_len(prompts) if reuse else 0
     if not reuse or store is None or keys is None:
         store, keys = None, None
-    elif len(keys) != len(prompts):
-        raise ValueError(f"generate: {len(keys)} keys for {len(prompts)} prompts")
+    elif len(keys) != len(prompts) or (keep is not None and len(keep) != len(prompts)):
+        raise ValueError(f"generate: {len(keys)} keys / {len(keep or keys)} keep flags for {len(prompts)} prompts")
+    keep = [True] * len(prompts) if keep is None else list(keep)
     with merged_lora(engine):
-        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix, store, keys)
+        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix, store, keys, keep)
     model.train(was_training)
     if stats is not None:
         stats.sequences += len(prompts)
@@ -203,12 +212,19 @@ def generate(
     return [c for c in out if c is not None]
 
 
-def has_sliding_window_layers(model) -> bool:
-    """Whether any attention layer keeps only a sliding window of its cache (``config.layer_types``); such a cache
-    cannot be cut into per-row prefixes, so prefix reuse steps aside for those models."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return "sliding_attention" in (getattr(text_config, "layer_types", None) or ())
+def supports_prefix_reuse(model) -> bool:
+    """Whether every layer of the model's cache is a plain full-attention :class:`transformers.DynamicLayer`, which
+    holds each position's keys and values and so can be cut into per-row prefixes. Sliding-window and chunked
+    attention (Mistral, Phi-3, ``layer_types``) keep only a window and linear-attention layers (Qwen3-Next) a
+    state, so prefix reuse steps aside for those models (both reuses; generation is then the plain path)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config transformers cannot build a cache from: no reuse
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 @contextmanager
@@ -238,7 +254,7 @@ def merged_lora(engine: Policy) -> Iterator[None]:
 
 def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
                       stop_ids: set[int], out: list, prefix: int = 0, store: PromptKVStore | None = None,
-                      keys: Sequence[Hashable | None] | None = None) -> None:
+                      keys: Sequence[Hashable | None] | None = None, keep: Sequence[bool] = ()) -> None:
     """Generate ``prompts`` batch by batch into ``out``. Each row starts from the longest cached prefix it has: its
     chain's stored prompt (``store``, ``keys``), else the call's shared ``prefix`` (one forward pass for all),
     else none (see the module docstring)."""
@@ -269,16 +285,15 @@ def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int]
         extra: dict = {}
         if c_width:
             extra["past_key_values"] = _batch_cache(model, [kv for _, kv in reused], c_width)
-        if store is not None:
+        kept = [row for row, i in enumerate(batch) if store is not None and keys[i] is not None and keep[i]]
+        if kept:
             extra["return_dict_in_generate"] = True
         output = model.generate(input_ids=input_ids_BT.to(engine.device),
                                 attention_mask=attention_BT.to(engine.device), **gen_kwargs, **extra)
-        sequences_BS = (output.sequences if store is not None else output).cpu()
-        if store is not None:
-            for row, i in enumerate(batch):
-                if keys[i] is not None:
-                    real = attention_BT[row].nonzero().squeeze(1).to(engine.device)
-                    store.put(keys[i], prompts[i], _row_kv(output.past_key_values, row, real))
+        sequences_BS = (output.sequences if kept else output).cpu()
+        for row in kept:
+            real = attention_BT[row].nonzero().squeeze(1).to(engine.device)
+            store.put(keys[batch[row]], prompts[batch[row]], _row_kv(output.past_key_values, row, real))
         new_BN = sequences_BS[:, width:].tolist()
         for row, i in enumerate(batch):
             ids, finished = cut_at_eos(new_BN[row], stop_ids)

@@ -60,12 +60,14 @@ class Request:
         chain: requests with the same chain extend one another's prompts (a revision attempt and the next); the
             batched scheduler keeps each chain's prompt cache and prefills only what a follow-up adds
             (``gen.prefix_cache``; :class:`fedspear.generation.PromptKVStore`). ``None``: no reuse.
+        last_in_chain: no request follows this one in its chain, so its prompt cache is not kept.
     """
 
     prompt_ids: list[int]
     settings: GenSettings
     key: Any = None
     chain: Hashable | None = None
+    last_in_chain: bool = False
 
 
 OnDone = Callable[[list[tuple[Request, Completion]]], Sequence[Request]]
@@ -114,7 +116,8 @@ def _run_waves(policy: Policy, wave: list[Request], on_done: OnDone, seed: int, 
             chains = [wave[i].chain for i in members]
             completions = generate(policy, [wave[i].prompt_ids for i in members], settings,
                                    seed + WAVE_SEED_STRIDE * waves, stats,
-                                   store if any(c is not None for c in chains) else None, chains)
+                                   store if any(c is not None for c in chains) else None, chains,
+                                   [not wave[i].last_in_chain for i in members])
             for i, completion in zip(members, completions, strict=True):
                 done[i] = (wave[i], completion)
         waves += 1

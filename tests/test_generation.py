@@ -197,17 +197,41 @@ def test_chain_reuse_gives_the_plain_completions(tiny_qwen, batch_size, monkeypa
     for c, p in zip(cached, plain, strict=True):
         assert [x.ids for x in c] == [x.ids for x in p]
     assert [x.prompt_ids for x in cached[1]] == second
+    engine.prefix_cache = True
+    last = PromptKVStore()
+    generate(engine, first, settings, seed=0, store=last, keys=keys, keep=[True, False, True, True, True])
+    assert len(last) == 3  # a chain's last prompt (keep=False) is looked up but not kept
+
+
+def test_prefix_reuse_only_for_plain_full_attention_caches():
+    """Sliding-window (Mistral's config without layer_types, or layer_types), chunked and linear-attention caches
+    keep a window or a state, not every position: no prefix reuse for them."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    from fedspear.generation import supports_prefix_reuse
+
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 50}
+    assert supports_prefix_reuse(SimpleNamespace(config=LlamaConfig(**small)))
+    assert supports_prefix_reuse(SimpleNamespace(config=Qwen2Config(**small)))  # use_sliding_window=False
+    assert not supports_prefix_reuse(SimpleNamespace(config=MistralConfig(sliding_window=16, **small)))
+    assert not supports_prefix_reuse(SimpleNamespace(config=Qwen2Config(use_sliding_window=True, sliding_window=16,
+                                                                         max_window_layers=1, **small)))
 
 
 def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypatch):
-    """A model with sliding-window layers keeps only the window in its cache, so neither the shared prefix nor a
-    chain's stored cache is used: generate gets the whole prompts and no cache, and nothing is stored."""
-    from fedspear.generation import PromptKVStore, has_sliding_window_layers
+    """With a sliding-window layer neither the shared prefix nor a chain's stored cache is used: generate gets the
+    whole prompts and no cache, and nothing is stored."""
+    from fedspear.generation import PromptKVStore, supports_prefix_reuse
 
     engine = _engine(tiny_qwen, 8)
-    assert not has_sliding_window_layers(engine.model)
-    monkeypatch.setattr(engine.model.config.get_text_config(), "layer_types", ["full_attention", "sliding_attention"])
-    assert has_sliding_window_layers(engine.model)
+    assert supports_prefix_reuse(engine.model)
+    config = engine.model.config.get_text_config()
+    monkeypatch.setattr(config, "layer_types", ["full_attention", "sliding_attention"])
+    monkeypatch.setattr(config, "sliding_window", 64)
+    assert not supports_prefix_reuse(engine.model)
     seen = []
 
     def fake_generate(input_ids, attention_mask, **kwargs):
@@ -220,6 +244,7 @@ def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypat
     out = generate(engine, prompts, GenSettings(max_new_tokens=2, do_sample=False), seed=0, store=store, keys=[0, 1])
     assert [c.ids for c in out] == [[7, 7], [7, 7]] and len(store) == 0
     assert seen and all("past_key_values" not in k and "return_dict_in_generate" not in k for k in seen)
+    assert all(k["num_beams"] == 1 and k["num_return_sequences"] == 1 for k in seen)  # one row per prompt, always
 
 
 def test_static_cache_gives_the_dynamic_completions(tiny_qwen):

@@ -268,7 +268,7 @@ class _RevisionChain:
             prompt = build_revision_prompt(ex.prompt, latest.text, hint, self.algorithm.task.answer_format,
                                            self.algorithm.run.gen.revision_template)
             requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, attempt + 1, y0, latest),
-                                    chain=i))
+                                    chain=i, last_in_chain=attempt + 1 >= self.max_attempts))
         self.feedback_s += time.perf_counter() - start
         return requests
 

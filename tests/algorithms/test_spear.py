@@ -38,7 +38,7 @@ def _scripted_generate(script):
     """generate() stand-in: the i-th call returns script[i] (a text per prompt), with fake token ids."""
     calls = []
 
-    def fake(engine, prompts, settings, seed, stats=None, store=None, keys=None):
+    def fake(engine, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
         texts = script[len(calls)]
         calls.append(prompts)
         assert len(texts) == len(prompts)
@@ -74,9 +74,12 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
     script = {0: {"e0": "p", "e1": "x", "e2": "y"}, 1: {"e1": "x2", "e2": "y2"}, 2: {"e1": "q", "e2": "y3"}}
     order = {}
 
-    def fake(engine_, prompts, settings, seed, stats=None, store=None, keys=None):
+    chains = []  # per call: (chain keys, keep flags) the rollout passed
+
+    def fake(engine_, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
         call = len(order)
         order[call] = prompts
+        chains.append((keys, keep))
         if call == 0:
             ids = {tuple(engine_.encode(e.prompt)): e.id for e in exs}
             keys = [ids[tuple(p)] for p in prompts]
@@ -103,6 +106,10 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
     assert revision_win.completion_ids[0] == 202  # the sampled ids of attempt 2, not re-encoded text
     conf = {t.text: t.confidence for t in out.losses}
     assert conf == {"x": 1.0, "y": 0.5}  # fixed later -> 1.0, never fixed -> 0.5 (both keep y0)
+    # first answers start no chain; attempt 1 keeps its prompt caches for attempt 2, the last, which keeps none
+    assert chains[0][0] == [None] * 3
+    assert chains[1][1] == [True, True] and chains[2][1] == [False, False]
+    assert sorted(chains[1][0]) == sorted(chains[2][0]) and None not in chains[1][0]
     assert [c[0] for c in engine.task.feedback_calls] == ["e1", "e2", "e1", "e2"] or \
         sorted(c[0] for c in engine.task.feedback_calls) == ["e1", "e1", "e2", "e2"]
     assert ("e1", "x2") in engine.task.feedback_calls  # feedback is on the LATEST answer
