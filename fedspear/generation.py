@@ -131,10 +131,7 @@ def shared_prefix_len(prompts: list[list[int]], minimum: int = MIN_SHARED_PREFIX
         return 0
     first, n = prompts[0], min(len(p) for p in prompts) - 1
     for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
+        n = min(n, common_prefix_len(first, p))
         if n < minimum:
             return 0
     return n if n >= minimum else 0

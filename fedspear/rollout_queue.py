@@ -113,11 +113,9 @@ def _run_waves(policy: Policy, wave: list[Request], on_done: OnDone, seed: int, 
         for i, request in enumerate(wave):
             groups.setdefault(request.settings, []).append(i)
         for settings, members in groups.items():
-            chains = [wave[i].chain for i in members]
             completions = generate(policy, [wave[i].prompt_ids for i in members], settings,
-                                   seed + WAVE_SEED_STRIDE * waves, stats,
-                                   store if any(c is not None for c in chains) else None, chains,
-                                   [not wave[i].last_in_chain for i in members])
+                                   seed + WAVE_SEED_STRIDE * waves, stats, store,
+                                   [wave[i].chain for i in members], [not wave[i].last_in_chain for i in members])
             for i, completion in zip(members, completions, strict=True):
                 done[i] = (wave[i], completion)
         waves += 1
