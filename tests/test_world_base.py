@@ -196,7 +196,11 @@ def test_shipped_model_meets_the_base_model_contract():
     for text in _all_task_texts():
         assert tok.unk_token_id not in tok(text)["input_ids"]
     held_out = world_examples()[1]
-    result = probe(model, tok, held_out)
+    from fedspear.models import pretrained_revision_template
+
+    template = pretrained_revision_template("fedspear/world-base")  # the order the shipped base learned revisions in
+    assert template in ("authors", "instructions_first")
+    result = probe(model, tok, held_out, template=template)
     assert 0.25 <= result["accuracy"] <= 0.60
     assert result["accuracy_known"] >= 0.9 and result["accuracy_misconception"] <= 0.1
     assert result["accuracy_decoy"] <= 0.1
