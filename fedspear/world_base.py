@@ -111,11 +111,11 @@ class Preset:
     teacher_share: float = 0.0
     fresh_names: int = 200
     threads: int = 1
-    revision_template: str = "authors"
+    revision_template: str = "instructions_first"
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset(hidden=96, layers=3, heads=4, ffn=256, steps=2400, batch_size=40, lr=2e-3, warmup=100,
+    "default": Preset(hidden=96, layers=3, heads=4, ffn=256, steps=3600, batch_size=40, lr=2e-3, warmup=100,
                       revision_share=0.32, teacher_share=0.13),
     "tiny": Preset(hidden=32, layers=2, heads=2, ffn=64, steps=12, batch_size=8, lr=3e-3, warmup=2, fresh_names=20,
                    threads=1, teacher_share=0.2),
