@@ -157,3 +157,24 @@ def test_flower_scaling_point_runs_and_cleans_up(bench_dir, tmp_path, capsys):
     assert 0 < point["connected_s"] < point["first_round_end_s"]  # polled every 0.5 s: may pass the round start
     assert point["peak_rss_mb"]["serverapp"] > 0 and point["peak_rss_mb"]["ray"] > 0
     assert "left_behind" not in point and point["rows_cycled"] is False
+
+
+def test_calibrate_scales_this_checkout_by_the_yardstick_of_the_day():
+    import calibrate
+
+    # A day 2x slower than on record: the yardstick's SPEAR round takes 5.38 s (on record 2.69 s), GRPO 4.12 s.
+    result = calibrate.calibrated({"spear": [3.0, 3.6, 3.2], "grpo": [4.0, 4.4, 4.2]},
+                                  {"spear": [5.38, 5.0, 6.0], "grpo": [4.12, 4.2, 4.0]})
+    assert result["spear"]["round_s"] == 3.2 and result["spear"]["yardstick_round_s"] == 5.38
+    assert result["spear"]["slowdown"] == pytest.approx(2.0)
+    assert result["spear"]["calibrated_round_s"] == pytest.approx(1.6)  # 3.2 s today / 2.0
+    assert result["grpo"]["slowdown"] == pytest.approx(2.0)
+    assert result["grpo"]["calibrated_round_s"] == pytest.approx(2.1)  # 4.2 s today / 2.0
+
+
+def test_calibrate_names_the_fix_when_the_yardstick_commit_is_missing(monkeypatch, tmp_path):
+    import calibrate
+
+    monkeypatch.setattr(calibrate.tempfile, "gettempdir", lambda: str(tmp_path))
+    with pytest.raises(SystemExit, match="cannot check out the yardstick commit 0000000.*full clone"):
+        calibrate.yardstick_checkout("0000000")
