@@ -109,7 +109,11 @@ class ClientReport:
 
 
 class ClientRunner(Protocol):
-    """Runs a round's selected clients from the given global adapter and reports on each of them."""
+    """Runs a round's selected clients from the given global adapter and reports on each of them.
+
+    A runner may also have a ``fields`` attribute: a dict of extra keys that :meth:`FederatedServer.run_round`
+    merges into the round's metrics row after the call (the served clients' interface figures, for example).
+    """
 
     def __call__(self, plan: RoundPlan, global_state: State) -> list[ClientReport]: ...
 
@@ -276,9 +280,11 @@ class FederatedServer:
         return row
 
     def run_round(self, round_idx: int, runner: ClientRunner) -> dict[str, Any]:
-        """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval)."""
+        """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval), with the
+        runner's ``fields`` (if it has them) merged in."""
         plan = self.plan_round(round_idx)
-        return self.aggregate_round(plan, runner(plan, self.global_state))
+        reports = runner(plan, self.global_state)
+        return self.aggregate_round(plan, reports, extra=getattr(runner, "fields", None))
 
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""

@@ -318,14 +318,13 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         server = FederatedServer(cfg, record, policies[-1], data.eval, publish=publish, task=task)
         server.start()
         rows.append(record.read_metrics()[-1])
-        for r in range(1, rounds + 1):
-            plan = server.plan_round(r)
-            reports = runner(plan, server.global_state)
-            row = server.aggregate_round(plan, reports, extra=runner.fields)
-            server.end_round(row)
-            rows.append(row)
-            logger.info("round %d: %s", r, {k: row[k] for k in runner.fields})
+
+        def after_round(r: int) -> None:
+            rows.append(record.read_metrics()[-1])
+            logger.info("round %d: %s", r, {k: rows[-1][k] for k in runner.fields})
             (out_dir / "federation.json").write_text(json.dumps(rows, indent=1, default=float))
+
+        server.run_rounds(runner, 1, after_round)  # the one round loop: a stop or failure closes the trackers
         server.finish()
     finally:
         for srv in servers:

@@ -157,3 +157,34 @@ def test_summary_line_shows_what_each_kind_of_client_update_counts():
     grpo = sum_client_metrics([{"prompts": 6, "samples_y0": 24, "wins_y0": 6}])
     row = {"round": 2, "lr": 1e-3, "aggregate": grpo, "time": {"round_s": 3.0}}
     assert "| samples 24 |" in summary_line(row, 5) and "wins" not in summary_line(row, 5)
+
+
+class FieldsRunner:
+    """A client runner with extra row fields (like the served clients'), optionally failing."""
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.fields = fail, {}
+
+    def __call__(self, plan, global_state):
+        if self.fail:
+            raise RuntimeError("client page unreachable")
+        self.fields = {"interface_accuracy": 0.5, "round_seen": plan.round_idx}
+        return [ClientReport(c, {"w": torch.tensor([2.0, 2.0])}, 1.0, {"wins": 1, "prompts": 1})
+                for c in plan.selected]
+
+
+def test_run_round_merges_the_runners_fields_into_the_row(tmp_path):
+    row = _server(tmp_path).run_round(2, FieldsRunner())
+    assert row["interface_accuracy"] == 0.5 and row["round_seen"] == 2 and row["round"] == 2
+    assert row["aggregation"]["num_aggregated"] == 3
+
+
+def test_run_rounds_closes_the_trackers_when_a_runner_fails(tmp_path, monkeypatch):
+    from fedspear.tracking import Trackers
+
+    aborted = []
+    monkeypatch.setattr(Trackers, "abort", lambda self, reason: aborted.append(reason))
+    server = _server(tmp_path)
+    with pytest.raises(RuntimeError, match="client page unreachable"):
+        server.run_rounds(FieldsRunner(fail=True), 1)
+    assert aborted == ["RuntimeError: client page unreachable"]
