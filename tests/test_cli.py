@@ -41,7 +41,8 @@ def _subparser_names(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_command_table_and_parser_are_in_sync() -> None:
     assert _subparser_names(cli.build_parser()) == set(cli.COMMANDS) == {
-        "run", "check", "report", "make-base", "compare", "sweep", "flower-config", "serve", "train-local"}
+        "run", "check", "report", "make-base", "compare", "sweep", "flower-config", "serve", "train-local",
+        "fetch-model"}
 
 
 # --------------------------------------------------------------------------- check
