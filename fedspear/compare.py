@@ -227,6 +227,13 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         vals = [v for r in trained if (v := client_sum(r, key)) is not None]
         return float(sum(vals)) if vals else None
 
+    def resource(key: str, combine: Callable[[list[float]], float]) -> float | None:
+        vals = [v for r in trained if (v := _num(nested_get(r, "resources", key))) is not None]
+        return combine(vals) if vals else None
+
+    def mean(vals: list[float]) -> float:
+        return sum(vals) / len(vals)
+
     time_s = sum(_num(nested_get(r, "time", "round_s")) or 0.0 for r in trained)
     return {
         "final_accuracy": evals[-1][1] if evals else None, "final_round": evals[-1][0] if evals else None,
@@ -235,12 +242,18 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
         "generations": total("generations"), "tokens_generated": total("tokens_generated"),
         "tokens_trained": total("tokens_trained"), "tokens_forward": total("tokens_forward"),
+        # fedspear/federation/resources.py: memory maxima over rounds, adapter bytes per client-round (mean)
+        "peak_rss_mb": resource("peak_rss_mb_max", max), "update_rss_peak_mb": resource("update_rss_peak_mb_max", max),
+        "cuda_peak_mb": resource("cuda_peak_mb_max", max),
+        "bytes_down_per_client": resource("bytes_down_per_client", mean),
+        "bytes_up_per_client": resource("bytes_up_per_client", mean),
     }
 
 
 def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
     head = ("| algorithm | final accuracy (round) | best accuracy | rounds | total time (s) | time per round (s) | "
-            "training time (s) | generations | tokens generated | tokens trained | forward-only tokens |")
+            "training time (s) | generations | tokens generated | tokens trained | forward-only tokens | "
+            "peak RSS (MB) | peak RSS in an update (MB) | peak CUDA (MB) | bytes down / up per client-round |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
 
     def fmt(value: float | None, spec: str) -> str:
@@ -251,7 +264,9 @@ def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         final = f"{t['final_accuracy']:.4f} ({t['final_round']})" if t["final_accuracy"] is not None else "-"
         cells = [label, final, fmt(t["best_accuracy"], ".4f"), str(t["rounds"]), fmt(t["total_s"], ".1f"),
                  fmt(t["per_round_s"], ".2f"), fmt(t["training_s"], ".1f"),
-                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward"))]
+                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward")),
+                 *(fmt(t[k], ".1f") for k in ("peak_rss_mb", "update_rss_peak_mb", "cuda_peak_mb")),
+                 f"{fmt(t['bytes_down_per_client'], '.0f')} / {fmt(t['bytes_up_per_client'], '.0f')}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -345,7 +360,11 @@ def write_comparison(run_dirs: dict[str, Path], out_dir: Path, centralized_dirs:
     lines += ["Total time = sum of `time.round_s` over training rounds (generation + feedback + training + "
               "aggregation; evaluation excluded). Training time = sum of `time.training_s`. Tokens trained count "
               "forward+backward tokens; forward-only tokens are the no-grad reference, old-policy and teacher "
-              "passes. Generations count every sampled answer (first answers and revisions).", ""]
+              "passes. Generations count every sampled answer (first answers and revisions). Peak RSS is the "
+              "process's resident-set high-water mark (model loading and evaluation included; the runs of one "
+              "comparison share a process, so a later run carries an earlier run's peak); peak RSS in an update is "
+              "the resident set's peak while a client update ran, the figure to compare; bytes are the adapter tensors' nbytes sent to and returned by "
+              "a client, per client-round (fedspear/federation/resources.py).", ""]
     lines += ["## Figures (federated)", ""] + _figure_lines(_figures(metrics, algos, plot_dir), out_dir)
     if centralized_dirs:
         central = {label: read_rounds(d) for label, d in centralized_dirs.items()}

@@ -131,6 +131,7 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
         total = _total(metrics, "aggregate", key)
         if total is not None:
             items.append((label, str(int(total))))
+    items += _resource_items(metrics)
     privacy = next((row["privacy"] for row in reversed(metrics) if isinstance(row.get("privacy"), dict)), None)
     if privacy is not None:
         eps = _num(privacy.get("epsilon"))
@@ -156,12 +157,46 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _max(metrics: list[dict[str, Any]], *keys: str) -> float | None:
+    values = [_num(nested_get(row, *keys)) for row in metrics]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _mean(metrics: list[dict[str, Any]], *keys: str) -> float | None:
+    values = [_num(nested_get(row, *keys)) for row in metrics]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _resource_items(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Summary rows of the clients' memory and traffic (``resources`` of each round row; see
+    fedspear/federation/resources.py for what each figure measures)."""
+    items = []
+    for label, key in (("peak memory, process RSS high-water mark (MB)", "peak_rss_mb_max"),
+                       ("peak memory during a client update, RSS (MB)", "update_rss_peak_mb_max"),
+                       ("peak CUDA memory of a client update (MB)", "cuda_peak_mb_max")):
+        value = _max(metrics, "resources", key)
+        if value is not None:
+            items.append((label, f"{value:.1f}"))
+    down, up = _mean(metrics, "resources", "bytes_down_per_client"), _mean(metrics, "resources", "bytes_up_per_client")
+    if down is not None or up is not None:
+        items.append(("adapter bytes per client-round, down / up (mean)", f"{_fmt(down, 0)} / {_fmt(up, 0)}"))
+        items.append(("adapter bytes in all, down / up", f"{_fmt(_total(metrics, 'resources', 'bytes_down'), 0)} / "
+                                                         f"{_fmt(_total(metrics, 'resources', 'bytes_up'), 0)}"))
+    wire_down, wire_up = _total(metrics, "resources", "wire_bytes_down"), _total(metrics, "resources", "wire_bytes_up")
+    if wire_down is not None or wire_up is not None:
+        items.append(("Flower message bytes in all, down / up", f"{_fmt(wire_down, 0)} / {_fmt(wire_up, 0)}"))
+    return items
+
+
 def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Per round",
         "",
-        "| round | eval accuracy | mean y0 accuracy | wins | losses | revisions fixed | needing revision | wall time (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| round | eval accuracy | mean y0 accuracy | wins | losses | revisions fixed | needing revision | wall time (s) "
+        "| peak RSS (MB) | bytes down / up per client |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in metrics:
         agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
@@ -174,6 +209,10 @@ def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
             _fmt(agg.get("revision_successes")),
             _fmt(agg.get("needs_revision")),
             _fmt(_row_wall_time(row), digits=1),
+            _fmt(nested_get(row, "resources", "peak_rss_mb_max"), digits=1),
+            "-" if not isinstance(row.get("resources"), dict) else
+            f"{_fmt(nested_get(row, 'resources', 'bytes_down_per_client'), 0)} / "
+            f"{_fmt(nested_get(row, 'resources', 'bytes_up_per_client'), 0)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]

@@ -37,8 +37,9 @@ def round_scalars(row: dict[str, Any]) -> dict[str, float]:
 
     Keys: ``eval/accuracy`` and ``eval/group/<name>``; ``train/<count>`` (:data:`TRAIN_KEYS`) and ``train/lr``;
     ``loss/<name>`` = the clients' mean of each ``loss_*`` metric; ``time/<phase>_s`` (seconds);
-    ``aggregation/<count>``; ``privacy/epsilon`` (and ``privacy/delta``) when DP is on. Missing or non-numeric
-    values are left out.
+    ``aggregation/<count>``; ``resources/<figure>`` (the clients' peak memory in MB and adapter bytes, see
+    fedspear/federation/resources.py); ``privacy/epsilon`` (and ``privacy/delta``) when DP is on. Missing or
+    non-numeric values are left out.
 
     Args:
         row: a metrics.jsonl row (see :meth:`fedspear.federation.server.FederatedServer.aggregate_round`).
@@ -72,6 +73,8 @@ def round_scalars(row: dict[str, Any]) -> dict[str, float]:
         put(f"time/{key}", value)
     for key, value in (row.get("aggregation") or {}).items():
         put(f"aggregation/{key}", value)
+    for key, value in (row.get("resources") or {}).items():
+        put(f"resources/{key}", value)
     privacy = row.get("privacy") if isinstance(row.get("privacy"), dict) else {}
     put("privacy/epsilon", privacy.get("epsilon"))
     if privacy:

@@ -121,3 +121,22 @@ def test_reuse_ignores_how_output_dir_is_spelled(tmp_path, monkeypatch, tiny_qwe
     cfg.fl.local_train_steps += 1
     with pytest.raises(RunExistsError, match="fl.local_train_steps"):
         cmp.run_or_reuse(cfg)
+
+
+def test_comparison_shows_memory_and_adapter_bytes_per_client_round(tmp_path):
+    runs = {name: _fake_run(tmp_path / name, name, [(0.5, 10.0, 4.0, [{"prompts": 1}])] * 2)
+            for name in ("spear", "grpo")}
+    for name, peaks, ups in (("spear", (400.0, 420.0), (100.0, 50.0)), ("grpo", (700.0, 650.0), (100.0, 100.0))):
+        path = runs[name] / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row, peak, up in zip(rows[1:], peaks, ups):
+            row["resources"] = {"peak_rss_mb_max": peak + 100, "update_rss_peak_mb_max": peak,
+                                "bytes_down_per_client": 200.0, "bytes_up_per_client": up}
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    totals = cmp.run_totals(cmp.read_rounds(runs["spear"]))
+    assert (totals["peak_rss_mb"], totals["update_rss_peak_mb"], totals["cuda_peak_mb"]) == (520.0, 420.0, None)
+    assert (totals["bytes_down_per_client"], totals["bytes_up_per_client"]) == (200.0, 75.0)
+    text = cmp.write_comparison(runs, tmp_path / "out").read_text()
+    assert "| peak RSS (MB) | peak RSS in an update (MB) | peak CUDA (MB) | bytes down / up per client-round |" in text
+    assert "| - | 520.0 | 420.0 | - | 200 / 75 |" in text
+    assert "| - | 800.0 | 700.0 | - | 200 / 100 |" in text

@@ -181,3 +181,20 @@ def test_metrics_file_is_one_json_object_per_line(tmp_path):
     record.append_metrics({"round": 0, "text": "line\nbreak"})
     lines = record.metrics_path.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["text"] == "line\nbreak"
+
+
+def test_report_shows_peak_memory_and_adapter_bytes(tmp_path):
+    record = RunRecord(tmp_path / "run")
+    record.create(_cfg(tmp_path, rounds=2))
+    for rnd, peak, update_peak, up in ((1, 480.25, 300.0, 1000), (2, 512.0, 290.5, 500)):
+        row = _round_row(rnd, None, 0.5, fixed=1, needs=2)
+        row["resources"] = {"peak_rss_mb_max": peak, "update_rss_peak_mb_max": update_peak, "bytes_down": 2000,
+                            "bytes_down_per_client": 1000.0, "bytes_up": up, "bytes_up_per_client": up / 2}
+        record.append_metrics(row)
+    report = write_report(record.run_dir).read_text()
+    assert "| peak memory, process RSS high-water mark (MB) | 512.0 |" in report  # the maximum over rounds
+    assert "| peak memory during a client update, RSS (MB) | 300.0 |" in report
+    assert "| adapter bytes per client-round, down / up (mean) | 1000 / 375 |" in report  # (500 + 250) / 2
+    assert "| adapter bytes in all, down / up | 4000 / 1500 |" in report
+    assert "CUDA" not in report and "Flower message bytes" not in report  # neither was measured
+    assert "| 1 | - | 0.5000 | 5 | 3 | 1 | 2 | 10.0 | 480.2 | 1000 / 500 |" in report  # per-round columns

@@ -21,6 +21,8 @@ ROW1 = {
     "time": {"round_s": 4.5, "training_s": 3.0},
     "privacy": {"mode": "central", "epsilon": 1.25, "delta": 1e-5},
     "eval": {"accuracy": 0.625, "groups": {"known": 1.0, "misconception": 0.25}},
+    "resources": {"peak_rss_mb_max": 512.5, "update_rss_peak_mb_max": 300.0, "bytes_down": 2000,
+                  "bytes_down_per_client": 1000.0, "bytes_up": 1000, "bytes_up_per_client": 500.0},
 }
 
 
@@ -31,6 +33,9 @@ def test_round_scalars_flattens_a_row():
     assert s["loss/total"] == 2.0 and s["loss/win"] == 1.0  # the clients' mean
     assert s["time/round_s"] == 4.5 and s["train/tokens_generated"] == 120 and s["privacy/epsilon"] == 1.25
     assert "privacy/epsilon" not in round_scalars(ROW0)
+    assert {k: v for k, v in s.items() if k.startswith("resources/")} == {
+        "resources/peak_rss_mb_max": 512.5, "resources/update_rss_peak_mb_max": 300.0, "resources/bytes_down": 2000,
+        "resources/bytes_down_per_client": 1000.0, "resources/bytes_up": 1000, "resources/bytes_up_per_client": 500.0}
 
 
 def _wandb_records(path: Path) -> list:

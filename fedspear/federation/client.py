@@ -7,6 +7,9 @@ own rows). The simulator can also batch the rollouts of all of a round's clients
 (:func:`run_clients`, ``fl.batch_clients``): faster on one accelerator, but the sampled completions then
 differ from those of clients generating alone (the batched call draws from one stream seeded by the first
 client's seed), so only ``fl.batch_clients=false`` reproduces a Flower run exactly.
+
+Every client update adds its memory figures (``peak_rss_mb``, ``update_rss_peak_mb``, ``cuda_peak_mb`` on CUDA;
+:mod:`fedspear.federation.resources`) to its metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult
 from fedspear.config import Config
 from fedspear.federation.partition import dirichlet_partition
+from fedspear.federation.resources import measured, merge_memory
 from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
@@ -78,10 +82,13 @@ def client_update(engine: Policy, examples: list[Example], client_id: int, round
         algorithm: the algorithm (``build_algorithm(cfg, task)``, with the config the policy was fitted to).
 
     Returns:
-        The client's :class:`LocalUpdateResult` (adapter copy or None, weight, scalar metrics).
+        The client's :class:`LocalUpdateResult` (adapter copy or None, weight, scalar metrics with the memory
+        figures of :mod:`fedspear.federation.resources`).
     """
     job = ClientJob(client_id, round_idx, examples, lr, seed)
-    return algorithm.train(engine, job, algorithm.rollout(engine, [job])[0])
+    result, memory = measured(lambda: algorithm.train(engine, job, algorithm.rollout(engine, [job])[0]))
+    result.metrics.update(memory)
+    return result
 
 
 def run_clients(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob],
@@ -107,14 +114,16 @@ def run_clients(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]
             except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
                 out.append(exc)
         return out
-    rollouts = _batched_rollouts(engine, algorithm, jobs)
+    rollouts, rollout_memory = measured(lambda: _batched_rollouts(engine, algorithm, jobs))
     results: list[LocalUpdateResult | Exception] = []
     for job, data in zip(jobs, rollouts, strict=True):
         if isinstance(data, Exception):
             results.append(data)
             continue
         try:
-            results.append(algorithm.train(engine, job, data))
+            result, memory = measured(lambda job=job, data=data: algorithm.train(engine, job, data))
+            result.metrics.update(merge_memory(rollout_memory, memory))  # the shared rollout, then its training
+            results.append(result)
         except Exception as exc:  # noqa: BLE001
             results.append(exc)
     return results

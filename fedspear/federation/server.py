@@ -31,6 +31,7 @@ from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
 from fedspear.federation.partition import client_seed, sample_clients
+from fedspear.federation.resources import client_bytes, round_resources
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
 from fedspear.records import RunFileError, RunRecord, durable_step
@@ -237,7 +238,8 @@ class FederatedServer:
         client_rows, results = [], []
         for cid in plan.selected:
             report = by_client.get(cid) or ClientReport.failure(cid, "no report from the client")
-            row: dict[str, Any] = {"client_id": cid, **report.details}
+            row: dict[str, Any] = {"client_id": cid, **report.details,
+                                   **client_bytes(self.global_state, report.adapter if report.error is None else None)}
             if report.error is not None:
                 logger.warning("client %d failed in round %d: %s", cid, plan.round_idx, report.error)
                 row.update(weight=0.0, error=report.error, metrics=report.metrics)
@@ -273,6 +275,7 @@ class FederatedServer:
             "time": {"round_s": time.perf_counter() - plan.start, "generation_s": agg["generation_s"],
                      "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
                      "aggregation_s": time.perf_counter() - agg_start},
+            "resources": round_resources(client_rows),
         }
         if self.cfg.dp.mode != "off":
             row["privacy"] = privacy.budget(self.cfg, plan.round_idx)

@@ -35,6 +35,7 @@ from fedspear.flower.wire import (
     IDENTITY,
     JOB,
     SERVES_PAGE_KEY,
+    content_nbytes,
     job_record,
     report_from_reply,
     state_to_record,
@@ -142,8 +143,12 @@ class GridClients:
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                                 group_id=str(plan.round_idx)))
             targets.append((cid, node))
+        sent = {cid: content_nbytes(msg.content) for msg, (cid, _) in zip(msgs, targets, strict=True)}
         pending = dict(zip(self.grid.push_messages(msgs), targets, strict=True)) if msgs else {}
         reports += self._collect(pending, global_state)
+        for report in reports:  # the train message's size, as Flower counts it (fedspear.federation.resources)
+            if report.client_id in sent:
+                report.details["wire_bytes_down"] = sent[report.client_id]
         return reports
 
     def publish(self, global_state: dict[str, Any], round_idx: int) -> None:
@@ -178,6 +183,8 @@ class GridClients:
         def on_reply(target: tuple[int, int], reply: Message) -> None:
             report = report_from_reply(target[0], reply, reference)
             report.details["node_id"] = target[1]
+            if reply.has_content():
+                report.details["wire_bytes_up"] = content_nbytes(reply.content)
             reports.append(report)
 
         def on_offline(target: tuple[int, int]) -> None:

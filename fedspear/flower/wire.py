@@ -63,6 +63,8 @@ METRIC_NAMES = frozenset({
     "zero_advantage_groups", "teacher_prompts_truncated", "feedback_calls", "generation_s", "feedback_s",
     "wins", "losses", "losses_used", "skipped_no_wins", "steps", "skipped_steps", "tokens_trained", "tokens_forward",
     "training_s", "store_interactions", WEIGHT_KEY, PUBLISHED_KEY,
+    # the client update's memory (fedspear.federation.resources)
+    "peak_rss_mb", "update_rss_peak_mb", "cuda_peak_mb",
 })
 LOSS_TERMS = ("total", "loss", "win", "lose", "n_win_tokens", "n_lose_positions", "n_above_margin", "mean_lose_p",
               "policy", "kl", "clip_frac", "ratio", "sd", "rl0", "rl1", "kl0", "kl1", "distill", "n_tokens")
@@ -114,6 +116,12 @@ def record_to_state(record: ArrayRecord, reference: State) -> State:
             raise WireError(f"'{key}' has shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}")
         state[key] = tensor.to(ref.dtype)
     return state
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """A message content's size in bytes as Flower counts it: the sum of its records' ``count_bytes()`` (arrays as
+    serialised, with their small headers, plus the keys; config and metric values)."""
+    return int(sum(record.count_bytes() for record in content.values()))
 
 
 def known_metric(name: str, record: str = METRICS) -> bool:

@@ -37,6 +37,7 @@ from fedspear.algorithms.registry import build_algorithm
 from fedspear.algorithms.spear import FeedbackRollout, Spear
 from fedspear.config import Config
 from fedspear.federation.partition import client_seed
+from fedspear.federation.resources import measured
 from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, AdapterVersion, model_fingerprint
 from fedspear.serve.store import ACCEPTED, FIXED, STORE_FILE, UNFIXED, Interaction, TraceStore
@@ -124,7 +125,8 @@ def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
     interactions = store.training_candidates(model_fingerprint(engine), cfg.fl.local_rollout_steps)
     rollout = rollout_from_interactions(interactions)
-    result = algorithm.train(engine, job, rollout)  # feedback_sft: Spear with lambda_lose = 0
+    result, memory = measured(lambda: algorithm.train(engine, job, rollout))  # feedback_sft: lambda_lose = 0
+    result.metrics.update(memory)  # peak memory of the update (fedspear.federation.resources)
     result.metrics["store_interactions"] = len(interactions)
     result.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if result.adapter is not None:

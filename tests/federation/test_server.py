@@ -54,7 +54,11 @@ def test_aggregate_weights_by_wins_and_excludes_failures(tmp_path):
     assert row["aggregation"]["num_aggregated"] == 2 and row["aggregation"]["num_failed_clients"] == 1
     failed = [c for c in row["clients"] if "error" in c]
     assert failed == [{"client_id": c2, "node_id": 7, "weight": 0.0, "error": "node went offline during the round",
-                       "metrics": {}}]
+                       "metrics": {}, "bytes_down": 8, "bytes_up": 0}]
+    # traffic: the 2-float global adapter (8 bytes) went to each of the 3 clients, two sent 8 bytes back
+    assert [(c["bytes_down"], c["bytes_up"]) for c in row["clients"]] == [(8, 8), (8, 8), (8, 0)]
+    assert row["resources"] == {"bytes_down": 24, "bytes_down_per_client": 8.0, "bytes_up": 16,
+                                "bytes_up_per_client": 16 / 3}
     assert row["clients"][1]["node_id"] == 9
     assert row["aggregate"]["wins"] == 3 and row["aggregate"]["y0_accuracy"] == 0.25
     assert row["selected_clients"] == plan.selected and row["round"] == 1

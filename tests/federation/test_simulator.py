@@ -48,6 +48,28 @@ def test_run_writes_run_folder_and_peft_adapters(tiny_qwen, tmp_path):
         assert torch.equal(lora[live], value)
 
 
+def test_each_client_row_carries_its_adapter_bytes_and_peak_memory(tiny_qwen, tmp_path):
+    require_shared_data()
+    run_dir = simulator.run(load_config(None, tiny_overrides(tiny_qwen, tmp_path / "run", **{
+        "fl.rounds": 1, "data.max_eval_examples": 4, "fl.batch_clients": False})))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = _final_state(run_dir)
+    nbytes = sum(t.numel() * t.element_size() for t in final.values())  # the fp32 adapter: every LoRA A and B
+    assert nbytes == sum(t.numel() for t in final.values()) * 4 > 0
+    row = rows[1]
+    for client in row["clients"]:
+        assert client["bytes_down"] == nbytes
+        assert client["bytes_up"] == (nbytes if client["weight"] > 0 else 0)
+        memory = client["metrics"]
+        assert memory["peak_rss_mb"] >= memory["update_rss_peak_mb"] - 1 > 0
+    ups = [c["bytes_up"] for c in row["clients"]]
+    assert row["resources"]["bytes_down"] == 2 * nbytes and row["resources"]["bytes_up"] == sum(ups)
+    assert row["resources"]["peak_rss_mb_max"] == max(c["metrics"]["peak_rss_mb"] for c in row["clients"])
+    assert "resources" not in rows[0]  # round 0 evaluates only
+    report = (run_dir / "report.md").read_text()
+    assert f"| adapter bytes per client-round, down / up (mean) | {nbytes} / {sum(ups) // 2} |" in report
+
+
 def test_resume_after_crash_matches_uninterrupted(tiny_qwen, tmp_path, monkeypatch):
     require_shared_data()
     over = {"fl.rounds": 3}

@@ -106,11 +106,16 @@ def test_round_reports_successes_and_every_kind_of_failure():
     clients = runner(grid)
     clients.wait_for_clients(3, timeout=0.05)
     reports = {r.client_id: r for r in clients(plan(), GLOBAL_STATE)}
-    assert reports[0].error is None and reports[0].weight == 2.0 and reports[0].details == {"node_id": 100}
-    assert torch.equal(reports[0].adapter["w"], torch.zeros(2))
-    assert reports[1].error == "client error 2: ValueError: boom" and reports[1].details == {"node_id": 101}
-    assert reports[2].error == "not connected"
     (train0,) = [m for m in grid.sent.values() if m.metadata.message_type == "train" and m.metadata.dst_node_id == 100]
+    # the messages' sizes as Flower counts them: the train message each way, no reply content from a failed client
+    sent, returned = wire.content_nbytes(train0.content), wire.content_nbytes(grid.behaviour[100](train0).content)
+    assert sent > 2 * 4 and returned > 2 * 4
+    assert reports[0].error is None and reports[0].weight == 2.0
+    assert reports[0].details == {"node_id": 100, "wire_bytes_down": sent, "wire_bytes_up": returned}
+    assert torch.equal(reports[0].adapter["w"], torch.zeros(2))
+    assert reports[1].error == "client error 2: ValueError: boom"
+    assert reports[1].details == {"node_id": 101, "wire_bytes_down": sent}
+    assert reports[2].error == "not connected" and reports[2].details == {}
     job = train0.content["job"]
     assert (job["client-id"], job["round"], job["lr"], job["seed"]) == (0, 1, 0.1, 10)
     assert train0.metadata.group_id == "1"
@@ -128,7 +133,10 @@ def test_node_that_goes_offline_or_stays_silent_fails_the_round():
     reports = {r.client_id: r for r in clients(plan(), GLOBAL_STATE)}
     assert reports[0].error is None
     assert reports[1].error == "node went offline during the round"
-    assert reports[2].error == "no reply within round-timeout=0.3s" and reports[2].details == {"node_id": 102}
+    assert reports[2].error == "no reply within round-timeout=0.3s"
+    sent = wire.content_nbytes([m for m in grid.sent.values() if m.metadata.dst_node_id == 102
+                                and m.metadata.message_type == "train"][0].content)
+    assert reports[2].details == {"node_id": 102, "wire_bytes_down": sent}  # sent, never answered
 
 
 def test_discovery_keeps_a_bounded_window_of_queries(monkeypatch):

@@ -178,3 +178,14 @@ def test_a_failing_client_reply_carries_a_fixed_code_and_no_paths_or_text(caplog
     assert leaky.error.code == wire.WIRE_REFUSED_CODE and "zorvik" not in leaky.error.reason
     report = wire.report_from_reply(3, reply, GLOBAL_STATE)
     assert report.error == f"client error {wire.CLIENT_FAILED_CODE}: {reply.error.reason}" and "/home" not in report.error
+
+
+def test_memory_figures_cross_the_wire_and_message_sizes_are_flowers_count():
+    metrics = {"wins": 1, "peak_rss_mb": 512.5, "update_rss_peak_mb": 300.25, "cuda_peak_mb": 80.0}
+    content = wire.train_reply_content(LocalUpdateResult({"k": torch.ones(2, 3)}, 1.0, metrics))
+    assert dict(content["metrics"]) == {**metrics, "weight": 1.0}
+    report = wire.report_from_reply(0, _message(content), {"k": torch.zeros(2, 3)})
+    assert report.metrics["update_rss_peak_mb"] == 300.25 and report.metrics["cuda_peak_mb"] == 80.0
+    # the adapter as serialised (.npy header + 6 float32) plus its key, plus the metrics record's own count
+    expected = len(content["adapter"]["k"].data) + len("k") + content["metrics"].count_bytes()
+    assert wire.content_nbytes(content) == expected and len(content["adapter"]["k"].data) >= 6 * 4
