@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -114,7 +113,10 @@ def flops_per_trained_token(model) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's RSS high-water mark in MiB (kept across the client updates' resets of the kernel's mark)."""
+    from fedspear.federation.resources import process_peak_rss_mb
+
+    return process_peak_rss_mb() * 1e6 / 2**20
 
 
 def split_variant(entry: str) -> tuple[str, list[str]]:
@@ -168,7 +170,9 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
         "peak_rss_mb": peak_rss_mb(),
     }
     if torch.cuda.is_available():
-        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        from fedspear.federation.resources import process_cuda_peak_mb
+
+        out["gpu_peak_mb"] = (process_cuda_peak_mb() or 0.0) * 1e6 / 2**20  # kept across per-client resets
         peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
         card = next((v for k, v in peak.items() if k in torch.cuda.get_device_name()), None)
         if card and out["trained_tokens_per_s"]:

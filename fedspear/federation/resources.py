@@ -15,6 +15,9 @@ wire like the others; MB = 10**6 bytes):
   the peak counter reset when it starts (``torch.cuda.reset_peak_memory_stats``); memory held by PyTorch's
   caching allocator but not allocated to tensors is not counted.
 
+Because a probe resets the process's counters, code that wants lifetime figures afterwards (benches) reads
+:func:`process_peak_rss_mb` and :func:`process_cuda_peak_mb`, which keep them across resets.
+
 With ``fl.batch_clients`` the round's rollouts run as one batched call: each client's figures then cover that
 shared rollout and its own training.
 
@@ -55,6 +58,7 @@ def _maxrss_bytes() -> int:
 
 
 _lifetime_peak = 0  # the process's high-water mark (bytes) seen before any reset by a probe
+_lifetime_cuda_peak = 0  # the same for torch.cuda.max_memory_allocated
 
 
 def process_peak_rss_mb() -> float:
@@ -62,6 +66,17 @@ def process_peak_rss_mb() -> float:
     global _lifetime_peak
     _lifetime_peak = max(_lifetime_peak, _maxrss_bytes())
     return _lifetime_peak / MB
+
+
+def process_cuda_peak_mb() -> float | None:
+    """``torch.cuda.max_memory_allocated`` over the process's life in MB (the probes' per-update resets
+    included); None without CUDA in use."""
+    global _lifetime_cuda_peak
+    cuda = _cuda()
+    if cuda is None:
+        return None
+    _lifetime_cuda_peak = max(_lifetime_cuda_peak, int(cuda.max_memory_allocated()))
+    return _lifetime_cuda_peak / MB
 
 
 def reset_peak_rss() -> bool:
@@ -133,6 +148,7 @@ class MemoryProbe:
     def __enter__(self) -> MemoryProbe:
         self._cuda = _cuda()
         if self._cuda is not None:
+            process_cuda_peak_mb()  # keep the lifetime figure first
             self._cuda.reset_peak_memory_stats()
         self._kernel_peak = reset_peak_rss()
         self._sample()
@@ -151,6 +167,7 @@ class MemoryProbe:
         cuda = self._cuda or _cuda()  # CUDA may have been initialised inside the block
         if cuda is not None:
             self.cuda_peak = int(cuda.max_memory_allocated())
+            process_cuda_peak_mb()
 
     def metrics(self) -> dict[str, float]:
         """``peak_rss_mb``, ``update_rss_peak_mb`` (when RSS can be read) and ``cuda_peak_mb`` (on CUDA)."""
