@@ -431,6 +431,9 @@ def validate(cfg: Config) -> None:
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
+    threads = str(cfg.model.torch_threads).strip().lower()
+    _check(threads == "auto" or (threads.isdigit() and int(threads) >= 1), "model.torch_threads",
+           f"'{cfg.model.torch_threads}' is neither auto nor a positive integer; write e.g. model.torch_threads=1")
     _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)

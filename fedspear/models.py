@@ -353,8 +353,13 @@ def build_policy(cfg: Any) -> Policy:
 
     ``cfg`` is read, never written; :func:`fit_config` gives the config matching the policy's capped length.
     """
+    from fedspear.threads import apply_threads, describe
+
     warn_on_template_mismatch(cfg)
     device = resolve_device(cfg.model.device_map)
+    threads, reason = apply_threads(cfg.model.torch_threads)  # before loading: the load runs on them too
+    logger.info("model %s on %s (%s); %s", cfg.model.model_name, device, cfg.model.dtype,
+                describe(threads, reason, device.type))
     tokenizer = load_tokenizer(cfg)
     base = load_base_model(cfg, device)
     max_seq_len = cap_max_seq_len(cfg, base)

@@ -42,7 +42,7 @@ def add_parsers(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     serve.add_argument("--seed", type=int, default=None, help="seed the answers' sampling (default: fresh randomness)")
     serve.add_argument("--threads", type=int, default=1, metavar="N",
                        help="CPU threads per answer (default 1: one short sequence at a time gains nothing from more "
-                            "and slows down badly when other programs share the cores; 0 = torch's default)")
+                            "and slows down badly when other programs share the cores; 0 = model.torch_threads)")
     train = sub.add_parser("train-local", parents=parents,
                            help="one SPEAR update from the stored feedback; publishes the next adapter version")
     _common(train)
@@ -96,15 +96,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fedspear.tasks import get_task
 
     if args.threads < 0:
-        raise ConfigError("--threads must be 0 (torch's default) or more")
+        raise ConfigError("--threads must be 0 (model.torch_threads decides) or more")
     state = Path(args.state)
     secure_state(state)  # owner-only folder and its token, before anything is written into it
     TraceStore(state / STORE_FILE).close()  # a damaged store fails now, not after loading the model
     initial = load_peft_adapter(args.adapter) if args.adapter else None
-    if args.threads > 0:
-        import torch
+    if args.threads > 0:  # load_policy applies model.torch_threads (fedspear.threads)
+        from dataclasses import replace
 
-        torch.set_num_threads(args.threads)
+        cfg = replace(cfg, model=replace(cfg.model, torch_threads=str(args.threads)))
     engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     if initial is not None:  # refuse an adapter of another model or rank before the folder changes
         check_adapter(initial, engine.adapter.params, f"--adapter {args.adapter}")

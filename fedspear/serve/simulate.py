@@ -431,11 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    cfg = load_config(resolve_config(args.config), args.overrides)
+    threads = [f"model.torch_threads={args.threads}"] if args.threads > 0 else []  # applied by load_policy
+    cfg = load_config(resolve_config(args.config), [*args.overrides, *threads])
     if args.latency > 0:
         print(json.dumps(measure_latency(cfg, args.out, args.latency), indent=1))
         return 0
