@@ -44,8 +44,8 @@ class ModelConfig:
     max_seq_len: int = _f(2048, "prompt + completion tokens kept; prompts are left-truncated to fit")
     dtype: str = _f("bf16", "weight dtype: fp32 | bf16 | fp16 | auto (bf16 stays bf16)")
     device_map: str = _f("auto", "'auto' = CUDA when present else CPU, or an explicit device such as 'cpu', 'cuda:1'")
-    torch_threads: str = _f("auto", "torch CPU threads: auto (the cores other processes leave free, judged once from "
-                            "the load average; OMP_NUM_THREADS if set) | N (docs/performance.md)")
+    torch_threads: str = _f("auto", "torch CPU threads: auto (the cores other processes leave free, less one, judged "
+                            "once from the load average; OMP_NUM_THREADS if set) | N (docs/performance.md)")
     load_in_4bit: bool = _f(False, "4-bit base weights via bitsandbytes (CUDA only)")
     gradient_checkpointing: bool = _f(True, "recompute activations in backward to save memory")
 

@@ -2,15 +2,17 @@
 
 PyTorch's CPU kernels split each operation over ``torch.get_num_threads()`` threads (OpenMP) that meet at a
 barrier when it ends, so one thread that the operating system has parked behind another process holds up all of
-them. On a machine whose cores are all busy, more threads than free cores make every operation wait for the
-slowest thread: measured on this project's 2-core machine (world preset, bench/threads.md), a round slowed far
-more than its fair share with two threads while three other CPU-bound processes ran, and about its fair share
-with one.
+them. On a machine whose cores are busy, more threads than free cores make every operation wait for the slowest
+thread: measured on this project's 2-core machine (world preset, bench/threads.md), two threads took 7 to 40
+times as long as one while other processes ran, and one thread slowed by its fair share when three spinning
+processes were added.
 
-``auto`` therefore uses the cores that other processes leave free, judged once per process from the 1-minute
-load average before the model is loaded: ``max(1, min(cores, MAX_AUTO_THREADS, floor(cores - load + 0.5)))``.
-An idle machine gets one thread per core (up to :data:`MAX_AUTO_THREADS`), a busy one a single thread. The
-environment variable ``OMP_NUM_THREADS``, when set, is taken as the user's choice. A number sets the count
+``auto`` therefore uses the cores that other processes leave free and keeps one core for them, judged once per
+process from the 1-minute load average before the model is loaded:
+``max(1, min(cores - 1, MAX_AUTO_THREADS, floor(cores - load + 0.5)))``. The spare core absorbs load that starts
+after the judgement (a second program, another run): one thread too many costs far more than one thread too
+few. A 2-core machine always gets one thread; an idle 16-core machine :data:`MAX_AUTO_THREADS`. The environment
+variable ``OMP_NUM_THREADS``, when set, is taken as the user's choice. A number sets the count
 outright. Inter-op parallelism (``torch.set_num_interop_threads``, independent operations run side by side) is
 set to 1 on CPU: fedspear's models run one operation after another, so extra inter-op threads only compete
 for the same cores. The choice and its reason appear in the run's start line (:func:`describe`).
@@ -54,12 +56,12 @@ def auto_threads(cores: int, load: float | None, env: str | None = None) -> tupl
 
     Returns:
         (threads, reason): ``OMP_NUM_THREADS`` when it is a positive integer; else the free cores,
-        ``floor(cores - load + 0.5)`` clamped to ``[1, min(cores, MAX_AUTO_THREADS)]``; with no load average,
-        ``min(cores, MAX_AUTO_THREADS)``.
+        ``floor(cores - load + 0.5)`` clamped to ``[1, min(cores - 1, MAX_AUTO_THREADS)]``; with no load average,
+        ``min(cores - 1, MAX_AUTO_THREADS)`` (at least 1).
     """
     if env is not None and env.strip().isdigit() and int(env) > 0:
         return int(env), f"OMP_NUM_THREADS={int(env)}"
-    top = min(cores, MAX_AUTO_THREADS)
+    top = max(1, min(cores - 1, MAX_AUTO_THREADS))  # one core kept for the rest of the machine
     if load is None:
         return top, f"{cores} cores, no load average"
     free = math.floor(cores - load + 0.5)

@@ -178,3 +178,22 @@ def test_calibrate_names_the_fix_when_the_yardstick_commit_is_missing(monkeypatc
     monkeypatch.setattr(calibrate.tempfile, "gettempdir", lambda: str(tmp_path))
     with pytest.raises(SystemExit, match="cannot check out the yardstick commit 0000000.*full clone"):
         calibrate.yardstick_checkout("0000000")
+
+
+def test_threads_table_states_slowdown_and_fair_share(tmp_path):
+    import threads
+
+    results = [
+        {"busy": 0, "threads": "1", "load_before": 0.5, "wall_s": 20.0, "round_s": 10.0,
+         "header": "model m on cpu (fp32); torch threads 1 (model.torch_threads; set model.torch_threads=N to choose)"},
+        {"busy": 3, "threads": "1", "load_before": 3.5, "wall_s": 41.0, "round_s": 21.0, "header": ""},
+        {"busy": 3, "threads": "2", "load_before": 3.5, "wall_s": None, "timed_out": 600.0},
+    ]
+    path = tmp_path / "threads.md"
+    threads.write_markdown(results, path, rounds=2, started="now", load_start=(0.5, 0.4, 0.3))
+    text = path.read_text()
+    cores = __import__("os").cpu_count()
+    assert ("| 0 | 1 | torch threads 1 (model.torch_threads; set model.torch_threads=N to choose) | 0.50 | 20.0 | "
+            "10.0 | - | - |") in text
+    assert f"| 3 | 1 | - | 3.50 | 41.0 | 21.0 | 2.10x | {4 / cores:.2f}x |" in text
+    assert "| 3 | 2 | - | 3.50 | > 600 (stopped) | - | - |" in text

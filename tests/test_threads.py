@@ -12,12 +12,15 @@ from fedspear.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize(("cores", "load", "env", "expected"), [
-    (2, 0.1, None, (2, "load 0.1 on 2 cores")),  # idle: one thread per core
-    (2, 1.2, None, (1, "load 1.2 on 2 cores")),  # one core busy elsewhere
+    (2, 0.1, None, (1, "load 0.1 on 2 cores")),  # idle 2 cores: one kept for the rest of the machine
     (2, 3.0, None, (1, "load 3.0 on 2 cores")),  # three busy processes: never below one
-    (4, 1.4, None, (3, "load 1.4 on 4 cores")),  # floor(4 - 1.4 + 0.5)
+    (1, 0.0, None, (1, "load 0.0 on 1 cores")),
+    (4, 0.2, None, (3, "load 0.2 on 4 cores")),  # idle: all cores but one
+    (4, 1.4, None, (3, "load 1.4 on 4 cores")),  # floor(4 - 1.4 + 0.5) = 3
+    (4, 2.6, None, (1, "load 2.6 on 4 cores")),  # floor(1.9) = 1
     (64, 0.0, None, (8, "load 0.0 on 64 cores")),  # capped at MAX_AUTO_THREADS
-    (2, None, None, (2, "2 cores, no load average")),
+    (2, None, None, (1, "2 cores, no load average")),
+    (6, None, None, (5, "6 cores, no load average")),
     (2, 0.0, "3", (3, "OMP_NUM_THREADS=3")),  # the user's environment wins
     (2, 3.0, "x", (1, "load 3.0 on 2 cores")),  # a malformed OMP_NUM_THREADS is ignored
 ])
@@ -30,11 +33,11 @@ def test_a_number_is_taken_as_is_and_auto_is_judged_once_per_process(monkeypatch
     assert threads.choose_threads(1) == (1, "model.torch_threads")
     monkeypatch.setattr(threads, "_chosen", None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 4)
     monkeypatch.setattr(threads, "load_average", lambda: 0.2)
-    assert threads.choose_threads("auto") == (2, "load 0.2 on 2 cores")
+    assert threads.choose_threads("auto") == (3, "load 0.2 on 4 cores")
     monkeypatch.setattr(threads, "load_average", lambda: 5.0)  # e.g. this process's own earlier run
-    assert threads.choose_threads("AUTO") == (2, "load 0.2 on 2 cores")
+    assert threads.choose_threads("AUTO") == (3, "load 0.2 on 4 cores")
     with pytest.raises(ValueError, match="neither auto nor a positive integer"):
         threads.choose_threads("0")
 
