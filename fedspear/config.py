@@ -504,13 +504,11 @@ def _validate_robust_and_dp(cfg: Config) -> None:
     """The robust-aggregation, differential-privacy and tracking keys."""
     _check(0 <= cfg.fl.trim_ratio < 0.5, "fl.trim_ratio", f"must be in [0, 0.5), got {cfg.fl.trim_ratio}")
     _check(cfg.fl.krum_f >= 0, "fl.krum_f", f"must be >= 0, got {cfg.fl.krum_f}")
+    if cfg.fl.aggregation == "trimmed_mean":
+        _check_trimmed_mean(cfg.fl.trim_ratio, cfg.fl.clients_per_round, cfg.fl.min_clients)
     if cfg.fl.aggregation in ("krum", "multi_krum"):
-        _check(cfg.fl.clients_per_round > 2 * cfg.fl.krum_f + 2, "fl.krum_f",
-               f"Krum needs fl.clients_per_round > 2*f + 2 (got {cfg.fl.clients_per_round} clients, f={cfg.fl.krum_f});"
-               " lower fl.krum_f or sample more clients")
-    m = cfg.fl.multi_krum_m
-    _check(m is None or 1 <= m <= cfg.fl.clients_per_round - cfg.fl.krum_f, "fl.multi_krum_m",
-           f"must be in [1, clients_per_round - krum_f] or null, got {m}")
+        _check_krum(cfg.fl.krum_f, cfg.fl.clients_per_round)
+    _check_multi_krum_m(cfg.fl.multi_krum_m, cfg.fl.krum_f, cfg.fl.clients_per_round)
     _one_of(cfg.dp.mode, "dp.mode", DP_MODES)
     _check(cfg.dp.clip_norm > 0, "dp.clip_norm", f"must be > 0, got {cfg.dp.clip_norm}")
     _check(cfg.dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {cfg.dp.noise_multiplier}")
@@ -521,6 +519,47 @@ def _validate_robust_and_dp(cfg: Config) -> None:
     for name in cfg.logging.report_to:
         _one_of(name, "logging.report_to", TRACKERS)
     _one_of(cfg.logging.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
+
+
+def _trimmed(ratio: float, n: int) -> int:
+    """Clients the trimmed mean drops at each end of ``n`` (as fedspear.federation.aggregation.trimmed_mean)."""
+    return min(math.floor(ratio * n), (n - 1) // 2)
+
+
+def _check_trimmed_mean(ratio: float, per_round: int, min_clients: int) -> None:
+    """A trimmed mean that trims nothing is FedAvg: fl.trim_ratio must trim at least one client per side of
+    fl.clients_per_round, and of fl.min_clients (the fewest results a round aggregates)."""
+    if per_round < 3:
+        raise ConfigError(f"fl.aggregation=trimmed_mean cannot trim any of fl.clients_per_round={per_round} clients "
+                          "(it keeps at least one per coordinate); use fl.clients_per_round>=3 or another rule")
+    if _trimmed(ratio, per_round) < 1:
+        need = math.ceil(100 / per_round) / 100
+        while _trimmed(need, per_round) < 1:
+            need += 0.01
+        raise ConfigError(f"fl.trim_ratio={ratio} trims 0 of fl.clients_per_round={per_round} clients per side, so "
+                          f"fl.aggregation=trimmed_mean is FedAvg; use fl.trim_ratio>={round(need, 2):g}")
+    if _trimmed(ratio, min_clients) < 1:
+        fewest = next(n for n in range(3, per_round + 1) if _trimmed(ratio, n) >= 1)
+        updates = f"{min_clients} update" + ("s" if min_clients != 1 else "")
+        raise ConfigError(f"fl.min_clients={min_clients} lets a round aggregate {updates}, of which "
+                          f"fl.trim_ratio={ratio} trims 0 per side (FedAvg); use fl.min_clients>={fewest} or a "
+                          "larger fl.trim_ratio")
+
+
+def _check_krum(f: int, per_round: int) -> None:
+    """Krum tolerates f Byzantine clients only with n >= 2f + 3 updates (Blanchard et al. 2017, docs/
+    privacy-and-robustness.md)."""
+    if per_round < 2 * f + 3:
+        fix = f"use fl.krum_f<={(per_round - 3) // 2} or " if per_round >= 3 else "use "
+        raise ConfigError(f"fl.krum_f={f}: Krum needs fl.clients_per_round >= 2*f + 3 = {2 * f + 3}, got "
+                          f"{per_round}; {fix}fl.clients_per_round>={2 * f + 3}")
+
+
+def _check_multi_krum_m(m: int | None, f: int, per_round: int) -> None:
+    """multi-Krum averages m of the n - f best-scored updates."""
+    if m is not None and not 1 <= m <= per_round - f:
+        raise ConfigError(f"fl.multi_krum_m={m}: multi-Krum averages 1 to fl.clients_per_round - fl.krum_f = "
+                          f"{per_round - f} updates; use fl.multi_krum_m in [1, {per_round - f}] or null")
 
 
 def field_help() -> dict[str, str]:
