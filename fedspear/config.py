@@ -25,6 +25,7 @@ from fedspear.config_compat import translate
 from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.config is the public module
     AGGREGATIONS,
     ALGORITHMS,
+    CHAT_TEMPLATE_MODES,
     DP_MODES,
     DTYPES,
     INT_MAX,
@@ -155,6 +156,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         return _coerce_float(key, value)
     if hint is str:
+        if isinstance(value, bool) and key in _ON_OFF_KEYS:  # YAML 1.1 reads a bare on/off as a boolean
+            return "on" if value else "off"
         if value is None or isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}; write e.g. {key}=some_text")
         return str(value)
@@ -162,6 +165,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 _TRUE = ("true", "yes", "1", "on")
+_ON_OFF_KEYS = ("model.chat_template",)  # string settings with on/off values, which YAML turns into booleans
 _FALSE = ("false", "no", "0", "off")
 
 
@@ -431,6 +435,7 @@ def validate(cfg: Config) -> None:
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
+    _one_of(cfg.model.chat_template, "model.chat_template", CHAT_TEMPLATE_MODES)
     _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)

@@ -18,6 +18,7 @@ AGGREGATIONS = ("fedavg", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"
 DP_MODES = ("off", "central", "local")
 TRACKERS = ("tensorboard", "wandb")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
 
@@ -46,6 +47,8 @@ class ModelConfig:
     device_map: str = _f("auto", "'auto' = CUDA when present else CPU, or an explicit device such as 'cpu', 'cuda:1'")
     load_in_4bit: bool = _f(False, "4-bit base weights via bitsandbytes (CUDA only)")
     gradient_checkpointing: bool = _f(True, "recompute activations in backward to save memory")
+    chat_template: str = _f("auto", "(fedspear) wrap every prompt in the tokenizer's chat template: auto (= on when "
+                            "the tokenizer has one) | on | off (raw prompts, as the paper's base-model presets)")
 
 
 @dataclass

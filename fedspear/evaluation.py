@@ -95,7 +95,7 @@ def log_likelihood_correct(policy: Policy, task: Task, cfg: Config, examples: li
     for idx, ex in enumerate(examples):
         x0 = policy.encode(ex.prompt)
         for cont in task.choice_continuations(ex):
-            pairs.append((idx, Trace(x0, tok(cont, add_special_tokens=False)["input_ids"])))
+            pairs.append((idx, Trace(x0, tok(policy.continuation(cont), add_special_tokens=False)["input_ids"])))
     scores: list[list[float]] = [[] for _ in examples]
     was_training = policy.model.training
     policy.model.eval()

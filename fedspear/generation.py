@@ -329,8 +329,9 @@ def _batch_cache(model, rows: list[RowKV | None], width: int):
 
 
 def eos_ids(engine: Policy) -> set[int]:
-    """The tokenizer's EOS id plus any EOS ids of the model's generation config."""
-    ids = {engine.tokenizer.eos_token_id}
+    """The tokenizer's EOS id, any EOS ids of the model's generation config and, under the chat template, the
+    template's end-of-turn ids (:attr:`fedspear.models.Policy.end_of_turn_ids`)."""
+    ids = {engine.tokenizer.eos_token_id, *getattr(engine, "end_of_turn_ids", ())}
     config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
     if isinstance(config_eos, int):
         ids.add(config_eos)

@@ -258,6 +258,10 @@ class Policy:
         cache_implementation: ``dynamic`` or ``static`` KV cache while generating (``gen.cache``).
         encoded: prompt text -> token ids, filled by :meth:`encode`.
         fingerprint: the serving fingerprint once computed (``serve.adapters.model_fingerprint``).
+        chat_template: every prompt text is sent as one user turn of the tokenizer's chat template, ending with
+            the assistant header (``model.chat_template``; see docs/real-models.md).
+        end_of_turn_ids: ids that end an assistant turn under the chat template (e.g. ``<|im_end|>``); generation
+            stops on them and unlikelihood never penalises them. Empty without the template.
     """
 
     model: nn.Module
@@ -273,25 +277,100 @@ class Policy:
     cache_implementation: str = "dynamic"
     encoded: dict[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
+    chat_template: bool = False
+    end_of_turn_ids: tuple[int, ...] = ()
 
     @functools.cached_property
     def bos_id(self) -> int | None:
-        """The id the tokenizer puts first in every encoded prompt (its BOS), or None when it adds none;
-        :func:`left_truncate` keeps it when a prompt is cut."""
+        """The id every encoded prompt starts with (the tokenizer's BOS; under the chat template, the template's
+        first token when it is the same for every prompt), or None; :func:`left_truncate` keeps it when a prompt
+        is cut."""
+        if self.chat_template:
+            first, second = self.encode("a"), self.encode("b")
+            return first[0] if first and second and first[0] == second[0] else None
         ids = self.tokenizer("", add_special_tokens=True)["input_ids"]
         bos = getattr(self.tokenizer, "bos_token_id", None)
         return ids[0] if ids and bos is not None and ids[0] == bos else None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
+        """Token ids of a prompt, cached: the tokenizer's ids with its special tokens (e.g. BOS), or under
+        :attr:`chat_template` the ids of ``text`` as one user turn followed by the assistant header."""
         ids = self.encoded.get(text)
         if ids is None:
-            ids = self.encoded[text] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            ids = self.encoded[text] = encode_prompt(self.tokenizer, text, self.chat_template)
         return ids
+
+    def continuation(self, text: str) -> str:
+        """A scored continuation as the model writes it after a prompt: under the chat template the assistant
+        turn starts on a fresh line, so the leading space of e.g. " B" (which follows "Answer:") is dropped."""
+        return text.lstrip(" ") if self.chat_template else text
 
     def load_global(self) -> None:
         """Put the round-start global adapter into the live model."""
         self.adapter.set(self.global_state)
+
+
+def encode_prompt(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: the prompt text (a task prompt, a revision prompt, a teacher prompt...).
+        chat_template: send ``text`` as one user message of ``tokenizer.chat_template`` with the generation
+            prompt (the assistant header) appended; the template places BOS and the system turn itself, so the
+            rendered text is tokenized without adding special tokens again.
+
+    Returns:
+        The prompt's token ids.
+    """
+    if not chat_template:
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def resolve_chat_template(mode: str, tokenizer: Any, name: str) -> bool:
+    """Whether prompts go through the tokenizer's chat template (``model.chat_template``).
+
+    Args:
+        mode: ``auto`` (on exactly when the tokenizer defines a chat template), ``on`` or ``off``.
+        tokenizer: the loaded tokenizer.
+        name: the tokenizer's name, for the error.
+
+    Raises:
+        ConfigError: ``on`` for a tokenizer without a chat template.
+    """
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        from fedspear.config import ConfigError
+
+        raise ConfigError(f"model.chat_template=on but the tokenizer of {name} has no chat template; "
+                          "use model.chat_template=off (raw prompts) or a tokenizer that has one")
+    return has if mode == "auto" else mode == "on"
+
+
+_TURN_PROBE = "\u2402fedspear-turn-probe\u2403"
+
+
+def end_of_turn_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The special token(s) the chat template writes right after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering a probe conversation; () when none is special.
+
+    Only the first token after the message counts, and only when it is one of the tokenizer's special tokens
+    (a template that ends a turn with plain text, e.g. a newline, gives ()).
+    """
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses this conversation shape: fall back to the EOS ids alone
+        return ()
+    tail = rendered.split(_TURN_PROBE, 1)[-1] if _TURN_PROBE in rendered else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(t, "special", False)}
+    return (ids[0],) if ids and ids[0] in special else ()
 
 
 def left_truncate(ids: list[int], max_len: int, keep_first: int | None = None) -> list[int]:
@@ -358,12 +437,15 @@ def build_policy(cfg: Any) -> Policy:
     tokenizer = load_tokenizer(cfg)
     base = load_base_model(cfg, device)
     max_seq_len = cap_max_seq_len(cfg, base)
+    chat = resolve_chat_template(cfg.model.chat_template, tokenizer,
+                                 cfg.model.tokenizer_name or cfg.model.model_name)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
     return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
                   max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
                   merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache,
-                  cache_implementation=cfg.gen.cache)
+                  cache_implementation=cfg.gen.cache, chat_template=chat,
+                  end_of_turn_ids=end_of_turn_ids(tokenizer) if chat else ())
 
 
 def fit_config(cfg: Any, policy: Policy) -> Any:

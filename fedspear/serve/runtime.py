@@ -216,7 +216,7 @@ class ClientRuntime:
                            gen.temperature, gen.top_p, gen.top_k)
 
     def _encode(self, prompt: str, settings: GenSettings, what: str) -> list[int]:
-        ids = self.engine.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = self.engine.encode(prompt)
         room = self.cfg.model.max_seq_len - settings.max_new_tokens
         if len(ids) > room:
             raise ValueError(f"{what} is too long: {len(ids)} tokens, at most {room} fit this model")
