@@ -286,6 +286,28 @@ def budget(cfg: Config, rounds: int, participations: dict[int, int] | None = Non
     return out
 
 
+def coverage(mode: str, seeded: bool = False) -> tuple[str, str]:
+    """(what epsilon covers, what the run folder and trackers hold that it does not cover) for the report.
+
+    The full statement is docs/privacy-and-robustness.md, section "What epsilon covers".
+    """
+    if mode == "central":
+        covered = ("the sequence of global adapter updates (noised sums of clipped client updates), and what is "
+                   "computed from them alone (saved adapters, eval figures), for adding or removing one client's "
+                   "whole data; clients are Poisson-sampled from randomness the run folder does not hold")
+        uncovered = ("the metrics rows' round totals (aggregate: wins, losses, prompts, tokens, timings), num_selected "
+                     "and the aggregation counts (num_aggregated, dp_clipped, failures), the trackers' copies of them, "
+                     "the report's totals, console logs, data_stats.json (client sizes) and config.yaml")
+    else:
+        covered = ("each client's released adapter updates (clipped and noised on the client, one per round it "
+                   "took part in), for replacing that client's data; the largest per-client epsilon is shown")
+        uncovered = ("which clients were selected and whether each replied or failed (selected_clients, failures, "
+                     "timings), the served federation's interface figures, console logs and config.yaml")
+    if seeded:
+        covered += "; but dp.seed is set: config.yaml reproduces the noise and the sample, so nothing is covered"
+    return covered, uncovered
+
+
 def central_dp_aggregate(global_state: State, results: list[tuple[State | None, float]], cfg: Config,
                          round_idx: int, server_opt: Any = None) -> tuple[State, dict[str, Any]]:
     """The server round under ``dp.mode=central``: :func:`central_dp_mean` over the usable client updates,

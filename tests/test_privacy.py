@@ -122,6 +122,9 @@ def test_dp_run_on_the_world_runs_end_to_end_and_reports_epsilon(tmp_path, mode)
     eps = rows[-1]["privacy"]["epsilon"]
     report = (run_dir / "report.md").read_text()
     assert f"privacy spent ({mode} DP) | epsilon {eps:.3f} at delta 1e-05 after 2 rounds" in report
+    covered, uncovered = privacy.coverage(mode, seeded=True)
+    assert f"| epsilon covers | {covered} |" in report and f"| not covered by epsilon | {uncovered} |" in report
+    assert "nothing is covered" in covered  # dp.seed=0: config.yaml reproduces the noise
     # the server's tracker hooks logged every row (rounds 0-2) and the budget
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
