@@ -169,12 +169,14 @@ class HFConfig:
 @dataclass
 class DPConfig:
     mode: str = _f("off", "(fedspear) differential privacy of client updates: off | central (DP-FedAvg, noise at "
-                   "the server) | local (each client clips and noises its own update)")
+                   "the server; clients are Poisson-sampled with q = fl.clients_per_round / data.num_clients) | "
+                   "local (each client clips and noises its own update)")
     clip_norm: float = _f(1.0, "(fedspear) L2 bound C on each client's update (adapter - round-start global)")
     noise_multiplier: float = _f(1.0, "(fedspear) sigma: Gaussian noise std is sigma * C")
     delta: float = _f(1e-5, "(fedspear) delta of the reported (epsilon, delta) privacy budget")
-    seed: int | None = _f(None, "(fedspear) seed of the noise; None = fresh OS randomness (a fixed seed makes the "
-                          "noise removable: tests and benchmarks only)")
+    seed: int | None = _f(None, "(fedspear) seed of the noise and of central DP's client sample; None = fresh OS "
+                          "randomness (a fixed seed makes the noise removable and the sample public: tests and "
+                          "benchmarks only)")
 
 
 @dataclass

@@ -139,6 +139,10 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
                       f"after {privacy.get('rounds')} rounds (sigma {privacy.get('noise_multiplier')}, clip "
                       f"{privacy.get('clip_norm')}, sampling rate {_fmt(privacy.get('sampling_rate'), 3)}; "
                       "dp-accounting RDP)"))
+        from fedspear.privacy import coverage
+
+        covered, uncovered = coverage(str(privacy.get("mode")), bool(privacy.get("seeded")))
+        items += [("epsilon covers", covered), ("not covered by epsilon", uncovered)]
     excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
     if excluded:
         items.append(("client updates excluded (non-finite)", str(int(excluded))))

@@ -30,7 +30,7 @@ from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
-from fedspear.federation.partition import client_seed, sample_clients
+from fedspear.federation.partition import client_seed
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
 from fedspear.records import RunFileError, RunRecord, durable_step
@@ -192,6 +192,7 @@ class FederatedServer:
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
+        self.participations: dict[int, int] = {}  # dp.mode=local: client id -> rounds taken part in
         self.trackers = Trackers(cfg, record.run_dir)
 
     @property
@@ -211,9 +212,10 @@ class FederatedServer:
     # ----------------------------------------------------------------------------------------- rounds
 
     def plan_round(self, round_idx: int) -> RoundPlan:
-        """Sample the round's clients and fix its learning rate and client seeds."""
+        """Sample the round's clients (:func:`fedspear.privacy.sample_round`) and fix its learning rate and client
+        seeds."""
         cfg = self.cfg
-        selected = sample_clients(cfg.data.num_clients, cfg.fl.clients_per_round, cfg.data.seed, round_idx)
+        selected = privacy.sample_round(cfg, round_idx)  # dp.mode=central: secret Poisson sampling
         seeds = {cid: client_seed(cfg.data.seed, round_idx, cid) for cid in selected}
         return RoundPlan(round_idx, round_lr(round_idx, cfg.fl.rounds, cfg.optim), selected, seeds)
 
@@ -223,7 +225,8 @@ class FederatedServer:
 
         Failed clients are recorded with their error and excluded. When fewer than ``fl.min_clients`` clients
         succeeded, the round keeps the global adapter (``aggregation.skipped_round`` says why) and the
-        server optimizer does not step. A selected client without a report counts as failed.
+        server optimizer does not step (not under ``dp.mode=central``: every round is noised, see
+        :func:`fedspear.privacy.central_dp_aggregate`). A selected client without a report counts as failed.
 
         Args:
             plan: the round's plan.
@@ -231,15 +234,21 @@ class FederatedServer:
             extra: more keys for the row (e.g. the runtime's own details).
 
         Returns:
-            The row: round, lr, selected_clients, clients, aggregate, aggregation, time (and ``extra``).
+            The row: round, lr, selected_clients, clients, aggregate, aggregation, time, privacy (when DP is on)
+            and ``extra``. Under ``dp.mode=central`` the sampled ids and the per-client rows are left out (the
+            sample is secret; ``num_selected`` counts it); ``aggregate`` then holds sums the noise does not cover.
         """
         by_client = {r.client_id: r for r in reports}
+        mode = self.cfg.dp.mode
         client_rows, results = [], []
         for cid in plan.selected:
             report = by_client.get(cid) or ClientReport.failure(cid, "no report from the client")
+            if mode == "local":  # uniform aggregation whatever a client claims (its release carries weight 1)
+                report.weight = 1.0 if report.adapter is not None else 0.0
             row: dict[str, Any] = {"client_id": cid, **report.details}
             if report.error is not None:
-                logger.warning("client %d failed in round %d: %s", cid, plan.round_idx, report.error)
+                logger.warning("%s failed in round %d: %s", "a client" if mode == "central" else f"client {cid}",
+                               plan.round_idx, report.error)
                 row.update(weight=0.0, error=report.error, metrics=report.metrics)
             else:
                 row.update(weight=report.weight, metrics=report.metrics)
@@ -249,13 +258,13 @@ class FederatedServer:
         agg_start = time.perf_counter()
         min_clients = self.cfg.fl.min_clients
         info: dict[str, Any]
-        if len(results) < min_clients:
+        if mode == "central":  # every round, even with no client: one mechanism invocation (fl.min_clients unused)
+            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
+                                                           self.server_opt)
+        elif len(results) < min_clients:
             new_state, info = {k: v.clone() for k, v in self.global_state.items()}, {"num_aggregated": 0}
             info["skipped_round"] = f"only {len(results)} client results < fl.min_clients={min_clients}"
             logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
-        elif self.cfg.dp.mode == "central":
-            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
-                                                           self.server_opt)
         else:
             new_state, info = aggregate(self.global_state, results, self.server_opt, self.cfg.fl)
             if info.get("refused_nonfinite_aggregate"):
@@ -274,8 +283,14 @@ class FederatedServer:
                      "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
                      "aggregation_s": time.perf_counter() - agg_start},
         }
-        if self.cfg.dp.mode != "off":
-            row["privacy"] = privacy.budget(self.cfg, plan.round_idx)
+        if mode == "central":  # the sample is secret and per-client figures are not covered: counts only
+            del row["selected_clients"], row["clients"]
+            row["num_selected"] = len(plan.selected)
+        if mode == "local":
+            for cid in plan.selected:  # a selected client may have released even if its reply was lost
+                self.participations[cid] = self.participations.get(cid, 0) + 1
+        if mode != "off":
+            row["privacy"] = privacy.budget(self.cfg, plan.round_idx, self.participations)
         row.update(extra or {})
         return row
 
@@ -283,6 +298,8 @@ class FederatedServer:
         """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval), with the
         runner's ``fields`` (if it has them) merged in."""
         plan = self.plan_round(round_idx)
+        if not plan.selected:  # a Poisson round may sample nobody (dp.mode=central): noise only
+            return self.aggregate_round(plan, [])
         reports = runner(plan, self.global_state)
         return self.aggregate_round(plan, reports, extra=getattr(runner, "fields", None))
 
@@ -366,6 +383,8 @@ class FederatedServer:
     def resume(self) -> int:
         """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round."""
         done = self.load_checkpoint()
+        self.participations = privacy.count_participations(r for r in self.record.read_metrics()
+                                                            if 0 < r.get("round", 0) <= done)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 

@@ -90,8 +90,8 @@ class LocalClients:
         fed.engine.global_state = global_state
         jobs = [plan.job(cid, fed.clients[cid]) for cid in plan.selected]
         results = run_clients(fed.engine, fed.algorithm, jobs, batched=fed.cfg.fl.batch_clients)
-        results = [res if isinstance(res, Exception) else privacy.privatize_result(fed.cfg, res, global_state,
-                                                                                   plan.round_idx, job.client_id)
+        results = [res if isinstance(res, Exception) else privacy.release_local_update(res, global_state, fed.cfg,
+                                                                                       plan.round_idx, job.client_id)
                    for job, res in zip(jobs, results, strict=True)]
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]

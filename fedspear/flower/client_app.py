@@ -101,11 +101,11 @@ def train(msg: Message, context: Context) -> Message:
     engine, fitted, algorithm = _engine(cfg)
     examples = _examples(cfg, node)
     cfg = fitted  # a copy with the policy's capped model.max_seq_len
-    from fedspear.privacy import privatize_result
+    from fedspear.privacy import release_local_update
 
     engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)
     result = client_update(engine, examples, client_id, int(job["round"]), float(job["lr"]), int(job["seed"]),
                            algorithm)
-    result = privatize_result(cfg, result, start, int(job["round"]), client_id)  # dp.mode=local: noise here
+    result = release_local_update(result, start, cfg, int(job["round"]), client_id)  # dp.mode=local: noise here
     logger.info("client %d round %s: weight %.1f", client_id, job["round"], result.weight)
     return Message(train_reply_content(result), reply_to=msg)
