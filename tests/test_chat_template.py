@@ -165,3 +165,22 @@ def test_a_run_under_the_template_end_to_end(tiny_chat, tmp_path):
     run_dir, rows = run_tiny(tiny_chat, tmp_path / "run", **{"fl.rounds": 1})
     assert [r["round"] for r in rows] == [0, 1]
     assert (run_dir / "config.yaml").read_text().count("chat_template: auto") == 1
+
+
+@pytest.mark.parametrize(("completion", "letter"), [
+    ("C. The climate in the area was once tropical.", "C"),  # SmolLM2-135M-Instruct's usual shape
+    ("A woodpecker taps a tree for insects", "B"),  # the option's text, opening with the article "A"
+    ("a woodpecker taps a tree for insects.", "B"),
+    ("Water vapor", "D"),  # the longest option it opens with, not "Water"
+    ("(B) A woodpecker taps a tree for insects", "B"),
+    ("B", "B"),
+    ("A", "A"),
+])
+def test_mc_verifier_reads_the_shapes_instruct_models_write(completion, letter):
+    from fedspear.tasks.base import Example
+
+    choices = ("Ice", "A woodpecker taps a tree for insects", "Water", "Water vapor")
+    task = get_task("arc_challenge")
+    example = Example("q", "Question?\nAnswer:", letter, letter, choices)
+    assert task.extract(completion, 4, choices) == letter
+    assert task.is_correct(example, completion)

@@ -241,9 +241,11 @@ class MathMCQATask(MultipleChoiceTask):
     def load(self, cfg: Any) -> TaskData:
         return load_task_data(cfg, self.hub_id, math_row_to_example, default_eval=("test", "validation"))
 
-    def extract(self, completion: str, num_options: int | None = None) -> str | None:
-        """The letter of the last "Answer: X" declaration, else the last bare option letter."""
-        return last_declared_letter(completion, num_options or self.max_options)
+    def extract(self, completion: str, num_options: int | None = None,
+                choices: tuple[str, ...] | list[str] = ()) -> str | None:
+        """The letter of the last "Answer: X" declaration, else the last bare option letter (a reasoning task:
+        the options are not matched by text, ``choices`` is accepted for the multiple-choice interface)."""
+        return last_declared_letter(completion, num_options or len(choices) or self.max_options)
 
     def hint(self, example: Example, cfg: Any) -> str:
         """Solution lines, else the option words, else a generic hint; never the answer or the gold letter."""

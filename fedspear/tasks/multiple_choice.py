@@ -57,6 +57,36 @@ def first_option_letter(text: str, num_options: int) -> str | None:
     return match.group(1) if match else None
 
 
+_MARKED = re.compile(r"^\s*[(\[]?([A-Z])\s*(?:[.):\]]|$)")
+
+
+def option_by_text(text: str, choices: tuple[str, ...] | list[str], num_options: int) -> str | None:
+    """The letter of the option whose whole text the answer opens with, when the answer opens with no letter
+    marker ("B." / "(B)" / "B)" / a lone "B"); the longest such option, None when there is none or a tie.
+
+    Instruct models often answer a multiple-choice prompt by writing the option itself ("A woodpecker taps a
+    tree for insects"), where the first standalone capital is an article, not a letter. Matching is case- and
+    whitespace-insensitive and ignores a trailing period.
+
+    Args:
+        text: the model's output.
+        choices: the option texts in letter order.
+        num_options: how many letters are valid.
+    """
+    if not choices or _MARKED.match(text or ""):
+        return None
+    said = " ".join((text or "").split()).lower()
+    found = []
+    for i, option in enumerate(list(choices)[:num_options]):
+        body = " ".join(str(option).split()).lower().rstrip(".")
+        if body and said.startswith(body) and (len(said) == len(body) or not said[len(body)].isalnum()):
+            found.append((len(body), LETTERS[i]))
+    found.sort(reverse=True)
+    if not found or (len(found) > 1 and found[0][0] == found[1][0]):
+        return None
+    return found[0][1]  # the longest matching option ("water vapor" over "water")
+
+
 def last_option_letter(text: str, num_options: int) -> str | None:
     """The last standalone valid option letter in ``text``, or None."""
     matches = _letter_pattern(num_options).findall(text or "")
@@ -179,12 +209,19 @@ class MultipleChoiceTask(Task):
     hint_nudge: str = ""
     generic_hint: str = "Hint: compare every option with the question and rule out the ones that cannot be right."
 
-    def extract(self, completion: str, num_options: int | None = None) -> str | None:
-        """The first option letter in the completion (valid letters: ``num_options`` or ``max_options``)."""
-        return first_option_letter(completion, num_options or self.max_options)
+    def extract(self, completion: str, num_options: int | None = None,
+                choices: tuple[str, ...] | list[str] = ()) -> str | None:
+        """The option the completion declares (valid letters: ``num_options`` or ``max_options``).
+
+        With the example's ``choices`` known, an answer that opens with an option's whole text and no letter
+        marker (an instruct model's "A woodpecker taps a tree for insects") is that option, not the article "A"
+        (:func:`option_by_text`); otherwise the first option letter.
+        """
+        num = num_options or len(choices) or self.max_options
+        return option_by_text(completion, choices, num) or first_option_letter(completion, num)
 
     def is_correct(self, example: Example, completion: str) -> bool:
-        return self.extract(completion, len(example.choices)) == example.answer
+        return self.extract(completion, len(example.choices), example.choices) == example.answer
 
     def hint(self, example: Example, cfg: Any) -> str:
         """The single hint sentence (with the task's nudge) for a wrong answer to ``example``.
@@ -202,7 +239,8 @@ class MultipleChoiceTask(Task):
 
     def feedback(self, example: Example, completion: str, cfg: Any) -> str:
         """Verdict naming the model's letter, one hint, the required format, and a request not to repeat."""
-        intro, repeat = letter_verdict(self.extract(completion, len(example.choices)), example.answer)
+        intro, repeat = letter_verdict(self.extract(completion, len(example.choices), example.choices),
+                                       example.answer)
         return compose_feedback(intro, self.hint(example, cfg), f"Required format: {self.answer_format}.", repeat)
 
     def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
