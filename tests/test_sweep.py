@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
+from conftest import FAST_EVAL, require_shared_data, tiny_overrides
 
 from fedspear.cli import main
 from fedspear.config import ConfigError
 from fedspear.sweep import Cell, mcnemar_items, mean_ci, paired_tests, parse_grid, reference_of, resolve_reference
-from tests.conftest import FAST_EVAL, require_shared_data, tiny_overrides
 
 
 def test_parse_grid_and_its_errors():
