@@ -493,16 +493,20 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         out = str(claim_new_folder(Path(out)))
     cfg = replace(cfg, output_dir=out)  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    record.create(cfg, resume=resuming)  # held by this process until finish() or its end
-    task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
-    if not data.eval:
-        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    server = FederatedServer(cfg, record, policy, data.eval, task=task)
-    if resuming:
-        return server, server.resume() + 1
-    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-             "train": len(data.train), "eval": len(data.eval)}
-    server.start(stats)
-    return server, 1
+    record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
+    try:
+        task = get_task(cfg.data.dataset)
+        data = task.load(cfg)
+        if not data.eval:
+            raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+        policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+        server = FederatedServer(cfg, record, policy, data.eval, task=task)
+        if resuming:
+            return server, server.resume() + 1
+        stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
+                 "train": len(data.train), "eval": len(data.eval)}
+        server.start(stats)
+        return server, 1
+    except BaseException:
+        record.release()
+        raise
