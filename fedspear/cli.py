@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,23 +175,47 @@ def cmd_flower_config(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of cells over several seeds (reusing finished runs); print the sweep report's path."""
-    from fedspear.sweep import parse_grid, parse_list, plan, report_dir, resolve_reference
+    from fedspear.sweep import parse_grid, parse_list, parse_seeds, plan, report_dir, resolve_reference
 
     grid = parse_grid(args.grid)
     algorithms = parse_list(args.algorithms, "--algorithms")
-    try:
-        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
-    except ValueError:
-        raise ConfigError(f"--seeds: '{args.seeds}' is not a comma-separated list of integers") from None
+    seeds = parse_seeds(args.seeds)
     config = resolve_config(args.config)
-    base, _ = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    base, runs = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
     report_dir(base, args.name)
     resolve_reference(args.reference, algorithms, grid)
+    again = continue_command(args, base)
+    logger.info("sweep folder %s (%d runs); continue it with: %s", base, len(runs), again)
     from fedspear.sweep import sweep  # imports torch
 
-    print(sweep(config, grid, algorithms, seeds, args.overrides, args.reference, progress=not args.no_progress,
-                name=args.name))
+    try:
+        report = sweep(config, grid, algorithms, seeds, args.overrides, args.reference,
+                       progress=not args.no_progress, name=args.name)
+    except KeyboardInterrupt:
+        print(f"fedspear: interrupted; the sweep's finished runs are kept in {base}; continue it with: {again}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(report)
     return 0
+
+
+def continue_command(args: argparse.Namespace, base: Path) -> str:
+    """The ``fedspear sweep`` command that continues the sweep of ``args`` in its folder ``base`` (shell-quoted):
+    the same options and overrides, with ``output_dir`` set to ``base``."""
+    parts = ["fedspear", "sweep"]
+    if args.config is not None:
+        parts += ["--config", args.config]
+    if args.grid:
+        parts += ["--grid", args.grid]
+    parts += ["--algorithms", args.algorithms, "--seeds", args.seeds]
+    if args.reference is not None:
+        parts += ["--reference", args.reference]
+    if args.name is not None:
+        parts += ["--name", args.name]
+    if args.no_progress:
+        parts.append("--no-progress")
+    parts += [o for o in args.overrides if o.partition("=")[0].strip() != "output_dir"]
+    return shlex.join([*parts, f"output_dir={base}"])
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

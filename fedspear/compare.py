@@ -26,8 +26,9 @@ import yaml
 
 from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
 from fedspear.federation import simulator
+from fedspear.federation.server import names_new_folder
 from fedspear.plots import Point, nested_get, plot_series
-from fedspear.records import RunExistsError, RunRecord
+from fedspear.records import RunExistsError, RunRecord, claim_new_folder
 
 logger = logging.getLogger("fedspear")
 
@@ -103,7 +104,8 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
 
     Args:
         cfg: the shared configuration; ``output_dir`` (placeholders expanded, ``{algorithm}`` = "compare") is
-            the comparison folder.
+            the comparison folder; with ``{time}`` in it a new folder is made (``-1``, ``-2``... appended when
+            that name exists).
         algorithms: algorithm names, each at most once, e.g. ``["spear", "grpo"]``.
         centralized: also run each algorithm with one client holding all training data.
 
@@ -120,9 +122,17 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
         raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")
     named = replace(cfg, algorithm=replace(cfg.algorithm, name="compare"))  # names the folder
     base = Path(simulator.expand_output_dir(named))
-    runs = {a: variant(cfg, a, base / a) for a in algorithms}
-    central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} if centralized \
-        else {}
+
+    def plan(base: Path) -> tuple[dict[str, Config], dict[str, Config]]:
+        runs = {a: variant(cfg, a, base / a) for a in algorithms}
+        central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} \
+            if centralized else {}
+        return runs, central
+
+    runs, central = plan(base)  # every variant validated before any folder is made
+    if names_new_folder(cfg.output_dir):  # {time}: a new comparison folder of its own, even within one second
+        base = claim_new_folder(base)
+        runs, central = plan(base)
     run_dirs = {a: run_or_reuse(c) for a, c in runs.items()}
     central_dirs = {a: run_or_reuse(c) for a, c in central.items()} or None
     return write_comparison(run_dirs, base, central_dirs)

@@ -14,6 +14,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,8 +365,44 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated Config from an optional YAML file plus ``key=value`` overrides.
+def nest_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values given in Python as ``{section: {key: value}}`` and/or dotted ``{"section.key": value}`` (and
+    ``output_dir``) -> the nested layout of a YAML file; values keep their Python types.
+
+    Raises:
+        ConfigError: a key that is not a string or has more than one dot, or one key given twice.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {key!r} is not a string; write e.g. {{'fl.rounds': 3}}")
+        parts = key.strip().split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"config key '{key}' must be SECTION.KEY (e.g. fl.rounds), a section or output_dir")
+        items = {parts[1]: value} if len(parts) == 2 else value
+        if isinstance(items, Mapping) and parts[0] != "output_dir":
+            section = nested.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"config key '{key}': '{parts[0]}' was also given a plain value")
+            for sub, v in items.items():
+                if sub in section:
+                    raise ConfigError(f"config key '{parts[0]}.{sub}' is given twice; give it once")
+                section[sub] = v
+        elif parts[0] in nested:
+            raise ConfigError(f"config key '{key}' is given twice; give it once")
+        else:
+            nested[parts[0]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                values: Mapping[str, Any] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file, then ``values``, then ``key=value`` overrides.
+
+    Args:
+        path: a YAML file, or None for the built-in defaults.
+        overrides: ``SECTION.KEY=VALUE`` text items, as on the command line.
+        values: Python values (:func:`nest_values`), applied after the file and before the overrides.
 
     Raises:
         ConfigError: see :func:`read_yaml_config` and :func:`validate`.
@@ -374,6 +411,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         _apply(cfg, read_yaml_config(path), str(path))
+    if values:
+        _apply(cfg, nest_values(values), "config")
     if overrides:
         _apply(cfg, parse_overrides(overrides), "override")
     validate(cfg)

@@ -18,6 +18,12 @@ It is written to a temporary file, fsync-ed, renamed over the old one and the fo
 can never disagree with the tensors; :meth:`RunRecord.read_checkpoint` verifies all of it before a resume
 and raises :class:`RunFileError` naming the damaged file. A folder whose run never completed round 0 holds
 no checkpoint and can be started again.
+
+A run owns its folder: :meth:`RunRecord.create` (and :meth:`RunRecord.lock` for a resume) takes an exclusive
+lock on ``run_dir/.fedspear-run.lock`` (``filelock``, an ``flock`` on Unix) that is held until the run ends or its
+process dies, so a folder a live run holds is refused (:class:`RunInUseError`) and never taken for a failed
+start, while a folder whose process died is free again. :func:`claim_new_folder` makes a folder that did not
+exist (``name``, else ``name-1``, ``name-2``...) for output_dir names that are meant to be new (``{time}``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
 CHECKPOINT_FILE = "state.safetensors"
 CHECKPOINT_FORMAT = "fedspear-checkpoint-1"
+LOCK_FILE = ".fedspear-run.lock"  # flock-ed by the process that runs in the folder; holds its pid
+MAX_SUFFIX = 1000  # claim_new_folder tries name, name-1 ... name-MAX_SUFFIX
 REPORT_TITLE = "# Run report: "
 # What a start that failed before its first checkpoint may leave; removed when the folder is started again.
 _START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint")
@@ -55,6 +63,10 @@ fault_hook: Callable[[str], None] | None = None
 
 class RunExistsError(ValueError):
     """The output folder already holds a started or finished run."""
+
+
+class RunInUseError(RunExistsError):
+    """Another live process holds the run folder (it is running or resuming a run there)."""
 
 
 class RunDirError(ValueError):
@@ -140,8 +152,41 @@ def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
                           "write to") from None
 
 
+def claim_new_folder(path: Path, key: str = "output_dir") -> Path:
+    """Create a folder that did not exist: ``path``, or ``path-1``, ``path-2``... when that name is taken.
+
+    Each try is one ``os.mkdir``, which fails when the name exists, so processes that race for one name (runs
+    started in the same second with ``{time}`` in ``output_dir``) each get a folder of their own.
+
+    Returns:
+        The folder created.
+
+    Raises:
+        RunDirError: the parent cannot be made or written, or ``MAX_SUFFIX`` names are taken.
+    """
+    path = Path(str(path).strip()).expanduser()
+    if path.parent != Path("."):
+        check_output_dir(path.parent, key)
+    for i in range(MAX_SUFFIX + 1):
+        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"{key}={candidate} cannot be created ({exc.strerror or exc}); choose a folder you "
+                              "can write to") from None
+        if i:
+            logger.info("%s exists (another run started in the same second); this run uses %s", path, candidate)
+        return candidate
+    raise RunDirError(f"{key}={path}: {path.name}-1 to -{MAX_SUFFIX} all exist; choose another output_dir")
+
+
 class RunRecord:
     """Reads and writes one run folder.
+
+    A record that created (:meth:`create`) or locked (:meth:`lock`) its folder holds it until :meth:`release`,
+    the end of a ``with`` block, or the end of the record or its process (keep the record while the run goes).
 
     Args:
         run_dir: the run folder (``cfg.output_dir``); nothing is created until :meth:`create`.
@@ -152,6 +197,48 @@ class RunRecord:
         self.config_path = self.run_dir / CONFIG_FILE
         self.metrics_path = self.run_dir / METRICS_FILE
         self.report_path = self.run_dir / REPORT_FILE
+        self._lock: Any = None
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def lock(self) -> None:
+        """Hold the folder for this process: an exclusive, non-blocking lock on ``.fedspear-run.lock``.
+
+        The operating system drops the lock when the process ends, however it ends, so a folder whose run died
+        is never held. Holding it again through the same record is a no-op.
+
+        Raises:
+            RunInUseError: another live process holds the folder (the message names its pid).
+            RunDirError: the lock file cannot be created (the folder is missing or not writable).
+        """
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None and self._lock.is_locked:
+            return
+        lock = FileLock(self.run_dir / LOCK_FILE, thread_local=False, on_acquired=_write_pid)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # a TimeoutError, so before OSError
+            pid = _read_pid(self.run_dir / LOCK_FILE)
+            holder = f" (pid {pid})" if pid else ""
+            raise RunInUseError(
+                f"output folder {self.run_dir} is in use by a running fedspear process{holder}; wait for it to end "
+                "or choose another output_dir"
+            ) from None
+        except OSError as exc:
+            raise RunDirError(f"{self.run_dir} cannot be locked for this run ({exc.strerror or exc}); choose a "
+                              "folder you can write to") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let other processes use the folder (no-op when this record does not hold it)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
 
     def has_run(self) -> bool:
         """Whether the folder holds a run that completed round 0: a checkpoint, or metrics rows of rounds >= 1.
@@ -176,22 +263,30 @@ class RunRecord:
             cfg: the resolved configuration.
             resume: continue a run in this folder; its config.yaml is kept (written only if missing).
 
+        The folder is locked first (:meth:`lock`) and stays held by this record until :meth:`release`.
+
         Raises:
             RunDirError: the folder cannot be created or written (see :func:`check_output_dir`).
+            RunInUseError: another live process holds the folder.
             RunExistsError: when not resuming and the folder already holds a run.
         """
         check_output_dir(self.run_dir)
-        if not resume and self.has_run():
-            raise RunExistsError(
-                f"output folder {self.run_dir} already holds a run; continue it with "
-                f"`fedspear run --resume {self.run_dir}` or choose a new output_dir (e.g. output_dir={self.run_dir}_2)"
-            )
-        if not resume:
-            self._clear_failed_start()
-        if not (resume and self.config_path.exists()):
-            _fsync_write(self.config_path, cfg.to_yaml(), "w")
-            fsync_dir(self.run_dir)
-            durable_step("config")
+        self.lock()
+        try:
+            if not resume and self.has_run():
+                raise RunExistsError(
+                    f"output folder {self.run_dir} already holds a run; continue it with `fedspear run --resume "
+                    f"{self.run_dir}` or choose a new output_dir (e.g. output_dir={self.run_dir}_2)"
+                )
+            if not resume:
+                self._clear_failed_start()
+            if not (resume and self.config_path.exists()):
+                _fsync_write(self.config_path, cfg.to_yaml(), "w")
+                fsync_dir(self.run_dir)
+                durable_step("config")
+        except BaseException:
+            self.release()
+            raise
 
     def _clear_failed_start(self) -> None:
         left = [name for name in _START_LEFTOVERS if (self.run_dir / name).exists()]
@@ -374,6 +469,20 @@ class RunRecord:
         last = f" (its last saved adapter is adapters/{saved[-1]})" if saved else ""
         return (f"this run cannot be resumed{last}: start it again with `fedspear run` and a new output_dir, "
                 f"or delete {self.run_dir} and rerun")
+
+
+def _write_pid(fd: int) -> None:
+    """filelock's ``on_acquired`` hook: the lock file holds the pid of the process that holds it."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _split_safetensors(blob: bytes) -> tuple[dict[str, Any], bytes]:

@@ -7,7 +7,10 @@ same partition and the same client schedule and differs only in its algorithm an
 ``<output_dir>/<algorithm>/<grid point>/seed<S>``, where the grid point names only the values that differ from
 the base config (``default`` when none), so equal configurations share one folder; finished runs there are
 reused and interrupted ones resumed (:func:`fedspear.compare.run_or_reuse`), so a sweep continues where it stopped
-and sweeps over one ``output_dir`` share their runs (``--name`` gives each its own report folder).
+and sweeps over one ``output_dir`` share their runs (``--name`` gives each its own report folder). When
+``output_dir`` has ``{time}`` (the default preset), the sweep's folder is ``<parent>/sweep-<config>-<hash of the
+sweep's definition>`` (:func:`stable_folder`) instead of a new folder each time, so the same command continues it;
+``fedspear sweep`` prints that folder and the command that continues it, also when interrupted.
 
 The report (``sweep.md`` + ``sweep.json`` + ``plots/*.png``) gives, from each run's last evaluation:
 
@@ -29,6 +32,7 @@ The report (``sweep.md`` + ``sweep.json`` + ``plots/*.png``) gives, from each ru
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -90,8 +94,9 @@ def parse_grid(text: str | None) -> list[tuple[str, list[str]]]:
             raise ConfigError(f"--grid: {key} is set by {RESERVED[key]}, not by the grid")
         if key in (k for k, _ in grid):
             raise ConfigError(f"--grid: {key} is given twice; list all its values in one entry")
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"--grid: {key} lists a value twice")
+        twice = sorted({v for v in vals if vals.count(v) > 1})
+        if twice:
+            raise ConfigError(f"--grid: {key} lists a value twice ({', '.join(twice)}); list each value once")
         grid.append((key, vals))
     return grid
 
@@ -101,32 +106,61 @@ def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     if not items:
         raise ConfigError(f"{what}: give at least one value (comma-separated)")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{what}: a value is listed twice")
+    twice = sorted({t for t in items if items.count(t) > 1})
+    if twice:
+        raise ConfigError(f"{what}: {', '.join(twice)} listed twice; list each value once")
     return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` as integers: ``"0,1,2"`` -> ``[0, 1, 2]``, each seed at most once after parsing.
+
+    Raises:
+        ConfigError: an empty list, an item that is not an integer, or seeds that are one number however they
+            are written (``0,00``, ``1,+1``); the message names them.
+    """
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise ConfigError("--seeds: give at least one integer (comma-separated, e.g. --seeds 0,1,2)")
+    bad = [t for t in items if not re.fullmatch(r"[+-]?[0-9]+", t)]
+    if bad:
+        raise ConfigError(f"--seeds: {', '.join(repr(t) for t in bad)} is not an integer; write e.g. --seeds 0,1,2")
+    spelled: dict[int, list[str]] = {}
+    for t in items:
+        spelled.setdefault(int(t), []).append(t)
+    twice = [f"{seed} ({' and '.join(texts)})" if len(set(texts)) > 1 else str(seed)
+             for seed, texts in spelled.items() if len(texts) > 1]
+    if twice:
+        raise ConfigError(f"--seeds: {', '.join(twice)} listed more than once; list each seed once")
+    return list(spelled)
 
 
 def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, list[str]]], algorithms: list[str],
          seeds: list[int]) -> tuple[Path, dict[tuple[Cell, int], Config]]:
     """Every (cell, seed) run's validated Config, before anything runs (a bad value fails the whole sweep).
 
+    The sweep folder is ``output_dir`` with ``{algorithm}`` = "sweep"; when ``output_dir`` has ``{time}`` (a new
+    folder per run, as in the default preset) it is :func:`stable_folder` instead, so running the same sweep
+    again continues it.
+
     Returns:
         (the sweep folder, {(cell, seed): config}) in cell-major order.
 
     Raises:
-        ConfigError: an unknown algorithm, a bad override or grid value (the message names the run).
+        ConfigError: an unknown algorithm, a bad override or grid value (the message names the run), or two values
+            of one grid key that are equal once typed (``0,0.0`` for a float key).
     """
-    from fedspear.federation.server import expand_output_dir
+    from fedspear.federation.server import expand_output_dir, names_new_folder
 
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
     named = load_config(config, overrides)
     named = replace(named, algorithm=replace(named.algorithm, name="sweep"))  # names the folder; a copy
-    base = Path(expand_output_dir(named))
     keys = [k for k, _ in grid]
     default = named.to_dict()
     runs: dict[tuple[Cell, int], Config] = {}
+    typed: dict[str, dict[str, Any]] = {k: {} for k in keys}  # key -> {value as written: value as typed}
     for algorithm in algorithms:
         for values in itertools.product(*(v for _, v in grid)):
             cell = Cell(algorithm, tuple(zip(keys, values, strict=True)))
@@ -137,8 +171,49 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
                 except ConfigError as exc:
                     raise ConfigError(f"sweep cell '{cell.label}' seed {seed}: {exc}") from None
                 changed = {k for k in keys if _lookup(cfg.to_dict(), k) != _lookup(default, k)}
-                runs[(cell, seed)] = replace(cfg, output_dir=str(base / cell.folder(changed) / f"seed{seed}"))
-    return base, runs
+                for k, v in cell.params:
+                    typed[k][v] = _lookup(cfg.to_dict(), k)
+                runs[(cell, seed)] = replace(cfg, output_dir=str(Path(cell.folder(changed)) / f"seed{seed}"))
+    _refuse_equal_values(grid, typed)
+    if names_new_folder(named.output_dir):
+        base = stable_folder(config, named, grid, typed, algorithms, seeds)
+    else:
+        base = Path(expand_output_dir(named))
+    return base, {key: replace(cfg, output_dir=str(base / cfg.output_dir)) for key, cfg in runs.items()}
+
+
+def _refuse_equal_values(grid: list[tuple[str, list[str]]], typed: dict[str, dict[str, Any]]) -> None:
+    """ConfigError when two values of one grid key are the same setting once typed (two cells, one config)."""
+    for key, values in grid:
+        for i, a in enumerate(values):
+            same = [b for b in values[i + 1:] if typed[key][b] == typed[key][a]]
+            if same:
+                raise ConfigError(f"--grid: {key}={','.join([a, *same])} are one value once typed "
+                                  f"({typed[key][a]!r}); list it once")
+
+
+def stable_folder(config: str | Path | None, cfg: Config, grid: list[tuple[str, list[str]]],
+                  typed: dict[str, dict[str, Any]], algorithms: list[str], seeds: list[int]) -> Path:
+    """The folder of a sweep whose ``output_dir`` has ``{time}``: ``<parent>/sweep-<config name>-<hash>``.
+
+    ``<parent>`` is the part of ``output_dir`` before its first placeholder's folder (``runs`` for the default
+    preset's ``runs/{dataset}-{algorithm}-{time}``); ``<hash>`` is the first 10 hex digits of the SHA-256 of the
+    sweep's definition: the resolved config (without ``output_dir``, ``algorithm.name`` and ``data.seed``, which the
+    sweep sets), the grid as typed values, the algorithms and the seeds. The same sweep gets the same folder, so
+    running it again continues it; any change of its definition gets another folder.
+    """
+    parts = Path(cfg.output_dir).parts
+    first = next((i for i, part in enumerate(parts) if "{" in part), len(parts))
+    parent = Path(*parts[:first]) if first else Path(".")
+    definition = cfg.to_dict()
+    definition.pop("output_dir", None)
+    definition.get("algorithm", {}).pop("name", None)
+    definition.get("data", {}).pop("seed", None)
+    payload = {"config": definition, "grid": [[k, [typed[k][v] for v in vals]] for k, vals in grid],
+               "algorithms": algorithms, "seeds": seeds}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(config).stem if config is not None else "default")
+    return parent / f"sweep-{name}-{digest}"
 
 
 def _lookup(data: dict[str, Any], key: str) -> Any:

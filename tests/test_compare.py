@@ -121,3 +121,20 @@ def test_reuse_ignores_how_output_dir_is_spelled(tmp_path, monkeypatch, tiny_qwe
     cfg.fl.local_train_steps += 1
     with pytest.raises(RunExistsError, match="fl.local_train_steps"):
         cmp.run_or_reuse(cfg)
+
+
+def test_comparisons_started_in_the_same_second_each_get_their_own_folder(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000000")
+    monkeypatch.setattr(cmp, "run_or_reuse", lambda cfg: cfg.output_dir)
+    monkeypatch.setattr(cmp, "write_comparison", lambda run_dirs, base, central: (base, run_dirs))
+    cfg = Config()
+    cfg.output_dir = str(tmp_path / "{algorithm}-{time}")
+    first, second = cmp.compare(cfg, ["grpo", "opsd"]), cmp.compare(cfg, ["grpo", "opsd"])
+    assert first == (tmp_path / "compare-20260101-000000",
+                     {a: str(tmp_path / "compare-20260101-000000" / a) for a in ("grpo", "opsd")})
+    assert second == (tmp_path / "compare-20260101-000000-1",
+                      {a: str(tmp_path / "compare-20260101-000000-1" / a) for a in ("grpo", "opsd")})
+    cfg.output_dir = str(tmp_path / "fixed")  # a name without {time} is the same folder each time (reuse, resume)
+    assert cmp.compare(cfg, ["grpo"])[0] == cmp.compare(cfg, ["grpo"])[0] == tmp_path / "fixed"

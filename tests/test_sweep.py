@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
+from conftest import FAST_EVAL, require_shared_data, tiny_overrides
 
 from fedspear.cli import main
 from fedspear.config import ConfigError
@@ -23,7 +26,6 @@ from fedspear.sweep import (
     resolve_reference,
     write_sweep,
 )
-from tests.conftest import FAST_EVAL, require_shared_data, tiny_overrides
 
 
 def test_parse_grid_and_its_errors():
@@ -230,3 +232,91 @@ def test_sweep_cli_runs_a_tiny_grid_reuses_runs_and_reports(tiny_qwen, tmp_path,
     assert main(["sweep", "--algorithms", "spear,nope", "--seeds", "0", *overrides]) == 2
     assert "--algorithms: unknown nope" in capsys.readouterr().err
     assert main(["sweep", "--algorithms", "spear", "--seeds", "0,x", *overrides]) == 2
+
+
+# --------------------------------------------------------------------------- issue 23 class 6
+
+
+def test_seeds_are_integers_each_once_after_parsing():
+    from fedspear.sweep import parse_seeds
+
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds("-1,+2") == [-1, 2]
+    for text, message in [("0,0", "--seeds: 0 listed more than once"),
+                          ("0,00", r"--seeds: 0 \(0 and 00\) listed more than once"),
+                          ("1,+1,2", r"--seeds: 1 \(1 and \+1\) listed more than once"),
+                          ("0,x", "'x' is not an integer"), ("1_0", "'1_0' is not an integer"),
+                          (" , ", "give at least one integer")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_seeds(text)
+
+
+def test_grid_values_equal_once_typed_are_refused(tmp_path):
+    from fedspear.sweep import plan
+
+    over = [f"output_dir={tmp_path / 'sw'}"]
+    with pytest.raises(ConfigError, match=r"--grid: spear.lambda_lose=0,0.0 are one value once typed \(0.0\)"):
+        plan(None, over, parse_grid("spear.lambda_lose=0,0.1,0.0"), ["spear"], [0])
+    with pytest.raises(ConfigError, match=r"gen.num_revisions=1,01 are one value once typed \(1\)"):
+        plan(None, over, parse_grid("gen.num_revisions=1,01"), ["spear"], [0])
+    _, runs = plan(None, over, parse_grid("spear.lambda_lose=0,0.1"), ["spear"], [0])
+    assert len(runs) == 2
+
+
+def test_sweep_without_an_output_dir_has_a_stable_folder(tmp_path, monkeypatch):
+    import time
+
+    from fedspear.sweep import plan
+
+    template = [f"output_dir={tmp_path / 'runs' / '{dataset}-{algorithm}-{time}'}"]  # as the default preset
+    grid = parse_grid("spear.lambda_lose=0,0.1")
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000000")
+    base, runs = plan(None, template, grid, ["spear"], [0, 1])
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000107")  # a rerun a minute later: the same folder
+    assert plan(None, template, grid, ["spear"], [0, 1])[0] == base
+    assert base.parent == tmp_path / "runs" and re.fullmatch(r"sweep-default-[0-9a-f]{10}", base.name)
+    assert runs[(Cell("spear", (("spear.lambda_lose", "0"),)), 1)].output_dir == str(
+        base / "spear" / "spear.lambda_lose=0" / "seed1")
+    # another definition (grid, seeds, algorithms or config) is another sweep, in another folder
+    others = {plan(None, template, parse_grid("spear.lambda_lose=0,0.3"), ["spear"], [0, 1])[0],
+              plan(None, template, grid, ["spear"], [0])[0],
+              plan(None, template, grid, ["spear", "grpo"], [0, 1])[0],
+              plan(None, [*template, "fl.rounds=2"], grid, ["spear"], [0, 1])[0]}
+    assert len(others) == 4 and base not in others
+    # the same values written differently are the same sweep
+    assert plan(None, template, parse_grid("spear.lambda_lose=0.0,0.10"), ["spear"], [0, 1])[0] == base
+    # an output_dir without {time} is used as given, as before
+    assert plan(None, [f"output_dir={tmp_path / 'mine'}"], grid, ["spear"], [0])[0] == tmp_path / "mine"
+
+
+def test_interrupted_sweep_prints_its_folder_and_the_command_that_continues_it(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    import fedspear.compare
+    import fedspear.sweep
+
+    done: list[str] = []
+    interrupted: list[bool] = []
+
+    def fake_run(cfg):
+        if len(done) == 1 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # Ctrl-C during the second run of the first try
+        done.append(cfg.output_dir)
+        return cfg.output_dir
+
+    monkeypatch.setattr(fedspear.compare, "run_or_reuse", fake_run)
+    monkeypatch.setattr(fedspear.sweep, "write_sweep", lambda base, *a, **k: base / "sweep.md")
+    argv = ["sweep", "--grid", "spear.lambda_lose=0,0.1", "--seeds", "0", "--no-progress",
+            f"output_dir={tmp_path / 'runs' / '{time}'}"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    folder, command = re.fullmatch(r"fedspear: interrupted; the sweep's finished runs are kept in (\S+); continue "
+                                   r"it with: (.+)", err).groups()
+    assert re.fullmatch(r"sweep-default-[0-9a-f]{10}", Path(folder).name) and len(done) == 1
+    words = shlex.split(command)
+    assert words[:2] == ["fedspear", "sweep"] and words[-1] == f"output_dir={folder}"
+    assert main(words[1:]) == 0  # the printed command continues the same sweep in the same folder
+    assert capsys.readouterr().out.strip() == str(Path(folder) / "sweep.md")
+    assert done == [str(Path(folder) / "spear" / "spear.lambda_lose=0" / "seed0"),
+                    str(Path(folder) / "spear" / "spear.lambda_lose=0" / "seed0"),
+                    str(Path(folder) / "spear" / "default" / "seed0")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_se
 from fedspear.federation.partition import client_seed
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
-from fedspear.records import RunFileError, RunRecord, durable_step
+from fedspear.records import RunFileError, RunRecord, claim_new_folder, durable_step
 from fedspear.report import write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
@@ -395,6 +396,7 @@ class FederatedServer:
             save_adapter(self.engine, self.global_state, final)
         report = write_report(self.record.run_dir)
         self.trackers.finish(final)
+        self.record.release()  # the run is over: other processes may use the folder
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
 
@@ -459,6 +461,29 @@ def expand_output_dir(cfg: Config) -> str:
                           "{algorithm}, {dataset} or {seed}") from None
 
 
+def names_new_folder(template: str) -> bool:
+    """Whether an ``output_dir`` template names a new folder for every run: it contains ``{time}``."""
+    try:
+        return any(name == "time" for _, name, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
+def new_output_dir(cfg: Config) -> str:
+    """``output_dir`` expanded for a new run (:func:`expand_output_dir`).
+
+    With ``{time}`` in it the name is meant to be new, so a folder that did not exist is created: the expanded
+    name, or ``name-1``, ``name-2``... when runs started in the same second
+    (:func:`fedspear.records.claim_new_folder`). Any other name is returned as written: a run there is refused,
+    or a failed start started again, by :meth:`RunRecord.create`.
+
+    Raises:
+        ConfigError: a bad placeholder. RunDirError: the folder cannot be made.
+    """
+    out = expand_output_dir(cfg)
+    return str(claim_new_folder(Path(out))) if names_new_folder(cfg.output_dir) else out
+
+
 def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int]:
     """A server holding only the evaluation side of the data: start a run, or continue it from its checkpoint.
 
@@ -481,19 +506,26 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
-    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
+    out = expand_output_dir(cfg)
+    resuming = resume and RunRecord(Path(out)).has_checkpoint()
+    if not resuming and names_new_folder(cfg.output_dir):
+        out = str(claim_new_folder(Path(out)))
+    cfg = replace(cfg, output_dir=out)  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    resuming = resume and record.has_checkpoint()
-    record.create(cfg, resume=resuming)
-    task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
-    if not data.eval:
-        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    server = FederatedServer(cfg, record, policy, data.eval, task=task)
-    if resuming:
-        return server, server.resume() + 1
-    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-             "train": len(data.train), "eval": len(data.eval)}
-    server.start(stats)
-    return server, 1
+    record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
+    try:
+        task = get_task(cfg.data.dataset)
+        data = task.load(cfg)
+        if not data.eval:
+            raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+        policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+        server = FederatedServer(cfg, record, policy, data.eval, task=task)
+        if resuming:
+            return server, server.resume() + 1
+        stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
+                 "train": len(data.train), "eval": len(data.eval)}
+        server.start(stats)
+        return server, 1
+    except BaseException:
+        record.release()
+        raise

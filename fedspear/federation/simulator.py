@@ -28,7 +28,14 @@ from fedspear.config import Config, load_config
 from fedspear.extensions import task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
-from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
+from fedspear.federation.server import (
+    COUNT_KEYS,
+    ClientReport,
+    FederatedServer,
+    RoundPlan,
+    expand_output_dir,
+    new_output_dir,
+)
 from fedspear.models import Policy, load_policy
 from fedspear.records import RunFileError, RunRecord
 from fedspear.tasks import get_task
@@ -36,8 +43,8 @@ from fedspear.tasks.base import DataError, Example
 
 logger = logging.getLogger("fedspear")
 
-__all__ = ["COUNT_KEYS", "Federation", "after_round_hook", "expand_output_dir", "resume", "run", "run_round",
-           "setup"]
+__all__ = ["COUNT_KEYS", "Federation", "after_round_hook", "expand_output_dir", "new_output_dir", "resume", "run",
+           "run_round", "setup"]
 
 # Test hook: called after each completed round with (round_idx); a test makes it raise to simulate a crash.
 after_round_hook: Callable[[int], None] | None = None
@@ -119,22 +126,26 @@ def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
 def run(cfg: Config) -> Path:
     """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder.
 
-    A folder left by a start that failed before round 0 completed (no checkpoint) is started again.
+    The run holds its folder until it ends (:meth:`RunRecord.create`); with ``{time}`` in ``output_dir`` it makes a
+    new folder (``-1``, ``-2``... appended when runs start in the same second, :func:`new_output_dir`). A folder
+    left by a start that failed before round 0 completed (no checkpoint, no live process) is started again.
 
     Raises:
         RunDirError: ``output_dir`` cannot hold a run (empty, a file, below a file, not writable).
+        RunInUseError: another live process holds ``output_dir``.
         RunExistsError: ``output_dir`` already holds a run that completed round 0.
         RunStopped: ``fl.max_idle_rounds`` rounds in a row had no usable client update.
     """
-    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
+    cfg = replace(cfg, output_dir=new_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
-    fed = setup(cfg, record)
-    (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-    server = _server(fed, build_server_optimizer(fed.cfg.fl))
-    server.start(fed.load_stats)
-    server.run_rounds(LocalClients(fed), 1, _after_round)
-    return server.finish()
+    with record:  # the folder is this run's until it returns or raises
+        fed = setup(cfg, record)
+        (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
+        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+        server.start(fed.load_stats)
+        server.run_rounds(LocalClients(fed), 1, _after_round)
+        return server.finish()
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -151,21 +162,25 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     A folder whose run never completed round 0 (no checkpoint) is started again from its config.yaml.
 
     Raises:
+        RunInUseError: another live process holds the folder (the run is still going).
         RunFileError: the checkpoint or metrics.jsonl is damaged (the message names the file).
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     record = RunRecord(run_dir)
-    if not record.has_checkpoint():
-        if record.has_run():
-            raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
-                               f"round 0; this run cannot be resumed: start it again with a new output_dir")
-        logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
-                       run_dir)
-        return run(replace(cfg, output_dir=str(run_dir)))
-    record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
-    fed = setup(cfg, record)
-    server = _server(fed, build_server_optimizer(fed.cfg.fl))
-    done = server.resume()
-    server.run_rounds(LocalClients(fed), done + 1, _after_round)
-    return server.finish()
+    record.lock()  # before reading anything: a folder a live run holds is never resumed or restarted
+    with record:
+        if not record.has_checkpoint():
+            if record.has_run():
+                raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
+                                   f"round 0; this run cannot be resumed: start it again with a new output_dir")
+            logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
+                           run_dir)
+            record.release()  # run() holds it again through its own record
+            return run(replace(cfg, output_dir=str(run_dir)))
+        record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
+        fed = setup(cfg, record)
+        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+        done = server.resume()
+        server.run_rounds(LocalClients(fed), done + 1, _after_round)
+        return server.finish()

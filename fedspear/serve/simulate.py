@@ -333,6 +333,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
             srv.__exit__()
         for rt in runtimes:
             rt.close()
+        record.release()  # the run folder is free again, however the federation ended
     return rows
 
 
