@@ -77,7 +77,8 @@ def test_hub_schema_csv_and_jsonl_files(tmp_path):
         for i in range(3):
             writer.writerow({**HUB_ROW, "id": f"c{i}", "choices": repr(HUB_ROW["choices"])})
         writer.writerow({**HUB_ROW, "id": "bad", "choices": repr(HUB_ROW["choices"]), "answerKey": "Z"})
-    (tmp_path / "arc_test.jsonl").write_text(json.dumps({**HUB_ROW, "id": "j0"}) + "\n")
+    test_row = {**HUB_ROW, "id": "j0", "question": "Which gas do animals breathe out?"}  # not a training question
+    (tmp_path / "arc_test.jsonl").write_text(json.dumps(test_row) + "\n")
     data = ArcChallengeTask().load(_cfg(tmp_path))
     assert [e.id for e in data.train] == ["c0", "c1", "c2"] and [e.id for e in data.eval] == ["j0"]
     assert data.train[0] == arc_row_to_example({**HUB_ROW, "id": "c0"}, "x")
@@ -145,7 +146,8 @@ def test_save_to_disk_folder_matches_the_dev_jsonl():
 def test_hub_schema_written_by_datasets_to_csv_and_to_json(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_list([HUB_ROW, {**HUB_ROW, "id": "Q2", "answerKey": "C"}])
+    second = {**HUB_ROW, "id": "Q2", "answerKey": "C", "question": "Which gas do animals breathe out?"}
+    ds = datasets.Dataset.from_list([HUB_ROW, second])  # two questions: a carved eval set needs two prompts
     ds.to_csv(str(tmp_path / "arc.csv"))  # choices become "{'text': array([...], dtype=object), ...}"
     ds.to_json(str(tmp_path / "arc.json"))
     for name in ("arc.csv", "arc.json"):

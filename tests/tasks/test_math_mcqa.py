@@ -114,11 +114,12 @@ def test_privileged_context_has_the_answer_and_the_solution():
 
 def test_loads_hub_schema_jsonl_and_csv(tmp_path):
     (tmp_path / "math_train.jsonl").write_text("".join(json.dumps({**ROW, "answer": i % 4}) + "\n" for i in range(4)))
+    test_row = {**ROW, "problem": "Solve $2x+5=13$."}  # an eval prompt that is not a training prompt
     with open(tmp_path / "math_test.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(ROW))
         writer.writeheader()
-        writer.writerow({**ROW, "choices": str(ROW["choices"])})
-        writer.writerow({**ROW, "choices": str(ROW["choices"]), "answer": "9"})
+        writer.writerow({**test_row, "choices": str(ROW["choices"])})
+        writer.writerow({**test_row, "choices": str(ROW["choices"]), "answer": "9"})
     data = MathMCQATask().load(_cfg(tmp_path))
     assert [e.answer for e in data.train] == ["A", "B", "C", "D"]
     assert [e.choices for e in data.eval] == [("$3$", "$5$", "$4$", "$8$")]
@@ -128,11 +129,12 @@ def test_loads_hub_schema_jsonl_and_csv(tmp_path):
 def test_hub_schema_written_by_datasets_to_csv(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([ROW, {**ROW, "answer": 0}]).to_csv(str(tmp_path / "math.csv"))
+    other = {**ROW, "answer": 0, "problem": "Solve $2x+5=13$."}  # a carved eval set needs a second prompt
+    datasets.Dataset.from_list([ROW, other]).to_csv(str(tmp_path / "math.csv"))
     data = MathMCQATask().load(_cfg(tmp_path / "math.csv"))
     examples = data.train + data.eval
     assert sorted(e.answer for e in examples) == ["A", "C"]
-    assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt}
+    assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt, math_row_to_example(other, "x").prompt}
 
 
 # Each group: spellings of one answer that must share one canonical form (normalize_math).
