@@ -14,7 +14,12 @@ Local formats (``data.path`` may be a file or a folder):
 
 In a folder, a file name containing ``train``, ``dev``/``validation``/``val``/``valid`` or ``test`` (as a
 word, e.g. ``ARC-Challenge-Dev.jsonl``) assigns the file to that split; files without one count as
-``train``; several files of one split are concatenated in name order.
+``train``; several files of one split are concatenated in name order. Text files are read as ``utf-8-sig`` (a
+byte-order mark is dropped).
+
+No evaluation prompt is a training prompt: an eval set carved out of one split is split by distinct prompt
+(:func:`carve_eval`), and rows of a separate eval split whose prompt is a training prompt are dropped and counted
+(:func:`drop_train_prompts`; docs/configuration.md, "Data").
 """
 
 from __future__ import annotations
