@@ -481,6 +481,7 @@ def validate(cfg: Config) -> None:
     _one_of(cfg.gen.scheduler, "gen.scheduler", ("batched", "continuous"))
     _one_of(cfg.gen.cache, "gen.cache", ("dynamic", "static"))
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
+    _one_of(cfg.data.long_prompts, "data.long_prompts", ("skip", "truncate", "error"))
     positive = {
         "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,
         "data.num_clients": cfg.data.num_clients, "data.max_examples_per_client": cfg.data.max_examples_per_client,

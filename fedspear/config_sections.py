@@ -78,6 +78,8 @@ class DataConfig:
     eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
     groups: list[str] = _f([], "(fedspear) world: keep only these fact groups (known, misconception, uncertain, "
                            "decoy); [] = all; other tasks have no groups and ignore it")
+    long_prompts: str = _f("skip", "(fedspear) skip | truncate | error: a task prompt longer than model.max_seq_len "
+                           "minus its new tokens is dropped, cut from the left, or refused; counted in data_stats.json")
 
 
 @dataclass

@@ -503,6 +503,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         DataError: the task has no evaluation rows.
     """
     from fedspear.models import load_policy
+    from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
@@ -519,11 +520,11 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         if not data.eval:
             raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
         policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+        data = fit_prompts(data, policy, cfg, task)  # the same rows as the simulator evaluates
         server = FederatedServer(cfg, record, policy, data.eval, task=task)
         if resuming:
             return server, server.resume() + 1
-        stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-                 "train": len(data.train), "eval": len(data.eval)}
+        stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval)}
         server.start(stats)
         return server, 1
     except BaseException:

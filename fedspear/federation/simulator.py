@@ -37,6 +37,7 @@ from fedspear.federation.server import (
     new_output_dir,
 )
 from fedspear.models import Policy, load_policy
+from fedspear.prompt_budget import fit_prompts
 from fedspear.records import RunFileError, RunRecord
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
@@ -76,11 +77,12 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
         raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    clients = partition_examples(cfg, data.train)
     task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
     engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-             "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
+    data = fit_prompts(data, engine, cfg, task)  # data.long_prompts: count, then skip/truncate/refuse
+    clients = partition_examples(cfg, data.train)
+    stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval),
+             "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
         logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
     return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats, task)

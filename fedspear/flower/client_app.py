@@ -61,8 +61,9 @@ def _engine(cfg: Any) -> tuple[Any, Any, Any]:
     return _ENGINES[key]
 
 
-def _examples(cfg: Any, node: NodeSettings) -> Any:
+def _examples(cfg: Any, node: NodeSettings, policy: Any, fitted: Any, task: Any) -> Any:
     from fedspear.federation.client import client_examples
+    from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
@@ -71,6 +72,7 @@ def _examples(cfg: Any, node: NodeSettings) -> Any:
         data = get_task(cfg.data.dataset).load(cfg)
         if not data.train:
             raise DataError(f"client {node.client_id} has no training rows; check data.path on this node")
+        data = fit_prompts(data, policy, fitted, task)  # the rows the simulator's clients keep
         _EXAMPLES[key] = client_examples(cfg, data.train, node.partition_id)
     return _EXAMPLES[key]
 
@@ -99,7 +101,7 @@ def train(msg: Message, context: Context) -> Message:
     if client_id != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
     engine, fitted, algorithm = _engine(cfg)
-    examples = _examples(cfg, node)
+    examples = _examples(cfg, node, engine, fitted, algorithm.task)
     cfg = fitted  # a copy with the policy's capped model.max_seq_len
     from fedspear.privacy import release_local_update
 
