@@ -53,7 +53,7 @@ from fedspear.algorithms.common import (
 )
 from fedspear.algorithms.losses import distill_kl
 from fedspear.algorithms.settings import OPSDSettings
-from fedspear.generation import GenSettings, GenStats, generate
+from fedspear.generation import GenStats, generate, rollout_settings
 from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
@@ -115,8 +115,7 @@ class OPSD(Algorithm[DistillRollout]):
         run, task = self.run, self.task
         policy.load_global()
         chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
-        gen = run.gen
-        settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p, gen.top_k)
+        settings = rollout_settings(run.gen)
         gen_stats = GenStats()
         seed = jobs[0].seed if jobs else 0
         completions = generate(policy, [x0 for items in chosen for _, x0 in items], settings, seed, gen_stats)

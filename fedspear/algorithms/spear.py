@@ -53,7 +53,7 @@ from fedspear.algorithms.lose_mask import (
 from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
 from fedspear.feedback_noise import feedback_models
-from fedspear.generation import GenSettings, GenStats, eos_ids
+from fedspear.generation import GenSettings, GenStats, eos_ids, rollout_settings
 from fedspear.models import Policy
 from fedspear.rollout_queue import Request, run_requests
 from fedspear.tasks.base import Task
@@ -93,9 +93,7 @@ class Spear(Algorithm[FeedbackRollout]):
         return anchor + fedprox(self.run)
 
     def _gen_settings(self, revision: bool) -> GenSettings:
-        gen = self.run.gen
-        return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p, gen.top_k)
+        return rollout_settings(self.run.gen, revision)
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
         """Rollout + verification + feedback-guided revision for several clients at once (docs/algorithms.md, "SPEAR").

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspear.config import Config
-from fedspear.generation import GenSettings
+from fedspear.generation import GenSettings, rollout_settings
 from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
 from fedspear.serve.learning import update_from_store
@@ -211,9 +211,7 @@ class ClientRuntime:
 
     def settings(self, revision: bool) -> GenSettings:
         """Decoding settings of first answers / revisions (``gen.*``, as in SPEAR's rollout)."""
-        gen = self.cfg.gen
-        return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p, gen.top_k)
+        return rollout_settings(self.cfg.gen, revision)
 
     def _encode(self, prompt: str, settings: GenSettings, what: str) -> list[int]:
         ids = self.engine.tokenizer(prompt, add_special_tokens=True)["input_ids"]
