@@ -474,9 +474,8 @@ def validate(cfg: Config) -> None:
         _check(0 <= value <= 1, f"feedback.{knob}", f"must be in [0, 1], got {value}")
     _check(cfg.feedback.misleading_hint_rate + cfg.feedback.no_hint_rate <= 1, "feedback.misleading_hint_rate",
            "+ feedback.no_hint_rate must be <= 1 (a hint is bare, misleading or the oracle's)")
-    _check(cfg.data.dataset == "world" or not (cfg.feedback.misleading_hint_rate or cfg.feedback.false_reject_rate),
-           "feedback.misleading_hint_rate", "and feedback.false_reject_rate need a task that can hint toward a wrong "
-           f"value (data.dataset=world), not '{cfg.data.dataset}'; set them to 0")
+    # Misleading hints and false rejects need a task with misleading_feedback: a capability of the task, checked
+    # where the run's task is assembled (fedspear.feedback_noise.check_feedback_noise via extensions).
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")

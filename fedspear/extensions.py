@@ -14,7 +14,10 @@ import inspect
 import re
 from typing import Any
 
-from fedspear import feedback  # the module: it imports the tasks package, which imports this one
+from fedspear import (
+    feedback,  # the module: it imports the tasks package, which imports this one
+    feedback_noise,  # the module: it imports tasks.base, so it may still be loading
+)
 from fedspear.config import Config, ConfigError
 from fedspear.tasks.base import Example, Task
 
@@ -123,9 +126,11 @@ def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) ->
             returns the wrong type stops the run here instead of failing every client in every round.
 
     Raises:
-        ConfigError: the provider does not load, its constructor ``Source(task, cfg)`` fails, the object it
+        ConfigError: the imperfect-feedback knobs ask for a capability ``task`` lacks
+            (:func:`fedspear.feedback_noise.check_feedback_noise`); the provider does not load, its constructor ``Source(task, cfg)`` fails, the object it
             builds does not implement :class:`~fedspear.feedback.FeedbackSource`, or judging ``probe`` fails.
     """
+    feedback_noise.check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
     provider = cfg.feedback.provider
     cls = load_feedback_class(provider)
     if cls in feedback.BUILTIN_PROVIDERS.values():
@@ -150,11 +155,13 @@ def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) ->
 
 
 def check(cfg: Config) -> None:
-    """Load the user's task and feedback classes the config names (no-op for built-in names).
+    """Load the user's task and feedback classes the config names (no-op for built-in names); a user's task is
+    also checked for the capabilities the imperfect-feedback knobs need.
 
     Raises:
-        ConfigError: as :func:`load_task_class` and :func:`load_feedback_class`.
+        ConfigError: as :func:`load_task_class`, :func:`load_feedback_class` and
+            :func:`fedspear.feedback_noise.check_feedback_noise`.
     """
     if is_dotted(cfg.data.dataset):
-        load_task_class(cfg.data.dataset)
+        feedback_noise.check_feedback_noise(cfg.feedback, load_task_class(cfg.data.dataset))
     load_feedback_class(cfg.feedback.provider)

@@ -458,6 +458,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
+    from fedspear.feedback_noise import check_feedback_noise
     from fedspear.models import load_policy
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
@@ -467,6 +468,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     resuming = resume and record.has_checkpoint()
     record.create(cfg, resume=resuming)
     task = get_task(cfg.data.dataset)
+    check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
     data = task.load(cfg)
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
