@@ -26,6 +26,7 @@ import yaml
 
 from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
 from fedspear.federation import simulator
+from fedspear.metrics import TOTALS
 from fedspear.plots import Point, nested_get, plot_series
 from fedspear.records import RunExistsError, RunRecord
 
@@ -233,8 +234,7 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "best_accuracy": max(a for _, a in evals) if evals else None, "rounds": len(trained),
         "total_s": time_s if trained else None, "per_round_s": time_s / len(trained) if trained else None,
         "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
-        "generations": total("generations"), "tokens_generated": total("tokens_generated"),
-        "tokens_trained": total("tokens_trained"), "tokens_forward": total("tokens_forward"),
+        **{key: total(key) for key in TOTALS},
     }
 
 
@@ -251,7 +251,7 @@ def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         final = f"{t['final_accuracy']:.4f} ({t['final_round']})" if t["final_accuracy"] is not None else "-"
         cells = [label, final, fmt(t["best_accuracy"], ".4f"), str(t["rounds"]), fmt(t["total_s"], ".1f"),
                  fmt(t["per_round_s"], ".2f"), fmt(t["training_s"], ".1f"),
-                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward"))]
+                 *(fmt(t[k], ".0f") for k in TOTALS)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -34,6 +34,11 @@ from fedspear.tasks.base import Example, Task
 
 KNOBS = ("false_accept_rate", "false_reject_rate", "misleading_hint_rate", "no_hint_rate", "drop_rate")
 BARE_FEEDBACK = "Your answer is incorrect."
+# The user model's per client-round counters (FeedbackModel.metrics reports each as feedback_<counter>).
+COUNTERS = ("verdicts", "false_accepts", "false_rejects", "hints", "hints_bare", "hints_misleading",
+            "hints_after_false_reject", "interactions", "dropped")
+# The metric names FeedbackModel.metrics emits: its declaration in the metric registry (fedspear.metrics).
+METRICS = (*(f"feedback_{c}" for c in COUNTERS), "feedback_corrupted_verdicts", "feedback_corrupted_hints")
 
 
 def check_feedback_noise(feedback_cfg: Any, task: Task | type[Task] | None = None) -> None:
@@ -82,8 +87,7 @@ class FeedbackModel:
         self.rates = {k: float(getattr(cfg.feedback, k, 0.0)) for k in KNOBS}
         check_feedback_noise(cfg.feedback, task)
         self.rng = random.Random(f"feedback-noise|{seed}")
-        self.counts = dict.fromkeys(("verdicts", "false_accepts", "false_rejects", "hints", "hints_bare",
-                                     "hints_misleading", "hints_after_false_reject", "interactions", "dropped"), 0)
+        self.counts = dict.fromkeys(COUNTERS, 0)
         self._rejected: set[tuple[str, str]] = set()
 
     @property

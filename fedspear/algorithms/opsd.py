@@ -95,6 +95,9 @@ class OPSD(Algorithm[DistillRollout]):
     name = "opsd"
     section = "distill"
     Settings = OPSDSettings
+    metrics = ("prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "needs_revision",
+               "revision_successes", "generation_s", "feedback_s", "tokens_forward",
+               "teacher_prompts_truncated")  # fedspear.metrics; docs/algorithms.md, "Metrics"
 
     def teacher_prompt(self, example: Example) -> str:
         """The teacher's prompt for ``example``: :func:`format_teacher_prompt` of its capped privileged context."""

@@ -82,6 +82,12 @@ class Spear(Algorithm[FeedbackRollout]):
     name = "spear"
     section = "spear"
     Settings = SpearSettings
+    # Rollout counts (fedspear.metrics; docs/algorithms.md, "Metrics"); store_interactions: training from people's
+    # feedback (fedspear.serve.learning).
+    metrics = ("prompts", "wins_y0", "needs_revision", "y0_accuracy", "wins_revision", "revision_successes",
+               "revision_attempts_#", "revision_successes_#", "losses_fixed", "losses_unfixed", "generations",
+               "tokens_generated", "generation_s", "feedback_s", "wins", "losses", "losses_used", "skipped_no_wins",
+               "store_interactions")
 
     def __init__(self, task: Task, run: RunSettings, settings: SpearSettings) -> None:
         super().__init__(task, run, settings)

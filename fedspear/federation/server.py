@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from fedspear import privacy
+from fedspear import metrics, privacy
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
@@ -42,11 +42,8 @@ logger = logging.getLogger("fedspear")
 
 State = dict[str, torch.Tensor]
 
-# Summed over clients in a round's "aggregate" metrics.
-COUNT_KEYS = ("prompts", "samples_y0", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
-              "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
-              "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
-              "generation_s", "feedback_s", "training_s")
+# Summed over clients in a round's "aggregate" metrics: the metric registry's (fedspear.metrics).
+COUNT_KEYS = metrics.ROUND_COUNTS
 
 
 class RunStopped(RuntimeError):
