@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
+from fedspear.config import Config, ConfigError, config_from_dict, known_algorithms, validate
 from fedspear.federation import simulator
 from fedspear.metrics import TOTALS
 from fedspear.plots import Point, nested_get, plot_series
@@ -115,7 +115,7 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
         ConfigError: no algorithm, an unknown or repeated one; every variant is validated before anything runs.
     """
     if not algorithms:
-        raise ConfigError(f"compare: name at least one algorithm ({', '.join(ALGORITHMS)})")
+        raise ConfigError(f"compare: name at least one algorithm ({', '.join(known_algorithms())}, or pkg.mod:Class)")
     repeated = sorted({a for a in algorithms if algorithms.count(a) > 1})
     if repeated:
         raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")

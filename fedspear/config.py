@@ -245,9 +245,13 @@ def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
         ConfigError: an unknown section or key (naming the closest valid one) or a value of the wrong type,
             prefixed with ``source`` (a file path or "override").
     """
+    data = translate(data, source)
+    name = data.get("algorithm", {}).get("name") if isinstance(data.get("algorithm"), dict) else None
+    if isinstance(name, str) and ":" in name:  # a user's algorithm: its settings section must be known first
+        resolve_algorithm_name(name)
     top_hints = {k: v for k, v in _section_hints(Config).items() if k != "extensions"}
     top_hints.update(EXTRA_SECTIONS)
-    for section, values in translate(data, source).items():
+    for section, values in data.items():
         section = str(section)
         try:
             if section not in top_hints:
@@ -400,6 +404,57 @@ def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
     _check(value in options, key, f"'{value}' is not one of {', '.join(options)}{_closest(value, list(options))}")
 
 
+def known_algorithms() -> tuple[str, ...]:
+    """Every name ``algorithm.name`` accepts now: the built-ins, then those registered or loaded by dotted path."""
+    return ALGORITHMS + tuple(EXTRA_ALGORITHMS)
+
+
+def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
+    """Make ``name`` usable as ``algorithm.name``: a built-in or registered name, or a user's algorithm class as a
+    dotted path ``pkg.mod:Class`` (docs/extending.md).
+
+    A dotted path is imported here (the user's module, on ``sys.path``: installed or on ``PYTHONPATH``), so the
+    config then accepts the name and the class's settings section (``Class.section`` / ``Class.Settings``, as
+    ``register_algorithm`` does); the algorithm registry (:func:`fedspear.algorithms.registry.algorithm_class`)
+    builds the class from the same path.
+
+    Raises:
+        ConfigError: an unknown name (naming the closest), a path that does not import, or an object that is not
+            an algorithm class (no ``name``, ``rollout`` and ``train``).
+    """
+    if ":" not in name:
+        _one_of(name, key, known_algorithms())
+        return
+    if name in EXTRA_ALGORITHMS:
+        return
+    import importlib
+    import inspect
+
+    module_name, _, attr = name.partition(":")
+    _check(bool(module_name.strip()) and bool(attr.strip()), key, f"'{name}': write a dotted path pkg.mod:Class")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{key}={name}: cannot import '{module_name}' ({exc}); install the package or put its "
+                          "folder on PYTHONPATH") from None
+    except Exception as exc:  # the user's module failed while importing
+        raise ConfigError(f"{key}={name}: importing '{module_name}' failed: {type(exc).__name__}: {exc}") from None
+    for part in attr.split("."):
+        _check(hasattr(obj, part), key, f"'{name}': '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    fits = inspect.isclass(obj) and isinstance(getattr(obj, "name", None), str) and all(
+        callable(getattr(obj, m, None)) for m in ("rollout", "train", "from_config"))
+    _check(fits, key, f"'{name}' is not a subclass of fedspear.algorithms.base.Algorithm with a name "
+                      "(see docs/extending.md)")
+    section, settings = getattr(obj, "section", None), getattr(obj, "Settings", None)
+    if section is not None and section not in Config.__dataclass_fields__:
+        known = EXTRA_SECTIONS.get(section, settings)
+        _check(known is settings and settings is not None, key,
+               f"section '{section}' of '{name}' needs a Settings dataclass of its own")
+        EXTRA_SECTIONS[section] = settings
+    EXTRA_ALGORITHMS.append(name)
+
+
 def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:
     """A built-in name, or a user's class as ``module:attr`` (imported by :mod:`fedspear.extensions`)."""
     if ":" in value:
@@ -427,7 +482,7 @@ def validate(cfg: Config) -> None:
     from fedspear.tasks.prompts import REVISION_TEMPLATES  # here: the tasks package imports this module
     _check(bool(str(cfg.output_dir).strip()), "output_dir",
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
-    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
+    resolve_algorithm_name(cfg.algorithm.name)
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)

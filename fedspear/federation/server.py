@@ -455,6 +455,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
+    from fedspear.algorithms.registry import algorithm_class
     from fedspear.feedback_noise import check_feedback_noise
     from fedspear.models import load_policy
     from fedspear.tasks import get_task
@@ -464,6 +465,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     record = RunRecord(Path(cfg.output_dir))
     resuming = resume and record.has_checkpoint()
     record.create(cfg, resume=resuming)
+    algorithm_class(cfg.algorithm.name)  # a user's pkg.mod:Class is registered: its declared metrics cross the wire
     task = get_task(cfg.data.dataset)
     check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
     data = task.load(cfg)
