@@ -51,7 +51,7 @@ def variant(cfg: Config, algorithm: str, output_dir: Path, centralized: bool = F
         algorithm: the ``algorithm.name`` of the copy.
         output_dir: the copy's run folder.
         centralized: set ``data.num_clients = fl.clients_per_round = fl.min_clients = 1`` and lift
-            ``data.max_examples_per_client`` (SPEAR.md section 3, centralized mode).
+            ``data.max_examples_per_client`` (the README's centralized comparison, paper Figure 7).
 
     Returns:
         The copy.

@@ -1,10 +1,10 @@
-"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (SPEAR.md section 3),
+"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (docs/architecture.md, "One round"),
 and the Byzantine-robust rules coordinate-wise median, trimmed mean and (multi-)Krum.
 
 States are adapter state dicts ``dict[str, Tensor]`` (PEFT names, CPU tensors, the same keys and shapes
 for every client). Every function returns freshly allocated tensors: nothing returned shares memory with
 an input, so a client state can never alias the global adapter or another client (the reference's FedAvg
-returns the last client's adapter because its states alias the live weights; SPEAR.md section 6 item 1).
+returns the last client's adapter because its states alias the live weights; docs/deviations.md, section 4 item 1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SPEAR's client update, trained from a served client's trace store (people's feedback instead of the oracle).
 
-The store replaces SPEAR's rollout (SPEAR.md 2.1-2.4): the answers were generated when people asked, and
+The store replaces SPEAR's rollout (docs/algorithms.md, "SPEAR"): the answers were generated when people asked, and
 their verdicts and hints are the feedback source. The traces are exactly those the oracle rollout builds:
 
     first answer accepted                     -> win  (x0, y0)

@@ -104,7 +104,7 @@ def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> 
     """The feedback section of a revision prompt from a person's hint, in the oracle's structure.
 
     The oracle's feedback is a verdict naming the given answer, one hint, the required format and a request not
-    to repeat the answer (SPEAR.md section 7). A person gives the verdict (a click) and the hint (typed); the
+    to repeat the answer (docs/deviations.md, section 5). A person gives the verdict (a click) and the hint (typed); the
     client writes the other lines around the hint, so the model reads people's feedback in the form it was
     trained on. Nothing is added that the person did not say or that the task does not already state: the
     verdict, the model's own answer, the answer format.
