@@ -29,6 +29,7 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     DTYPES,
     INT_MAX,
     INT_MIN,
+    REVISION_TEMPLATES,
     TASKS,
     TRACKERS,
     AlgorithmConfig,
@@ -45,6 +46,7 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     OptimConfig,
     _f,
 )
+from fedspear.dotted import describe, load_object
 
 # Algorithms added with register_algorithm and the config sections of their settings.
 EXTRA_ALGORITHMS: list[str] = []
@@ -427,25 +429,13 @@ def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
         return
     if name in EXTRA_ALGORITHMS:
         return
-    import importlib
     import inspect
 
-    module_name, _, attr = name.partition(":")
-    _check(bool(module_name.strip()) and bool(attr.strip()), key, f"'{name}': write a dotted path pkg.mod:Class")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"{key}={name}: cannot import '{module_name}' ({exc}); install the package or put its "
-                          "folder on PYTHONPATH") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise ConfigError(f"{key}={name}: importing '{module_name}' failed: {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        _check(hasattr(obj, part), key, f"'{name}': '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
+    obj = load_object(name, key)
     fits = inspect.isclass(obj) and isinstance(getattr(obj, "name", None), str) and all(
         callable(getattr(obj, m, None)) for m in ("rollout", "train", "from_config"))
-    _check(fits, key, f"'{name}' is not a subclass of fedspear.algorithms.base.Algorithm with a name "
-                      "(see docs/extending.md)")
+    _check(fits, f"{key}={name}", f"{describe(obj)} is not a subclass of fedspear.algorithms.base.Algorithm "
+                                  "with a name (see docs/extending.md)")
     section, settings = getattr(obj, "section", None), getattr(obj, "Settings", None)
     if section is not None and section not in Config.__dataclass_fields__:
         known = EXTRA_SECTIONS.get(section, settings)
@@ -479,7 +469,6 @@ def _check_token_budget(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
-    from fedspear.tasks.prompts import REVISION_TEMPLATES  # here: the tasks package imports this module
     _check(bool(str(cfg.output_dir).strip()), "output_dir",
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
     resolve_algorithm_name(cfg.algorithm.name)

@@ -18,6 +18,8 @@ AGGREGATIONS = ("fedavg", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"
 DP_MODES = ("off", "central", "local")
 TRACKERS = ("tensorboard", "wandb")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
+# gen.revision_template: the section orders of a revision prompt (fedspear.tasks.prompts builds them).
+REVISION_TEMPLATES = ("instructions_first", "authors")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
 

@@ -21,10 +21,9 @@ import torch
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logits, completion_logprobs, make_batch
 from fedspear.config import Config
-from fedspear.federation.aggregation import is_finite_state
 from fedspear.feedback import verifier_of
 from fedspear.generation import eval_settings, generate, merged_lora
-from fedspear.models import Policy
+from fedspear.models import Policy, is_finite_state
 from fedspear.tasks.base import Example, Task
 
 

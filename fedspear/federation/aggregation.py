@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fedspear.config import FLConfig
+from fedspear.models import is_finite_state
 
 State = dict[str, torch.Tensor]
 
@@ -30,11 +31,6 @@ def _check_same_layout(reference: State, other: State, what: str) -> None:
     for key, tensor in reference.items():
         if other[key].shape != tensor.shape:
             raise ValueError(f"{what}: '{key}' has shape {tuple(other[key].shape)}, expected {tuple(tensor.shape)}")
-
-
-def is_finite_state(state: State) -> bool:
-    """Whether every floating-point tensor of ``state`` is free of NaN and +-inf (integer tensors always are)."""
-    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point() or t.is_complex())
 
 
 def fedavg(states: list[State | None], weights: list[float]) -> State | None:

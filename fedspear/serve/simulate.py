@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedspear.cli import setup_logging
 from fedspear.config import Config, load_config
+from fedspear.log import setup_logging
 from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
 

@@ -16,8 +16,9 @@ corpus, so a model sees one format everywhere (the shipped world base model is p
 
 from __future__ import annotations
 
+from fedspear.config_sections import REVISION_TEMPLATES  # the names live with the config's
+
 REVISION_CUE = "Corrected solution:"
-REVISION_TEMPLATES = ("instructions_first", "authors")
 DEFAULT_REVISION_TEMPLATE = "instructions_first"
 
 

@@ -121,7 +121,7 @@ def test_a_dotted_path_algorithm_runs_in_sweep_and_compare(outside_module, tmp_p
     capsys.readouterr()
     assert main(["sweep", "--config", "default", "--algorithms", "ext_reinforce:Nope", "--seeds", "0", *TINY]) == 2
     err = capsys.readouterr().err
-    assert err == "fedspear: error: --algorithms: 'ext_reinforce:Nope': 'ext_reinforce' has no attribute 'Nope'\n"
+    assert err == "fedspear: error: --algorithms=ext_reinforce:Nope: 'ext_reinforce' has no attribute 'Nope'\n"
 
 
 def test_a_registered_algorithms_metrics_pass_the_wire(outside_module):
