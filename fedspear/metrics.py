@@ -11,8 +11,8 @@ Declarations (docs/algorithms.md, "Metrics"):
   of one or two digits (``revision_attempts_#``).
 
 Readers: the Flower wire's allow-list (:func:`is_declared`, every registered algorithm), the round's
-``aggregate`` (:data:`ROUND_COUNTS`), the trackers (:data:`TRACKED`), the round summary line and the
-report (the ``aggregate`` keys) and ``fedspear compare``'s totals (:data:`TOTALS`). A client's metric that no
+``aggregate`` (:data:`ROUND_COUNTS`), the trackers (:data:`TRACKED`), the round summary line (the
+``aggregate`` keys), the report (:data:`REPORTED`) and ``fedspear compare``'s totals (:data:`TOTALS`). A client's metric that no
 declaration names still reaches the simulator's rows, but the wire drops it with a warning.
 
 This module imports no torch: the algorithm registry is imported only when every algorithm's declarations are
@@ -44,6 +44,9 @@ DERIVED = ("y0_accuracy", "needs_revision_pct")
 TRACKED = ("prompts", "wins", "wins_y0", "wins_revision", "losses", "losses_used", "revision_successes",
            "needs_revision", "y0_accuracy", "needs_revision_pct", "tokens_generated", "tokens_trained",
            "steps", "skipped_steps")
+# Aggregate counts report.md totals over a run: (label, key) (fedspear.report).
+REPORTED = (("tokens generated", "tokens_generated"), ("tokens trained", "tokens_trained"),
+            ("successful revisions", "revision_successes"), ("samples needing revision", "needs_revision"))
 # Client metrics fedspear compare totals over a run's training rounds (fedspear.compare.run_totals).
 TOTALS = ("generations", "tokens_generated", "tokens_trained", "tokens_forward")
 

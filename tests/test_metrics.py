@@ -26,6 +26,8 @@ def test_a_class_inherits_its_bases_declarations():
 
 def test_every_aggregate_tracked_and_compared_name_is_declared_by_an_algorithm():
     declared = metrics.declared_metrics()
+    reported = [key for _, key in metrics.REPORTED]
+    assert set(reported) <= set(metrics.ROUND_COUNTS)
     for name in (*metrics.ROUND_COUNTS, *metrics.TOTALS, *(k for k in metrics.TRACKED if k not in metrics.DERIVED)):
         assert metrics.matches(name, declared), name
     assert set(metrics.TRACKED) <= {*metrics.ROUND_COUNTS, *metrics.DERIVED}
