@@ -35,7 +35,8 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses.fiel
 
 @dataclass
 class AlgorithmConfig:
-    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}")
+    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}, a registered name, or your own "
+                            "class as pkg.mod:Class (docs/extending.md)")
 
 
 @dataclass
