@@ -35,6 +35,7 @@ from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
 from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
+from fedspear.log import setup_logging
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -46,21 +47,6 @@ _USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "Run
                                "OutputExistsError"})
 
 logger = logging.getLogger("fedspear")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; always use the live stderr
-        pass
-
-
-_log_handler: _StderrHandler | None = None
 
 
 def format_field_list() -> str:
@@ -311,17 +297,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Send the ``fedspear`` logger to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
-    global _log_handler
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 0 else logging.INFO
-    if _log_handler is None:
-        _log_handler = _StderrHandler()
-        _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        logger.addHandler(_log_handler)
-    logger.setLevel(level)
 
 
 def is_user_error(exc: BaseException) -> bool:

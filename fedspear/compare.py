@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
-from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
+from fedspear.config import Config, ConfigError, config_from_dict, known_algorithms, validate
 from fedspear.federation import simulator
 from fedspear.federation.server import names_new_folder
+from fedspear.metrics import TOTALS
 from fedspear.plots import Point, nested_get, plot_series
 from fedspear.records import RunExistsError, RunRecord, claim_new_folder
 
@@ -51,7 +52,7 @@ def variant(cfg: Config, algorithm: str, output_dir: Path, centralized: bool = F
         algorithm: the ``algorithm.name`` of the copy.
         output_dir: the copy's run folder.
         centralized: set ``data.num_clients = fl.clients_per_round = fl.min_clients = 1`` and lift
-            ``data.max_examples_per_client`` (SPEAR.md section 3, centralized mode).
+            ``data.max_examples_per_client`` (the README's centralized comparison, paper Figure 7).
 
     Returns:
         The copy.
@@ -116,7 +117,7 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
         ConfigError: no algorithm, an unknown or repeated one; every variant is validated before anything runs.
     """
     if not algorithms:
-        raise ConfigError(f"compare: name at least one algorithm ({', '.join(ALGORITHMS)})")
+        raise ConfigError(f"compare: name at least one algorithm ({', '.join(known_algorithms())}, or pkg.mod:Class)")
     repeated = sorted({a for a in algorithms if algorithms.count(a) > 1})
     if repeated:
         raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")
@@ -243,8 +244,7 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "best_accuracy": max(a for _, a in evals) if evals else None, "rounds": len(trained),
         "total_s": time_s if trained else None, "per_round_s": time_s / len(trained) if trained else None,
         "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
-        "generations": total("generations"), "tokens_generated": total("tokens_generated"),
-        "tokens_trained": total("tokens_trained"), "tokens_forward": total("tokens_forward"),
+        **{key: total(key) for key in TOTALS},
     }
 
 
@@ -261,7 +261,7 @@ def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         final = f"{t['final_accuracy']:.4f} ({t['final_round']})" if t["final_accuracy"] is not None else "-"
         cells = [label, final, fmt(t["best_accuracy"], ".4f"), str(t["rounds"]), fmt(t["total_s"], ".1f"),
                  fmt(t["per_round_s"], ".2f"), fmt(t["training_s"], ".1f"),
-                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward"))]
+                 *(fmt(t[k], ".0f") for k in TOTALS)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -31,6 +31,7 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     DTYPES,
     INT_MAX,
     INT_MIN,
+    REVISION_TEMPLATES,
     TASKS,
     TRACKERS,
     AlgorithmConfig,
@@ -47,6 +48,7 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     OptimConfig,
     _f,
 )
+from fedspear.dotted import describe, load_object
 
 # Algorithms added with register_algorithm and the config sections of their settings.
 EXTRA_ALGORITHMS: list[str] = []
@@ -250,9 +252,13 @@ def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
         ConfigError: an unknown section or key (naming the closest valid one) or a value of the wrong type,
             prefixed with ``source`` (a file path or "override").
     """
+    data = translate(data, source)
+    name = data.get("algorithm", {}).get("name") if isinstance(data.get("algorithm"), dict) else None
+    if isinstance(name, str) and ":" in name:  # a user's algorithm: its settings section must be known first
+        resolve_algorithm_name(name)
     top_hints = {k: v for k, v in _section_hints(Config).items() if k != "extensions"}
     top_hints.update(EXTRA_SECTIONS)
-    for section, values in translate(data, source).items():
+    for section, values in data.items():
         section = str(section)
         try:
             if section not in top_hints:
@@ -443,6 +449,45 @@ def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
     _check(value in options, key, f"'{value}' is not one of {', '.join(options)}{_closest(value, list(options))}")
 
 
+def known_algorithms() -> tuple[str, ...]:
+    """Every name ``algorithm.name`` accepts now: the built-ins, then those registered or loaded by dotted path."""
+    return ALGORITHMS + tuple(EXTRA_ALGORITHMS)
+
+
+def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
+    """Make ``name`` usable as ``algorithm.name``: a built-in or registered name, or a user's algorithm class as a
+    dotted path ``pkg.mod:Class`` (docs/extending.md).
+
+    A dotted path is imported here (the user's module, on ``sys.path``: installed or on ``PYTHONPATH``), so the
+    config then accepts the name and the class's settings section (``Class.section`` / ``Class.Settings``, as
+    ``register_algorithm`` does); the algorithm registry (:func:`fedspear.algorithms.registry.algorithm_class`)
+    builds the class from the same path.
+
+    Raises:
+        ConfigError: an unknown name (naming the closest), a path that does not import, or an object that is not
+            an algorithm class (no ``name``, ``rollout`` and ``train``).
+    """
+    if ":" not in name:
+        _one_of(name, key, known_algorithms())
+        return
+    if name in EXTRA_ALGORITHMS:
+        return
+    import inspect
+
+    obj = load_object(name, key)
+    fits = inspect.isclass(obj) and isinstance(getattr(obj, "name", None), str) and all(
+        callable(getattr(obj, m, None)) for m in ("rollout", "train", "from_config"))
+    _check(fits, f"{key}={name}", f"{describe(obj)} is not a subclass of fedspear.algorithms.base.Algorithm "
+                                  "with a name (see docs/extending.md)")
+    section, settings = getattr(obj, "section", None), getattr(obj, "Settings", None)
+    if section is not None and section not in Config.__dataclass_fields__:
+        known = EXTRA_SECTIONS.get(section, settings)
+        _check(known is settings and settings is not None, key,
+               f"section '{section}' of '{name}' needs a Settings dataclass of its own")
+        EXTRA_SECTIONS[section] = settings
+    EXTRA_ALGORITHMS.append(name)
+
+
 def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:
     """A built-in name, or a user's class as ``module:attr`` (imported by :mod:`fedspear.extensions`)."""
     if ":" in value:
@@ -467,10 +512,9 @@ def _check_token_budget(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
-    from fedspear.tasks.prompts import REVISION_TEMPLATES  # here: the tasks package imports this module
     _check(bool(str(cfg.output_dir).strip()), "output_dir",
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
-    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
+    resolve_algorithm_name(cfg.algorithm.name)
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
@@ -519,9 +563,8 @@ def validate(cfg: Config) -> None:
         _check(0 <= value <= 1, f"feedback.{knob}", f"must be in [0, 1], got {value}")
     _check(cfg.feedback.misleading_hint_rate + cfg.feedback.no_hint_rate <= 1, "feedback.misleading_hint_rate",
            "+ feedback.no_hint_rate must be <= 1 (a hint is bare, misleading or the oracle's)")
-    _check(cfg.data.dataset == "world" or not (cfg.feedback.misleading_hint_rate or cfg.feedback.false_reject_rate),
-           "feedback.misleading_hint_rate", "and feedback.false_reject_rate need a task that can hint toward a wrong "
-           f"value (data.dataset=world), not '{cfg.data.dataset}'; set them to 0")
+    # Misleading hints and false rejects need a task with misleading_feedback: a capability of the task, checked
+    # where the run's task is assembled (fedspear.feedback_noise.check_feedback_noise via extensions).
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")

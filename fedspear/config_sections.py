@@ -19,6 +19,8 @@ DP_MODES = ("off", "central", "local")
 TRACKERS = ("tensorboard", "wandb")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+# gen.revision_template: the section orders of a revision prompt (fedspear.tasks.prompts builds them).
+REVISION_TEMPLATES = ("instructions_first", "authors")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
 
@@ -34,7 +36,8 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses.fiel
 
 @dataclass
 class AlgorithmConfig:
-    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}")
+    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}, a registered name, or your own "
+                            "class as pkg.mod:Class (docs/extending.md)")
 
 
 @dataclass

@@ -21,10 +21,9 @@ import torch
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logits, completion_logprobs, make_batch
 from fedspear.config import Config
-from fedspear.federation.aggregation import is_finite_state
 from fedspear.feedback import verifier_of
-from fedspear.generation import GenSettings, generate, merged_lora
-from fedspear.models import Policy
+from fedspear.generation import eval_settings, generate, merged_lora
+from fedspear.models import Policy, is_finite_state
 from fedspear.tasks.base import Example, Task
 
 
@@ -57,8 +56,7 @@ def _group_accuracy(examples: list[Example], correct: list[bool]) -> dict[str, f
 def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> list[bool]:
     """Decode each prompt (greedy unless ``gen.eval_do_sample``) and verify the declared answer."""
     gen = cfg.gen
-    settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
-                           gen.eval_temperature, gen.eval_top_p, gen.top_k)
+    settings = eval_settings(gen)
     prompts = [policy.encode(ex.prompt) for ex in examples]
     check_finite_logits(policy, cfg, prompts[: gen.eval_batch_size])
     completions = generate(policy, prompts, settings, seed=cfg.data.seed)

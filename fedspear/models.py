@@ -373,6 +373,12 @@ def end_of_turn_ids(tokenizer: Any) -> tuple[int, ...]:
     return (ids[0],) if ids and ids[0] in special else ()
 
 
+def is_finite_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of an adapter ``state`` is free of NaN and +-inf (integer tensors always
+    are). Used by aggregation (a non-finite aggregate is refused) and evaluation (a diverged model)."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point() or t.is_complex())
+
+
 def left_truncate(ids: list[int], max_len: int, keep_first: int | None = None) -> list[int]:
     """The last ``max_len`` ids of a prompt; when it starts with ``keep_first`` (the tokenizer's BOS), that
     id stays first and the cut falls after it (a model trained with BOS never sees a prompt without it).

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from fedspear import plots
+from fedspear.metrics import REPORTED
 from fedspear.plots import nested_get
 from fedspear.records import CONFIG_FILE, REPORT_TITLE, RunRecord
 
@@ -122,12 +123,7 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
     round_times = [t for t in (_round_time(row) for row in metrics) if t is not None]
     if round_times:
         items.append(("wall time without evaluation", _fmt_duration(sum(round_times))))
-    for label, key in (
-        ("tokens generated", "tokens_generated"),
-        ("tokens trained", "tokens_trained"),
-        ("successful revisions", "revision_successes"),
-        ("samples needing revision", "needs_revision"),
-    ):
+    for label, key in REPORTED:
         total = _total(metrics, "aggregate", key)
         if total is not None:
             items.append((label, str(int(total))))

@@ -42,7 +42,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from fedspear.config import ALGORITHMS, Config, ConfigError, load_config
+from fedspear.config import ALGORITHMS, Config, ConfigError, known_algorithms, load_config, resolve_algorithm_name
 
 SWEEP_FILE = "sweep.md"
 SWEEP_JSON = "sweep.json"
@@ -152,9 +152,12 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
     """
     from fedspear.federation.server import expand_output_dir, names_new_folder
 
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    unknown = [a for a in algorithms if ":" not in a and a not in known_algorithms()]
     if unknown:
-        raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(known_algorithms())} "
+                          "or a dotted path pkg.mod:Class")
+    for algorithm in algorithms:  # a user's algorithm by dotted path: imported and checked now
+        resolve_algorithm_name(algorithm, "--algorithms")
     named = load_config(config, overrides)
     named = replace(named, algorithm=replace(named.algorithm, name="sweep"))  # names the folder; a copy
     keys = [k for k, _ in grid]

@@ -16,14 +16,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fedspear import metrics
 from fedspear.config import Config, ConfigError
 
 logger = logging.getLogger("fedspear")
 
-# Summed counts of the row's "aggregate" logged under train/.
-TRAIN_KEYS = ("prompts", "wins", "wins_y0", "wins_revision", "losses", "losses_used", "revision_successes",
-              "needs_revision", "y0_accuracy", "needs_revision_pct", "tokens_generated", "tokens_trained",
-              "steps", "skipped_steps")
+# Summed counts of the row's "aggregate" logged under train/: the metric registry's (fedspear.metrics).
+TRAIN_KEYS = metrics.TRACKED
 
 
 def _number(value: Any) -> float | None:

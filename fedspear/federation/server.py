@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from fedspear import privacy
+from fedspear import metrics, privacy
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
@@ -43,11 +43,8 @@ logger = logging.getLogger("fedspear")
 
 State = dict[str, torch.Tensor]
 
-# Summed over clients in a round's "aggregate" metrics.
-COUNT_KEYS = ("prompts", "samples_y0", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
-              "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
-              "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
-              "generation_s", "feedback_s", "training_s")
+# Summed over clients in a round's "aggregate" metrics: the metric registry's (fedspear.metrics).
+COUNT_KEYS = metrics.ROUND_COUNTS
 
 
 class RunStopped(RuntimeError):
@@ -502,6 +499,8 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
+    from fedspear.algorithms.registry import algorithm_class
+    from fedspear.feedback_noise import check_feedback_noise
     from fedspear.models import load_policy
     from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
@@ -515,7 +514,9 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
     try:
+        algorithm_class(cfg.algorithm.name)  # a user's pkg.mod:Class is registered: its declared metrics cross the wire
         task = get_task(cfg.data.dataset)
+        check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
         data = task.load(cfg)
         if not data.eval:
             raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")

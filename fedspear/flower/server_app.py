@@ -25,7 +25,6 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedspear.cli import setup_logging
 from fedspear.federation.server import ClientReport, RoundPlan, open_server
 from fedspear.flower.app_config import ServerSettings
 from fedspear.flower.wire import (
@@ -39,6 +38,7 @@ from fedspear.flower.wire import (
     report_from_reply,
     state_to_record,
 )
+from fedspear.log import setup_logging
 
 logger = logging.getLogger("fedspear")
 

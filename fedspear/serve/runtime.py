@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspear.config import Config
-from fedspear.generation import GenSettings
+from fedspear.generation import GenSettings, rollout_settings
 from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
 from fedspear.serve.learning import update_from_store
@@ -104,7 +104,7 @@ def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> 
     """The feedback section of a revision prompt from a person's hint, in the oracle's structure.
 
     The oracle's feedback is a verdict naming the given answer, one hint, the required format and a request not
-    to repeat the answer (SPEAR.md section 7). A person gives the verdict (a click) and the hint (typed); the
+    to repeat the answer (docs/deviations.md, section 5). A person gives the verdict (a click) and the hint (typed); the
     client writes the other lines around the hint, so the model reads people's feedback in the form it was
     trained on. Nothing is added that the person did not say or that the task does not already state: the
     verdict, the model's own answer, the answer format.
@@ -211,9 +211,7 @@ class ClientRuntime:
 
     def settings(self, revision: bool) -> GenSettings:
         """Decoding settings of first answers / revisions (``gen.*``, as in SPEAR's rollout)."""
-        gen = self.cfg.gen
-        return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p, gen.top_k)
+        return rollout_settings(self.cfg.gen, revision)
 
     def _encode(self, prompt: str, settings: GenSettings, what: str) -> list[int]:
         ids = self.engine.encode(prompt)

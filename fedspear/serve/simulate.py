@@ -3,7 +3,7 @@
 A :class:`ScriptedPerson` is the task's oracle acting as a person: it asks a task item through the served
 client's HTTP API, judges the answer with the task's verifier, gives the oracle's partial feedback on the
 latest wrong answer as its hint, and accepts or rejects each revision, exactly as SPEAR's oracle rollout does
-(SPEAR.md 2.2-2.4), but through the same interface as a person at the page: it types the oracle's hint
+(docs/algorithms.md, "SPEAR"), but through the same interface as a person at the page: it types the oracle's hint
 sentence, and the page frames it as the oracle frames its feedback.
 
 :func:`run_federation` runs a whole federation of served clients offline, in one process: each client is a
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedspear.cli import setup_logging
 from fedspear.config import Config, load_config
+from fedspear.log import setup_logging
 from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
 

@@ -1,6 +1,6 @@
 """What every task provides: examples, a prompt, a verifier and oracle feedback.
 
-A task is data + prompt + verifier + oracle feedback for one benchmark (SPEAR.md section 7). The gold
+A task is data + prompt + verifier + oracle feedback for one benchmark (docs/extending.md, "A task"). The gold
 answer lives in :class:`Example` but never enters a model context: only the verifier and the oracle
 read it (and OPSD's teacher, which is privileged by design).
 """

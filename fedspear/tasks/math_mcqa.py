@@ -1,4 +1,4 @@
-"""MATH-MCQA: competition math problems with four lettered options, solved step by step (SPEAR.md section 7).
+"""MATH-MCQA: competition math problems with four lettered options, solved step by step (docs/extending.md, "A task").
 
 Hub schema (``stellaathena/math_mcqa``): ``problem``, ``level``, ``type``, ``solution`` (LaTeX with a
 ``\\boxed{...}`` final answer), ``choices`` (option texts) and ``answer`` (the gold option's 0-based index).
