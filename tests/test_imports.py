@@ -76,7 +76,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("federation server and client", ("fedspear.federation", "fedspear.records", "fedspear.report",
                                       "fedspear.plots", "fedspear.tracking", "fedspear.metrics")),
     ("privacy", ("fedspear.privacy",)),
-    ("evaluation", ("fedspear.evaluation",)),
+    ("evaluation", ("fedspear.evaluation", "fedspear.prompt_budget")),
     ("algorithms", ("fedspear.algorithms",)),
     ("users' extensions", ("fedspear.extensions",)),
     ("feedback and generation", ("fedspear.feedback", "fedspear.feedback_noise", "fedspear.rollout_queue",
@@ -92,6 +92,9 @@ ALLOWED_UPWARD = {
     ("fedspear.config", "fedspear.algorithms.settings"),
     # privacy.py (owned by the DP work) filters the usable client results with the aggregation's helper.
     ("fedspear.privacy", "fedspear.federation.aggregation"),
+    # privacy.sample_round (Poisson sampling under central DP) falls back to the fixed-K sampler of the partition
+    # module when DP is off; the sampler belongs under federation/ with sample_round calling into privacy.
+    ("fedspear.privacy", "fedspear.federation.partition"),
 }
 
 
