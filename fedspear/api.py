@@ -18,6 +18,7 @@ from typing import Any
 
 from fedspear import config as _config
 from fedspear.extensions import check as _check_extensions
+from fedspear.preflight import check_not_adapter as _check_not_adapter
 from fedspear.presets import resolve_config
 
 __all__ = ["RunResult", "load_config", "run"]
@@ -53,11 +54,23 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         The Config, with any dotted-path task or feedback source (``module:Class``) imported and checked.
 
     Raises:
-        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load.
+        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load,
+            ``model.model_name`` naming a PEFT adapter, ``lora.target_modules`` naming no module of the model.
     """
     cfg = _config.load_config(resolve_config(config), list(overrides or []))
-    _check_extensions(cfg)
+    _check_before_work(cfg)
     return cfg
+
+
+def _check_before_work(cfg: _config.Config) -> None:
+    """What ``fedspear check`` verifies beyond the values (``fedspear.cli.check_before_work``, repeated here: the
+    API does not import the command line)."""
+    _check_extensions(cfg)
+    _check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
 
 
 def run(config: _config.Config | str | Path | None = None, overrides: list[str] | None = None) -> RunResult:
@@ -78,7 +91,7 @@ def run(config: _config.Config | str | Path | None = None, overrides: list[str] 
         cfg = _config.config_from_dict(config.to_dict())  # a copy: the run expands output_dir in place
         if overrides:
             _config.apply_overrides(cfg, list(overrides))
-        _check_extensions(cfg)
+        _check_before_work(cfg)
     else:
         cfg = load_config(config, overrides)
     from fedspear.federation import simulator  # imports torch

@@ -34,6 +34,7 @@ from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
 from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
+from fedspear.preflight import check_not_adapter
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -42,7 +43,7 @@ EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
 _USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "RunDirError", "RunFileError",
-                               "OutputExistsError"})
+                               "OutputExistsError", "RunWriteError"})
 
 logger = logging.getLogger("fedspear")
 
@@ -84,6 +85,22 @@ def _yaml_scalar(value: Any) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def check_before_work(cfg: Config) -> None:
+    """What ``check`` and ``run`` verify beyond the values: the user's task and feedback classes, that
+    ``model.model_name`` is no PEFT adapter and, when ``lora.target_modules`` is set, that it names modules of
+    the model (built without its weights; only then are torch and transformers imported).
+
+    Raises:
+        ConfigError: the first check that fails (one line).
+    """
+    check_extensions(cfg)
+    check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Start a run from ``--config`` + overrides, or continue ``--resume RUN_DIR``; print the run folder."""
     if args.resume is not None:
@@ -98,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = simulator.resume(run_dir, list(args.overrides))
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
-        check_extensions(cfg)
+        check_before_work(cfg)
         from fedspear.federation import simulator
 
         out = simulator.run(cfg)
@@ -115,7 +132,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     path = resolve_config(args.config)
     cfg = load_config(path, args.overrides)
-    check_extensions(cfg)
+    check_before_work(cfg)
     sources = " + ".join([str(path), *args.overrides])
     sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
     return 0

@@ -33,7 +33,7 @@ from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_se
 from fedspear.federation.partition import client_seed, sample_clients
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
-from fedspear.records import RunFileError, RunRecord, durable_step
+from fedspear.records import RunFileError, RunRecord, disk_errors, durable_step
 from fedspear.report import write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
@@ -192,6 +192,8 @@ class FederatedServer:
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
+        self.rounds_run = 0  # rounds this server ran (since the start or the resume)
+        self.first_error: str | None = None  # the first client error of the rounds it ran
         self.trackers = Trackers(cfg, record.run_dir)
 
     @property
@@ -293,9 +295,14 @@ class FederatedServer:
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
                            result.get("diverged_reason", "non-finite scores"))
-        save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
+        self._save_adapter(self.record.adapter_dir(round_idx), f"the adapter of round {round_idx}")
         durable_step("adapter")
         return result
+
+    def _save_adapter(self, out_dir: Path, what: str) -> None:
+        """:func:`save_adapter`, a full disk (or a read-only folder) reported in one line naming the folder."""
+        with disk_errors(out_dir, what, self.record.resume_advice()):
+            save_adapter(self.engine, self.global_state, out_dir)
 
     def _idle_stop(self, row: dict[str, Any]) -> str | None:
         """Count rounds in a row where clients took part but none sent a usable update (all failed, non-finite,
@@ -305,12 +312,26 @@ class FederatedServer:
                   + int(bool(info.get("refused_nonfinite_aggregate"))))
         usable = info.get("num_aggregated", 0) > 0 and not info.get("refused_nonfinite_aggregate")
         self.idle_rounds = 0 if usable or not broken else self.idle_rounds + 1
+        self.rounds_run += 1
+        if self.first_error is None:
+            self.first_error = next((c["error"] for c in row.get("clients") or [] if c.get("error")), None)
         limit = self.cfg.fl.max_idle_rounds
         if limit and self.idle_rounds >= limit:
             return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
                     f"non-finite updates; fl.max_idle_rounds={limit}); lower optim.lr or check the clients' errors "
-                    "in metrics.jsonl")
+                    "in metrics.jsonl" + self._first_error_hint())
+        if limit and row.get("round") == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
+            # A run shorter than fl.max_idle_rounds in which no client ever sent a usable update did not train.
+            return (f"no usable client update in any of the {self.rounds_run} rounds run (clients failed or sent "
+                    "non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
+                    + self._first_error_hint())
         return None
+
+    def _first_error_hint(self) -> str:
+        if not self.first_error:
+            return ""
+        error = " ".join(self.first_error.split())
+        return f" (first error: {error if len(error) <= 200 else error[:197] + '...'})"
 
     def end_round(self, row: dict[str, Any]) -> None:
         """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line.
@@ -332,7 +353,7 @@ class FederatedServer:
         self.trackers.log_round(row)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
         if stop is not None:
-            report = write_report(self.record.run_dir)
+            report = self._write_report()
             raise RunStopped(f"run stopped after round {round_idx}: {stop} (metrics and report kept: {report})")
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
@@ -373,11 +394,24 @@ class FederatedServer:
         """Save the final adapter (if the last round did not) and write the report; returns the run folder."""
         final = self.record.adapter_dir(self.cfg.fl.rounds)
         if not (final / "adapter_model.safetensors").exists():
-            save_adapter(self.engine, self.global_state, final)
-        report = write_report(self.record.run_dir)
+            self._save_adapter(final, "the final adapter")
+        report = self._write_report()
         self.trackers.finish(final)
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
+
+    def _write_report(self) -> Path:
+        with disk_errors(self.record.report_path, "the report", self.record.resume_advice()):
+            return write_report(self.record.run_dir)
+
+    def open_trackers(self) -> None:
+        """Open the ``logging.report_to`` trackers now, before round 0 (or the first resumed round), so a tracker
+        that cannot start (not installed, wandb online without a login) stops the run before any work.
+
+        Raises:
+            ConfigError: a tracker failed to start (the message names it and the fix).
+        """
+        self.trackers.open()
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
@@ -458,6 +492,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
+    from fedspear.extensions import load_task_data
     from fedspear.models import load_policy
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
@@ -467,11 +502,12 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     resuming = resume and record.has_checkpoint()
     record.create(cfg, resume=resuming)
     task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
+    data = load_task_data(task, cfg)
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
     policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     server = FederatedServer(cfg, record, policy, data.eval, task=task)
+    server.open_trackers()  # a tracker that cannot start fails before round 0
     if resuming:
         return server, server.resume() + 1
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),

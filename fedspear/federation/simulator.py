@@ -22,15 +22,15 @@ from typing import Any
 import torch
 
 from fedspear import privacy
-from fedspear.algorithms.base import Algorithm
+from fedspear.algorithms.base import Algorithm, RunSettings
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, load_config
-from fedspear.extensions import task_with_feedback
+from fedspear.extensions import load_task_data, probe_task, task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
 from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
 from fedspear.models import Policy, load_policy
-from fedspear.records import RunFileError, RunRecord
+from fedspear.records import RunFileError, RunRecord, disk_errors
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
 
@@ -64,11 +64,12 @@ class Federation:
 def setup(cfg: Config, record: RunRecord) -> Federation:
     """Load the task data, partition it over clients and load the model."""
     task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
+    data = load_task_data(task, cfg)
     if not data.train:
         raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+    probe_task(task, cfg, data.train[0], RunSettings.from_config(cfg))  # a broken extract/feedback fails here
     clients = partition_examples(cfg, data.train)
     task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
     engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
@@ -128,10 +129,27 @@ def run(cfg: Config) -> Path:
     """
     cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    record.create(cfg)
-    fed = setup(cfg, record)
-    (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-    server = _server(fed, build_server_optimizer(fed.cfg.fl))
+    return _start(cfg, record, keep_config=False)
+
+
+def _start(cfg: Config, record: RunRecord, keep_config: bool) -> Path:
+    """Create the run folder, set up, open the trackers, then round 0 and the rounds.
+
+    Whatever fails before round 0 starts (data, task probe, model, trackers) removes what this start wrote, and
+    the folder when this start created it, so the same command can simply be run again; ``keep_config`` keeps
+    config.yaml (a ``--resume`` of a folder whose earlier start failed).
+    """
+    created = not record.run_dir.exists()
+    record.create(cfg)  # clears what an earlier failed start left
+    try:
+        fed = setup(cfg, record)
+        with disk_errors(record.run_dir / "data_stats.json", "the data statistics", record.resume_advice()):
+            (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
+        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+        server.open_trackers()
+    except BaseException:
+        record.discard_start(remove_config=not keep_config, remove_dir=created)
+        raise
     server.start(fed.load_stats)
     server.run_rounds(LocalClients(fed), 1, _after_round)
     return server.finish()
@@ -156,16 +174,18 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     record = RunRecord(run_dir)
+    record.check_writable()  # a read-only folder fails here, not after a whole round
     if not record.has_checkpoint():
         if record.has_run():
             raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
                                f"round 0; this run cannot be resumed: start it again with a new output_dir")
         logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
                        run_dir)
-        return run(replace(cfg, output_dir=str(run_dir)))
+        return _start(replace(cfg, output_dir=str(run_dir)), record, keep_config=True)
     record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
     fed = setup(cfg, record)
     server = _server(fed, build_server_optimizer(fed.cfg.fl))
+    server.open_trackers()
     done = server.resume()
     server.run_rounds(LocalClients(fed), done + 1, _after_round)
     return server.finish()
