@@ -18,6 +18,7 @@ from typing import Any
 
 from fedspear import config as _config
 from fedspear.extensions import check as _check_extensions
+from fedspear.preflight import check_model_path as _check_model_path
 from fedspear.preflight import check_not_adapter as _check_not_adapter
 from fedspear.presets import resolve_config
 
@@ -66,6 +67,7 @@ def _check_before_work(cfg: _config.Config) -> None:
     """What ``fedspear check`` verifies beyond the values (``fedspear.cli.check_before_work``, repeated here: the
     API does not import the command line)."""
     _check_extensions(cfg)
+    _check_model_path(cfg)
     _check_not_adapter(cfg)
     if cfg.lora.target_modules:
         from fedspear.models import check_lora_targets  # imports torch

@@ -34,7 +34,7 @@ from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
 from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
-from fedspear.preflight import check_not_adapter
+from fedspear.preflight import check_model_path, check_not_adapter
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -87,13 +87,14 @@ def _yaml_scalar(value: Any) -> str:
 
 def check_before_work(cfg: Config) -> None:
     """What ``check`` and ``run`` verify beyond the values: the user's task and feedback classes, that
-    ``model.model_name`` is no PEFT adapter and, when ``lora.target_modules`` is set, that it names modules of
+    ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter and, when ``lora.target_modules`` is set, that it names modules of
     the model (built without its weights; only then are torch and transformers imported).
 
     Raises:
         ConfigError: the first check that fails (one line).
     """
     check_extensions(cfg)
+    check_model_path(cfg)
     check_not_adapter(cfg)
     if cfg.lora.target_modules:
         from fedspear.models import check_lora_targets  # imports torch
@@ -167,6 +168,7 @@ def cmd_make_base(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run several algorithms on the same seed, partition and schedule; print the comparison report's path."""
     cfg = load_config(resolve_config(args.config), args.overrides)
+    check_before_work(cfg)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     from fedspear.compare import compare  # imports torch
 
@@ -200,7 +202,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds: '{args.seeds}' is not a comma-separated list of integers") from None
     config = resolve_config(args.config)
-    base, _ = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    base, configs = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    for first in list(configs.values())[:1]:  # the model and the user's classes, checked once
+        check_before_work(first)
     report_dir(base, args.name)
     resolve_reference(args.reference, algorithms, grid)
     from fedspear.sweep import sweep  # imports torch

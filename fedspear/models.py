@@ -416,9 +416,17 @@ def build_policy(cfg: Any) -> Policy:
     """
     warn_on_template_mismatch(cfg)
     device = resolve_device(cfg.model.device_map)
-    check_not_adapter(cfg)  # before the tokenizer, which an adapter folder may also hold
-    tokenizer = load_tokenizer(cfg)
-    base = load_base_model(cfg, device)
+    try:
+        check_not_adapter(cfg)  # before the tokenizer, which an adapter folder may also hold
+        tokenizer = load_tokenizer(cfg)
+        base = load_base_model(cfg, device)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # transformers: no such model on the Hub, no network and not cached, no weights
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"model.model_name={cfg.model.model_name}: cannot be loaded "
+                          f"({detail if len(detail) <= 240 else detail[:237] + '...'}); give a model folder or a "
+                          "Hugging Face model id that is cached (hf.offline=true) or reachable") from None
     max_seq_len = cap_max_seq_len(cfg, base)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)

@@ -1,7 +1,7 @@
 """Light checks of a config against the files it names, before any work (no torch, no transformers).
 
 :func:`fedspear.config.validate` checks values alone. ``fedspear check``, ``fedspear run`` and the Python API also
-run :func:`check_not_adapter` and, when ``lora.target_modules`` is set,
+run :func:`check_model_path`, :func:`check_not_adapter` and, when ``lora.target_modules`` is set,
 :func:`fedspear.models.check_lora_targets` (the model built on PyTorch's ``meta`` device, no weights read); see
 docs/configuration.md, "Errors before round 0".
 
@@ -30,6 +30,19 @@ def adapter_error(name: str, adapter_config: str | Path) -> ConfigError:
     hint = f"base_model_name_or_path={base}" if base else "see its adapter_config.json"
     return ConfigError(f"model.model_name={name} is a LoRA adapter ({ADAPTER_CONFIG}); give its base model "
                        f"({hint}); fedspear trains its own adapter on the base model")
+
+
+def check_model_path(cfg: Config) -> None:
+    """Refuse a ``model.model_name`` (or ``model.tokenizer_name``) written as a path (starting with ``/``, ``.``
+    or ``~``) that does not exist: it would otherwise be looked up on the Hugging Face Hub and fail there.
+
+    Raises:
+        ConfigError: the folder does not exist.
+    """
+    for key, name in (("model.model_name", cfg.model.model_name), ("model.tokenizer_name", cfg.model.tokenizer_name)):
+        if name and name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+            raise ConfigError(f"{key}={name}: no such folder; give a model folder or a Hugging Face model id "
+                              "such as Qwen/Qwen2.5-0.5B-Instruct")
 
 
 def check_not_adapter(cfg: Config) -> None:

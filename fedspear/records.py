@@ -249,12 +249,13 @@ class RunRecord:
                 with disk_errors(path, "a resumed run's files", advice), open(path, "ab"):
                     pass
 
-    def discard_start(self, remove_config: bool, remove_dir: bool) -> None:
+    def discard_start(self, remove_config: bool, made: Path | None) -> None:
         """Remove what a start that failed before round 0 wrote, so nothing of it is left behind.
 
         Args:
             remove_config: also remove config.yaml (the start wrote it; False when resuming a folder's own config).
-            remove_dir: also remove the folder itself when it is then empty (the start created it).
+            made: the first folder the start created (the run folder or a missing parent of it), or None: the run
+                folder and its parents up to ``made`` are removed when they are then empty.
         """
         names = [*_START_LEFTOVERS, CONFIG_FILE] if remove_config else list(_START_LEFTOVERS)
         for name in names:
@@ -264,9 +265,27 @@ class RunRecord:
                     shutil.rmtree(path)
                 elif path.exists() or path.is_symlink():
                     path.unlink()
-        if remove_dir:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()  # only when empty: never a file this start did not write
+        if made is None:
+            return
+        folder = self.run_dir
+        while True:
+            try:
+                folder.rmdir()  # only when empty: never a file this start did not write
+            except OSError:
+                return
+            if folder == made or folder.parent == folder:
+                return
+            folder = folder.parent
+
+    def first_missing_folder(self) -> Path | None:
+        """The outermost folder of the run folder's path that does not exist yet (what :meth:`create` will make),
+        or None when the run folder exists."""
+        if self.run_dir.exists():
+            return None
+        missing = self.run_dir
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        return missing
 
     def _clear_failed_start(self) -> None:
         left = [name for name in _START_LEFTOVERS if (self.run_dir / name).exists()]

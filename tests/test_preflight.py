@@ -87,3 +87,22 @@ def test_attach_lora_raises_the_same_one_line_error(tiny_qwen):
                              "lora.target_modules=[nope]", "lora.last_n_layers=1"])
     with pytest.raises(ConfigError, match=r"^lora.target_modules: nope is not a module of the last 1 layers"):
         build_policy(cfg)
+
+
+def test_check_refuses_a_model_path_that_does_not_exist(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["check", f"model.model_name={missing}"]) == 2
+    assert _one_error_line(capsys) == (f"fedspear: error: model.model_name={missing}: no such folder; give a model "
+                                       "folder or a Hugging Face model id such as Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def test_a_model_id_that_cannot_be_loaded_is_one_line_and_leaves_no_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # restored after the test (the run sets it for hf.offline=true)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "runs" / "x"
+    assert main(["run", "model.model_name=nobody/no-such-model-xyz", "hf.offline=true", f"output_dir={out}"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("fedspear: error: model.model_name=nobody/no-such-model-xyz: cannot be loaded (")
+    assert line.endswith("); give a model folder or a Hugging Face model id that is cached (hf.offline=true) or "
+                         "reachable")
+    assert list(tmp_path.glob("runs*")) == []  # neither the run folder nor the parent it made

@@ -130,18 +130,22 @@ def test_check_writable_on_a_folder_that_refuses_new_files(tmp_path):
         _immutable(record.run_dir, False)
 
 
-def test_discard_start_removes_what_the_start_wrote_and_the_folder_it_made(tmp_path):
-    record = _record(tmp_path)
+def test_discard_start_removes_what_the_start_wrote_and_the_folders_it_made(tmp_path):
+    record = RunRecord(tmp_path / "runs" / "a" / "run")
+    made = record.first_missing_folder()
+    assert made == tmp_path / "runs"
+    cfg = Config()
+    record.create(cfg)
     record.append_metrics({"round": 0})
     (record.run_dir / "wandb").mkdir()
     (record.run_dir / "wandb" / "x").write_text("x")
-    record.discard_start(remove_config=True, remove_dir=True)
-    assert not record.run_dir.exists()
+    record.discard_start(remove_config=True, made=made)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_discard_start_keeps_the_config_and_files_it_did_not_write(tmp_path):
     record = _record(tmp_path)
     record.append_metrics({"round": 0})
     (record.run_dir / "notes.txt").write_text("mine")
-    record.discard_start(remove_config=False, remove_dir=True)
+    record.discard_start(remove_config=False, made=record.run_dir)
     assert sorted(p.name for p in record.run_dir.iterdir()) == ["config.yaml", "notes.txt"]

@@ -136,10 +136,10 @@ def _start(cfg: Config, record: RunRecord, keep_config: bool) -> Path:
     """Create the run folder, set up, open the trackers, then round 0 and the rounds.
 
     Whatever fails before round 0 starts (data, task probe, model, trackers) removes what this start wrote, and
-    the folder when this start created it, so the same command can simply be run again; ``keep_config`` keeps
+    the folders this start created, so the same command can simply be run again; ``keep_config`` keeps
     config.yaml (a ``--resume`` of a folder whose earlier start failed).
     """
-    created = not record.run_dir.exists()
+    made = record.first_missing_folder()
     record.create(cfg)  # clears what an earlier failed start left
     try:
         fed = setup(cfg, record)
@@ -148,7 +148,7 @@ def _start(cfg: Config, record: RunRecord, keep_config: bool) -> Path:
         server = _server(fed, build_server_optimizer(fed.cfg.fl))
         server.open_trackers()
     except BaseException:
-        record.discard_start(remove_config=not keep_config, remove_dir=created)
+        record.discard_start(remove_config=not keep_config, made=made)
         raise
     server.start(fed.load_stats)
     server.run_rounds(LocalClients(fed), 1, _after_round)
