@@ -229,7 +229,9 @@ class RunRecord:
         if not resume:
             self._clear_failed_start()
         if not (resume and self.config_path.exists()):
-            _fsync_write(self.config_path, cfg.to_yaml(), "w")
+            with disk_errors(self.config_path, "the run's config", "free space (or fix the folder's permissions) "
+                             "and run the command again"):
+                _fsync_write(self.config_path, cfg.to_yaml(), "w")
             fsync_dir(self.run_dir)
             durable_step("config")
 

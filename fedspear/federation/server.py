@@ -374,7 +374,15 @@ class FederatedServer:
     # ------------------------------------------------------------------------------- start / resume / end
 
     def start(self, load_stats: dict[str, Any] | None = None) -> None:
-        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint."""
+        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint.
+        A round 0 that fails or is interrupted closes the trackers with the reason first."""
+        try:
+            self._start(load_stats)
+        except BaseException as exc:
+            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self, load_stats: dict[str, Any] | None) -> None:
         ev_start = time.perf_counter()
         row0: dict[str, Any] = {"round": 0, "eval": self.evaluate(0), "time": {"eval_s": time.perf_counter() - ev_start}}
         if load_stats is not None:
@@ -507,9 +515,11 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
     policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     server = FederatedServer(cfg, record, policy, data.eval, task=task)
-    server.open_trackers()  # a tracker that cannot start fails before round 0
     if resuming:
-        return server, server.resume() + 1
+        done = server.resume()
+        server.open_trackers()  # a tracker that cannot start fails before the first resumed round
+        return server, done + 1
+    server.open_trackers()  # a tracker that cannot start fails before round 0
     stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
              "train": len(data.train), "eval": len(data.eval)}
     server.start(stats)

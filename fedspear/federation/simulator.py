@@ -185,7 +185,7 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
     fed = setup(cfg, record)
     server = _server(fed, build_server_optimizer(fed.cfg.fl))
-    server.open_trackers()
     done = server.resume()
+    server.open_trackers()  # a tracker that cannot start fails before the first resumed round
     server.run_rounds(LocalClients(fed), done + 1, _after_round)
     return server.finish()
