@@ -106,3 +106,17 @@ def test_a_model_id_that_cannot_be_loaded_is_one_line_and_leaves_no_run(tmp_path
     assert line.endswith("); give a model folder or a Hugging Face model id that is cached (hf.offline=true) or "
                          "reachable")
     assert list(tmp_path.glob("runs*")) == []  # neither the run folder nor the parent it made
+
+
+def test_a_model_folder_that_also_holds_an_adapter_is_refused(adapter_dir, tiny_qwen, tmp_path, capsys):
+    """transformers loads such a folder's model and attaches the adapter: the same silent mistraining."""
+    import shutil
+
+    both = tmp_path / "model-with-adapter"
+    shutil.copytree(tiny_qwen, both)
+    for f in adapter_dir.iterdir():
+        shutil.copy(f, both / f.name)
+    assert main(["check", f"model.model_name={both}"]) == 2
+    assert _one_error_line(capsys).startswith(f"fedspear: error: model.model_name={both} is a LoRA adapter "
+                                              f"(adapter_config.json); give its base model "
+                                              f"(base_model_name_or_path={tiny_qwen})")
