@@ -192,8 +192,8 @@ class FederatedServer:
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
-        self.rounds_run = 0  # rounds this server ran (since the start or the resume)
-        self.first_error: str | None = None  # the first client error of the rounds it ran
+        self.rounds_run = 0  # rounds of the run so far (a resume counts the rounds before it from metrics.jsonl)
+        self.first_error: str | None = None  # the first client error of the run
         self.trackers = Trackers(cfg, record.run_dir)
 
     @property
@@ -304,9 +304,9 @@ class FederatedServer:
         with disk_errors(out_dir, what, self.record.resume_advice()):
             save_adapter(self.engine, self.global_state, out_dir)
 
-    def _idle_stop(self, row: dict[str, Any]) -> str | None:
-        """Count rounds in a row where clients took part but none sent a usable update (all failed, non-finite,
-        or a refused aggregate); the reason to stop once ``fl.max_idle_rounds`` is reached, else None."""
+    def _count_round(self, row: dict[str, Any]) -> None:
+        """Count a round's row: consecutive rounds where clients took part but none sent a usable update (all
+        failed, non-finite, or a refused aggregate), rounds of the run, and the first client error."""
         info = row.get("aggregation") or {}
         broken = (info.get("num_failed_clients", 0) + info.get("num_excluded_nonfinite", 0)
                   + int(bool(info.get("refused_nonfinite_aggregate"))))
@@ -315,6 +315,11 @@ class FederatedServer:
         self.rounds_run += 1
         if self.first_error is None:
             self.first_error = next((c["error"] for c in row.get("clients") or [] if c.get("error")), None)
+
+    def _idle_stop(self, row: dict[str, Any]) -> str | None:
+        """Count the row (:meth:`_count_round`); the reason to stop once ``fl.max_idle_rounds`` rounds in a row
+        were idle, or when the last round ends a run in which every round was idle; else None."""
+        self._count_round(row)
         limit = self.cfg.fl.max_idle_rounds
         if limit and self.idle_rounds >= limit:
             return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
@@ -322,8 +327,8 @@ class FederatedServer:
                     "in metrics.jsonl" + self._first_error_hint())
         if limit and row.get("round") == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
             # A run shorter than fl.max_idle_rounds in which no client ever sent a usable update did not train.
-            return (f"no usable client update in any of the {self.rounds_run} rounds run (clients failed or sent "
-                    "non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
+            return (f"no usable client update in any of the {self.rounds_run} rounds of this run (clients failed or "
+                    "sent non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
                     + self._first_error_hint())
         return None
 
@@ -393,8 +398,12 @@ class FederatedServer:
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
-        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round."""
+        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round; the
+        idle-round counts (``fl.max_idle_rounds``) continue from the rows before it."""
         done = self.load_checkpoint()
+        for row in self.record.read_metrics():  # the idle-round counts continue where the run left them
+            if isinstance(row.get("round"), int) and 1 <= row["round"] <= done:
+                self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 

@@ -92,7 +92,7 @@ def test_a_run_where_every_client_always_failed_stops_with_exit_3(tiny_qwen, tmp
     assert main(_args(tiny_qwen, out, **{"data.dataset": f"{user_tasks}:FailsInClients"})) == 3
     line = _error_line(capsys)
     assert line.startswith("fedspear: stopped: run stopped after round 1: no usable client update in any of the 1 "
-                           "rounds run (clients failed or sent non-finite updates); nothing was trained"), line
+                           "rounds of this run (clients failed or sent non-finite updates); nothing was trained"), line
     assert "(first error: RuntimeError: hint service down)" in line
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["stopped"] and rows[-1]["aggregation"]["num_failed_clients"] == 2
@@ -172,3 +172,30 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_finishes(tiny_qw
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert (out / "adapters" / "round_0002" / "adapter_model.safetensors").is_file()
+
+
+def test_a_resumed_run_counts_the_rounds_before_the_resume(tiny_qwen, tmp_path, monkeypatch, capsys):
+    """Round 1 ran (clients sent updates); round 2, resumed, has every client fail: not "nothing was trained"."""
+    require_shared_data()
+    from fedspear.federation import simulator
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_qwen, out)) == 0
+    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1]
+    assert first["aggregation"]["num_failed_clients"] == 0
+    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, batched: [RuntimeError("boom")] * len(jobs))
+    assert main(["run", "--resume", str(out), "fl.rounds=2"]) == 0  # 1 idle round of 2 (fl.max_idle_rounds=5)
+
+
+def test_idle_rounds_in_a_row_are_counted_across_a_resume(tiny_qwen, tmp_path, monkeypatch, capsys):
+    require_shared_data()
+    from fedspear.federation import simulator
+
+    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, batched: [RuntimeError("boom")] * len(jobs))
+    out = tmp_path / "run"
+    assert main(_args(tiny_qwen, out, **{"fl.max_idle_rounds": 2})) == 3  # its only round was idle
+    assert "any of the 1 rounds of this run" in _error_line(capsys)
+    assert main(["run", "--resume", str(out), "fl.rounds=3"]) == 3
+    line = _error_line(capsys)
+    assert line.startswith("fedspear: stopped: run stopped after round 2: no usable client update in 2 consecutive "
+                           "rounds"), line  # round 1 (before the resume) and round 2
