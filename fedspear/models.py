@@ -99,6 +99,9 @@ def load_tokenizer(cfg: Any) -> Any:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
         raise ConfigError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+    if not tok("Answer: A", add_special_tokens=False)["input_ids"]:  # e.g. a model folder without tokenizer files
+        raise ConfigError(f"the tokenizer of {name} turns text into no tokens (vocabulary of {len(tok)}): the folder "
+                          "has no tokenizer files; set model.tokenizer_name to the model's tokenizer")
     tok.padding_side = "left"
     tok.truncation_side = "left"
     return tok

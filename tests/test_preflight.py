@@ -120,3 +120,19 @@ def test_a_model_folder_that_also_holds_an_adapter_is_refused(adapter_dir, tiny_
     assert _one_error_line(capsys).startswith(f"fedspear: error: model.model_name={both} is a LoRA adapter "
                                               f"(adapter_config.json); give its base model "
                                               f"(base_model_name_or_path={tiny_qwen})")
+
+
+def test_a_model_folder_without_tokenizer_files_is_one_line_before_round_0(tiny_qwen, tmp_path, capsys):
+    """transformers then builds an empty tokenizer, and round 0 died on a tensor of 0 elements."""
+    import shutil
+
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_qwen / name, bare / name)
+    out = tmp_path / "run"
+    assert main(["run", f"model.model_name={bare}", "model.device_map=cpu", f"output_dir={out}"]) == 2
+    assert _one_error_line(capsys) == (f"fedspear: error: the tokenizer of {bare} turns text into no tokens "
+                                       "(vocabulary of 1): the folder has no tokenizer files; set "
+                                       "model.tokenizer_name to the model's tokenizer")
+    assert not out.exists()
