@@ -15,7 +15,7 @@
 ``fl.rounds=3`` or ``output_dir=runs/x``. Each subcommand is one function of ``args``; :data:`COMMANDS`
 maps names to them. Modules that import torch are imported inside the commands that need them, so
 ``check`` stays fast. Mistakes a user can fix (bad config, missing data or run folder, an output folder
-that already holds a run, a damaged checkpoint) print one line ``fedspear: error: ...`` on stderr and exit
+that already holds a run, a damaged checkpoint, a disk that refuses a write) print one line ``fedspear: error: ...`` on stderr and exit
 with status 2; a run stopped early (``fl.max_idle_rounds``) prints ``fedspear: stopped: ...`` and exits with 3.
 """
 
@@ -86,9 +86,10 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def check_before_work(cfg: Config) -> None:
-    """What ``check`` and ``run`` verify beyond the values: the user's task and feedback classes, that
-    ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter and, when ``lora.target_modules`` is set, that it names modules of
-    the model (built without its weights; only then are torch and transformers imported).
+    """What ``check``, ``run``, ``compare`` and ``sweep`` verify beyond the values: the user's task and feedback
+    classes; that ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter; and,
+    when ``lora.target_modules`` is set, that it names modules of the model (built without its weights; only then
+    are torch and transformers imported). See docs/configuration.md, "Errors before round 0".
 
     Raises:
         ConfigError: the first check that fails (one line).
