@@ -20,6 +20,8 @@ from typing import Any
 
 from fedspear import config as _config
 from fedspear.extensions import check as _check_extensions
+from fedspear.preflight import check_model_path as _check_model_path
+from fedspear.preflight import check_not_adapter as _check_not_adapter
 from fedspear.presets import resolve_config
 
 __all__ = ["RunResult", "load_config", "run"]
@@ -104,13 +106,26 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None, overrides:
         The Config, with any dotted-path task or feedback source (``module:Class``) imported and checked.
 
     Raises:
-        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load.
+        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load,
+            ``model.model_name`` naming a PEFT adapter, ``lora.target_modules`` naming no module of the model.
         TypeError: ``config`` or ``overrides`` of another type.
     """
     path, values, text = _split(config, overrides, allow_config=False)
     cfg = _config.load_config(path, text, values=values)
-    _check_extensions(cfg)
+    _check_before_work(cfg)
     return cfg
+
+
+def _check_before_work(cfg: _config.Config) -> None:
+    """What ``fedspear check`` verifies beyond the values (``fedspear.cli.check_before_work``, repeated here: the
+    API does not import the command line)."""
+    _check_extensions(cfg)
+    _check_model_path(cfg)
+    _check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
 
 
 def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
@@ -131,7 +146,7 @@ def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
     """
     path, values, text = _split(config, overrides, allow_config=True)
     cfg = _config.load_config(path, text, values=values)  # a new Config: the caller's is never written
-    _check_extensions(cfg)
+    _check_before_work(cfg)
     from fedspear.federation import simulator  # imports torch
     from fedspear.records import RunRecord
 

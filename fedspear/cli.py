@@ -15,7 +15,7 @@
 ``fl.rounds=3`` or ``output_dir=runs/x``. Each subcommand is one function of ``args``; :data:`COMMANDS`
 maps names to them. Modules that import torch are imported inside the commands that need them, so
 ``check`` stays fast. Mistakes a user can fix (bad config, missing data or run folder, an output folder
-that already holds a run, a damaged checkpoint) print one line ``fedspear: error: ...`` on stderr and exit
+that already holds a run, a damaged checkpoint, a disk that refuses a write) print one line ``fedspear: error: ...`` on stderr and exit
 with status 2; a run stopped early (``fl.max_idle_rounds``) prints ``fedspear: stopped: ...`` and exits with 3.
 """
 
@@ -36,6 +36,7 @@ from fedspear.config import Config, ConfigError, field_help, load_config
 from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
 from fedspear.log import setup_logging
+from fedspear.preflight import check_model_path, check_not_adapter
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -44,7 +45,7 @@ EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
 _USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "RunDirError", "RunFileError",
-                               "OutputExistsError"})
+                               "OutputExistsError", "RunWriteError"})
 
 logger = logging.getLogger("fedspear")
 
@@ -71,6 +72,24 @@ def _yaml_scalar(value: Any) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def check_before_work(cfg: Config) -> None:
+    """What ``check``, ``run``, ``compare`` and ``sweep`` verify beyond the values: the user's task and feedback
+    classes; that ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter; and,
+    when ``lora.target_modules`` is set, that it names modules of the model (built without its weights; only then
+    are torch and transformers imported). See docs/configuration.md, "Errors before round 0".
+
+    Raises:
+        ConfigError: the first check that fails (one line).
+    """
+    check_extensions(cfg)
+    check_model_path(cfg)
+    check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Start a run from ``--config`` + overrides, or continue ``--resume RUN_DIR``; print the run folder."""
     if args.resume is not None:
@@ -85,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = simulator.resume(run_dir, list(args.overrides))
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
-        check_extensions(cfg)
+        check_before_work(cfg)
         from fedspear.federation import simulator
 
         out = simulator.run(cfg)
@@ -102,7 +121,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     path = resolve_config(args.config)
     cfg = load_config(path, args.overrides)
-    check_extensions(cfg)
+    check_before_work(cfg)
     sources = " + ".join([str(path), *args.overrides])
     sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
     return 0
@@ -137,6 +156,7 @@ def cmd_make_base(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run several algorithms on the same seed, partition and schedule; print the comparison report's path."""
     cfg = load_config(resolve_config(args.config), args.overrides)
+    check_before_work(cfg)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     from fedspear.compare import compare  # imports torch
 
@@ -168,6 +188,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     config = resolve_config(args.config)
     base, runs = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    for first in list(runs.values())[:1]:  # the model and the user's classes, checked once
+        check_before_work(first)
     report_dir(base, args.name)
     resolve_reference(args.reference, algorithms, grid)
     again = continue_command(args, base)

@@ -588,6 +588,13 @@ def validate(cfg: Config) -> None:
     _validate_robust_and_dp(cfg)
 
 
+# dp.noise_multiplier's upper bound: at sigma = 1e4 one round's epsilon is already below 1e-2 after 1000 rounds
+# (q = 1, delta = 1e-5), and larger sigmas overflow dp-accounting's RDP terms (sigma^2) near 1e154.
+MAX_NOISE_MULTIPLIER = 1e4
+# The largest noise std sigma * C: the noise and the noised adapter stay finite in float32 (max 3.4e38).
+MAX_NOISE_STD = 1e30
+
+
 def _validate_robust_and_dp(cfg: Config) -> None:
     """The robust-aggregation, differential-privacy and tracking keys."""
     _check(0 <= cfg.fl.trim_ratio < 0.5, "fl.trim_ratio", f"must be in [0, 0.5), got {cfg.fl.trim_ratio}")
@@ -599,7 +606,12 @@ def _validate_robust_and_dp(cfg: Config) -> None:
     _check_multi_krum_m(cfg.fl.multi_krum_m, cfg.fl.krum_f, cfg.fl.clients_per_round)
     _one_of(cfg.dp.mode, "dp.mode", DP_MODES)
     _check(cfg.dp.clip_norm > 0, "dp.clip_norm", f"must be > 0, got {cfg.dp.clip_norm}")
-    _check(cfg.dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {cfg.dp.noise_multiplier}")
+    _check(0 <= cfg.dp.noise_multiplier <= MAX_NOISE_MULTIPLIER, "dp.noise_multiplier",
+           f"must be in [0, {MAX_NOISE_MULTIPLIER:g}], got {cfg.dp.noise_multiplier:g} (above {MAX_NOISE_MULTIPLIER:g} "
+           "the noise erases every update and the privacy accountant leaves double precision)")
+    std = cfg.dp.noise_multiplier * cfg.dp.clip_norm
+    _check(cfg.dp.mode == "off" or std <= MAX_NOISE_STD, "dp.clip_norm", f"times dp.noise_multiplier is the noise std sigma*C = {std:g}; keep it "
+           f"<= {MAX_NOISE_STD:g} so the noised adapter stays finite in float32 (lower dp.clip_norm)")
     _check(0 < cfg.dp.delta < 1, "dp.delta", f"must be in (0, 1), got {cfg.dp.delta}")
     _check(cfg.dp.mode != "central" or cfg.fl.aggregation in ("fedavg", "fedadam", "fedyogi"), "dp.mode",
            f"central DP adds noise to the sum of updates, which fl.aggregation={cfg.fl.aggregation} does not use; "

@@ -10,6 +10,7 @@ naming the key and the fix (``fedspear: error: ...``, exit 2). See ``docs/extend
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from fedspear import (
     feedback,  # the modules, not their names: each imports tasks.base, so they may still be loading
@@ -17,7 +18,7 @@ from fedspear import (
 )
 from fedspear.config import Config, ConfigError
 from fedspear.dotted import describe, is_dotted, load_object  # noqa: F401 - also importable from here
-from fedspear.tasks.base import Example, Task
+from fedspear.tasks.base import DataError, Example, Task, TaskData
 from fedspear.tasks.custom import TASK_METHODS, build_task, load_task_class  # noqa: F401 - also importable from here
 
 
@@ -76,6 +77,81 @@ def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) ->
             raise ConfigError(f"feedback.provider={provider}: judge(example, '') failed on {probe.id}: "
                               f"{type(exc).__name__}: {exc}") from None
     return wrapped
+
+
+def _task_label(task: Task, cfg: Config) -> str:
+    return f"data.dataset={cfg.data.dataset}: {type(task).__name__}"
+
+
+def load_task_data(task: Task, cfg: Config) -> TaskData:
+    """``task.load(cfg)``, checked to be a :class:`~fedspear.tasks.base.TaskData` of :class:`Example` lists.
+
+    A user's task (``data.dataset=module:Class``) that raises anything other than a :class:`DataError`,
+    ``FileNotFoundError`` or :class:`ConfigError` is reported in one line naming its class.
+
+    Raises:
+        ConfigError: ``load`` raised, or returned something else than TaskData(train=[Example...],
+            eval=[Example...], stats=LoadStats(...)); the message names the task class and what it must return.
+    """
+    label = _task_label(task, cfg)
+    try:
+        data = task.load(cfg)
+    except (DataError, ConfigError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        if not is_dotted(cfg.data.dataset):
+            raise
+        raise ConfigError(f"{label}.load(cfg) failed: {type(exc).__name__}: {exc}") from None
+    must = ("it must return fedspear.tasks.base.TaskData(train=[Example, ...], eval=[Example, ...], "
+            "stats=LoadStats(...)) (see docs/extending.md)")
+    if not isinstance(data, TaskData):
+        raise ConfigError(f"{label}.load(cfg) returned {_describe_value(data)}; {must}")
+    for part in ("train", "eval"):
+        rows = getattr(data, part)
+        if not isinstance(rows, (list, tuple)):
+            raise ConfigError(f"{label}.load(cfg) returned TaskData.{part} = {_describe_value(rows)}; {must}")
+        wrong = next((row for row in rows if not isinstance(row, Example)), None)
+        if wrong is not None:
+            raise ConfigError(f"{label}.load(cfg) returned a TaskData.{part} row that is {_describe_value(wrong)}, "
+                              f"not an Example; {must}")
+    if not hasattr(data.stats, "num_skipped"):
+        raise ConfigError(f"{label}.load(cfg) returned TaskData.stats = {_describe_value(data.stats)}; {must}")
+    return data
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    return f"a {type(value).__name__} ({text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def probe_task(task: Task, cfg: Config, example: Example, settings: Any) -> None:
+    """Call a user's task's verifier and oracle once on ``example`` before the run, so a broken ``extract`` or
+    ``feedback`` stops the run in one line instead of failing every client in every round (built-in tasks are
+    not probed).
+
+    ``extract`` is called on an empty completion and on ``"<answer_marker> <gold answer>"``, and must return a
+    str or None; ``feedback`` on ``example`` with an empty completion and ``settings`` (what a client update
+    passes: :class:`fedspear.algorithms.base.RunSettings`), and must return a str.
+
+    Raises:
+        ConfigError: either raised or returned another type; the message names the task class and the method.
+    """
+    if not is_dotted(cfg.data.dataset):
+        return
+    label = _task_label(task, cfg)
+    calls = [("extract", lambda: task.extract(""), "a str or None", (str, type(None))),
+             ("extract", lambda: task.extract(f"{task.answer_marker} {example.answer}"), "a str or None",
+              (str, type(None))),
+             ("feedback", lambda: task.feedback(example, "", settings), "a str", (str,))]
+    for method, call, kind, types in calls:
+        try:
+            value = call()
+        except Exception as exc:
+            raise ConfigError(f"{label}.{method} failed on row {example.id}: {type(exc).__name__}: {exc} "
+                              "(see docs/extending.md)") from None
+        if not isinstance(value, types):
+            raise ConfigError(f"{label}.{method} returned {_describe_value(value)} on row {example.id}; it must "
+                              f"return {kind} (see docs/extending.md)")
 
 
 def check(cfg: Config) -> None:

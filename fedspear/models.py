@@ -20,6 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedspear.config import ConfigError
+from fedspear.preflight import adapter_error
+
 logger = logging.getLogger("fedspear")
 
 BUILTIN_MODELS = {"fedspear/world-base": Path(__file__).parent / "assets" / "world-base"}
@@ -95,7 +98,10 @@ def load_tokenizer(cfg: Any) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+        raise ConfigError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+    if not tok("Answer: A", add_special_tokens=False)["input_ids"]:  # e.g. a model folder without tokenizer files
+        raise ConfigError(f"the tokenizer of {name} turns text into no tokens (vocabulary of {len(tok)}): the folder "
+                          "has no tokenizer files; set model.tokenizer_name to the model's tokenizer")
     tok.padding_side = "left"
     tok.truncation_side = "left"
     return tok
@@ -109,7 +115,7 @@ def load_base_model(cfg: Any, device: torch.device) -> nn.Module:
     kwargs["dtype"] = "auto" if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
     if cfg.model.load_in_4bit:
         if device.type != "cuda":
-            raise ValueError("model.load_in_4bit needs CUDA; set model.load_in_4bit=false on CPU")
+            raise ConfigError("model.load_in_4bit needs CUDA; set model.load_in_4bit=false on CPU")
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if cfg.model.dtype in ("bf16", "auto") else DTYPES[cfg.model.dtype]
@@ -120,6 +126,63 @@ def load_base_model(cfg: Any, device: torch.device) -> nn.Module:
         model.to(device)
     model.config.use_cache = False
     return model
+
+
+def check_not_adapter(cfg: Any) -> None:
+    """Refuse a ``model.model_name`` that is a PEFT adapter (a local folder or a Hub repository with
+    ``adapter_config.json``): transformers would load its base with the adapter merged in, and the adapters fedspear
+    saves would not reproduce the evaluated model.
+
+    Raises:
+        ConfigError: the name holds ``adapter_config.json`` (:func:`fedspear.preflight.adapter_error`).
+    """
+    from transformers.utils import find_adapter_config_file
+
+    name = resolve_model_path(cfg.model.model_name)
+    kwargs = {k: v for k, v in _hf_kwargs(cfg).items() if k in ("cache_dir", "local_files_only")}
+    found = find_adapter_config_file(name, **kwargs)
+    if found is not None:
+        raise adapter_error(cfg.model.model_name, found)
+
+
+def _local_model_config(cfg: Any) -> Any | None:
+    """The model's transformers config when it is on this machine (a folder, the built-in base or the local
+    cache); None when it would have to be downloaded or cannot be read (the run checks again when it loads)."""
+    from transformers import AutoConfig
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "local_files_only": True}
+    if cfg.hf.model_cache_dir:
+        kwargs["cache_dir"] = cfg.hf.model_cache_dir
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(cfg.model.model_name), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.debug("lora.target_modules not checked before loading: %s", exc)
+        return None
+
+
+def check_lora_targets(cfg: Any) -> None:
+    """Check ``lora.target_modules`` (when set) against the model's module names without loading its weights:
+    the model is built from its config on PyTorch's ``meta`` device and :func:`lora_target_modules` applied, as
+    the run will. Skipped (the run checks when it loads) when the model's config is not on this machine.
+
+    Raises:
+        ConfigError: a name matches no module of the last ``lora.last_n_layers`` layers (the message lists the
+            available names), as :func:`fedspear.models.lora_target_modules` raises at load time.
+    """
+    if not cfg.lora.target_modules:
+        return
+    model_config = _local_model_config(cfg)
+    if model_config is None:
+        return
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as exc:
+        logger.debug("lora.target_modules not checked before loading: %s", exc)
+        return
+    lora_target_modules(model, cfg.lora)
 
 
 def find_layer_stack(model: nn.Module) -> tuple[str, int]:
@@ -138,7 +201,7 @@ def find_layer_stack(model: nn.Module) -> tuple[str, int]:
                 fallback = (name, len(module))
     found = best or fallback
     if found is None:
-        raise ValueError("could not find the transformer layer stack; set lora.target_modules explicitly")
+        raise ConfigError("could not find the transformer layer stack; set lora.target_modules explicitly")
     return found
 
 
@@ -161,9 +224,10 @@ def lora_target_modules(model: nn.Module, lora_cfg: Any) -> tuple[list[str], str
         chosen, family = set(lora_cfg.target_modules), "explicit"
         missing = chosen - suffixes
         if missing:
-            raise ValueError(
-                f"lora.target_modules {sorted(missing)} not found in the last {lora_cfg.last_n_layers} layers; "
-                f"available: {sorted(suffixes)}"
+            raise ConfigError(
+                f"lora.target_modules: {', '.join(sorted(missing))} is not a module of the last "
+                f"{lora_cfg.last_n_layers} layers (lora.last_n_layers) of this model; available: "
+                f"{', '.join(sorted(suffixes)) or 'none'}"
             )
     else:
         family, best = "first linear layers", ()
@@ -173,7 +237,7 @@ def lora_target_modules(model: nn.Module, lora_cfg: Any) -> tuple[list[str], str
         chosen = set(best) if best else set(sorted(suffixes)[:4])
     names = sorted(n for n, s in candidates.items() if s in chosen)
     if not names:
-        raise ValueError("no LoRA target modules found; set lora.target_modules explicitly")
+        raise ConfigError("no LoRA target modules found; set lora.target_modules explicitly")
     return names, family
 
 
@@ -440,8 +504,17 @@ def build_policy(cfg: Any) -> Policy:
     """
     warn_on_template_mismatch(cfg)
     device = resolve_device(cfg.model.device_map)
-    tokenizer = load_tokenizer(cfg)
-    base = load_base_model(cfg, device)
+    try:
+        check_not_adapter(cfg)  # before the tokenizer, which an adapter folder may also hold
+        tokenizer = load_tokenizer(cfg)
+        base = load_base_model(cfg, device)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # transformers: no such model on the Hub, no network and not cached, no weights
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"model.model_name={cfg.model.model_name}: cannot be loaded "
+                          f"({detail if len(detail) <= 240 else detail[:237] + '...'}); give a model folder or a "
+                          "Hugging Face model id that is cached (hf.offline=true) or reachable") from None
     max_seq_len = cap_max_seq_len(cfg, base)
     chat = resolve_chat_template(cfg.model.chat_template, tokenizer,
                                  cfg.model.tokenizer_name or cfg.model.model_name)

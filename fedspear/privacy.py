@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from fedspear.config import Config, DPConfig
+from fedspear.config import MAX_NOISE_MULTIPLIER, Config, DPConfig
 
 State = dict[str, torch.Tensor]
 
@@ -205,7 +205,8 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     """Epsilon at ``delta`` after ``rounds`` Poisson-sampled Gaussian mechanisms (dp-accounting's RdpAccountant).
 
     Args:
-        noise_multiplier: sigma (noise std / sensitivity); 0 gives inf.
+        noise_multiplier: sigma (noise std / sensitivity); 0 gives inf; above the config's bound
+            (``fedspear.config.MAX_NOISE_MULTIPLIER``) the epsilon at the bound is returned (an upper bound).
         sampling_rate: q in (0, 1] (1 = no sampling).
         rounds: compositions, >= 0 (0 gives 0).
         delta: in (0, 1).
@@ -220,6 +221,9 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
+    # More noise only lowers epsilon, so the value at the config's bound is a valid (upper) bound for a larger
+    # sigma, and the accountant's sigma^2 never overflows (OverflowError near sigma = 1e154).
+    noise_multiplier = min(noise_multiplier, MAX_NOISE_MULTIPLIER)
     event: Any = dp_event.GaussianDpEvent(noise_multiplier)
     if sampling_rate < 1:
         event = dp_event.PoissonSampledDpEvent(sampling_rate, event)

@@ -28,6 +28,8 @@ exist (``name``, else ``name-1``, ``name-2``...) for output_dir names that are m
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +37,7 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,10 @@ LOCK_FILE = ".fedspear-run.lock"  # flock-ed by the process that runs in the fol
 MAX_SUFFIX = 1000  # claim_new_folder tries name, name-1 ... name-MAX_SUFFIX
 REPORT_TITLE = "# Run report: "
 # What a start that failed before its first checkpoint may leave; removed when the folder is started again.
-_START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint")
+_START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint",
+                    "tensorboard", "wandb")
+# Write failures a user fixes on the machine (free space, quota, a read-only mount, permissions): one line, exit 2.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 # Test hook: called with a label after every durable write of the run folder ("config", "metrics",
 # "adapter", "checkpoint.tmp", "checkpoint.replace"); a test makes it raise to simulate a kill at that point.
@@ -75,6 +80,33 @@ class RunDirError(ValueError):
 
 class RunFileError(ValueError):
     """A file of the run folder (checkpoint, metrics.jsonl) is damaged or disagrees with the others."""
+
+
+class RunWriteError(RunDirError):
+    """The disk refused a write of the run folder (no space left, quota, read-only, permission denied)."""
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, what: str, advice: str) -> Iterator[None]:
+    """Turn an ``OSError`` of :data:`DISK_ERRNOS` raised inside the block into one :class:`RunWriteError` line.
+
+    Other errors pass through unchanged.
+
+    Args:
+        path: the file or folder being written (the message names it).
+        what: what was being written, e.g. "the checkpoint of round 3".
+        advice: what the user does next, e.g. "free space, then continue with `fedspear run --resume DIR`".
+
+    Raises:
+        RunWriteError: ``"{file}: {strerror} while writing {what}; {advice}"`` (e.g. "no space left on device").
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        reason = os.strerror(exc.errno).lower()
+        raise RunWriteError(f"{path}: {reason} while writing {what}; {advice}") from exc
 
 
 def durable_step(label: str) -> None:
@@ -182,6 +214,14 @@ def claim_new_folder(path: Path, key: str = "output_dir") -> Path:
     raise RunDirError(f"{key}={path}: {path.name}-1 to -{MAX_SUFFIX} all exist; choose another output_dir")
 
 
+def _probe_dir(path: Path) -> None:
+    """Create and remove a file in ``path`` (an ``OSError`` when the folder cannot take new files)."""
+    probe = path / ".fedspear-write-test"
+    with open(probe, "wb"):
+        pass
+    probe.unlink()
+
+
 class RunRecord:
     """Reads and writes one run folder.
 
@@ -281,12 +321,71 @@ class RunRecord:
             if not resume:
                 self._clear_failed_start()
             if not (resume and self.config_path.exists()):
-                _fsync_write(self.config_path, cfg.to_yaml(), "w")
+                with disk_errors(self.config_path, "the run's config", "free space (or fix the folder's permissions) "
+                                 "and run the command again"):
+                    _fsync_write(self.config_path, cfg.to_yaml(), "w")
                 fsync_dir(self.run_dir)
                 durable_step("config")
         except BaseException:
             self.release()
             raise
+
+    def check_writable(self) -> None:
+        """Raise :class:`RunWriteError` unless a resumed run can write everything it will write: new files in the
+        folder and in checkpoint/, adapters/ and plots/ (where they exist), and appends to metrics.jsonl and
+        report.md. Nothing is changed (a probe file is created and removed)."""
+        advice = (f"make the run folder writable (e.g. chmod -R u+w {self.run_dir}) or copy it to a writable "
+                  "place and resume that copy")
+        targets = [self.run_dir] + [d for d in (self.checkpoint_dir(), self.run_dir / "adapters",
+                                                self.run_dir / "plots") if d.is_dir()]
+        for folder in targets:
+            with disk_errors(folder, "a resumed run's files", advice):
+                _probe_dir(folder)
+        for path in (self.metrics_path, self.report_path):
+            if path.exists():
+                with disk_errors(path, "a resumed run's files", advice), open(path, "ab"):
+                    pass
+
+    def discard_start(self, remove_config: bool, made: Path | None) -> None:
+        """Remove what a start that failed before round 0 wrote, so nothing of it is left behind.
+
+        Args:
+            remove_config: also remove config.yaml (the start wrote it; False when resuming a folder's own config).
+            made: the first folder the start created (the run folder or a missing parent of it), or None: the run
+                folder and its parents up to ``made`` are removed when they are then empty.
+        """
+        names = [*_START_LEFTOVERS, CONFIG_FILE] if remove_config else list(_START_LEFTOVERS)
+        if made is not None:  # the folder goes: give up the lock and remove its file too
+            self.release()
+            names.append(LOCK_FILE)
+        for name in names:
+            path = self.run_dir / name
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        if made is None:
+            return
+        folder = self.run_dir
+        while True:
+            try:
+                folder.rmdir()  # only when empty: never a file this start did not write
+            except OSError:
+                return
+            if folder == made or folder.parent == folder:
+                return
+            folder = folder.parent
+
+    def first_missing_folder(self) -> Path | None:
+        """The outermost folder of the run folder's path that does not exist yet (what :meth:`create` will make),
+        or None when the run folder exists."""
+        if self.run_dir.exists():
+            return None
+        missing = self.run_dir
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        return missing
 
     def _clear_failed_start(self) -> None:
         left = [name for name in _START_LEFTOVERS if (self.run_dir / name).exists()]
@@ -305,10 +404,11 @@ class RunRecord:
 
         A partial last line left by a crash is cut off first, so the new row starts on its own line.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
         line = json.dumps(_jsonable(row), allow_nan=False, ensure_ascii=False)
-        _fsync_write(self.metrics_path, line + "\n", "a")
+        with disk_errors(self.metrics_path, f"the row of round {row.get('round')}", self.resume_advice()):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_partial_last_line()
+            _fsync_write(self.metrics_path, line + "\n", "a")
         durable_step("metrics")
 
     def _drop_partial_last_line(self) -> None:
@@ -410,16 +510,27 @@ class RunRecord:
         meta["sha256"] = _checkpoint_digest(header, data)
         blob = save(tensors, metadata=meta)
         ckpt = self.checkpoint_dir()
-        ckpt.mkdir(parents=True, exist_ok=True)
         tmp = ckpt / (CHECKPOINT_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
+        kept = "the previous checkpoint is kept; " if self.has_checkpoint() else ""
+        with disk_errors(self.checkpoint_path(), f"the checkpoint of round {round_idx}", kept + self.resume_advice()):
+            try:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    fh.write(blob)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)  # a partial file must not stay behind
+                raise
         durable_step("checkpoint.tmp")
         os.replace(tmp, self.checkpoint_path())
         fsync_dir(ckpt)
         durable_step("checkpoint.replace")
+
+    def resume_advice(self) -> str:
+        """What to do after a failed write: free space (or fix permissions), then resume this folder."""
+        return f"free space (or fix the folder's permissions), then continue with `fedspear run --resume {self.run_dir}`"
 
     def read_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]]:
         """Read and verify the checkpoint and metrics.jsonl up to it; cut metrics rows written after it.

@@ -34,7 +34,7 @@ from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_se
 from fedspear.federation.partition import client_seed
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
-from fedspear.records import RunFileError, RunRecord, claim_new_folder, durable_step
+from fedspear.records import RunFileError, RunRecord, claim_new_folder, disk_errors, durable_step
 from fedspear.report import write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
@@ -191,6 +191,8 @@ class FederatedServer:
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
         self.participations: dict[int, int] = {}  # dp.mode=local: client id -> rounds taken part in
+        self.rounds_run = 0  # rounds of the run so far (a resume counts the rounds before it from metrics.jsonl)
+        self.first_error: str | None = None  # the first client error of the run
         self.trackers = Trackers(cfg, record.run_dir)
 
     @property
@@ -308,24 +310,48 @@ class FederatedServer:
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
                            result.get("diverged_reason", "non-finite scores"))
-        save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
+        self._save_adapter(self.record.adapter_dir(round_idx), f"the adapter of round {round_idx}")
         durable_step("adapter")
         return result
 
-    def _idle_stop(self, row: dict[str, Any]) -> str | None:
-        """Count rounds in a row where clients took part but none sent a usable update (all failed, non-finite,
-        or a refused aggregate); the reason to stop once ``fl.max_idle_rounds`` is reached, else None."""
+    def _save_adapter(self, out_dir: Path, what: str) -> None:
+        """:func:`save_adapter`, a full disk (or a read-only folder) reported in one line naming the folder."""
+        with disk_errors(out_dir, what, self.record.resume_advice()):
+            save_adapter(self.engine, self.global_state, out_dir)
+
+    def _count_round(self, row: dict[str, Any]) -> None:
+        """Count a round's row: consecutive rounds where clients took part but none sent a usable update (all
+        failed, non-finite, or a refused aggregate), rounds of the run, and the first client error."""
         info = row.get("aggregation") or {}
         broken = (info.get("num_failed_clients", 0) + info.get("num_excluded_nonfinite", 0)
                   + int(bool(info.get("refused_nonfinite_aggregate"))))
         usable = info.get("num_aggregated", 0) > 0 and not info.get("refused_nonfinite_aggregate")
         self.idle_rounds = 0 if usable or not broken else self.idle_rounds + 1
+        self.rounds_run += 1
+        if self.first_error is None:
+            self.first_error = next((c["error"] for c in row.get("clients") or [] if c.get("error")), None)
+
+    def _idle_stop(self, row: dict[str, Any]) -> str | None:
+        """Count the row (:meth:`_count_round`); the reason to stop once ``fl.max_idle_rounds`` rounds in a row
+        were idle, or when the last round ends a run in which every round was idle; else None."""
+        self._count_round(row)
         limit = self.cfg.fl.max_idle_rounds
         if limit and self.idle_rounds >= limit:
             return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
                     f"non-finite updates; fl.max_idle_rounds={limit}); lower optim.lr or check the clients' errors "
-                    "in metrics.jsonl")
+                    "in metrics.jsonl" + self._first_error_hint())
+        if limit and row.get("round") == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
+            # A run shorter than fl.max_idle_rounds in which no client ever sent a usable update did not train.
+            return (f"no usable client update in any of the {self.rounds_run} rounds of this run (clients failed or "
+                    "sent non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
+                    + self._first_error_hint())
         return None
+
+    def _first_error_hint(self) -> str:
+        if not self.first_error:
+            return ""
+        error = " ".join(self.first_error.split())
+        return f" (first error: {error if len(error) <= 200 else error[:197] + '...'})"
 
     def end_round(self, row: dict[str, Any]) -> None:
         """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line.
@@ -347,7 +373,7 @@ class FederatedServer:
         self.trackers.log_round(row)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
         if stop is not None:
-            report = write_report(self.record.run_dir)
+            report = self._write_report()
             raise RunStopped(f"run stopped after round {round_idx}: {stop} (metrics and report kept: {report})")
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
@@ -368,7 +394,15 @@ class FederatedServer:
     # ------------------------------------------------------------------------------- start / resume / end
 
     def start(self, load_stats: dict[str, Any] | None = None) -> None:
-        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint."""
+        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint.
+        A round 0 that fails or is interrupted closes the trackers with the reason first."""
+        try:
+            self._start(load_stats)
+        except BaseException as exc:
+            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self, load_stats: dict[str, Any] | None) -> None:
         ev_start = time.perf_counter()
         row0: dict[str, Any] = {"round": 0, "eval": self.evaluate(0), "time": {"eval_s": time.perf_counter() - ev_start}}
         if load_stats is not None:
@@ -379,10 +413,14 @@ class FederatedServer:
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
-        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round."""
+        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round; the
+        idle-round counts (``fl.max_idle_rounds``) continue from the rows before it."""
         done = self.load_checkpoint()
         self.participations = privacy.count_participations(r for r in self.record.read_metrics()
                                                             if 0 < r.get("round", 0) <= done)
+        for row in self.record.read_metrics():  # the idle-round counts continue where the run left them
+            if isinstance(row.get("round"), int) and 1 <= row["round"] <= done:
+                self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 
@@ -390,12 +428,25 @@ class FederatedServer:
         """Save the final adapter (if the last round did not) and write the report; returns the run folder."""
         final = self.record.adapter_dir(self.cfg.fl.rounds)
         if not (final / "adapter_model.safetensors").exists():
-            save_adapter(self.engine, self.global_state, final)
-        report = write_report(self.record.run_dir)
+            self._save_adapter(final, "the final adapter")
+        report = self._write_report()
         self.trackers.finish(final)
         self.record.release()  # the run is over: other processes may use the folder
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
+
+    def _write_report(self) -> Path:
+        with disk_errors(self.record.report_path, "the report", self.record.resume_advice()):
+            return write_report(self.record.run_dir)
+
+    def open_trackers(self) -> None:
+        """Open the ``logging.report_to`` trackers now, before round 0 (or the first resumed round), so a tracker
+        that cannot start (not installed, wandb online without a login) stops the run before any work.
+
+        Raises:
+            ConfigError: a tracker failed to start (the message names it and the fix).
+        """
+        self.trackers.open()
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
@@ -500,6 +551,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         DataError: the task has no evaluation rows.
     """
     from fedspear.algorithms.registry import algorithm_class
+    from fedspear.extensions import load_task_data
     from fedspear.feedback_noise import check_feedback_noise
     from fedspear.models import load_policy
     from fedspear.prompt_budget import fit_prompts
@@ -517,14 +569,17 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         algorithm_class(cfg.algorithm.name)  # a user's pkg.mod:Class is registered: its declared metrics cross the wire
         task = get_task(cfg.data.dataset)
         check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
-        data = task.load(cfg)
+        data = load_task_data(task, cfg)
         if not data.eval:
             raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
         policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
         data = fit_prompts(data, policy, cfg, task)  # the same rows as the simulator evaluates
         server = FederatedServer(cfg, record, policy, data.eval, task=task)
         if resuming:
-            return server, server.resume() + 1
+            done = server.resume()
+            server.open_trackers()  # a tracker that cannot start fails before the first resumed round
+            return server, done + 1
+        server.open_trackers()  # a tracker that cannot start fails before round 0
         stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval)}
         server.start(stats)
         return server, 1

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from fedspear import privacy
-from fedspear.algorithms.base import Algorithm
+from fedspear.algorithms.base import Algorithm, RunSettings
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, load_config
-from fedspear.extensions import task_with_feedback
+from fedspear.extensions import load_task_data, probe_task, task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
 from fedspear.federation.server import (
@@ -38,7 +38,7 @@ from fedspear.federation.server import (
 )
 from fedspear.models import Policy, load_policy
 from fedspear.prompt_budget import fit_prompts
-from fedspear.records import RunFileError, RunRecord
+from fedspear.records import RunFileError, RunRecord, disk_errors
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
 
@@ -72,11 +72,12 @@ class Federation:
 def setup(cfg: Config, record: RunRecord) -> Federation:
     """Load the task data, partition it over clients and load the model."""
     task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
+    data = load_task_data(task, cfg)
     if not data.train:
         raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+    probe_task(task, cfg, data.train[0], RunSettings.from_config(cfg))  # a broken extract/feedback fails here
     task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
     engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
     data = fit_prompts(data, engine, cfg, task)  # data.long_prompts: count, then skip/truncate/refuse
@@ -138,13 +139,34 @@ def run(cfg: Config) -> Path:
         RunExistsError: ``output_dir`` already holds a run that completed round 0.
         RunStopped: ``fl.max_idle_rounds`` rounds in a row had no usable client update.
     """
+    expanded = Path(expand_output_dir(cfg))
+    made = RunRecord(expanded).first_missing_folder()  # what this start creates (removed again if it fails)
     cfg = replace(cfg, output_dir=new_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    record.create(cfg)
-    with record:  # the folder is this run's until it returns or raises
-        fed = setup(cfg, record)
-        (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+    if Path(cfg.output_dir) != expanded:  # a suffixed name ("-1") that this start created itself
+        made = Path(cfg.output_dir)
+    return _start(cfg, record, keep_config=False, made=made)
+
+
+def _start(cfg: Config, record: RunRecord, keep_config: bool, made: Path | None) -> Path:
+    """Create the run folder, set up, open the trackers, then round 0 and the rounds; the folder is this run's
+    (locked, :meth:`RunRecord.lock`) until it returns or raises.
+
+    Whatever fails before round 0 starts (data, task probe, model, trackers) removes what this start wrote, and
+    the folders this start created (``made``: the outermost of them, or None), so the same command can simply be
+    run again; ``keep_config`` keeps config.yaml (a ``--resume`` of a folder whose earlier start failed).
+    """
+    record.create(cfg)  # locks the folder; clears what an earlier failed start left
+    with record:
+        try:
+            fed = setup(cfg, record)
+            with disk_errors(record.run_dir / "data_stats.json", "the data statistics", record.resume_advice()):
+                (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
+            server = _server(fed, build_server_optimizer(fed.cfg.fl))
+            server.open_trackers()
+        except BaseException:
+            record.discard_start(remove_config=not keep_config, made=made)
+            raise
         server.start(fed.load_stats)
         server.run_rounds(LocalClients(fed), 1, _after_round)
         return server.finish()
@@ -172,17 +194,18 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     record = RunRecord(run_dir)
     record.lock()  # before reading anything: a folder a live run holds is never resumed or restarted
     with record:
+        record.check_writable()  # a read-only folder fails here, not after a whole round
         if not record.has_checkpoint():
             if record.has_run():
                 raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
                                    f"round 0; this run cannot be resumed: start it again with a new output_dir")
             logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
                            run_dir)
-            record.release()  # run() holds it again through its own record
-            return run(replace(cfg, output_dir=str(run_dir)))
+            return _start(replace(cfg, output_dir=str(run_dir)), record, keep_config=True, made=None)
         record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
         fed = setup(cfg, record)
         server = _server(fed, build_server_optimizer(fed.cfg.fl))
         done = server.resume()
+        server.open_trackers()  # a tracker that cannot start fails before the first resumed round
         server.run_rounds(LocalClients(fed), done + 1, _after_round)
         return server.finish()

@@ -62,6 +62,7 @@ def _engine(cfg: Any) -> tuple[Any, Any, Any]:
 
 
 def _examples(cfg: Any, node: NodeSettings, policy: Any, fitted: Any, task: Any) -> Any:
+    from fedspear.extensions import load_task_data
     from fedspear.federation.client import client_examples
     from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
@@ -69,7 +70,7 @@ def _examples(cfg: Any, node: NodeSettings, policy: Any, fitted: Any, task: Any)
 
     key = (_digest(cfg.to_yaml()), repr(node))
     if key not in _EXAMPLES:
-        data = get_task(cfg.data.dataset).load(cfg)
+        data = load_task_data(get_task(cfg.data.dataset), cfg)  # a user's task's wrong return type in one line
         if not data.train:
             raise DataError(f"client {node.client_id} has no training rows; check data.path on this node")
         data = fit_prompts(data, policy, fitted, task)  # the rows the simulator's clients keep
