@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import struct
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,11 @@ def _fsync_write(path: Path, text: str, mode: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _probe_name() -> str:
+    """A write-test file name unique to this process and call."""
+    return f".fedspear-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
     """Raise :class:`RunDirError` unless ``run_dir`` is, or can be made, a writable folder.
 
@@ -176,7 +182,7 @@ def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fedspear-write-test"
+        probe = path / _probe_name()  # a name of this process's own: racing starts never unlink each other's
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -216,7 +222,7 @@ def claim_new_folder(path: Path, key: str = "output_dir") -> Path:
 
 def _probe_dir(path: Path) -> None:
     """Create and remove a file in ``path`` (an ``OSError`` when the folder cannot take new files)."""
-    probe = path / ".fedspear-write-test"
+    probe = path / _probe_name()
     with open(probe, "wb"):
         pass
     probe.unlink()

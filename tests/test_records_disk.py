@@ -98,7 +98,7 @@ def test_check_writable_names_the_folder_that_refuses(tmp_path, monkeypatch):
     record = _record(tmp_path)
     record.checkpoint_dir().mkdir()
     record.check_writable()  # a writable folder passes and is left as it was
-    assert sorted(p.name for p in record.run_dir.iterdir()) == ["checkpoint", "config.yaml"]
+    assert sorted(p.name for p in record.run_dir.iterdir()) == [".fedspear-run.lock", "checkpoint", "config.yaml"]
 
     def read_only(path):
         if path == record.checkpoint_dir():
