@@ -140,8 +140,8 @@ class ClientRuntime:
         engine: a loaded policy (model, tokenizer, adapter).
         task: the served task (prompts, answer format, verifier).
         cfg: the client's config, with the policy's (capped) ``model.max_seq_len`` (``models.fit_config``).
-        state_dir: the client's state folder; holds ``traces.sqlite``, ``adapters/`` and ``token`` (made
-            owner-only, :func:`fedspear.serve.security.secure_state`; the token is ``self.token``).
+        state_dir: the client's state folder; holds ``traces.sqlite`` and ``adapters/`` (made owner-only,
+            :func:`fedspear.serve.security.secure_state`; the page's secret lives in the app, never here).
         limits: input limits.
         token_delay_s: pause after each generated token (demos and crash tests).
         initial_adapter: adapter tensors to publish and serve at start (``fedspear serve --adapter``).
@@ -157,7 +157,7 @@ class ClientRuntime:
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
         self.lock = threading.Lock()
-        self.token = secure_state(self.state_dir)  # owner-only folder; the API's secret token
+        secure_state(self.state_dir)  # owner-only folder
         self.store = TraceStore(self.state_dir / STORE_FILE)
         self.registry = AdapterRegistry(self.state_dir / ADAPTERS_DIR)
         self.live = LiveAdapter(engine, self.registry)
