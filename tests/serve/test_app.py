@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fedspear.serve.app import RateLimiter, ServeOptions, ThreadedServer, create_app  # noqa: E402
-from fedspear.serve.runtime import ClientRuntime, person_feedback  # noqa: E402
+from fedspear.serve.runtime import ClientRuntime, person_feedback, question_prompt  # noqa: E402
 from fedspear.tasks.prompts import build_revision_prompt  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
@@ -102,12 +102,42 @@ def test_task_items_never_show_the_answer(client):
     ({"question": "a" * 2001}, 422, "at most 2000"),
     ({"question": "a\x00b"}, 422, "control character (U+0000)"),
     ({"question": "zorvik " * 280}, 422, "tokens, at most"),
+    ({"question": "zorvik " * 150}, 422, "too long to be revised after a wrong answer"),
     ({"question": "q", "colour": 1}, 422, "Extra inputs"),
     ({"example_id": "no-such-item"}, 404, "no task item 'no-such-item'"),
 ])
 def test_bad_questions_are_refused_clearly(client, body, status, detail):
     res = client.post("/api/ask", json=body)
     assert res.status_code == status and detail in json.dumps(res.json()["detail"])
+
+
+def test_a_question_must_leave_room_for_a_revision(client, runtime):
+    """The longest question the ask check lets through can still be revised after a wrong answer (the hint was
+    refused with 422 every time before); one word more is refused when asked, and nothing is stored."""
+    def fits(words: int) -> bool:
+        try:
+            runtime.prepare_ask(question="zorvik " * words)
+            return True
+        except ValueError:
+            return False
+
+    words = next(n for n in range(150, 0, -1) if fits(n))
+    limit = len(runtime.engine.encode(question_prompt(runtime.task, "zorvik " * words)))
+    y1, seq = runtime.cfg.gen.max_new_tokens_y1, runtime.cfg.model.max_seq_len
+    assert limit + 1 <= seq - runtime.cfg.gen.max_new_tokens_y0  # one word more passed the old check
+    before = runtime.store.counts()["total"]
+    res = client.post("/api/ask", json={"question": "zorvik " * (words + 1), "stream": True})
+    detail = res.json()["detail"]
+    assert res.status_code == 422 and f"tokens, at most {limit} leave room for a revision prompt" in detail
+    assert f"model.max_seq_len={seq}" in detail and "shorten the question" in detail
+    assert runtime.store.counts()["total"] == before
+    iid = client.post("/api/ask", json={"question": "zorvik " * words}).json()["interaction"]["id"]
+    assert client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 0, "correct": False}).status_code == 200
+    long_hint = client.post(f"/api/interactions/{iid}/revise", json={"hint": "think of grass " * 33})
+    assert long_hint.status_code == 422 and "shorten the hint" in long_hint.json()["detail"]
+    rev = client.post(f"/api/interactions/{iid}/revise", json={"hint": "think of grass"})
+    assert rev.status_code == 200 and rev.json()["attempt"] == 1
+    assert len(runtime.store.get(iid).attempts[1].prompt_ids) + y1 <= seq
 
 
 def test_out_of_turn_and_malformed_requests(client):

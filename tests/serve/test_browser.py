@@ -76,6 +76,13 @@ def test_teach_through_the_page_then_a_local_round_answers(browser, tiny_world, 
         assert other.context.cookies() == []
         other.close()
 
+        # a question that leaves no room for a revision is refused when asked, and the page says so
+        page.get_by_test_id("question").fill("zorvik " * 150)
+        page.get_by_test_id("ask").click()
+        page.get_by_test_id("error").filter(has_text="too long to be revised").wait_for()
+        assert problems == ["console: Failed to load resource: the server responded with a status of 422 "
+                            "(Unprocessable Entity)"]  # the refused question, and nothing else
+        problems.clear()
 
         # ask: the answer streams in (visible while still generating), then the verdict buttons appear
         page.get_by_test_id("question").fill("What color is the zorvik?")
