@@ -72,7 +72,7 @@ def _state_dir(node_config: dict[str, Any]) -> Path:
         raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
                           "folder>'\"")
     state = Path(str(node_config[STATE_DIR_KEY])).expanduser()
-    secure_state(state)  # owner-only, with the page's token (the node reaches the store directly, as its owner)
+    secure_state(state)  # owner-only (the node reaches the store directly, as its owner)
     return state
 
 

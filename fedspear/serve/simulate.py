@@ -62,8 +62,8 @@ class ApiClient:
         base_url: e.g. ``http://127.0.0.1:8000``.
         session: the ``X-Fedspear-Session`` id this client sends.
         timeout_s: per-request timeout.
-        token: the served client's secret (``ClientRuntime.token``, its state folder's ``token`` file), sent in
-            the ``X-Fedspear-Token`` header.
+        token: the served app's secret of this start (``app.state.secret`` of
+            :func:`fedspear.serve.app.create_app`, in the same process), sent in the ``X-Fedspear-Token`` header.
     """
 
     def __init__(self, base_url: str, session: str = "scripted", timeout_s: float = 300.0, token: str = "") -> None:
@@ -314,7 +314,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         for srv in servers:
             srv.__enter__()
         judged = task_with_feedback(task, cfg)  # the people judge and hint as feedback.provider does
-        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=runtimes[i].token), judged, cfg)
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=srv.app.state.secret), judged, cfg)
                   for i, srv in enumerate(servers)]
         runner = ServedClients(runtimes, people, parts, questions)
         server = FederatedServer(cfg, record, policies[-1], data.eval, publish=publish, task=task)
@@ -365,7 +365,7 @@ def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, s
     rng = random.Random(seed)
     try:
         with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10**6))) as server:
-            api = ApiClient(server.url, session="latency", token=runtime.token)
+            api = ApiClient(server.url, session="latency", token=server.app.state.secret)
             person = ScriptedPerson(api, task, cfg)
             api.stream("/api/ask", {"question": "warm-up"})  # first call pays one-time costs
             for ex in rng.sample(examples, min(conversations, len(examples))):
