@@ -41,9 +41,18 @@ def test_every_preset_loads_and_starts_with_its_launch_command(path: Path) -> No
         assert any(f"--config {path.stem}" in line for line in launch)
 
 
+def test_paper_presets_send_raw_prompts_and_the_real_model_presets_the_chat_template() -> None:
+    for name in PAPER_PRESETS:
+        assert load_config(PRESETS / f"{name}.yaml").model.chat_template == "off", name
+    for task in ("arc_challenge", "hellaswag", "strategy_qa"):
+        cfg = load_config(PRESETS / f"{task}-smollm2-135m.yaml")
+        assert cfg.model.chat_template == "auto" and cfg.model.model_name == "fedspear/smollm2-135m-instruct"
+
+
 def test_presets_are_the_expected_set_and_the_repo_root_configs_points_at_them() -> None:
     names = {p.stem for p in PRESETS.glob("*.yaml")}
-    assert names == {*PAPER_PRESETS, "default", "tiny-arc"}
+    real = {f"{task}-smollm2-135m" for task in ("arc_challenge", "hellaswag", "strategy_qa")}
+    assert names == {*PAPER_PRESETS, *real, "default", "tiny-arc"}
     root = REPO / "configs"
     assert root.resolve() == PRESETS.resolve()
     assert (root / "default.yaml").read_text() == (PRESETS / "default.yaml").read_text()
