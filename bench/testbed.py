@@ -11,9 +11,11 @@ whose configuration equals another's (e.g. the paper setting of SPEAR in every s
 uses one CPU thread; ``--jobs`` sweeps run at a time (2 by default), from queues balanced by their number of new
 runs: the five-algorithm set per seed first (it holds every run the other sets share), then the other sets, each
 waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
-runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``) and are compared per evaluation item on the
-same items (McNemar), which is what a few seeds cannot give; each ablation moves one knob to one other value
-(two for λ_lose). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 11 and 7-10 minutes each at
+runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``); each ablation moves one knob to one other value
+(two for λ_lose). The statistics are the sweep's (fedspear.sweep, docs/testbed.md "Statistics"): the paired t
+over seeds is the primary test; with one seed only McNemar within that seed is left, a test of those two runs on
+those items, not of the settings. Every p has its Holm adjustment over its sweep, and the report adds the Holm
+adjustment over all of (c)'s ablations together (:func:`ablation_holm`). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 11 and 7-10 minutes each at
 one thread), and the set takes about 2 hours with 2 jobs on the 2-core machine (docs/testbed.md, "Time"). A
 second invocation reuses every finished run and only rewrites the reports. Each set's report is
 ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -151,10 +154,47 @@ def collect(out_dir: Path, names: list[str], report: Path) -> None:
         body = text.replace("# Sweep", f"## {SETS[name][0]}", 1).replace("\n## ", "\n### ").replace(
             f"\n### {SETS[name][0]}", f"\n## {SETS[name][0]}")
         lines += [body, ""]
-    report.write_text("\n".join(lines), encoding="utf-8")
     summary = {name: json.loads((out_dir / name / "sweep.json").read_text()) for name in names
                if (out_dir / name / "sweep.json").is_file()}
+    lines += ablation_holm(summary)
+    report.write_text("\n".join(lines), encoding="utf-8")
     report.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def ablation_holm(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: each (c) ablation's primary p and its Holm adjustment over all of (c) ([] without any).
+
+    The primary p is the paired t over seeds; with one seed, McNemar within that seed (a test of the two runs).
+    ``summary`` maps set names to their sweep.json contents.
+    """
+    from fedspear.sweep import holm
+
+    rows = []
+    for name, data in summary.items():
+        if not name.startswith("c-"):
+            continue
+        for comp in data.get("comparisons", []):
+            t_test, per_seed = comp.get("t_test"), comp.get("mcnemar") or {}
+            if t_test is not None:
+                test, p = ("paired t over seeds", t_test["pvalue"]) if t_test["pvalue"] is not None \
+                    else ("paired t: no variance", None)
+            elif len(per_seed) == 1:
+                seed, mc = next(iter(per_seed.items()))
+                test, p = f"McNemar within seed {seed} ({mc['cell_only']}/{mc['ref_only']})", mc["pvalue"]
+            else:
+                test, p = "-", None
+            rows.append((comp["cell"]["label"], comp["reference"]["label"], comp["diff"]["mean"], test, p))
+    if not rows:
+        return []
+    adjusted = holm([r[4] for r in rows])
+    lines = ["## (c) All ablations together", "",
+             f"Holm's adjustment (statsmodels) over the {sum(r[4] is not None for r in rows)} ablations of (c), one "
+             "family: the claim that any one ablation changes accuracy has to survive it.", "",
+             "| ablation | reference | Δ accuracy | test | p | Holm p over (c) |", "| --- | --- | --- | --- | --- | --- |"]
+    for (cell, ref, diff, test, p), holm_p in zip(rows, adjusted, strict=True):
+        lines.append(f"| {cell} | {ref} | {diff:+.3f} | {test} | {'-' if p is None else f'{p:.3g}'} | "
+                     f"{'-' if holm_p is None else f'{holm_p:.3g}'} |")
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated sets (default: all: {', '.join(SETS)})")
     parser.add_argument("--seeds", default="0,1,2", help="data.seed values of set (a) (default: 0,1,2)")
     parser.add_argument("--ablation-seeds", default="0", help="data.seed values of sets (b) and (c) (default: 0; "
-                        "their paired tests are per evaluation item, McNemar, on the same items)")
+                        "with one seed only McNemar within it is left, a test of the two runs; 0,1,2 gives the "
+                        "paired t over seeds)")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default: 2)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "testbed"), help="the shared folder of runs")
     parser.add_argument("--report", default=str(HERE / "testbed.md"), help="the collected report")

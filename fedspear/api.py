@@ -12,12 +12,16 @@ torch only when a run starts. See ``docs/configuration.md`` and ``docs/extending
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedspear import config as _config
 from fedspear.extensions import check as _check_extensions
+from fedspear.preflight import check_model_path as _check_model_path
+from fedspear.preflight import check_not_adapter as _check_not_adapter
 from fedspear.presets import resolve_config
 
 __all__ = ["RunResult", "load_config", "run"]
@@ -42,45 +46,107 @@ class RunResult:
         return evals[-1] if evals else None
 
 
-def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> _config.Config:
-    """A validated run config: a YAML file or preset name (None = the default preset) plus ``KEY=VALUE`` overrides.
+ConfigInput = _config.Config | Mapping[str, Any] | str | Path | None
+Overrides = Sequence[str] | Mapping[str, Any] | None
+
+_TAKES = ("a Config, a mapping of config values ({'fl': {'rounds': 3}} or {'fl.rounds': 3}), a YAML path, a "
+          "preset name, or None for the default preset")
+
+
+def _split(config: ConfigInput, overrides: Overrides, allow_config: bool) -> tuple[Any, dict[str, Any], list[str]]:
+    """(YAML path or None, Python values, text overrides) for :func:`fedspear.config.load_config`.
+
+    Raises:
+        TypeError: ``config`` or ``overrides`` of a type neither function takes (the message names what they take).
+    """
+    values: dict[str, Any] = {}
+    if allow_config and isinstance(config, _config.Config):
+        path, values = None, config.to_dict()  # the whole Config: every key, on the built-in defaults
+    elif isinstance(config, Mapping):
+        path, values = resolve_config(None), dict(config)  # the default preset with these values
+    elif config is None or isinstance(config, (str, os.PathLike)):
+        path = resolve_config(config)
+    else:
+        what = _TAKES if allow_config else _TAKES.replace("a Config, ", "")
+        raise TypeError(f"config must be {what}; got {type(config).__name__}")
+    if overrides is None:
+        return path, values, []
+    if isinstance(overrides, Mapping):
+        return path, _merge(_config.nest_values(values), _config.nest_values(overrides)), []
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence) or \
+            not all(isinstance(o, str) for o in overrides):
+        raise TypeError("overrides must be a list of 'SECTION.KEY=VALUE' strings (e.g. ['fl.rounds=3']) or a mapping "
+                        f"{{'fl.rounds': 3}}; got {type(overrides).__name__}")
+    return path, values, list(overrides)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(config: str | Path | Mapping[str, Any] | None = None, overrides: Overrides = None
+                ) -> _config.Config:
+    """A validated run config: a preset or YAML file (None = the default preset), or a mapping of values on the default
+    preset, plus overrides.
 
     Args:
-        config: a YAML path, a preset name (``fedspear check --list`` shows the keys), or None for ``default``.
-        overrides: ``SECTION.KEY=VALUE`` items, as on the command line.
+        config: a YAML path, a preset name (``fedspear check --list`` shows the keys), None for ``default``, or a
+            mapping of config values (``{"fl": {"rounds": 3}}`` or ``{"fl.rounds": 3}``) applied on the default
+            preset (a complete mapping, such as a run folder's config.yaml read with ``yaml.safe_load``, sets every
+            key).
+        overrides: ``SECTION.KEY=VALUE`` items, as on the command line, or a mapping ``{"fl.rounds": 3}``.
 
     Returns:
         The Config, with any dotted-path task or feedback source (``module:Class``) imported and checked.
 
     Raises:
-        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load.
+        ConfigError: no such file or preset, an unknown key, a bad value, a dotted path that does not load,
+            ``model.model_name`` naming a PEFT adapter, ``lora.target_modules`` naming no module of the model.
+        TypeError: ``config`` or ``overrides`` of another type.
     """
-    cfg = _config.load_config(resolve_config(config), list(overrides or []))
-    _check_extensions(cfg)
+    path, values, text = _split(config, overrides, allow_config=False)
+    cfg = _config.load_config(path, text, values=values)
+    _check_before_work(cfg)
     return cfg
 
 
-def run(config: _config.Config | str | Path | None = None, overrides: list[str] | None = None) -> RunResult:
+def _check_before_work(cfg: _config.Config) -> None:
+    """What ``fedspear check`` verifies beyond the values (``fedspear.cli.check_before_work``, repeated here: the
+    API does not import the command line)."""
+    _check_extensions(cfg)
+    _check_model_path(cfg)
+    _check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
+
+
+def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
     """Run a federation in this process (what ``fedspear run`` does) and return its run folder and metrics.
 
     Args:
-        config: a Config (not modified), or a YAML path / preset name / None as for :func:`load_config`.
-        overrides: ``KEY=VALUE`` items applied on top of ``config``.
+        config: a Config (not modified), or what :func:`load_config` takes (a YAML path, a preset name, None, or a
+            mapping of config values on the default preset).
+        overrides: ``KEY=VALUE`` items, or a mapping ``{"fl.rounds": 3}``, applied on top of ``config``.
 
     Returns:
         The :class:`RunResult`.
 
     Raises:
-        ConfigError: as :func:`load_config`. RunExistsError: ``output_dir`` already holds a run.
+        ConfigError: as :func:`load_config`. TypeError: ``config`` or ``overrides`` of another type.
+        RunExistsError: ``output_dir`` already holds a run (RunInUseError: a live run holds it).
         DataError: the task has no training or evaluation rows.
     """
-    if isinstance(config, _config.Config):
-        cfg = _config.config_from_dict(config.to_dict())  # a copy: the run expands output_dir in place
-        if overrides:
-            _config.apply_overrides(cfg, list(overrides))
-        _check_extensions(cfg)
-    else:
-        cfg = load_config(config, overrides)
+    path, values, text = _split(config, overrides, allow_config=True)
+    cfg = _config.load_config(path, text, values=values)  # a new Config: the caller's is never written
+    _check_before_work(cfg)
     from fedspear.federation import simulator  # imports torch
     from fedspear.records import RunRecord
 

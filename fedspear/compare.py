@@ -24,10 +24,12 @@ from typing import Any
 
 import yaml
 
-from fedspear.config import ALGORITHMS, Config, ConfigError, config_from_dict, validate
+from fedspear.config import Config, ConfigError, config_from_dict, known_algorithms, validate
 from fedspear.federation import simulator
+from fedspear.federation.server import names_new_folder
+from fedspear.metrics import TOTALS
 from fedspear.plots import Point, nested_get, plot_series
-from fedspear.records import RunExistsError, RunRecord
+from fedspear.records import RunExistsError, RunRecord, claim_new_folder
 
 logger = logging.getLogger("fedspear")
 
@@ -50,7 +52,7 @@ def variant(cfg: Config, algorithm: str, output_dir: Path, centralized: bool = F
         algorithm: the ``algorithm.name`` of the copy.
         output_dir: the copy's run folder.
         centralized: set ``data.num_clients = fl.clients_per_round = fl.min_clients = 1`` and lift
-            ``data.max_examples_per_client`` (SPEAR.md section 3, centralized mode).
+            ``data.max_examples_per_client`` (the README's centralized comparison, paper Figure 7).
 
     Returns:
         The copy.
@@ -103,7 +105,8 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
 
     Args:
         cfg: the shared configuration; ``output_dir`` (placeholders expanded, ``{algorithm}`` = "compare") is
-            the comparison folder.
+            the comparison folder; with ``{time}`` in it a new folder is made (``-1``, ``-2``... appended when
+            that name exists).
         algorithms: algorithm names, each at most once, e.g. ``["spear", "grpo"]``.
         centralized: also run each algorithm with one client holding all training data.
 
@@ -114,15 +117,23 @@ def compare(cfg: Config, algorithms: list[str], centralized: bool = False) -> Pa
         ConfigError: no algorithm, an unknown or repeated one; every variant is validated before anything runs.
     """
     if not algorithms:
-        raise ConfigError(f"compare: name at least one algorithm ({', '.join(ALGORITHMS)})")
+        raise ConfigError(f"compare: name at least one algorithm ({', '.join(known_algorithms())}, or pkg.mod:Class)")
     repeated = sorted({a for a in algorithms if algorithms.count(a) > 1})
     if repeated:
         raise ConfigError(f"compare: algorithm {', '.join(repeated)} is listed more than once")
     named = replace(cfg, algorithm=replace(cfg.algorithm, name="compare"))  # names the folder
     base = Path(simulator.expand_output_dir(named))
-    runs = {a: variant(cfg, a, base / a) for a in algorithms}
-    central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} if centralized \
-        else {}
+
+    def plan(base: Path) -> tuple[dict[str, Config], dict[str, Config]]:
+        runs = {a: variant(cfg, a, base / a) for a in algorithms}
+        central = {a: variant(cfg, a, base / CENTRALIZED_DIR / a, centralized=True) for a in algorithms} \
+            if centralized else {}
+        return runs, central
+
+    runs, central = plan(base)  # every variant validated before any folder is made
+    if names_new_folder(cfg.output_dir):  # {time}: a new comparison folder of its own, even within one second
+        base = claim_new_folder(base)
+        runs, central = plan(base)
     run_dirs = {a: run_or_reuse(c) for a, c in runs.items()}
     central_dirs = {a: run_or_reuse(c) for a, c in central.items()} or None
     return write_comparison(run_dirs, base, central_dirs)
@@ -240,8 +251,7 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "best_accuracy": max(a for _, a in evals) if evals else None, "rounds": len(trained),
         "total_s": time_s if trained else None, "per_round_s": time_s / len(trained) if trained else None,
         "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
-        "generations": total("generations"), "tokens_generated": total("tokens_generated"),
-        "tokens_trained": total("tokens_trained"), "tokens_forward": total("tokens_forward"),
+        **{key: total(key) for key in TOTALS},
         # fedspear/federation/resources.py: memory maxima over rounds, adapter bytes per client-round (mean)
         "peak_rss_mb": resource("peak_rss_mb_max", max), "update_rss_peak_mb": resource("update_rss_peak_mb_max", max),
         "cuda_peak_mb": resource("cuda_peak_mb_max", max),
@@ -264,7 +274,7 @@ def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         final = f"{t['final_accuracy']:.4f} ({t['final_round']})" if t["final_accuracy"] is not None else "-"
         cells = [label, final, fmt(t["best_accuracy"], ".4f"), str(t["rounds"]), fmt(t["total_s"], ".1f"),
                  fmt(t["per_round_s"], ".2f"), fmt(t["training_s"], ".1f"),
-                 *(fmt(t[k], ".0f") for k in ("generations", "tokens_generated", "tokens_trained", "tokens_forward")),
+                 *(fmt(t[k], ".0f") for k in TOTALS),
                  *(fmt(t[k], ".1f") for k in ("peak_rss_mb", "update_rss_peak_mb", "cuda_peak_mb")),
                  f"{fmt(t['bytes_down_per_client'], '.0f')} / {fmt(t['bytes_up_per_client'], '.0f')}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -14,6 +14,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ from fedspear.config_compat import translate
 from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.config is the public module
     AGGREGATIONS,
     ALGORITHMS,
+    CHAT_TEMPLATE_MODES,
     DP_MODES,
     DTYPES,
     INT_MAX,
     INT_MIN,
+    REVISION_TEMPLATES,
     TASKS,
     TRACKERS,
     AlgorithmConfig,
@@ -45,6 +48,7 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     OptimConfig,
     _f,
 )
+from fedspear.dotted import describe, load_object
 
 # Algorithms added with register_algorithm and the config sections of their settings.
 EXTRA_ALGORITHMS: list[str] = []
@@ -155,6 +159,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         return _coerce_float(key, value)
     if hint is str:
+        if isinstance(value, bool) and key in _ON_OFF_KEYS:  # YAML 1.1 reads a bare on/off as a boolean
+            return "on" if value else "off"
         if value is None or isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}; write e.g. {key}=some_text")
         return str(value)
@@ -162,6 +168,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 _TRUE = ("true", "yes", "1", "on")
+_ON_OFF_KEYS = ("model.chat_template",)  # string settings with on/off values, which YAML turns into booleans
 _FALSE = ("false", "no", "0", "off")
 
 
@@ -245,9 +252,13 @@ def _apply(cfg: Config, data: dict[str, Any], source: str) -> None:
         ConfigError: an unknown section or key (naming the closest valid one) or a value of the wrong type,
             prefixed with ``source`` (a file path or "override").
     """
+    data = translate(data, source)
+    name = data.get("algorithm", {}).get("name") if isinstance(data.get("algorithm"), dict) else None
+    if isinstance(name, str) and ":" in name:  # a user's algorithm: its settings section must be known first
+        resolve_algorithm_name(name)
     top_hints = {k: v for k, v in _section_hints(Config).items() if k != "extensions"}
     top_hints.update(EXTRA_SECTIONS)
-    for section, values in translate(data, source).items():
+    for section, values in data.items():
         section = str(section)
         try:
             if section not in top_hints:
@@ -360,8 +371,44 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated Config from an optional YAML file plus ``key=value`` overrides.
+def nest_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values given in Python as ``{section: {key: value}}`` and/or dotted ``{"section.key": value}`` (and
+    ``output_dir``) -> the nested layout of a YAML file; values keep their Python types.
+
+    Raises:
+        ConfigError: a key that is not a string or has more than one dot, or one key given twice.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {key!r} is not a string; write e.g. {{'fl.rounds': 3}}")
+        parts = key.strip().split(".")
+        if len(parts) > 2 or not all(parts):
+            raise ConfigError(f"config key '{key}' must be SECTION.KEY (e.g. fl.rounds), a section or output_dir")
+        items = {parts[1]: value} if len(parts) == 2 else value
+        if isinstance(items, Mapping) and parts[0] != "output_dir":
+            section = nested.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"config key '{key}': '{parts[0]}' was also given a plain value")
+            for sub, v in items.items():
+                if sub in section:
+                    raise ConfigError(f"config key '{parts[0]}.{sub}' is given twice; give it once")
+                section[sub] = v
+        elif parts[0] in nested:
+            raise ConfigError(f"config key '{key}' is given twice; give it once")
+        else:
+            nested[parts[0]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                values: Mapping[str, Any] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file, then ``values``, then ``key=value`` overrides.
+
+    Args:
+        path: a YAML file, or None for the built-in defaults.
+        overrides: ``SECTION.KEY=VALUE`` text items, as on the command line.
+        values: Python values (:func:`nest_values`), applied after the file and before the overrides.
 
     Raises:
         ConfigError: see :func:`read_yaml_config` and :func:`validate`.
@@ -370,6 +417,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         _apply(cfg, read_yaml_config(path), str(path))
+    if values:
+        _apply(cfg, nest_values(values), "config")
     if overrides:
         _apply(cfg, parse_overrides(overrides), "override")
     validate(cfg)
@@ -400,6 +449,45 @@ def _one_of(value: str, key: str, options: tuple[str, ...]) -> None:
     _check(value in options, key, f"'{value}' is not one of {', '.join(options)}{_closest(value, list(options))}")
 
 
+def known_algorithms() -> tuple[str, ...]:
+    """Every name ``algorithm.name`` accepts now: the built-ins, then those registered or loaded by dotted path."""
+    return ALGORITHMS + tuple(EXTRA_ALGORITHMS)
+
+
+def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
+    """Make ``name`` usable as ``algorithm.name``: a built-in or registered name, or a user's algorithm class as a
+    dotted path ``pkg.mod:Class`` (docs/extending.md).
+
+    A dotted path is imported here (the user's module, on ``sys.path``: installed or on ``PYTHONPATH``), so the
+    config then accepts the name and the class's settings section (``Class.section`` / ``Class.Settings``, as
+    ``register_algorithm`` does); the algorithm registry (:func:`fedspear.algorithms.registry.algorithm_class`)
+    builds the class from the same path.
+
+    Raises:
+        ConfigError: an unknown name (naming the closest), a path that does not import, or an object that is not
+            an algorithm class (no ``name``, ``rollout`` and ``train``).
+    """
+    if ":" not in name:
+        _one_of(name, key, known_algorithms())
+        return
+    if name in EXTRA_ALGORITHMS:
+        return
+    import inspect
+
+    obj = load_object(name, key)
+    fits = inspect.isclass(obj) and isinstance(getattr(obj, "name", None), str) and all(
+        callable(getattr(obj, m, None)) for m in ("rollout", "train", "from_config"))
+    _check(fits, f"{key}={name}", f"{describe(obj)} is not a subclass of fedspear.algorithms.base.Algorithm "
+                                  "with a name (see docs/extending.md)")
+    section, settings = getattr(obj, "section", None), getattr(obj, "Settings", None)
+    if section is not None and section not in Config.__dataclass_fields__:
+        known = EXTRA_SECTIONS.get(section, settings)
+        _check(known is settings and settings is not None, key,
+               f"section '{section}' of '{name}' needs a Settings dataclass of its own")
+        EXTRA_SECTIONS[section] = settings
+    EXTRA_ALGORITHMS.append(name)
+
+
 def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:
     """A built-in name, or a user's class as ``module:attr`` (imported by :mod:`fedspear.extensions`)."""
     if ":" in value:
@@ -424,22 +512,23 @@ def _check_token_budget(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run could use."""
-    from fedspear.tasks.prompts import REVISION_TEMPLATES  # here: the tasks package imports this module
     _check(bool(str(cfg.output_dir).strip()), "output_dir",
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
-    _one_of(cfg.algorithm.name, "algorithm.name", ALGORITHMS + tuple(EXTRA_ALGORITHMS))
+    resolve_algorithm_name(cfg.algorithm.name)
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
     _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
     threads = str(cfg.model.torch_threads).strip().lower()
     _check(threads == "auto" or (threads.isdigit() and int(threads) >= 1), "model.torch_threads",
            f"'{cfg.model.torch_threads}' is neither auto nor a positive integer; write e.g. model.torch_threads=1")
+    _one_of(cfg.model.chat_template, "model.chat_template", CHAT_TEMPLATE_MODES)
     _one_of_or_dotted(cfg.feedback.provider, "feedback.provider", ("oracle", "none"))
     _one_of(cfg.lora.bias, "lora.bias", ("none", "all", "lora_only"))
     _one_of(cfg.gen.revision_template, "gen.revision_template", REVISION_TEMPLATES)
     _one_of(cfg.gen.scheduler, "gen.scheduler", ("batched", "continuous"))
     _one_of(cfg.gen.cache, "gen.cache", ("dynamic", "static"))
     _one_of(cfg.data.eval_method, "data.eval_method", ("auto", "generative", "log_likelihood", "both"))
+    _one_of(cfg.data.long_prompts, "data.long_prompts", ("skip", "truncate", "error"))
     positive = {
         "model.max_seq_len": cfg.model.max_seq_len, "lora.r": cfg.lora.r, "lora.last_n_layers": cfg.lora.last_n_layers,
         "data.num_clients": cfg.data.num_clients, "data.max_examples_per_client": cfg.data.max_examples_per_client,
@@ -477,9 +566,8 @@ def validate(cfg: Config) -> None:
         _check(0 <= value <= 1, f"feedback.{knob}", f"must be in [0, 1], got {value}")
     _check(cfg.feedback.misleading_hint_rate + cfg.feedback.no_hint_rate <= 1, "feedback.misleading_hint_rate",
            "+ feedback.no_hint_rate must be <= 1 (a hint is bare, misleading or the oracle's)")
-    _check(cfg.data.dataset == "world" or not (cfg.feedback.misleading_hint_rate or cfg.feedback.false_reject_rate),
-           "feedback.misleading_hint_rate", "and feedback.false_reject_rate need a task that can hint toward a wrong "
-           f"value (data.dataset=world), not '{cfg.data.dataset}'; set them to 0")
+    # Misleading hints and false rejects need a task with misleading_feedback: a capability of the task, checked
+    # where the run's task is assembled (fedspear.feedback_noise.check_feedback_noise via extensions).
     _check(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", "must be in (0, 1)")
     _check(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
     _check(0 < cfg.gen.top_p <= 1, "gen.top_p", "must be in (0, 1]")
@@ -503,20 +591,30 @@ def validate(cfg: Config) -> None:
     _validate_robust_and_dp(cfg)
 
 
+# dp.noise_multiplier's upper bound: at sigma = 1e4 one round's epsilon is already below 1e-2 after 1000 rounds
+# (q = 1, delta = 1e-5), and larger sigmas overflow dp-accounting's RDP terms (sigma^2) near 1e154.
+MAX_NOISE_MULTIPLIER = 1e4
+# The largest noise std sigma * C: the noise and the noised adapter stay finite in float32 (max 3.4e38).
+MAX_NOISE_STD = 1e30
+
+
 def _validate_robust_and_dp(cfg: Config) -> None:
     """The robust-aggregation, differential-privacy and tracking keys."""
     _check(0 <= cfg.fl.trim_ratio < 0.5, "fl.trim_ratio", f"must be in [0, 0.5), got {cfg.fl.trim_ratio}")
     _check(cfg.fl.krum_f >= 0, "fl.krum_f", f"must be >= 0, got {cfg.fl.krum_f}")
+    if cfg.fl.aggregation == "trimmed_mean":
+        _check_trimmed_mean(cfg.fl.trim_ratio, cfg.fl.clients_per_round, cfg.fl.min_clients)
     if cfg.fl.aggregation in ("krum", "multi_krum"):
-        _check(cfg.fl.clients_per_round > 2 * cfg.fl.krum_f + 2, "fl.krum_f",
-               f"Krum needs fl.clients_per_round > 2*f + 2 (got {cfg.fl.clients_per_round} clients, f={cfg.fl.krum_f});"
-               " lower fl.krum_f or sample more clients")
-    m = cfg.fl.multi_krum_m
-    _check(m is None or 1 <= m <= cfg.fl.clients_per_round - cfg.fl.krum_f, "fl.multi_krum_m",
-           f"must be in [1, clients_per_round - krum_f] or null, got {m}")
+        _check_krum(cfg.fl.krum_f, cfg.fl.clients_per_round)
+    _check_multi_krum_m(cfg.fl.multi_krum_m, cfg.fl.krum_f, cfg.fl.clients_per_round)
     _one_of(cfg.dp.mode, "dp.mode", DP_MODES)
     _check(cfg.dp.clip_norm > 0, "dp.clip_norm", f"must be > 0, got {cfg.dp.clip_norm}")
-    _check(cfg.dp.noise_multiplier >= 0, "dp.noise_multiplier", f"must be >= 0, got {cfg.dp.noise_multiplier}")
+    _check(0 <= cfg.dp.noise_multiplier <= MAX_NOISE_MULTIPLIER, "dp.noise_multiplier",
+           f"must be in [0, {MAX_NOISE_MULTIPLIER:g}], got {cfg.dp.noise_multiplier:g} (above {MAX_NOISE_MULTIPLIER:g} "
+           "the noise erases every update and the privacy accountant leaves double precision)")
+    std = cfg.dp.noise_multiplier * cfg.dp.clip_norm
+    _check(cfg.dp.mode == "off" or std <= MAX_NOISE_STD, "dp.clip_norm", f"times dp.noise_multiplier is the noise std sigma*C = {std:g}; keep it "
+           f"<= {MAX_NOISE_STD:g} so the noised adapter stays finite in float32 (lower dp.clip_norm)")
     _check(0 < cfg.dp.delta < 1, "dp.delta", f"must be in (0, 1), got {cfg.dp.delta}")
     _check(cfg.dp.mode != "central" or cfg.fl.aggregation in ("fedavg", "fedadam", "fedyogi"), "dp.mode",
            f"central DP adds noise to the sum of updates, which fl.aggregation={cfg.fl.aggregation} does not use; "
@@ -524,6 +622,47 @@ def _validate_robust_and_dp(cfg: Config) -> None:
     for name in cfg.logging.report_to:
         _one_of(name, "logging.report_to", TRACKERS)
     _one_of(cfg.logging.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
+
+
+def _trimmed(ratio: float, n: int) -> int:
+    """Clients the trimmed mean drops at each end of ``n`` (as fedspear.federation.aggregation.trimmed_mean)."""
+    return min(math.floor(ratio * n), (n - 1) // 2)
+
+
+def _check_trimmed_mean(ratio: float, per_round: int, min_clients: int) -> None:
+    """A trimmed mean that trims nothing is FedAvg: fl.trim_ratio must trim at least one client per side of
+    fl.clients_per_round, and of fl.min_clients (the fewest results a round aggregates)."""
+    if per_round < 3:
+        raise ConfigError(f"fl.aggregation=trimmed_mean cannot trim any of fl.clients_per_round={per_round} clients "
+                          "(it keeps at least one per coordinate); use fl.clients_per_round>=3 or another rule")
+    if _trimmed(ratio, per_round) < 1:
+        need = math.ceil(100 / per_round) / 100
+        while _trimmed(need, per_round) < 1:
+            need += 0.01
+        raise ConfigError(f"fl.trim_ratio={ratio} trims 0 of fl.clients_per_round={per_round} clients per side, so "
+                          f"fl.aggregation=trimmed_mean is FedAvg; use fl.trim_ratio>={round(need, 2):g}")
+    if _trimmed(ratio, min_clients) < 1:
+        fewest = next(n for n in range(3, per_round + 1) if _trimmed(ratio, n) >= 1)
+        updates = f"{min_clients} update" + ("s" if min_clients != 1 else "")
+        raise ConfigError(f"fl.min_clients={min_clients} lets a round aggregate {updates}, of which "
+                          f"fl.trim_ratio={ratio} trims 0 per side (FedAvg); use fl.min_clients>={fewest} or a "
+                          "larger fl.trim_ratio")
+
+
+def _check_krum(f: int, per_round: int) -> None:
+    """Krum tolerates f Byzantine clients only with n >= 2f + 3 updates (Blanchard et al. 2017, docs/
+    privacy-and-robustness.md)."""
+    if per_round < 2 * f + 3:
+        fix = f"use fl.krum_f<={(per_round - 3) // 2} or " if per_round >= 3 else "use "
+        raise ConfigError(f"fl.krum_f={f}: Krum needs fl.clients_per_round >= 2*f + 3 = {2 * f + 3}, got "
+                          f"{per_round}; {fix}fl.clients_per_round>={2 * f + 3}")
+
+
+def _check_multi_krum_m(m: int | None, f: int, per_round: int) -> None:
+    """multi-Krum averages m of the n - f best-scored updates."""
+    if m is not None and not 1 <= m <= per_round - f:
+        raise ConfigError(f"fl.multi_krum_m={m}: multi-Krum averages 1 to fl.clients_per_round - fl.krum_f = "
+                          f"{per_round - f} updates; use fl.multi_krum_m in [1, {per_round - f}] or null")
 
 
 def field_help() -> dict[str, str]:

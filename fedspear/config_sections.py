@@ -18,6 +18,9 @@ AGGREGATIONS = ("fedavg", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"
 DP_MODES = ("off", "central", "local")
 TRACKERS = ("tensorboard", "wandb")
 DTYPES = ("fp32", "bf16", "fp16", "auto")
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+# gen.revision_template: the section orders of a revision prompt (fedspear.tasks.prompts builds them).
+REVISION_TEMPLATES = ("instructions_first", "authors")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are stored in 64 bits (numpy, torch.manual_seed, safetensors)
 
 
@@ -33,7 +36,8 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses.fiel
 
 @dataclass
 class AlgorithmConfig:
-    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}")
+    name: str = _f("spear", f"client update: one of {', '.join(ALGORITHMS)}, a registered name, or your own "
+                            "class as pkg.mod:Class (docs/extending.md)")
 
 
 @dataclass
@@ -48,6 +52,8 @@ class ModelConfig:
                             "once from the load average; OMP_NUM_THREADS if set) | N (docs/performance.md)")
     load_in_4bit: bool = _f(False, "4-bit base weights via bitsandbytes (CUDA only)")
     gradient_checkpointing: bool = _f(True, "recompute activations in backward to save memory")
+    chat_template: str = _f("auto", "(fedspear) wrap every prompt in the tokenizer's chat template: auto (= on when "
+                            "the tokenizer has one) | on | off (raw prompts, as the paper's base-model presets)")
 
 
 @dataclass
@@ -77,6 +83,8 @@ class DataConfig:
     eval_method: str = _f("auto", "(fedspear) auto | generative | log_likelihood | both (MC tasks support both)")
     groups: list[str] = _f([], "(fedspear) world: keep only these fact groups (known, misconception, uncertain, "
                            "decoy); [] = all; other tasks have no groups and ignore it")
+    long_prompts: str = _f("skip", "(fedspear) skip | truncate | error: a task prompt longer than model.max_seq_len "
+                           "minus its new tokens is dropped, cut from the left, or refused; counted in data_stats.json")
 
 
 @dataclass
@@ -168,12 +176,14 @@ class HFConfig:
 @dataclass
 class DPConfig:
     mode: str = _f("off", "(fedspear) differential privacy of client updates: off | central (DP-FedAvg, noise at "
-                   "the server) | local (each client clips and noises its own update)")
+                   "the server; clients are Poisson-sampled with q = fl.clients_per_round / data.num_clients) | "
+                   "local (each client clips and noises its own update)")
     clip_norm: float = _f(1.0, "(fedspear) L2 bound C on each client's update (adapter - round-start global)")
     noise_multiplier: float = _f(1.0, "(fedspear) sigma: Gaussian noise std is sigma * C")
     delta: float = _f(1e-5, "(fedspear) delta of the reported (epsilon, delta) privacy budget")
-    seed: int | None = _f(None, "(fedspear) seed of the noise; None = fresh OS randomness (a fixed seed makes the "
-                          "noise removable: tests and benchmarks only)")
+    seed: int | None = _f(None, "(fedspear) seed of the noise and of central DP's client sample; None = fresh OS "
+                          "randomness (a fixed seed makes the noise removable and the sample public: tests and "
+                          "benchmarks only)")
 
 
 @dataclass

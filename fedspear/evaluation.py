@@ -21,10 +21,9 @@ import torch
 from fedspear.algorithms.base import Trace
 from fedspear.algorithms.common import completion_logits, completion_logprobs, make_batch
 from fedspear.config import Config
-from fedspear.federation.aggregation import is_finite_state
 from fedspear.feedback import verifier_of
-from fedspear.generation import GenSettings, generate, merged_lora
-from fedspear.models import Policy
+from fedspear.generation import eval_settings, generate, merged_lora
+from fedspear.models import Policy, is_finite_state
 from fedspear.tasks.base import Example, Task
 
 
@@ -57,8 +56,7 @@ def _group_accuracy(examples: list[Example], correct: list[bool]) -> dict[str, f
 def generative_correct(policy: Policy, task: Task, cfg: Config, examples: list[Example]) -> list[bool]:
     """Decode each prompt (greedy unless ``gen.eval_do_sample``) and verify the declared answer."""
     gen = cfg.gen
-    settings = GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample,
-                           gen.eval_temperature, gen.eval_top_p, gen.top_k)
+    settings = eval_settings(gen)
     prompts = [policy.encode(ex.prompt) for ex in examples]
     check_finite_logits(policy, cfg, prompts[: gen.eval_batch_size])
     completions = generate(policy, prompts, settings, seed=cfg.data.seed)
@@ -95,7 +93,7 @@ def log_likelihood_correct(policy: Policy, task: Task, cfg: Config, examples: li
     for idx, ex in enumerate(examples):
         x0 = policy.encode(ex.prompt)
         for cont in task.choice_continuations(ex):
-            pairs.append((idx, Trace(x0, tok(cont, add_special_tokens=False)["input_ids"])))
+            pairs.append((idx, Trace(x0, tok(policy.continuation(cont), add_special_tokens=False)["input_ids"])))
     scores: list[list[float]] = [[] for _ in examples]
     was_training = policy.model.training
     policy.model.eval()

@@ -9,89 +9,17 @@ naming the key and the fix (``fedspear: error: ...``, exit 2). See ``docs/extend
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import re
 from typing import Any
 
-from fedspear import feedback  # the module: it imports the tasks package, which imports this one
+from fedspear import (
+    feedback,  # the modules, not their names: each imports tasks.base, so they may still be loading
+    feedback_noise,
+)
 from fedspear.config import Config, ConfigError
-from fedspear.tasks.base import Example, Task
-
-_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-# What a task class must implement itself (the base class only raises NotImplementedError).
-TASK_METHODS = ("load", "extract", "feedback")
-
-
-def is_dotted(value: str) -> bool:
-    """Whether a config value names an object by dotted path (it contains ``:``)."""
-    return ":" in value
-
-
-def load_object(spec: str, key: str) -> Any:
-    """Import ``module:attr`` (``attr`` may be dotted: ``module:Outer.Inner``).
-
-    Args:
-        spec: the dotted path.
-        key: the config key it came from, for the error message.
-
-    Raises:
-        ConfigError: malformed path, the module does not import (or raises while importing), no such attribute.
-    """
-    if not _DOTTED.match(spec):
-        raise ConfigError(f"{key}={spec}: write a dotted path module:attr, e.g. my_pkg.tasks:MyTask")
-    module_name, attr = spec.split(":", 1)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"{key}={spec}: cannot import '{module_name}' ({exc}); install the package or put its "
-                          "folder on PYTHONPATH") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise ConfigError(f"{key}={spec}: importing '{module_name}' failed: {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{key}={spec}: '{module_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _describe(obj: Any) -> str:
-    """``module.Name`` of a class or function, else its type: what the user named, without a memory address."""
-    name = getattr(obj, "__qualname__", None)
-    if name is None:
-        return f"an object of type {type(obj).__name__}"
-    kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "object"
-    return f"{kind} {getattr(obj, '__module__', '?')}.{name}"
-
-
-def load_task_class(spec: str) -> type[Task]:
-    """The task class ``data.dataset=module:Class`` names, checked to be a usable :class:`Task` subclass.
-
-    Raises:
-        ConfigError: it does not import, is not a Task subclass, or leaves ``load``/``extract``/``feedback`` to
-            the base class.
-    """
-    cls = load_object(spec, "data.dataset")
-    if not (inspect.isclass(cls) and issubclass(cls, Task)):
-        raise ConfigError(f"data.dataset={spec}: {_describe(cls)} is not a subclass of fedspear.tasks.base.Task")
-    missing = [m for m in TASK_METHODS if getattr(cls, m) is getattr(Task, m)]
-    if missing:
-        raise ConfigError(f"data.dataset={spec}: {cls.__name__} does not implement {', '.join(missing)} "
-                          "(see docs/extending.md)")
-    return cls
-
-
-def build_task(spec: str) -> Task:
-    """A new instance of the task class ``spec`` names (constructed without arguments).
-
-    Raises:
-        ConfigError: as :func:`load_task_class`, or the constructor fails.
-    """
-    cls = load_task_class(spec)
-    try:
-        return cls()
-    except Exception as exc:
-        raise ConfigError(f"data.dataset={spec}: {cls.__name__}() failed: {type(exc).__name__}: {exc}") from None
+from fedspear.dotted import describe, is_dotted, load_object  # noqa: F401 - also importable from here
+from fedspear.tasks.base import DataError, Example, Task, TaskData
+from fedspear.tasks.custom import TASK_METHODS, build_task, load_task_class  # noqa: F401 - also importable from here
 
 
 def load_feedback_class(provider: str) -> type:
@@ -107,7 +35,7 @@ def load_feedback_class(provider: str) -> type:
         return feedback.BUILTIN_PROVIDERS[provider]
     cls = load_object(provider, "feedback.provider")
     if not inspect.isclass(cls) or not callable(getattr(cls, "judge", None)):
-        raise ConfigError(f"feedback.provider={provider}: {_describe(cls)} is not a class with a judge(example, answer) "
+        raise ConfigError(f"feedback.provider={provider}: {describe(cls)} is not a class with a judge(example, answer) "
                           "method returning fedspear.feedback.Feedback (see docs/extending.md)")
     return cls
 
@@ -123,9 +51,11 @@ def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) ->
             returns the wrong type stops the run here instead of failing every client in every round.
 
     Raises:
-        ConfigError: the provider does not load, its constructor ``Source(task, cfg)`` fails, the object it
+        ConfigError: the imperfect-feedback knobs ask for a capability ``task`` lacks
+            (:func:`fedspear.feedback_noise.check_feedback_noise`); the provider does not load, its constructor ``Source(task, cfg)`` fails, the object it
             builds does not implement :class:`~fedspear.feedback.FeedbackSource`, or judging ``probe`` fails.
     """
+    feedback_noise.check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
     provider = cfg.feedback.provider
     cls = load_feedback_class(provider)
     if cls in feedback.BUILTIN_PROVIDERS.values():
@@ -149,12 +79,89 @@ def task_with_feedback(task: Task, cfg: Config, probe: Example | None = None) ->
     return wrapped
 
 
-def check(cfg: Config) -> None:
-    """Load the user's task and feedback classes the config names (no-op for built-in names).
+def _task_label(task: Task, cfg: Config) -> str:
+    return f"data.dataset={cfg.data.dataset}: {type(task).__name__}"
+
+
+def load_task_data(task: Task, cfg: Config) -> TaskData:
+    """``task.load(cfg)``, checked to be a :class:`~fedspear.tasks.base.TaskData` of :class:`Example` lists.
+
+    A user's task (``data.dataset=module:Class``) that raises anything other than a :class:`DataError`,
+    ``FileNotFoundError`` or :class:`ConfigError` is reported in one line naming its class.
 
     Raises:
-        ConfigError: as :func:`load_task_class` and :func:`load_feedback_class`.
+        ConfigError: ``load`` raised, or returned something else than TaskData(train=[Example...],
+            eval=[Example...], stats=LoadStats(...)); the message names the task class and what it must return.
+    """
+    label = _task_label(task, cfg)
+    try:
+        data = task.load(cfg)
+    except (DataError, ConfigError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        if not is_dotted(cfg.data.dataset):
+            raise
+        raise ConfigError(f"{label}.load(cfg) failed: {type(exc).__name__}: {exc}") from None
+    must = ("it must return fedspear.tasks.base.TaskData(train=[Example, ...], eval=[Example, ...], "
+            "stats=LoadStats(...)) (see docs/extending.md)")
+    if not isinstance(data, TaskData):
+        raise ConfigError(f"{label}.load(cfg) returned {_describe_value(data)}; {must}")
+    for part in ("train", "eval"):
+        rows = getattr(data, part)
+        if not isinstance(rows, (list, tuple)):
+            raise ConfigError(f"{label}.load(cfg) returned TaskData.{part} = {_describe_value(rows)}; {must}")
+        wrong = next((row for row in rows if not isinstance(row, Example)), None)
+        if wrong is not None:
+            raise ConfigError(f"{label}.load(cfg) returned a TaskData.{part} row that is {_describe_value(wrong)}, "
+                              f"not an Example; {must}")
+    if not hasattr(data.stats, "num_skipped"):
+        raise ConfigError(f"{label}.load(cfg) returned TaskData.stats = {_describe_value(data.stats)}; {must}")
+    return data
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    return f"a {type(value).__name__} ({text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def probe_task(task: Task, cfg: Config, example: Example, settings: Any) -> None:
+    """Call a user's task's verifier and oracle once on ``example`` before the run, so a broken ``extract`` or
+    ``feedback`` stops the run in one line instead of failing every client in every round (built-in tasks are
+    not probed).
+
+    ``extract`` is called on an empty completion and on ``"<answer_marker> <gold answer>"``, and must return a
+    str or None; ``feedback`` on ``example`` with an empty completion and ``settings`` (what a client update
+    passes: :class:`fedspear.algorithms.base.RunSettings`), and must return a str.
+
+    Raises:
+        ConfigError: either raised or returned another type; the message names the task class and the method.
+    """
+    if not is_dotted(cfg.data.dataset):
+        return
+    label = _task_label(task, cfg)
+    calls = [("extract", lambda: task.extract(""), "a str or None", (str, type(None))),
+             ("extract", lambda: task.extract(f"{task.answer_marker} {example.answer}"), "a str or None",
+              (str, type(None))),
+             ("feedback", lambda: task.feedback(example, "", settings), "a str", (str,))]
+    for method, call, kind, types in calls:
+        try:
+            value = call()
+        except Exception as exc:
+            raise ConfigError(f"{label}.{method} failed on row {example.id}: {type(exc).__name__}: {exc} "
+                              "(see docs/extending.md)") from None
+        if not isinstance(value, types):
+            raise ConfigError(f"{label}.{method} returned {_describe_value(value)} on row {example.id}; it must "
+                              f"return {kind} (see docs/extending.md)")
+
+
+def check(cfg: Config) -> None:
+    """Load the user's task and feedback classes the config names (no-op for built-in names); a user's task is
+    also checked for the capabilities the imperfect-feedback knobs need.
+
+    Raises:
+        ConfigError: as :func:`load_task_class`, :func:`load_feedback_class` and
+            :func:`fedspear.feedback_noise.check_feedback_noise`.
     """
     if is_dotted(cfg.data.dataset):
-        load_task_class(cfg.data.dataset)
+        feedback_noise.check_feedback_noise(cfg.feedback, load_task_class(cfg.data.dataset))
     load_feedback_class(cfg.feedback.provider)

@@ -34,14 +34,24 @@ from fedspear.tasks.base import Example, Task
 
 KNOBS = ("false_accept_rate", "false_reject_rate", "misleading_hint_rate", "no_hint_rate", "drop_rate")
 BARE_FEEDBACK = "Your answer is incorrect."
+# The user model's per client-round counters (FeedbackModel.metrics reports each as feedback_<counter>).
+COUNTERS = ("verdicts", "false_accepts", "false_rejects", "hints", "hints_bare", "hints_misleading",
+            "hints_after_false_reject", "interactions", "dropped")
+# The metric names FeedbackModel.metrics emits: its declaration in the metric registry (fedspear.metrics).
+METRICS = (*(f"feedback_{c}" for c in COUNTERS), "feedback_corrupted_verdicts", "feedback_corrupted_hints")
 
 
-def check_feedback_noise(feedback_cfg: Any, task: Task | None = None) -> None:
+def check_feedback_noise(feedback_cfg: Any, task: Task | type[Task] | None = None) -> None:
     """Raise ConfigError for noise settings no run could use.
+
+    The one capability check of the imperfect-feedback knobs: it runs where a run's task is assembled
+    (:func:`fedspear.extensions.task_with_feedback`, before round 0; :func:`fedspear.extensions.check` for a
+    user's ``module:Class`` task at config load) and in every :class:`FeedbackModel`.
 
     Args:
         feedback_cfg: ``cfg.feedback`` (the knobs of :data:`KNOBS`).
-        task: the task, when known: misleading hints and false rejects need ``task.misleading_feedback``.
+        task: the task (or its class), when known: misleading hints and false rejects need
+            ``task.misleading_feedback``, whatever the task is called.
 
     Raises:
         ConfigError: a rate outside [0, 1], ``misleading_hint_rate + no_hint_rate > 1``, or a knob the task
@@ -51,13 +61,16 @@ def check_feedback_noise(feedback_cfg: Any, task: Task | None = None) -> None:
         value = getattr(feedback_cfg, knob, 0.0)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"feedback.{knob}: must be in [0, 1], got {value}")
-    if feedback_cfg.misleading_hint_rate + feedback_cfg.no_hint_rate > 1.0:
+    misleading, no_hint = (getattr(feedback_cfg, k, 0.0) for k in ("misleading_hint_rate", "no_hint_rate"))
+    if misleading + no_hint > 1.0:
         raise ConfigError("feedback.misleading_hint_rate + feedback.no_hint_rate: must be <= 1 (a hint is bare, "
                           "misleading or the oracle's)")
-    wrong_hints = feedback_cfg.misleading_hint_rate > 0 or feedback_cfg.false_reject_rate > 0
+    wrong_hints = misleading > 0 or getattr(feedback_cfg, "false_reject_rate", 0.0) > 0
     if task is not None and wrong_hints and not hasattr(task, "misleading_feedback"):
-        raise ConfigError(f"feedback.misleading_hint_rate / feedback.false_reject_rate: task '{task.name}' cannot "
-                          "hint toward a wrong value; set them to 0 or use data.dataset=world")
+        raise ConfigError(f"feedback.misleading_hint_rate / feedback.false_reject_rate: task "
+                          f"'{getattr(task, 'name', task)}' cannot hint toward a wrong value (it has no "
+                          "misleading_feedback(example, completion, rng)); set them to 0 or use such a task, e.g. "
+                          "data.dataset=world")
 
 
 class FeedbackModel:
@@ -74,8 +87,7 @@ class FeedbackModel:
         self.rates = {k: float(getattr(cfg.feedback, k, 0.0)) for k in KNOBS}
         check_feedback_noise(cfg.feedback, task)
         self.rng = random.Random(f"feedback-noise|{seed}")
-        self.counts = dict.fromkeys(("verdicts", "false_accepts", "false_rejects", "hints", "hints_bare",
-                                     "hints_misleading", "hints_after_false_reject", "interactions", "dropped"), 0)
+        self.counts = dict.fromkeys(COUNTERS, 0)
         self._rejected: set[tuple[str, str]] = set()
 
     @property

@@ -31,6 +31,7 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -72,6 +73,46 @@ class GenStats:
     sequences: int = 0
     tokens: int = 0
     seconds: float = 0.0
+
+
+def rollout_settings(gen: Any, revision: bool = False) -> GenSettings:
+    """The rollout decoding settings of the ``gen`` config section: first answers (``gen.max_new_tokens_y0``) or
+    revisions (``gen.max_new_tokens_y1``), with ``gen.do_sample``, ``temperature``, ``top_p`` and ``top_k``.
+    Used by SPEAR's and OPSD's rollouts and by the served page."""
+    return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample, gen.temperature,
+                       gen.top_p, gen.top_k)
+
+
+def eval_settings(gen: Any) -> GenSettings:
+    """The evaluation decoding settings of the ``gen`` config section: ``gen.eval_max_new_tokens`` (0: the first
+    answers' ``gen.max_new_tokens_y0``), ``gen.eval_do_sample``, ``gen.eval_temperature``, ``gen.eval_top_p`` and
+    ``gen.top_k``."""
+    return GenSettings(gen.eval_max_new_tokens or gen.max_new_tokens_y0, gen.eval_do_sample, gen.eval_temperature,
+                       gen.eval_top_p, gen.top_k)
+
+
+def decode_kwargs(settings: GenSettings, pad_token_id: int | None, stop_ids: set[int]) -> dict[str, Any]:
+    """The keyword arguments of Hugging Face ``generate`` for ``settings``: the one place that builds them, used
+    by batched generation (rollouts, evaluation) and by streaming (``fedspear.serve.streaming``).
+
+    One sequence per prompt (``num_beams=1, num_return_sequences=1``), whatever a checkpoint's
+    ``generation_config`` says: beams would break the row order and change what is sampled. When sampling,
+    ``temperature``, ``top_p`` and ``top_k`` (0 = off) apply; greedy decoding sets them to None so a checkpoint's
+    defaults do not raise warnings.
+
+    Args:
+        settings: the call's decoding settings.
+        pad_token_id: the tokenizer's pad id.
+        stop_ids: every token id that ends a completion (:func:`eos_ids`).
+    """
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
+                              "pad_token_id": pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True,
+                              "num_beams": 1, "num_return_sequences": 1}
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth a separate forward pass
@@ -179,15 +220,7 @@ def generate(
     model.eval()
     out: list[Completion | None] = [None] * len(prompts)
     stop_ids = eos_ids(engine)
-    # One sequence per prompt, whatever a checkpoint's generation_config says (beams would break the row order).
-    gen_kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(stop_ids), "use_cache": True,
-                  "num_beams": 1, "num_return_sequences": 1}
-    if settings.do_sample:
-        # gen.top_k (0 = off) applies to every sampled call, rollouts and a sampling evaluation alike.
-        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    gen_kwargs = decode_kwargs(settings, tok.pad_token_id, stop_ids)
     torch.manual_seed(seed)
     static = engine.cache_implementation == "static"
     if static:
@@ -329,8 +362,9 @@ def _batch_cache(model, rows: list[RowKV | None], width: int):
 
 
 def eos_ids(engine: Policy) -> set[int]:
-    """The tokenizer's EOS id plus any EOS ids of the model's generation config."""
-    ids = {engine.tokenizer.eos_token_id}
+    """The tokenizer's EOS id, any EOS ids of the model's generation config and, under the chat template, the
+    template's end-of-turn ids (:attr:`fedspear.models.Policy.end_of_turn_ids`)."""
+    ids = {engine.tokenizer.eos_token_id, *getattr(engine, "end_of_turn_ids", ())}
     config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
     if isinstance(config_eos, int):
         ids.add(config_eos)

@@ -20,6 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedspear.config import ConfigError
+from fedspear.preflight import adapter_error
+
 logger = logging.getLogger("fedspear")
 
 BUILTIN_MODELS = {"fedspear/world-base": Path(__file__).parent / "assets" / "world-base"}
@@ -95,7 +98,10 @@ def load_tokenizer(cfg: Any) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+        raise ConfigError(f"tokenizer of {name} has no EOS token; set model.tokenizer_name to one that has")
+    if not tok("Answer: A", add_special_tokens=False)["input_ids"]:  # e.g. a model folder without tokenizer files
+        raise ConfigError(f"the tokenizer of {name} turns text into no tokens (vocabulary of {len(tok)}): the folder "
+                          "has no tokenizer files; set model.tokenizer_name to the model's tokenizer")
     tok.padding_side = "left"
     tok.truncation_side = "left"
     return tok
@@ -109,7 +115,7 @@ def load_base_model(cfg: Any, device: torch.device) -> nn.Module:
     kwargs["dtype"] = "auto" if cfg.model.dtype == "auto" else DTYPES[cfg.model.dtype]
     if cfg.model.load_in_4bit:
         if device.type != "cuda":
-            raise ValueError("model.load_in_4bit needs CUDA; set model.load_in_4bit=false on CPU")
+            raise ConfigError("model.load_in_4bit needs CUDA; set model.load_in_4bit=false on CPU")
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if cfg.model.dtype in ("bf16", "auto") else DTYPES[cfg.model.dtype]
@@ -120,6 +126,63 @@ def load_base_model(cfg: Any, device: torch.device) -> nn.Module:
         model.to(device)
     model.config.use_cache = False
     return model
+
+
+def check_not_adapter(cfg: Any) -> None:
+    """Refuse a ``model.model_name`` that is a PEFT adapter (a local folder or a Hub repository with
+    ``adapter_config.json``): transformers would load its base with the adapter merged in, and the adapters fedspear
+    saves would not reproduce the evaluated model.
+
+    Raises:
+        ConfigError: the name holds ``adapter_config.json`` (:func:`fedspear.preflight.adapter_error`).
+    """
+    from transformers.utils import find_adapter_config_file
+
+    name = resolve_model_path(cfg.model.model_name)
+    kwargs = {k: v for k, v in _hf_kwargs(cfg).items() if k in ("cache_dir", "local_files_only")}
+    found = find_adapter_config_file(name, **kwargs)
+    if found is not None:
+        raise adapter_error(cfg.model.model_name, found)
+
+
+def _local_model_config(cfg: Any) -> Any | None:
+    """The model's transformers config when it is on this machine (a folder, the built-in base or the local
+    cache); None when it would have to be downloaded or cannot be read (the run checks again when it loads)."""
+    from transformers import AutoConfig
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code, "local_files_only": True}
+    if cfg.hf.model_cache_dir:
+        kwargs["cache_dir"] = cfg.hf.model_cache_dir
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(cfg.model.model_name), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.debug("lora.target_modules not checked before loading: %s", exc)
+        return None
+
+
+def check_lora_targets(cfg: Any) -> None:
+    """Check ``lora.target_modules`` (when set) against the model's module names without loading its weights:
+    the model is built from its config on PyTorch's ``meta`` device and :func:`lora_target_modules` applied, as
+    the run will. Skipped (the run checks when it loads) when the model's config is not on this machine.
+
+    Raises:
+        ConfigError: a name matches no module of the last ``lora.last_n_layers`` layers (the message lists the
+            available names), as :func:`fedspear.models.lora_target_modules` raises at load time.
+    """
+    if not cfg.lora.target_modules:
+        return
+    model_config = _local_model_config(cfg)
+    if model_config is None:
+        return
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as exc:
+        logger.debug("lora.target_modules not checked before loading: %s", exc)
+        return
+    lora_target_modules(model, cfg.lora)
 
 
 def find_layer_stack(model: nn.Module) -> tuple[str, int]:
@@ -138,7 +201,7 @@ def find_layer_stack(model: nn.Module) -> tuple[str, int]:
                 fallback = (name, len(module))
     found = best or fallback
     if found is None:
-        raise ValueError("could not find the transformer layer stack; set lora.target_modules explicitly")
+        raise ConfigError("could not find the transformer layer stack; set lora.target_modules explicitly")
     return found
 
 
@@ -161,9 +224,10 @@ def lora_target_modules(model: nn.Module, lora_cfg: Any) -> tuple[list[str], str
         chosen, family = set(lora_cfg.target_modules), "explicit"
         missing = chosen - suffixes
         if missing:
-            raise ValueError(
-                f"lora.target_modules {sorted(missing)} not found in the last {lora_cfg.last_n_layers} layers; "
-                f"available: {sorted(suffixes)}"
+            raise ConfigError(
+                f"lora.target_modules: {', '.join(sorted(missing))} is not a module of the last "
+                f"{lora_cfg.last_n_layers} layers (lora.last_n_layers) of this model; available: "
+                f"{', '.join(sorted(suffixes)) or 'none'}"
             )
     else:
         family, best = "first linear layers", ()
@@ -173,7 +237,7 @@ def lora_target_modules(model: nn.Module, lora_cfg: Any) -> tuple[list[str], str
         chosen = set(best) if best else set(sorted(suffixes)[:4])
     names = sorted(n for n, s in candidates.items() if s in chosen)
     if not names:
-        raise ValueError("no LoRA target modules found; set lora.target_modules explicitly")
+        raise ConfigError("no LoRA target modules found; set lora.target_modules explicitly")
     return names, family
 
 
@@ -258,6 +322,10 @@ class Policy:
         cache_implementation: ``dynamic`` or ``static`` KV cache while generating (``gen.cache``).
         encoded: prompt text -> token ids, filled by :meth:`encode`.
         fingerprint: the serving fingerprint once computed (``serve.adapters.model_fingerprint``).
+        chat_template: every prompt text is sent as one user turn of the tokenizer's chat template, ending with
+            the assistant header (``model.chat_template``; see docs/real-models.md).
+        end_of_turn_ids: ids that end an assistant turn under the chat template (e.g. ``<|im_end|>``); generation
+            stops on them and unlikelihood never penalises them. Empty without the template.
     """
 
     model: nn.Module
@@ -273,25 +341,106 @@ class Policy:
     cache_implementation: str = "dynamic"
     encoded: dict[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
+    chat_template: bool = False
+    end_of_turn_ids: tuple[int, ...] = ()
 
     @functools.cached_property
     def bos_id(self) -> int | None:
-        """The id the tokenizer puts first in every encoded prompt (its BOS), or None when it adds none;
-        :func:`left_truncate` keeps it when a prompt is cut."""
+        """The id every encoded prompt starts with (the tokenizer's BOS; under the chat template, the template's
+        first token when it is the same for every prompt), or None; :func:`left_truncate` keeps it when a prompt
+        is cut."""
+        if self.chat_template:
+            first, second = self.encode("a"), self.encode("b")
+            return first[0] if first and second and first[0] == second[0] else None
         ids = self.tokenizer("", add_special_tokens=True)["input_ids"]
         bos = getattr(self.tokenizer, "bos_token_id", None)
         return ids[0] if ids and bos is not None and ids[0] == bos else None
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt (with the tokenizer's special tokens, e.g. BOS), cached."""
+        """Token ids of a prompt, cached: the tokenizer's ids with its special tokens (e.g. BOS), or under
+        :attr:`chat_template` the ids of ``text`` as one user turn followed by the assistant header."""
         ids = self.encoded.get(text)
         if ids is None:
-            ids = self.encoded[text] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            ids = self.encoded[text] = encode_prompt(self.tokenizer, text, self.chat_template)
         return ids
+
+    def continuation(self, text: str) -> str:
+        """A scored continuation as the model writes it after a prompt: under the chat template the assistant
+        turn starts on a fresh line, so the leading space of e.g. " B" (which follows "Answer:") is dropped."""
+        return text.lstrip(" ") if self.chat_template else text
 
     def load_global(self) -> None:
         """Put the round-start global adapter into the live model."""
         self.adapter.set(self.global_state)
+
+
+def encode_prompt(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
+    """Token ids of one prompt.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: the prompt text (a task prompt, a revision prompt, a teacher prompt...).
+        chat_template: send ``text`` as one user message of ``tokenizer.chat_template`` with the generation
+            prompt (the assistant header) appended; the template places BOS and the system turn itself, so the
+            rendered text is tokenized without adding special tokens again.
+
+    Returns:
+        The prompt's token ids.
+    """
+    if not chat_template:
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def resolve_chat_template(mode: str, tokenizer: Any, name: str) -> bool:
+    """Whether prompts go through the tokenizer's chat template (``model.chat_template``).
+
+    Args:
+        mode: ``auto`` (on exactly when the tokenizer defines a chat template), ``on`` or ``off``.
+        tokenizer: the loaded tokenizer.
+        name: the tokenizer's name, for the error.
+
+    Raises:
+        ConfigError: ``on`` for a tokenizer without a chat template.
+    """
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        from fedspear.config import ConfigError
+
+        raise ConfigError(f"model.chat_template=on but the tokenizer of {name} has no chat template; "
+                          "use model.chat_template=off (raw prompts) or a tokenizer that has one")
+    return has if mode == "auto" else mode == "on"
+
+
+_TURN_PROBE = "\u2402fedspear-turn-probe\u2403"
+
+
+def end_of_turn_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The special token(s) the chat template writes right after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``...), found by rendering a probe conversation; () when none is special.
+
+    Only the first token after the message counts, and only when it is one of the tokenizer's special tokens
+    (a template that ends a turn with plain text, e.g. a newline, gives ()).
+    """
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses this conversation shape: fall back to the EOS ids alone
+        return ()
+    tail = rendered.split(_TURN_PROBE, 1)[-1] if _TURN_PROBE in rendered else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(t, "special", False)}
+    return (ids[0],) if ids and ids[0] in special else ()
+
+
+def is_finite_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of an adapter ``state`` is free of NaN and +-inf (integer tensors always
+    are). Used by aggregation (a non-finite aggregate is refused) and evaluation (a diverged model)."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point() or t.is_complex())
 
 
 def left_truncate(ids: list[int], max_len: int, keep_first: int | None = None) -> list[int]:
@@ -360,15 +509,27 @@ def build_policy(cfg: Any) -> Policy:
     threads, reason = apply_threads(cfg.model.torch_threads)  # before loading: the load runs on them too
     logger.info("model %s on %s (%s); %s", cfg.model.model_name, device, cfg.model.dtype,
                 describe(threads, reason, device.type))
-    tokenizer = load_tokenizer(cfg)
-    base = load_base_model(cfg, device)
+    try:
+        check_not_adapter(cfg)  # before the tokenizer, which an adapter folder may also hold
+        tokenizer = load_tokenizer(cfg)
+        base = load_base_model(cfg, device)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # transformers: no such model on the Hub, no network and not cached, no weights
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"model.model_name={cfg.model.model_name}: cannot be loaded "
+                          f"({detail if len(detail) <= 240 else detail[:237] + '...'}); give a model folder or a "
+                          "Hugging Face model id that is cached (hf.offline=true) or reachable") from None
     max_seq_len = cap_max_seq_len(cfg, base)
+    chat = resolve_chat_template(cfg.model.chat_template, tokenizer,
+                                 cfg.model.tokenizer_name or cfg.model.model_name)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
     return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
                   max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
                   merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache,
-                  cache_implementation=cfg.gen.cache)
+                  cache_implementation=cfg.gen.cache, chat_template=chat,
+                  end_of_turn_ids=end_of_turn_ids(tokenizer) if chat else ())
 
 
 def fit_config(cfg: Any, policy: Policy) -> Any:

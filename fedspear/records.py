@@ -18,10 +18,18 @@ It is written to a temporary file, fsync-ed, renamed over the old one and the fo
 can never disagree with the tensors; :meth:`RunRecord.read_checkpoint` verifies all of it before a resume
 and raises :class:`RunFileError` naming the damaged file. A folder whose run never completed round 0 holds
 no checkpoint and can be started again.
+
+A run owns its folder: :meth:`RunRecord.create` (and :meth:`RunRecord.lock` for a resume) takes an exclusive
+lock on ``run_dir/.fedspear-run.lock`` (``filelock``, an ``flock`` on Unix) that is held until the run ends or its
+process dies, so a folder a live run holds is refused (:class:`RunInUseError`) and never taken for a failed
+start, while a folder whose process died is free again. :func:`claim_new_folder` makes a folder that did not
+exist (``name``, else ``name-1``, ``name-2``...) for output_dir names that are meant to be new (``{time}``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +37,8 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +53,14 @@ METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.md"
 CHECKPOINT_FILE = "state.safetensors"
 CHECKPOINT_FORMAT = "fedspear-checkpoint-1"
+LOCK_FILE = ".fedspear-run.lock"  # flock-ed by the process that runs in the folder; holds its pid
+MAX_SUFFIX = 1000  # claim_new_folder tries name, name-1 ... name-MAX_SUFFIX
 REPORT_TITLE = "# Run report: "
 # What a start that failed before its first checkpoint may leave; removed when the folder is started again.
-_START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint")
+_START_LEFTOVERS = (METRICS_FILE, "data_stats.json", REPORT_FILE, "plots", "adapters", "checkpoint",
+                    "tensorboard", "wandb")
+# Write failures a user fixes on the machine (free space, quota, a read-only mount, permissions): one line, exit 2.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 # Test hook: called with a label after every durable write of the run folder ("config", "metrics",
 # "adapter", "checkpoint.tmp", "checkpoint.replace"); a test makes it raise to simulate a kill at that point.
@@ -57,12 +71,43 @@ class RunExistsError(ValueError):
     """The output folder already holds a started or finished run."""
 
 
+class RunInUseError(RunExistsError):
+    """Another live process holds the run folder (it is running or resuming a run there)."""
+
+
 class RunDirError(ValueError):
     """``output_dir`` cannot hold a run (empty, a file, below a file, not writable)."""
 
 
 class RunFileError(ValueError):
     """A file of the run folder (checkpoint, metrics.jsonl) is damaged or disagrees with the others."""
+
+
+class RunWriteError(RunDirError):
+    """The disk refused a write of the run folder (no space left, quota, read-only, permission denied)."""
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, what: str, advice: str) -> Iterator[None]:
+    """Turn an ``OSError`` of :data:`DISK_ERRNOS` raised inside the block into one :class:`RunWriteError` line.
+
+    Other errors pass through unchanged.
+
+    Args:
+        path: the file or folder being written (the message names it).
+        what: what was being written, e.g. "the checkpoint of round 3".
+        advice: what the user does next, e.g. "free space, then continue with `fedspear run --resume DIR`".
+
+    Raises:
+        RunWriteError: ``"{file}: {strerror} while writing {what}; {advice}"`` (e.g. "no space left on device").
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        reason = os.strerror(exc.errno).lower()
+        raise RunWriteError(f"{path}: {reason} while writing {what}; {advice}") from exc
 
 
 def durable_step(label: str) -> None:
@@ -112,6 +157,11 @@ def _fsync_write(path: Path, text: str, mode: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _probe_name() -> str:
+    """A write-test file name unique to this process and call."""
+    return f".fedspear-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
     """Raise :class:`RunDirError` unless ``run_dir`` is, or can be made, a writable folder.
 
@@ -132,7 +182,7 @@ def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fedspear-write-test"
+        probe = path / _probe_name()  # a name of this process's own: racing starts never unlink each other's
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -140,8 +190,49 @@ def check_output_dir(run_dir: Path, key: str = "output_dir") -> None:
                           "write to") from None
 
 
+def claim_new_folder(path: Path, key: str = "output_dir") -> Path:
+    """Create a folder that did not exist: ``path``, or ``path-1``, ``path-2``... when that name is taken.
+
+    Each try is one ``os.mkdir``, which fails when the name exists, so processes that race for one name (runs
+    started in the same second with ``{time}`` in ``output_dir``) each get a folder of their own.
+
+    Returns:
+        The folder created.
+
+    Raises:
+        RunDirError: the parent cannot be made or written, or ``MAX_SUFFIX`` names are taken.
+    """
+    path = Path(str(path).strip()).expanduser()
+    if path.parent != Path("."):
+        check_output_dir(path.parent, key)
+    for i in range(MAX_SUFFIX + 1):
+        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"{key}={candidate} cannot be created ({exc.strerror or exc}); choose a folder you "
+                              "can write to") from None
+        if i:
+            logger.info("%s exists (another run started in the same second); this run uses %s", path, candidate)
+        return candidate
+    raise RunDirError(f"{key}={path}: {path.name}-1 to -{MAX_SUFFIX} all exist; choose another output_dir")
+
+
+def _probe_dir(path: Path) -> None:
+    """Create and remove a file in ``path`` (an ``OSError`` when the folder cannot take new files)."""
+    probe = path / _probe_name()
+    with open(probe, "wb"):
+        pass
+    probe.unlink()
+
+
 class RunRecord:
     """Reads and writes one run folder.
+
+    A record that created (:meth:`create`) or locked (:meth:`lock`) its folder holds it until :meth:`release`,
+    the end of a ``with`` block, or the end of the record or its process (keep the record while the run goes).
 
     Args:
         run_dir: the run folder (``cfg.output_dir``); nothing is created until :meth:`create`.
@@ -152,6 +243,48 @@ class RunRecord:
         self.config_path = self.run_dir / CONFIG_FILE
         self.metrics_path = self.run_dir / METRICS_FILE
         self.report_path = self.run_dir / REPORT_FILE
+        self._lock: Any = None
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def lock(self) -> None:
+        """Hold the folder for this process: an exclusive, non-blocking lock on ``.fedspear-run.lock``.
+
+        The operating system drops the lock when the process ends, however it ends, so a folder whose run died
+        is never held. Holding it again through the same record is a no-op.
+
+        Raises:
+            RunInUseError: another live process holds the folder (the message names its pid).
+            RunDirError: the lock file cannot be created (the folder is missing or not writable).
+        """
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None and self._lock.is_locked:
+            return
+        lock = FileLock(self.run_dir / LOCK_FILE, thread_local=False, on_acquired=_write_pid)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # a TimeoutError, so before OSError
+            pid = _read_pid(self.run_dir / LOCK_FILE)
+            holder = f" (pid {pid})" if pid else ""
+            raise RunInUseError(
+                f"output folder {self.run_dir} is in use by a running fedspear process{holder}; wait for it to end "
+                "or choose another output_dir"
+            ) from None
+        except OSError as exc:
+            raise RunDirError(f"{self.run_dir} cannot be locked for this run ({exc.strerror or exc}); choose a "
+                              "folder you can write to") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let other processes use the folder (no-op when this record does not hold it)."""
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
 
     def has_run(self) -> bool:
         """Whether the folder holds a run that completed round 0: a checkpoint, or metrics rows of rounds >= 1.
@@ -176,22 +309,89 @@ class RunRecord:
             cfg: the resolved configuration.
             resume: continue a run in this folder; its config.yaml is kept (written only if missing).
 
+        The folder is locked first (:meth:`lock`) and stays held by this record until :meth:`release`.
+
         Raises:
             RunDirError: the folder cannot be created or written (see :func:`check_output_dir`).
+            RunInUseError: another live process holds the folder.
             RunExistsError: when not resuming and the folder already holds a run.
         """
         check_output_dir(self.run_dir)
-        if not resume and self.has_run():
-            raise RunExistsError(
-                f"output folder {self.run_dir} already holds a run; continue it with "
-                f"`fedspear run --resume {self.run_dir}` or choose a new output_dir (e.g. output_dir={self.run_dir}_2)"
-            )
-        if not resume:
-            self._clear_failed_start()
-        if not (resume and self.config_path.exists()):
-            _fsync_write(self.config_path, cfg.to_yaml(), "w")
-            fsync_dir(self.run_dir)
-            durable_step("config")
+        self.lock()
+        try:
+            if not resume and self.has_run():
+                raise RunExistsError(
+                    f"output folder {self.run_dir} already holds a run; continue it with `fedspear run --resume "
+                    f"{self.run_dir}` or choose a new output_dir (e.g. output_dir={self.run_dir}_2)"
+                )
+            if not resume:
+                self._clear_failed_start()
+            if not (resume and self.config_path.exists()):
+                with disk_errors(self.config_path, "the run's config", "free space (or fix the folder's permissions) "
+                                 "and run the command again"):
+                    _fsync_write(self.config_path, cfg.to_yaml(), "w")
+                fsync_dir(self.run_dir)
+                durable_step("config")
+        except BaseException:
+            self.release()
+            raise
+
+    def check_writable(self) -> None:
+        """Raise :class:`RunWriteError` unless a resumed run can write everything it will write: new files in the
+        folder and in checkpoint/, adapters/ and plots/ (where they exist), and appends to metrics.jsonl and
+        report.md. Nothing is changed (a probe file is created and removed)."""
+        advice = (f"make the run folder writable (e.g. chmod -R u+w {self.run_dir}) or copy it to a writable "
+                  "place and resume that copy")
+        targets = [self.run_dir] + [d for d in (self.checkpoint_dir(), self.run_dir / "adapters",
+                                                self.run_dir / "plots") if d.is_dir()]
+        for folder in targets:
+            with disk_errors(folder, "a resumed run's files", advice):
+                _probe_dir(folder)
+        for path in (self.metrics_path, self.report_path):
+            if path.exists():
+                with disk_errors(path, "a resumed run's files", advice), open(path, "ab"):
+                    pass
+
+    def discard_start(self, remove_config: bool, made: Path | None) -> None:
+        """Remove what a start that failed before round 0 wrote, so nothing of it is left behind.
+
+        Args:
+            remove_config: also remove config.yaml (the start wrote it; False when resuming a folder's own config).
+            made: the first folder the start created (the run folder or a missing parent of it), or None: the run
+                folder and its parents up to ``made`` are removed when they are then empty.
+        """
+        names = [*_START_LEFTOVERS, CONFIG_FILE] if remove_config else list(_START_LEFTOVERS)
+        if made is not None:  # the folder goes: give up the lock and remove its file too
+            self.release()
+            names.append(LOCK_FILE)
+        for name in names:
+            path = self.run_dir / name
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        if made is None:
+            return
+        folder = self.run_dir
+        while True:
+            try:
+                folder.rmdir()  # only when empty: never a file this start did not write
+            except OSError:
+                return
+            if folder == made or folder.parent == folder:
+                return
+            folder = folder.parent
+
+    def first_missing_folder(self) -> Path | None:
+        """The outermost folder of the run folder's path that does not exist yet (what :meth:`create` will make),
+        or None when the run folder exists."""
+        if self.run_dir.exists():
+            return None
+        missing = self.run_dir
+        while not missing.parent.exists() and missing.parent != missing:
+            missing = missing.parent
+        return missing
 
     def _clear_failed_start(self) -> None:
         left = [name for name in _START_LEFTOVERS if (self.run_dir / name).exists()]
@@ -210,10 +410,11 @@ class RunRecord:
 
         A partial last line left by a crash is cut off first, so the new row starts on its own line.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
         line = json.dumps(_jsonable(row), allow_nan=False, ensure_ascii=False)
-        _fsync_write(self.metrics_path, line + "\n", "a")
+        with disk_errors(self.metrics_path, f"the row of round {row.get('round')}", self.resume_advice()):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_partial_last_line()
+            _fsync_write(self.metrics_path, line + "\n", "a")
         durable_step("metrics")
 
     def _drop_partial_last_line(self) -> None:
@@ -315,16 +516,27 @@ class RunRecord:
         meta["sha256"] = _checkpoint_digest(header, data)
         blob = save(tensors, metadata=meta)
         ckpt = self.checkpoint_dir()
-        ckpt.mkdir(parents=True, exist_ok=True)
         tmp = ckpt / (CHECKPOINT_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
+        kept = "the previous checkpoint is kept; " if self.has_checkpoint() else ""
+        with disk_errors(self.checkpoint_path(), f"the checkpoint of round {round_idx}", kept + self.resume_advice()):
+            try:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    fh.write(blob)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)  # a partial file must not stay behind
+                raise
         durable_step("checkpoint.tmp")
         os.replace(tmp, self.checkpoint_path())
         fsync_dir(ckpt)
         durable_step("checkpoint.replace")
+
+    def resume_advice(self) -> str:
+        """What to do after a failed write: free space (or fix permissions), then resume this folder."""
+        return f"free space (or fix the folder's permissions), then continue with `fedspear run --resume {self.run_dir}`"
 
     def read_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]]:
         """Read and verify the checkpoint and metrics.jsonl up to it; cut metrics rows written after it.
@@ -374,6 +586,20 @@ class RunRecord:
         last = f" (its last saved adapter is adapters/{saved[-1]})" if saved else ""
         return (f"this run cannot be resumed{last}: start it again with `fedspear run` and a new output_dir, "
                 f"or delete {self.run_dir} and rerun")
+
+
+def _write_pid(fd: int) -> None:
+    """filelock's ``on_acquired`` hook: the lock file holds the pid of the process that holds it."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _split_safetensors(blob: bytes) -> tuple[dict[str, Any], bytes]:

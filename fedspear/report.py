@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from fedspear import plots
+from fedspear.metrics import REPORTED
 from fedspear.plots import nested_get
 from fedspear.records import CONFIG_FILE, REPORT_TITLE, RunRecord
 
@@ -122,12 +123,7 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
     round_times = [t for t in (_round_time(row) for row in metrics) if t is not None]
     if round_times:
         items.append(("wall time without evaluation", _fmt_duration(sum(round_times))))
-    for label, key in (
-        ("tokens generated", "tokens_generated"),
-        ("tokens trained", "tokens_trained"),
-        ("successful revisions", "revision_successes"),
-        ("samples needing revision", "needs_revision"),
-    ):
+    for label, key in REPORTED:
         total = _total(metrics, "aggregate", key)
         if total is not None:
             items.append((label, str(int(total))))
@@ -140,6 +136,10 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
                       f"after {privacy.get('rounds')} rounds (sigma {privacy.get('noise_multiplier')}, clip "
                       f"{privacy.get('clip_norm')}, sampling rate {_fmt(privacy.get('sampling_rate'), 3)}; "
                       "dp-accounting RDP)"))
+        from fedspear.privacy import coverage
+
+        covered, uncovered = coverage(str(privacy.get("mode")), bool(privacy.get("seeded")))
+        items += [("epsilon covers", covered), ("not covered by epsilon", uncovered)]
     excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
     if excluded:
         items.append(("client updates excluded (non-finite)", str(int(excluded))))

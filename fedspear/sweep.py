@@ -7,7 +7,10 @@ same partition and the same client schedule and differs only in its algorithm an
 ``<output_dir>/<algorithm>/<grid point>/seed<S>``, where the grid point names only the values that differ from
 the base config (``default`` when none), so equal configurations share one folder; finished runs there are
 reused and interrupted ones resumed (:func:`fedspear.compare.run_or_reuse`), so a sweep continues where it stopped
-and sweeps over one ``output_dir`` share their runs (``--name`` gives each its own report folder).
+and sweeps over one ``output_dir`` share their runs (``--name`` gives each its own report folder). When
+``output_dir`` has ``{time}`` (the default preset), the sweep's folder is ``<parent>/sweep-<config>-<hash of the
+sweep's definition>`` (:func:`stable_folder`) instead of a new folder each time, so the same command continues it;
+``fedspear sweep`` prints that folder and the command that continues it, also when interrupted.
 
 The report (``sweep.md`` + ``sweep.json`` + ``plots/*.png``) gives, from each run's last evaluation:
 
@@ -15,34 +18,39 @@ The report (``sweep.md`` + ``sweep.json`` + ``plots/*.png``) gives, from each ru
   (``scipy.stats.t``);
 - paired differences against a reference (``--reference``: an algorithm, compared at the same grid point, or
   ``KEY=V``, the same algorithm at that grid value), pairing runs by seed: the mean difference with its 95% t
-  interval, the paired t test (``scipy.stats.ttest_rel``) and the Wilcoxon signed-rank test
-  (``scipy.stats.wilcoxon``); with three seeds no rank test can reach p < 0.05 (the smallest exact two-sided p is
-  0.25), so also
-- McNemar's test on the evaluation items (``statsmodels.stats.contingency_tables.mcnemar``): the discordant items
-  of the two cells (right in one, wrong in the other) pooled over seeds, each seed's items paired by id (runs of
-  one seed score the same items; the evaluation records their digest). Exact binomial when fewer than 25
-  discordant pairs, else the chi-square with continuity correction. Items of different seeds are not independent
-  draws of one population when the evaluation set is the same, so read it as a test on these items;
+  interval and, as the primary test, the paired t test over seeds (each seed is one independent training run, so
+  it accounts for run-to-run variance; on item counts, and "no variance" instead of a p when every seed's
+  difference is the same); the Wilcoxon signed-rank test over seeds (with three seeds its smallest exact
+  two-sided p is 0.25); from five seeds a cluster bootstrap over seeds then items (seeded, deterministic);
+- McNemar's test (``statsmodels.stats.contingency_tables.mcnemar``) within each seed on its evaluation items
+  (runs of one seed score the same items; the evaluation records their digest), never pooled over seeds:
+  pooling treats every (seed, item) pair as independent and overstates (docs/testbed.md, "Statistics");
+- Holm's family-wise adjustment (``statsmodels.stats.multitest.multipletests``) of each test's p over the
+  sweep's comparisons, printed beside the raw p;
 - plots of final accuracy against each swept value, one line per algorithm, with the 95% interval as a band.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
 import re
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from fedspear.config import ALGORITHMS, Config, ConfigError, load_config
+from fedspear.config import ALGORITHMS, Config, ConfigError, known_algorithms, load_config, resolve_algorithm_name
 
 SWEEP_FILE = "sweep.md"
 SWEEP_JSON = "sweep.json"
 RESERVED = {"algorithm.name": "--algorithms", "data.seed": "--seeds", "output_dir": "the sweep's own folders"}
 LEVEL = 0.95
 EXACT_BELOW = 25  # McNemar: exact binomial test when fewer discordant pairs than this
+BOOTSTRAP_RESAMPLES = 2000  # cluster bootstrap resamples
+BOOTSTRAP_MIN_SEEDS = 5  # fewer seeds: no cluster bootstrap (its seed level has too few distinct resamples)
 
 
 # --------------------------------------------------------------------------- plan
@@ -86,8 +94,9 @@ def parse_grid(text: str | None) -> list[tuple[str, list[str]]]:
             raise ConfigError(f"--grid: {key} is set by {RESERVED[key]}, not by the grid")
         if key in (k for k, _ in grid):
             raise ConfigError(f"--grid: {key} is given twice; list all its values in one entry")
-        if len(set(vals)) != len(vals):
-            raise ConfigError(f"--grid: {key} lists a value twice")
+        twice = sorted({v for v in vals if vals.count(v) > 1})
+        if twice:
+            raise ConfigError(f"--grid: {key} lists a value twice ({', '.join(twice)}); list each value once")
         grid.append((key, vals))
     return grid
 
@@ -97,32 +106,64 @@ def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     if not items:
         raise ConfigError(f"{what}: give at least one value (comma-separated)")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{what}: a value is listed twice")
+    twice = sorted({t for t in items if items.count(t) > 1})
+    if twice:
+        raise ConfigError(f"{what}: {', '.join(twice)} listed twice; list each value once")
     return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` as integers: ``"0,1,2"`` -> ``[0, 1, 2]``, each seed at most once after parsing.
+
+    Raises:
+        ConfigError: an empty list, an item that is not an integer, or seeds that are one number however they
+            are written (``0,00``, ``1,+1``); the message names them.
+    """
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise ConfigError("--seeds: give at least one integer (comma-separated, e.g. --seeds 0,1,2)")
+    bad = [t for t in items if not re.fullmatch(r"[+-]?[0-9]+", t)]
+    if bad:
+        raise ConfigError(f"--seeds: {', '.join(repr(t) for t in bad)} is not an integer; write e.g. --seeds 0,1,2")
+    spelled: dict[int, list[str]] = {}
+    for t in items:
+        spelled.setdefault(int(t), []).append(t)
+    twice = [f"{seed} ({' and '.join(texts)})" if len(set(texts)) > 1 else str(seed)
+             for seed, texts in spelled.items() if len(texts) > 1]
+    if twice:
+        raise ConfigError(f"--seeds: {', '.join(twice)} listed more than once; list each seed once")
+    return list(spelled)
 
 
 def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, list[str]]], algorithms: list[str],
          seeds: list[int]) -> tuple[Path, dict[tuple[Cell, int], Config]]:
     """Every (cell, seed) run's validated Config, before anything runs (a bad value fails the whole sweep).
 
+    The sweep folder is ``output_dir`` with ``{algorithm}`` = "sweep"; when ``output_dir`` has ``{time}`` (a new
+    folder per run, as in the default preset) it is :func:`stable_folder` instead, so running the same sweep
+    again continues it.
+
     Returns:
         (the sweep folder, {(cell, seed): config}) in cell-major order.
 
     Raises:
-        ConfigError: an unknown algorithm, a bad override or grid value (the message names the run).
+        ConfigError: an unknown algorithm, a bad override or grid value (the message names the run), or two values
+            of one grid key that are equal once typed (``0,0.0`` for a float key).
     """
-    from fedspear.federation.server import expand_output_dir
+    from fedspear.federation.server import expand_output_dir, names_new_folder
 
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    unknown = [a for a in algorithms if ":" not in a and a not in known_algorithms()]
     if unknown:
-        raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(known_algorithms())} "
+                          "or a dotted path pkg.mod:Class")
+    for algorithm in algorithms:  # a user's algorithm by dotted path: imported and checked now
+        resolve_algorithm_name(algorithm, "--algorithms")
     named = load_config(config, overrides)
     named = replace(named, algorithm=replace(named.algorithm, name="sweep"))  # names the folder; a copy
-    base = Path(expand_output_dir(named))
     keys = [k for k, _ in grid]
     default = named.to_dict()
     runs: dict[tuple[Cell, int], Config] = {}
+    typed: dict[str, dict[str, Any]] = {k: {} for k in keys}  # key -> {value as written: value as typed}
     for algorithm in algorithms:
         for values in itertools.product(*(v for _, v in grid)):
             cell = Cell(algorithm, tuple(zip(keys, values, strict=True)))
@@ -133,8 +174,49 @@ def plan(config: str | Path | None, overrides: list[str], grid: list[tuple[str, 
                 except ConfigError as exc:
                     raise ConfigError(f"sweep cell '{cell.label}' seed {seed}: {exc}") from None
                 changed = {k for k in keys if _lookup(cfg.to_dict(), k) != _lookup(default, k)}
-                runs[(cell, seed)] = replace(cfg, output_dir=str(base / cell.folder(changed) / f"seed{seed}"))
-    return base, runs
+                for k, v in cell.params:
+                    typed[k][v] = _lookup(cfg.to_dict(), k)
+                runs[(cell, seed)] = replace(cfg, output_dir=str(Path(cell.folder(changed)) / f"seed{seed}"))
+    _refuse_equal_values(grid, typed)
+    if names_new_folder(named.output_dir):
+        base = stable_folder(config, named, grid, typed, algorithms, seeds)
+    else:
+        base = Path(expand_output_dir(named))
+    return base, {key: replace(cfg, output_dir=str(base / cfg.output_dir)) for key, cfg in runs.items()}
+
+
+def _refuse_equal_values(grid: list[tuple[str, list[str]]], typed: dict[str, dict[str, Any]]) -> None:
+    """ConfigError when two values of one grid key are the same setting once typed (two cells, one config)."""
+    for key, values in grid:
+        for i, a in enumerate(values):
+            same = [b for b in values[i + 1:] if typed[key][b] == typed[key][a]]
+            if same:
+                raise ConfigError(f"--grid: {key}={','.join([a, *same])} are one value once typed "
+                                  f"({typed[key][a]!r}); list it once")
+
+
+def stable_folder(config: str | Path | None, cfg: Config, grid: list[tuple[str, list[str]]],
+                  typed: dict[str, dict[str, Any]], algorithms: list[str], seeds: list[int]) -> Path:
+    """The folder of a sweep whose ``output_dir`` has ``{time}``: ``<parent>/sweep-<config name>-<hash>``.
+
+    ``<parent>`` is the part of ``output_dir`` before its first placeholder's folder (``runs`` for the default
+    preset's ``runs/{dataset}-{algorithm}-{time}``); ``<hash>`` is the first 10 hex digits of the SHA-256 of the
+    sweep's definition: the resolved config (without ``output_dir``, ``algorithm.name`` and ``data.seed``, which the
+    sweep sets), the grid as typed values, the algorithms and the seeds. The same sweep gets the same folder, so
+    running it again continues it; any change of its definition gets another folder.
+    """
+    parts = Path(cfg.output_dir).parts
+    first = next((i for i, part in enumerate(parts) if "{" in part), len(parts))
+    parent = Path(*parts[:first]) if first else Path(".")
+    definition = cfg.to_dict()
+    definition.pop("output_dir", None)
+    definition.get("algorithm", {}).pop("name", None)
+    definition.get("data", {}).pop("seed", None)
+    payload = {"config": definition, "grid": [[k, [typed[k][v] for v in vals]] for k, vals in grid],
+               "algorithms": algorithms, "seeds": seeds}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(config).stem if config is not None else "default")
+    return parent / f"sweep-{name}-{digest}"
 
 
 def _lookup(data: dict[str, Any], key: str) -> Any:
@@ -186,12 +268,17 @@ def report_dir(base: Path, name: str | None) -> Path:
 # --------------------------------------------------------------------------- statistics
 
 
+def _tolerance(values: list[float]) -> float:
+    """Two floats closer than this are equal up to rounding (1e-9 of the values' magnitude, at least 1e-9)."""
+    return 1e-9 * max([1.0, *(abs(v) for v in values)])
+
+
 def mean_ci(values: list[float], level: float = LEVEL) -> dict[str, Any]:
     """Mean and Student-t confidence interval (``scipy.stats.t.interval``, df = n - 1, scale = s / sqrt(n)).
 
     Returns:
         {"mean", "low", "high", "n"}; low/high are None for fewer than two values, equal to the mean when all
-        values are equal.
+        values are equal up to rounding (within :func:`_tolerance`; e.g. 28/50 - 27/50 and 29/50 - 28/50).
     """
     from scipy import stats
 
@@ -201,62 +288,164 @@ def mean_ci(values: list[float], level: float = LEVEL) -> dict[str, Any]:
     mean = sum(values) / n
     if n < 2:
         return {"mean": mean, "low": None, "high": None, "n": n}
-    sem = float(stats.sem(values))
-    if sem == 0.0:
+    if max(values) - min(values) <= _tolerance(values):
         return {"mean": mean, "low": mean, "high": mean, "n": n}
-    low, high = stats.t.interval(level, n - 1, loc=mean, scale=sem)
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=float(stats.sem(values)))
     return {"mean": mean, "low": float(low), "high": float(high), "n": n}
 
 
-def paired_tests(cell: list[float], ref: list[float]) -> dict[str, Any]:
-    """Paired comparison of per-seed values ``cell`` vs ``ref`` (same seed order): difference = cell - ref.
+def _differences(cell: list[float], ref: list[float], items: list[int] | None) -> tuple[list[float], bool]:
+    """(cell - ref per seed, all equal?) with rounding removed: on item counts (``round(accuracy * items)``) when
+    ``items`` gives each seed's number of evaluation items and every accuracy is a whole count of them, else with
+    differences within :func:`_tolerance` of each other counted equal and those within it of 0 set to 0."""
+    if items is not None and len(items) == len(cell) and all(n > 0 for n in items):
+        counts = [(a * n, b * n, n) for a, b, n in zip(cell, ref, items, strict=True)]
+        if all(abs(x - round(x)) < 1e-6 and abs(y - round(y)) < 1e-6 for x, y, _ in counts):
+            exact = [Fraction(round(x) - round(y), n) for x, y, n in counts]
+            return [float(d) for d in exact], len(set(exact)) == 1
+    raw = [a - b for a, b in zip(cell, ref, strict=True)]
+    tol = _tolerance([*cell, *ref])
+    diffs = [0.0 if abs(d) <= tol else d for d in raw]
+    return diffs, max(diffs) - min(diffs) <= tol
+
+
+def paired_tests(cell: list[float], ref: list[float], items: list[int] | None = None) -> dict[str, Any]:
+    """Paired comparison over seeds of per-seed values ``cell`` vs ``ref`` (same seed order): diff = cell - ref.
+
+    The paired t test over seeds is the sweep's primary test: each seed's run is one independent draw of the
+    training randomness, so its p accounts for seed-to-seed variance (docs/testbed.md, "Statistics").
+
+    Args:
+        cell, ref: per-seed accuracies.
+        items: per seed, the number of evaluation items behind the accuracies; the differences are then taken
+            on item counts, so equal gains are exactly equal (27/50 - 26/50 and 28/50 - 27/50 differ in the last
+            bit as floats).
 
     Returns:
         {"diff": :func:`mean_ci` of the differences, "t_test": {"name", "statistic", "pvalue"} from
-        ``scipy.stats.ttest_rel`` (None below two pairs or when every difference is the same),
-        "wilcoxon": the same from ``scipy.stats.wilcoxon`` (exact two-sided; None below two pairs, where its
-        p = 1 says nothing, or when every difference is 0)}.
+        ``scipy.stats.ttest_1samp`` on the differences (= ``ttest_rel``), or with ``"pvalue": None`` and a
+        ``"reason"`` ("no variance: ...") when every seed's difference is the same (t is undefined; a float
+        p there would be rounding noise, e.g. 3e-30), None below two pairs; "wilcoxon": the same from
+        ``scipy.stats.wilcoxon`` (exact two-sided; None below two pairs, where its p = 1 says nothing, or when
+        every difference is 0)}.
     """
     from scipy import stats
 
-    diffs = [a - b for a, b in zip(cell, ref, strict=True)]
+    diffs, constant = _differences(cell, ref, items)
     out: dict[str, Any] = {"diff": mean_ci(diffs), "t_test": None, "wilcoxon": None}
-    if len(diffs) >= 2 and len(set(diffs)) > 1:
-        res = stats.ttest_rel(cell, ref)
-        out["t_test"] = {"name": "paired t (scipy.stats.ttest_rel)", "statistic": float(res.statistic),
-                         "pvalue": float(res.pvalue)}
-    if len(diffs) >= 2 and any(d != 0 for d in diffs):
-        res = stats.wilcoxon(cell, ref)
+    if len(diffs) < 2:
+        return out
+    name = "paired t over seeds (scipy.stats.ttest_1samp on the differences)"
+    if constant:
+        out["t_test"] = {"name": name, "statistic": None, "pvalue": None,
+                         "reason": f"no variance: every seed's difference is {diffs[0]:+.4g}"}
+    else:
+        res = stats.ttest_1samp(diffs, 0.0)
+        out["t_test"] = {"name": name, "statistic": float(res.statistic), "pvalue": float(res.pvalue)}
+    if any(d != 0 for d in diffs):
+        res = stats.wilcoxon(diffs)
         out["wilcoxon"] = {"name": "Wilcoxon signed-rank (scipy.stats.wilcoxon)", "statistic": float(res.statistic),
                            "pvalue": float(res.pvalue)}
     return out
 
 
-def mcnemar_items(pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """McNemar's test on per-item correctness of a cell vs its reference, pooled over seeds.
+def cluster_bootstrap(pairs: list[tuple[str, str]], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                      level: float = LEVEL) -> dict[str, Any] | None:
+    """Hierarchical (cluster) bootstrap of the accuracy difference over seeds and items.
+
+    Each resample draws seeds with replacement, then, for each drawn seed, that seed's items with replacement;
+    the statistic is the mean over drawn seeds of (cell - reference accuracy on the drawn items), so both the
+    run-to-run (seed) and the item variance enter. The interval is the percentile interval; the two-sided p is
+    the share of resamples at least as far from the observed difference as the observed difference is from 0
+    (the resampling distribution shifted to the null), (1 + count) / (1 + resamples). ``numpy.random`` with
+    ``seed`` makes it deterministic. With few seeds the seed level has few distinct resamples and the interval
+    is too narrow (docs/testbed.md, "Statistics"), so it is computed only from :data:`BOOTSTRAP_MIN_SEEDS` seeds.
 
     Args:
         pairs: per seed, (cell's correctness string, reference's), "1"/"0" per item, the same items in order.
 
     Returns:
+        {"name", "seeds", "resamples", "seed", "mean", "low", "high", "pvalue"}, or None below
+        :data:`BOOTSTRAP_MIN_SEEDS` seeds.
+    """
+    import numpy as np
+
+    if len(pairs) < BOOTSTRAP_MIN_SEEDS:
+        return None
+    diffs = [np.array([int(c) - int(r) for c, r in zip(cell, ref, strict=True)], dtype=float) for cell, ref in pairs]
+    observed = float(np.mean([d.mean() for d in diffs]))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(diffs), size=(resamples, len(diffs)))
+    total = np.zeros(resamples)
+    for slot in range(len(diffs)):
+        for s, d in enumerate(diffs):
+            rows = np.flatnonzero(picks[:, slot] == s)
+            if rows.size:
+                total[rows] += d[rng.integers(0, d.size, size=(rows.size, d.size))].mean(axis=1)
+    boot = total / len(diffs)
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    far = int(np.sum(np.abs(boot - observed) >= abs(observed) - 1e-12))
+    return {"name": "cluster bootstrap over seeds then items (numpy)", "seeds": len(diffs), "resamples": resamples,
+            "seed": seed, "mean": observed, "low": float(low), "high": float(high),
+            "pvalue": 1.0 if observed == 0 else (1 + far) / (1 + resamples)}
+
+
+def mcnemar_items(cell: str, ref: str) -> dict[str, Any]:
+    """McNemar's test on one seed's per-item correctness of a cell vs its reference.
+
+    Only within one seed: the two runs of a seed share the partition and client schedule and score the same
+    items, so the items are the pairs. Items of different seeds are never pooled (pooling treats every
+    (seed, item) pair as independent and ignores run-to-run variance: at a nominal 5% it rejects a true null far
+    more often, tests/test_sweep.py); its p is a statement about these two training runs on these items.
+
+    Args:
+        cell, ref: correctness strings, "1"/"0" per item, the same items in order.
+
+    Returns:
         {"name", "items", "cell_only" (right only in the cell), "ref_only", "statistic", "pvalue", "exact"} from
         ``statsmodels.stats.contingency_tables.mcnemar`` (exact binomial below :data:`EXACT_BELOW` discordant
-        items, else chi-square with continuity correction); None without pairs.
+        items, else chi-square with continuity correction).
     """
     from statsmodels.stats.contingency_tables import mcnemar
 
-    if not pairs:
-        return None
     table = [[0, 0], [0, 0]]  # rows: reference right/wrong; columns: cell right/wrong
-    for cell, ref in pairs:
-        for c, r in zip(cell, ref, strict=True):
-            table[r != "1"][c != "1"] += 1
+    for c, r in zip(cell, ref, strict=True):
+        table[r != "1"][c != "1"] += 1
     discordant = table[0][1] + table[1][0]
     exact = discordant < EXACT_BELOW
     res = mcnemar(table, exact=exact, correction=True)
     return {"name": "McNemar (statsmodels, " + ("exact binomial" if exact else "chi-square, corrected") + ")",
             "items": sum(map(sum, table)), "cell_only": table[1][0], "ref_only": table[0][1],
             "statistic": float(res.statistic), "pvalue": float(res.pvalue), "exact": exact}
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down family-wise adjustment (``statsmodels.stats.multitest.multipletests``, method "holm")
+    of the p-values that exist; None (no test) stays None and does not count in the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    present = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    out: list[float | None] = [None] * len(pvalues)
+    if present:
+        adjusted = multipletests([pvalues[i] for i in present], method="holm")[1]
+        for i, p in zip(present, adjusted, strict=True):
+            out[i] = float(p)
+    return out
+
+
+def adjust_sweep(results: list[dict[str, Any]]) -> None:
+    """Add ``pvalue_holm`` beside each ``pvalue`` of a sweep's comparisons (:func:`compare_cells` results), one
+    Holm family per test over all comparisons: the paired t, the Wilcoxon, the bootstrap and, per seed, McNemar."""
+    for key in ("t_test", "wilcoxon", "bootstrap"):
+        tests = [r.get(key) for r in results]
+        for test, p in zip(tests, holm([t["pvalue"] if t else None for t in tests]), strict=True):
+            if test is not None:
+                test["pvalue_holm"] = p
+    for seed in sorted({s for r in results for s in r.get("mcnemar") or {}}):
+        tests = [(r.get("mcnemar") or {}).get(seed) for r in results]
+        for test, p in zip(tests, holm([t["pvalue"] if t else None for t in tests]), strict=True):
+            if test is not None:
+                test["pvalue_holm"] = p
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -311,7 +500,24 @@ def _fmt_ci(ci: dict[str, Any], spec: str = ".3f") -> str:
 
 
 def _fmt_p(test: dict[str, Any] | None) -> str:
-    return "-" if test is None or math.isnan(test["pvalue"]) else f"{test['pvalue']:.3g}"
+    """``p (Holm p)``; "no variance" for a test without one; "-" for no test."""
+    if test is None or (test["pvalue"] is not None and math.isnan(test["pvalue"])):
+        return "-"
+    if test["pvalue"] is None:
+        return "no variance"
+    holm_p = test.get("pvalue_holm")
+    return f"{test['pvalue']:.3g}" + ("" if holm_p is None else f" ({holm_p:.3g})")
+
+
+def _fmt_mcnemar(tests: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"s{seed}: {mc['cell_only']}/{mc['ref_only']} {_fmt_p(mc)}" for seed, mc in tests.items()) \
+        or "-"
+
+
+def _fmt_bootstrap(test: dict[str, Any] | None) -> str:
+    if test is None:
+        return "-"
+    return f"{_fmt_ci(test, '+.3f')} {_fmt_p(test)}"
 
 
 def collect(cells: list[Cell], seeds: list[int], dirs: dict[tuple[Cell, int], Path]) -> dict[Cell, dict[str, Any]]:
@@ -333,18 +539,26 @@ def collect(cells: list[Cell], seeds: list[int], dirs: dict[tuple[Cell, int], Pa
 
 
 def compare_cells(cell: Cell, ref: Cell, stats: dict[Cell, dict[str, Any]]) -> dict[str, Any]:
-    """Paired statistics of ``cell`` vs ``ref`` over their common seeds: overall and per-group differences,
-    paired t and Wilcoxon on the overall accuracy, McNemar on the items of seeds whose items match."""
+    """Paired statistics of ``cell`` vs ``ref`` over their common seeds: overall and per-group differences, the
+    paired t (primary) and Wilcoxon tests over seeds on the overall accuracy (on item counts when every
+    evaluation says how many items it scored), the cluster bootstrap over seeds and items, and McNemar per seed
+    (``"mcnemar"``: {seed: result}) on the items of seeds whose items match. Holm's adjustment is added over a
+    whole sweep by :func:`adjust_sweep`."""
     a, b = stats[cell]["evals"], stats[ref]["evals"]
     common = [s for s in a if s in b]
-    out = paired_tests([float(a[s]["accuracy"]) for s in common], [float(b[s]["accuracy"]) for s in common])
+    sizes = [a[s].get("n") for s in common]
+    items = sizes if all(isinstance(n, int) and n == b[s].get("n") for n, s in zip(sizes, common, strict=True)) \
+        else None
+    out = paired_tests([float(a[s]["accuracy"]) for s in common], [float(b[s]["accuracy"]) for s in common], items)
     groups = sorted(set(stats[cell]["groups"]) & set(stats[ref]["groups"]))
     out["group_diff"] = {g: mean_ci([a[s]["groups"][g] - b[s]["groups"][g] for s in common
                                      if g in (a[s].get("groups") or {}) and g in (b[s].get("groups") or {})])
                          for g in groups}
-    pairs = [(a[s]["correct"], b[s]["correct"]) for s in common
-             if a[s].get("correct") and a[s].get("items") and a[s].get("items") == b[s].get("items")]
-    out["mcnemar"] = mcnemar_items(pairs)
+    paired = [s for s in common
+              if a[s].get("correct") and a[s].get("items") and a[s].get("items") == b[s].get("items")]
+    out["bootstrap"] = cluster_bootstrap([(a[s]["correct"], b[s]["correct"]) for s in paired]) \
+        if len(paired) == len(common) else None
+    out["mcnemar"] = {str(s): mcnemar_items(a[s]["correct"], b[s]["correct"]) for s in paired}
     out["seeds"] = common
     return out
 
@@ -369,6 +583,7 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
         other = reference_of(cell, ref) if ref else None
         if other is not None and other in stats:
             comparisons.append((cell, other, compare_cells(cell, other, stats)))
+    adjust_sweep([c for _, _, c in comparisons])
     groups = sorted({g for s in stats.values() for g in s["groups"]})
     plots = _plots(base, grid, algorithms, stats)
     grid_text = " ".join(k + "=" + ",".join(v) for k, v in grid) or "(none)"
@@ -390,21 +605,24 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
         kind, name, value = ref  # type: ignore[misc]
         what = f"algorithm {name} at the same grid point" if kind == "algorithm" else f"{name}={value}, same algorithm"
         lines += ["## Paired differences", "", f"Reference: {what}. Difference = cell - reference, paired by seed "
-                  f"(mean [{LEVEL:.0%} t interval]); p-values of the paired t test (scipy.stats.ttest_rel), the "
-                  "Wilcoxon signed-rank test (scipy.stats.wilcoxon; with 3 seeds its smallest p is 0.25) and "
-                  "McNemar's test on the evaluation items pooled over seeds (statsmodels; b = items right only in "
-                  "the cell, c = right only in the reference).", ""]
-        head = ["cell", "reference", "Δ accuracy", *(f"Δ {g}" for g in groups), "paired t p", "Wilcoxon p",
-                "McNemar b/c (test) p"]
+                  f"(mean [{LEVEL:.0%} t interval]). Each p is followed by its Holm-adjusted value over this "
+                  "sweep's comparisons (statsmodels multipletests), in parentheses. Primary test: the paired t test "
+                  "over seeds (each seed is one independent training run; \"no variance\" when every seed's "
+                  "difference is the same); also the Wilcoxon signed-rank test over seeds (with 3 seeds its "
+                  "smallest p is 0.25), the cluster bootstrap over seeds then items "
+                  f"(from {BOOTSTRAP_MIN_SEEDS} seeds; Δ [{LEVEL:.0%} percentile interval] p) and McNemar's test "
+                  "within each seed on its evaluation items (s<seed>: b/c p; b = items right only in the cell, "
+                  "c = right only in the reference), never pooled over seeds: it tests these two runs, not "
+                  "the methods, and ignores run-to-run variance (docs/testbed.md, \"Statistics\").", ""]
+        head = ["cell", "reference", "Δ accuracy", *(f"Δ {g}" for g in groups), "paired t p (Holm)",
+                "Wilcoxon p (Holm)", "bootstrap Δ p (Holm)", "McNemar per seed b/c p (Holm)"]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for cell, other, c in comparisons:
-            mc = c["mcnemar"]
-            mc_text = "-" if mc is None else (f"{mc['cell_only']}/{mc['ref_only']} "
-                                              f"({'exact' if mc['exact'] else 'chi2'}) {mc['pvalue']:.3g}")
             lines.append("| " + " | ".join([cell.label, other.label, _fmt_ci(c["diff"], "+.3f"),
                                             *(_fmt_ci(c["group_diff"][g], "+.3f") if g in c["group_diff"] else "-"
                                               for g in groups),
-                                            _fmt_p(c["t_test"]), _fmt_p(c["wilcoxon"]), mc_text]) + " |")
+                                            _fmt_p(c["t_test"]), _fmt_p(c["wilcoxon"]),
+                                            _fmt_bootstrap(c["bootstrap"]), _fmt_mcnemar(c["mcnemar"])]) + " |")
         lines.append("")
     if plots:
         lines += ["## Plots", ""]

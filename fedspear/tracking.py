@@ -16,14 +16,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fedspear import metrics
 from fedspear.config import Config, ConfigError
 
 logger = logging.getLogger("fedspear")
 
-# Summed counts of the row's "aggregate" logged under train/.
-TRAIN_KEYS = ("prompts", "wins", "wins_y0", "wins_revision", "losses", "losses_used", "revision_successes",
-              "needs_revision", "y0_accuracy", "needs_revision_pct", "tokens_generated", "tokens_trained",
-              "steps", "skipped_steps")
+# Summed counts of the row's "aggregate" logged under train/: the metric registry's (fedspear.metrics).
+TRAIN_KEYS = metrics.TRACKED
 
 
 def _number(value: Any) -> float | None:
@@ -146,17 +145,30 @@ class _Wandb:
 _BACKENDS = {"tensorboard": _TensorBoard, "wandb": _Wandb}
 
 
+def _start_failure(name: str, cfg: Config, exc: BaseException) -> str:
+    """The one-line message for a tracker whose start raised ``exc``."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+    detail = detail if len(detail) <= 200 else detail[:197] + "..."
+    if name == "wandb" and cfg.logging.wandb_mode == "online":
+        fix = ("log in first (`wandb login`, or set WANDB_API_KEY), or set logging.wandb_mode=offline (no network; "
+               "`wandb sync` later)")
+    else:
+        fix = f"drop {name} from logging.report_to, or fix its setup"
+    return f"logging.report_to: {name} could not start ({detail}); {fix}"
+
+
 class Trackers:
     """The trackers ``logging.report_to`` names for one run; a no-op when it is empty.
 
-    Backends open at the first :meth:`log_round` (the run folder exists by then) and close in :meth:`finish`.
+    Backends open at :meth:`open` (the server calls it before round 0) or else at the first :meth:`log_round`, and
+    close in :meth:`finish`.
 
     Args:
         cfg: the resolved run configuration (logged as hyperparameters).
         run_dir: the run folder.
 
     Raises:
-        ConfigError: (at the first log) a named tracker whose library is not installed.
+        ConfigError: (when opened) a named tracker that is not installed or cannot start.
     """
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
@@ -167,8 +179,29 @@ class Trackers:
 
     def _open(self) -> list[Any]:
         if self.backends is None:
-            self.backends = [_BACKENDS[name](self.cfg, self.run_dir) for name in dict.fromkeys(self.cfg.logging.report_to)]
+            opened: list[Any] = []
+            for name in dict.fromkeys(self.cfg.logging.report_to):
+                try:
+                    opened.append(_BACKENDS[name](self.cfg, self.run_dir))
+                except Exception as exc:
+                    for backend in opened:
+                        backend.abort(f"logging.report_to: {name} failed to start")
+                    if isinstance(exc, ConfigError):
+                        raise
+                    raise ConfigError(_start_failure(name, self.cfg, exc)) from exc
+            self.backends = opened
         return self.backends
+
+    def open(self) -> None:
+        """Start the trackers now (a no-op when ``logging.report_to`` is empty or they are open), so one that
+        cannot start stops the run before round 0 instead of after it.
+
+        Raises:
+            ConfigError: a tracker is not installed or failed to start (wandb online without a login, for
+                example); the message names it and the fix.
+        """
+        if self.cfg.logging.report_to:
+            self._open()
 
     def log_round(self, row: dict[str, Any]) -> None:
         """Log one metrics row's :func:`round_scalars` at step = its round."""

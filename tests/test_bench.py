@@ -197,3 +197,27 @@ def test_threads_table_states_slowdown_and_fair_share(tmp_path):
             "10.0 | - | - |") in text
     assert f"| 3 | 1 | - | 3.50 | 41.0 | 21.0 | 2.10x | {4 / cores:.2f}x |" in text
     assert "| 3 | 2 | - | 3.50 | > 600 (stopped) | - | - |" in text
+
+
+def test_testbed_adjusts_the_ablations_together_with_holm():
+    import testbed
+
+    def comparison(label: str, diff: float, b: int, c: int, p: float) -> dict:
+        return {"cell": {"label": label}, "reference": {"label": "spear"}, "diff": {"mean": diff}, "t_test": None,
+                "mcnemar": {"0": {"cell_only": b, "ref_only": c, "pvalue": p}}}
+
+    # the testbed's six ablations at seed 0 (bench/testbed.json): only λ_lose = 0 had p < 0.05
+    summary = {"a": {"comparisons": [comparison("feedback_sft", 0.03, 1, 1, 0.001)]},  # not an ablation
+               "c-confidence": {"comparisons": [comparison("conf", 0.014, 2, 0, 0.5)]},
+               "c-margin": {"comparisons": [comparison("margin", 0.007, 4, 3, 1.0)]},
+               "c-tail": {"comparisons": [comparison("tail", -0.049, 9, 16, 0.23013934)]},
+               "c-revisions": {"comparisons": [comparison("rev", 0.007, 3, 2, 1.0)]},
+               "c-lambda-lose": {"comparisons": [comparison("lose0", 0.056, 10, 2, 0.03857422),
+                                                 comparison("lose1", 0.0, 10, 10, 1.0)]}}
+    lines = testbed.ablation_holm(summary)
+    assert "over the 6 ablations of (c)" in lines[2]
+    assert "| lose0 | spear | +0.056 | McNemar within seed 0 (10/2) | 0.0386 | 0.231 |" in lines  # 6 x 0.0386
+    assert "| tail | spear | -0.049 | McNemar within seed 0 (9/16) | 0.23 | 1 |" in lines  # max(0.231, 5 x 0.23)
+    summary["c-tail"]["comparisons"][0]["t_test"] = {"pvalue": None}  # 3 seeds, every difference equal
+    assert "| tail | spear | -0.049 | paired t: no variance | - | - |" in testbed.ablation_holm(summary)
+    assert testbed.ablation_holm({"a": summary["a"]}) == []

@@ -15,6 +15,7 @@ import yaml
 
 import fedspear
 from fedspear import cli
+from fedspear import log as log_module
 from fedspear.config import Config, field_help
 from fedspear.records import RunExistsError
 from fedspear.tasks.base import DataError
@@ -27,7 +28,7 @@ def _restore_fedspear_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """cli.main configures the "fedspear" logger; undo that so other tests see it untouched."""
     log = logging.getLogger("fedspear")
     level, handlers = log.level, list(log.handlers)
-    monkeypatch.setattr(cli, "_log_handler", None)
+    monkeypatch.setattr(log_module, "_handler", None)
     yield
     log.setLevel(level)
     log.handlers[:] = handlers

@@ -140,3 +140,20 @@ def test_comparison_shows_memory_and_adapter_bytes_per_client_round(tmp_path):
     assert "| peak RSS (MB) | peak RSS in an update (MB) | peak CUDA (MB) | bytes down / up per client-round |" in text
     assert "| - | 520.0 | 420.0 | - | 200 / 75 |" in text
     assert "| - | 800.0 | 700.0 | - | 200 / 100 |" in text
+
+
+def test_comparisons_started_in_the_same_second_each_get_their_own_folder(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-000000")
+    monkeypatch.setattr(cmp, "run_or_reuse", lambda cfg: cfg.output_dir)
+    monkeypatch.setattr(cmp, "write_comparison", lambda run_dirs, base, central: (base, run_dirs))
+    cfg = Config()
+    cfg.output_dir = str(tmp_path / "{algorithm}-{time}")
+    first, second = cmp.compare(cfg, ["grpo", "opsd"]), cmp.compare(cfg, ["grpo", "opsd"])
+    assert first == (tmp_path / "compare-20260101-000000",
+                     {a: str(tmp_path / "compare-20260101-000000" / a) for a in ("grpo", "opsd")})
+    assert second == (tmp_path / "compare-20260101-000000-1",
+                      {a: str(tmp_path / "compare-20260101-000000-1" / a) for a in ("grpo", "opsd")})
+    cfg.output_dir = str(tmp_path / "fixed")  # a name without {time} is the same folder each time (reuse, resume)
+    assert cmp.compare(cfg, ["grpo"])[0] == cmp.compare(cfg, ["grpo"])[0] == tmp_path / "fixed"

@@ -41,9 +41,18 @@ def test_every_preset_loads_and_starts_with_its_launch_command(path: Path) -> No
         assert any(f"--config {path.stem}" in line for line in launch)
 
 
+def test_paper_presets_send_raw_prompts_and_the_real_model_presets_the_chat_template() -> None:
+    for name in PAPER_PRESETS:
+        assert load_config(PRESETS / f"{name}.yaml").model.chat_template == "off", name
+    for task in ("arc_challenge", "hellaswag", "strategy_qa"):
+        cfg = load_config(PRESETS / f"{task}-smollm2-135m.yaml")
+        assert cfg.model.chat_template == "auto" and cfg.model.model_name == "fedspear/smollm2-135m-instruct"
+
+
 def test_presets_are_the_expected_set_and_the_repo_root_configs_points_at_them() -> None:
     names = {p.stem for p in PRESETS.glob("*.yaml")}
-    assert names == {*PAPER_PRESETS, "default", "tiny-arc"}
+    real = {f"{task}-smollm2-135m" for task in ("arc_challenge", "hellaswag", "strategy_qa")}
+    assert names == {*PAPER_PRESETS, *real, "default", "tiny-arc"}
     root = REPO / "configs"
     assert root.resolve() == PRESETS.resolve()
     assert (root / "default.yaml").read_text() == (PRESETS / "default.yaml").read_text()
@@ -395,3 +404,60 @@ def test_malformed_files(tmp_path: Path, text: str, pattern: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="config file not found: /no/such.yaml"):
         load_config("/no/such.yaml")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["fl.aggregation=trimmed_mean"],  # the defaults: trim_ratio 0.1 of 5 clients trims floor(0.5) = 0 per side
+     "fl.trim_ratio=0.1 trims 0 of fl.clients_per_round=5 clients per side, so fl.aggregation=trimmed_mean is FedAvg; "
+     "use fl.trim_ratio>=0.2"),
+    (["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.33", "fl.clients_per_round=3", "fl.min_clients=3"],
+     "fl.trim_ratio=0.33 trims 0 of fl.clients_per_round=3 clients per side, so fl.aggregation=trimmed_mean is "
+     "FedAvg; use fl.trim_ratio>=0.34"),
+    (["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.2"],  # 5 per round, but a round may aggregate only 1
+     "fl.min_clients=1 lets a round aggregate 1 update, of which fl.trim_ratio=0.2 trims 0 per side (FedAvg); use "
+     "fl.min_clients>=5 or a larger fl.trim_ratio"),
+    (["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.4", "fl.min_clients=2"],
+     "fl.min_clients=2 lets a round aggregate 2 updates, of which fl.trim_ratio=0.4 trims 0 per side (FedAvg); use "
+     "fl.min_clients>=3 or a larger fl.trim_ratio"),
+    (["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.4", "fl.clients_per_round=2"],
+     "fl.aggregation=trimmed_mean cannot trim any of fl.clients_per_round=2 clients (it keeps at least one per "
+     "coordinate); use fl.clients_per_round>=3 or another rule"),
+    (["fl.aggregation=krum", "fl.krum_f=2"],
+     "fl.krum_f=2: Krum needs fl.clients_per_round >= 2*f + 3 = 7, got 5; use fl.krum_f<=1 or "
+     "fl.clients_per_round>=7"),
+    (["fl.aggregation=multi_krum", "fl.krum_f=0", "fl.clients_per_round=2", "fl.min_clients=1"],
+     "fl.krum_f=0: Krum needs fl.clients_per_round >= 2*f + 3 = 3, got 2; use fl.clients_per_round>=3"),
+    (["fl.aggregation=multi_krum", "fl.multi_krum_m=5"],
+     "fl.multi_krum_m=5: multi-Krum averages 1 to fl.clients_per_round - fl.krum_f = 4 updates; use "
+     "fl.multi_krum_m in [1, 4] or null"),
+])
+def test_check_refuses_robust_rules_that_cannot_hold(capsys: pytest.CaptureFixture[str], overrides: list[str],
+                                                     message: str) -> None:
+    from fedspear import cli
+
+    assert cli.main(["check", *overrides]) == 2
+    assert capsys.readouterr().err.strip() == f"fedspear: error: {message}"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.2", "fl.min_clients=5"],  # 1 of 5 per side
+    ["fl.aggregation=trimmed_mean", "fl.trim_ratio=0.34", "fl.min_clients=3"],  # 1 of 3..5 per side
+    ["fl.aggregation=krum", "fl.krum_f=1"],  # 5 >= 2 * 1 + 3
+    ["fl.aggregation=multi_krum", "fl.krum_f=1", "fl.multi_krum_m=4"],
+    ["fl.aggregation=fedavg", "fl.trim_ratio=0.1"],  # trim_ratio unused
+])
+def test_check_accepts_robust_rules_that_hold(capsys: pytest.CaptureFixture[str], overrides: list[str]) -> None:
+    from fedspear import cli
+
+    assert cli.main(["check", *overrides]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_valid_trimmed_mean_drops_the_outlier_fedavg_keeps() -> None:
+    import torch
+
+    from fedspear.federation.aggregation import trimmed_mean
+
+    states = [{"w": torch.tensor([v])} for v in (1.0, 1.0, 1.0, 1.0, -10.0)]  # one client sends -10x
+    assert trimmed_mean(states, 0.2)["w"].item() == 1.0  # 0.2 of 5 trims 1 per side: the outlier is gone
+    assert trimmed_mean(states, 0.1)["w"].item() == pytest.approx(-6 / 5)  # 0.1 trims 0: the FedAvg mean

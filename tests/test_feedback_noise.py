@@ -139,7 +139,58 @@ def test_bad_rates_are_config_errors(override, message):
         load_config(None, [override])
     with pytest.raises(ConfigError, match="must be <= 1"):
         load_config(None, ["feedback.misleading_hint_rate=0.6", "feedback.no_hint_rate=0.5"])
-    with pytest.raises(ConfigError, match="need a task that can hint toward a wrong value \\(data.dataset=world\\), "
-                                          "not 'arc_challenge'"):
-        load_config(None, ["feedback.false_reject_rate=0.1"])
+    # the task's capability (misleading_feedback) is checked where the run's task is assembled, not by its name
+    from fedspear.extensions import task_with_feedback
+    from fedspear.tasks import get_task
+
+    arc = load_config(None, ["feedback.false_reject_rate=0.1"])
+    with pytest.raises(ConfigError, match="task 'arc_challenge' cannot hint toward a wrong value"):
+        task_with_feedback(get_task("arc_challenge"), arc)
     assert load_config(None, ["data.dataset=world", "feedback.false_reject_rate=0.1"]).feedback.false_reject_rate == 0.1
+
+
+USER_TASKS = """
+from fedspear.tasks.base import Task
+from fedspear.tasks.world import WorldTask
+
+
+class MyWorld(WorldTask):
+    name = "my_world"
+
+
+class Plain(Task):
+    name = "plain"
+
+    def load(self, cfg):
+        raise NotImplementedError
+
+    def extract(self, completion):
+        return completion
+
+    def feedback(self, example, completion, cfg):
+        return "Hint."
+"""
+
+
+@pytest.fixture
+def user_tasks(tmp_path, monkeypatch):
+    (tmp_path / "my_noise_tasks.py").write_text(USER_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_users_task_with_misleading_feedback_takes_the_wrong_hint_knobs(user_tasks, capsys):
+    from fedspear.cli import main
+    from fedspear.extensions import task_with_feedback
+    from fedspear.tasks import get_task
+
+    knobs = ["feedback.misleading_hint_rate=0.2", "feedback.false_reject_rate=0.1"]
+    assert main(["check", "data.dataset=my_noise_tasks:MyWorld", *knobs]) == 0
+    cfg = load_config(None, ["data.dataset=my_noise_tasks:MyWorld", *knobs])
+    task = get_task(cfg.data.dataset)
+    assert task_with_feedback(task, cfg) is task
+    capsys.readouterr()
+    # a user's task without the capability: one line at config check, naming the knob and the task
+    assert main(["check", "data.dataset=my_noise_tasks:Plain", "feedback.false_reject_rate=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedspear: error: feedback.misleading_hint_rate / feedback.false_reject_rate: task 'plain' "
+                          "cannot hint toward a wrong value") and err.count("\n") == 1

@@ -36,6 +36,7 @@ def test_create_refuses_an_existing_run_unless_resuming(tmp_path):
     record.create(_cfg(tmp_path, rounds=7))
     record.append_metrics({"round": 0})
     record.write_checkpoint({"w": torch.zeros(2)}, 0)  # round 0 completed: now the folder holds a run
+    record.release()  # its process ended
     with pytest.raises(RunExistsError, match="--resume") as err:
         RunRecord(tmp_path / "run").create(_cfg(tmp_path, rounds=9))
     assert isinstance(err.value, ValueError) and "output_dir" in str(err.value)
@@ -198,3 +199,98 @@ def test_report_shows_peak_memory_and_adapter_bytes(tmp_path):
     assert "| adapter bytes in all, down / up | 4000 / 1500 |" in report
     assert "CUDA" not in report and "Flower message bytes" not in report  # neither was measured
     assert "| 1 | - | 0.5000 | 5 | 3 | 1 | 2 | 10.0 | 480.2 | 1000 / 500 |" in report  # per-round columns
+
+
+# --------------------------------------------------------------------------- a run owns its folder
+
+
+def _claim(barrier, path, queue) -> None:
+    from fedspear.records import claim_new_folder
+
+    barrier.wait()  # every process asks for the same name at the same moment
+    queue.put(str(claim_new_folder(path)))
+
+
+def test_processes_racing_for_one_name_each_get_their_own_folder(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(5), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(barrier, tmp_path / "runs" / "20260101-000000", queue))
+             for _ in range(5)]
+    for p in procs:
+        p.start()
+    got = sorted(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    base = str(tmp_path / "runs" / "20260101-000000")
+    assert got == [base, *(f"{base}-{i}" for i in range(1, 5))]
+
+
+def test_claim_new_folder_never_reuses_an_existing_folder(tmp_path):
+    from fedspear.records import claim_new_folder
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("fl: {rounds: 1}\n")  # a failed start: still not ours to take
+    (tmp_path / "r-1").write_text("a file")
+    assert claim_new_folder(tmp_path / "r") == tmp_path / "r-2"
+    assert claim_new_folder(tmp_path / "new" / "r") == tmp_path / "new" / "r"  # parents are made
+    assert (tmp_path / "r" / "config.yaml").read_text() == "fl: {rounds: 1}\n"
+
+
+_HOLDER = """
+import os, sys, time
+from fedspear.config import Config
+from fedspear.records import RunRecord
+cfg = Config(); cfg.output_dir = sys.argv[1]
+record = RunRecord(sys.argv[1])
+record.create(cfg)  # a start in progress: config.yaml, no round yet
+print("held", flush=True)
+if sys.argv[2] == "die":
+    os._exit(1)  # the start fails: the process is gone
+time.sleep(120)
+"""
+
+
+def _hold(folder, mode):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_folder_a_live_run_holds_is_refused_not_taken_for_a_failed_start(tmp_path):
+    from fedspear.records import RunInUseError
+
+    folder = tmp_path / "run"
+    proc = _hold(folder, "live")
+    try:
+        before = (folder / "config.yaml").read_text()
+        with pytest.raises(RunInUseError, match=rf"in use by a running fedspear process \(pid {proc.pid}\)"):
+            RunRecord(folder).create(_cfg(tmp_path, rounds=9))
+        with pytest.raises(RunExistsError):  # RunInUseError is a RunExistsError: reported as a user error
+            RunRecord(folder).lock()
+        assert (folder / "config.yaml").read_text() == before  # the live start's files are untouched
+    finally:
+        proc.kill()
+        proc.wait()
+    record = RunRecord(folder)  # its process is gone: the folder is a failed start, free to start again
+    record.create(_cfg(tmp_path, rounds=9))
+    assert load_config(record.config_path).fl.rounds == 9
+    record.release()
+
+
+def test_a_start_whose_process_died_is_restartable(tmp_path):
+    folder = tmp_path / "run"
+    proc = _hold(folder, "die")
+    assert proc.wait(timeout=60) == 1
+    (folder / "metrics.jsonl").write_text('{"round": 0}\n')  # what the failed start left
+    with RunRecord(folder) as record:
+        record.create(_cfg(tmp_path, rounds=5))
+        assert not record.metrics_path.exists()
+        assert load_config(record.config_path).fl.rounds == 5
+    with RunRecord(folder) as again:  # released at the end of the with block
+        again.lock()

@@ -28,6 +28,7 @@ def test_folder_of_a_failed_start_is_rerunnable(tmp_path):
     record.append_metrics({"round": 0, "eval": {"accuracy": 0.5}})  # crashed before its checkpoint
     (record.run_dir / "adapters" / "round_0000").mkdir(parents=True)
     assert not record.has_run()
+    record.release()  # its process died
     RunRecord(tmp_path / "run").create(_cfg(tmp_path / "run"))  # no RunExistsError
     assert not record.metrics_path.exists() and not (record.run_dir / "adapters").exists()
     assert record.config_path.is_file()
@@ -80,6 +81,7 @@ def _checkpointed(tmp_path) -> RunRecord:
     for r in range(3):
         record.append_metrics({"round": r, "x": r})
     record.write_checkpoint({"global.w": torch.arange(64, dtype=torch.float32)}, 2)
+    record.release()  # its process was interrupted
     return record
 
 

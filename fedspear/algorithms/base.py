@@ -122,7 +122,8 @@ class Algorithm(ABC, Generic[R]):
     """A client-update algorithm: a rollout over one or more clients' jobs, then training one client.
 
     Subclasses set ``name`` (``algorithm.name``), ``section`` (the config section holding their settings, or
-    None) and ``Settings`` (that section's dataclass), and implement :meth:`rollout` and :meth:`train`. They
+    None), ``Settings`` (that section's dataclass) and ``metrics`` (the metric names they add, see
+    :mod:`fedspear.metrics`), and implement :meth:`rollout` and :meth:`train`. They
     read the task, ``self.run`` and ``self.settings`` only: never another algorithm's section.
 
     Args:
@@ -134,6 +135,9 @@ class Algorithm(ABC, Generic[R]):
     name: ClassVar[str]
     section: ClassVar[str | None] = None
     Settings: ClassVar[type | None] = None
+    # The metric names this class adds to its updates' metrics (fedspear.metrics; docs/algorithms.md, "Metrics");
+    # subclasses inherit these and list only what they add. ``*`` stands for 1-40 of [a-z0-9_], ``#`` for 1-2 digits.
+    metrics: ClassVar[tuple[str, ...]] = ("steps", "skipped_steps", "tokens_trained", "training_s", "loss_*")
 
     def __init__(self, task: Task, run: RunSettings, settings: Any = None) -> None:
         self.task, self.run, self.settings = task, run, settings

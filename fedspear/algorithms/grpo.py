@@ -88,6 +88,9 @@ class GRPO(Algorithm[GroupRollout]):
     name = "grpo"
     section = "grpo"
     Settings = GRPOSettings
+    metrics = ("prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "needs_revision",
+               "revision_successes", "generation_s", "feedback_s", "tokens_forward", "mean_reward",
+               "zero_advantage_groups")  # fedspear.metrics; docs/algorithms.md, "Metrics"
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[GroupRollout]:
         """P prompts per client, G samples each from x0, all clients in one batched generation; rewards and

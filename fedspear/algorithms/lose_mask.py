@@ -1,4 +1,4 @@
-"""Which positions of a lose trace the unlikelihood term penalises (SPEAR.md section 2, step 7).
+"""Which positions of a lose trace the unlikelihood term penalises (docs/algorithms.md, "SPEAR"; docs/deviations.md, section 3).
 
 Protected text is matched as token-id *sequences* where it occurs in the sampled completion, never by banning
 each of its sub-tokens everywhere: with a byte-level BPE "Answer:" may split into "Answer" and ":" (or "A",
@@ -107,7 +107,7 @@ def unlikelihood_mask(
     answer_span: tuple[int, int] | None = None,
     eos_id: int | Collection[int] | None = None,
 ) -> list[bool]:
-    """Which completion positions of a lose trace the unlikelihood term penalises (SPEAR.md 2.7).
+    """Which completion positions of a lose trace the unlikelihood term penalises (docs/deviations.md, section 3).
 
     Every completion token except stop ids and protected positions, then restricted to ``answer_span`` when given
     (``ul_answer_only``) and to the last ``tail_tokens`` positions when > 0; when both are given the restrictions

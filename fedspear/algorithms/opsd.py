@@ -53,7 +53,7 @@ from fedspear.algorithms.common import (
 )
 from fedspear.algorithms.losses import distill_kl
 from fedspear.algorithms.settings import OPSDSettings
-from fedspear.generation import GenSettings, GenStats, generate
+from fedspear.generation import GenStats, generate, rollout_settings
 from fedspear.models import Policy
 from fedspear.tasks.base import Example
 
@@ -95,6 +95,9 @@ class OPSD(Algorithm[DistillRollout]):
     name = "opsd"
     section = "distill"
     Settings = OPSDSettings
+    metrics = ("prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "needs_revision",
+               "revision_successes", "generation_s", "feedback_s", "tokens_forward",
+               "teacher_prompts_truncated")  # fedspear.metrics; docs/algorithms.md, "Metrics"
 
     def teacher_prompt(self, example: Example) -> str:
         """The teacher's prompt for ``example``: :func:`format_teacher_prompt` of its capped privileged context."""
@@ -115,8 +118,7 @@ class OPSD(Algorithm[DistillRollout]):
         run, task = self.run, self.task
         policy.load_global()
         chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
-        gen = run.gen
-        settings = GenSettings(gen.max_new_tokens_y0, gen.do_sample, gen.temperature, gen.top_p, gen.top_k)
+        settings = rollout_settings(run.gen)
         gen_stats = GenStats()
         seed = jobs[0].seed if jobs else 0
         completions = generate(policy, [x0 for items in chosen for _, x0 in items], settings, seed, gen_stats)

@@ -3,7 +3,9 @@
 Every caller (simulator, Flower ClientApp, serving, bench) builds its algorithm with :func:`build_algorithm`.
 A new algorithm is one file with an :class:`~fedspear.algorithms.base.Algorithm` subclass plus one entry:
 either a line in :data:`ALGORITHMS` below or, from outside fedspear, ``register_algorithm(MyAlgorithm)``, which
-also lets the config accept the algorithm's name and its settings section. See docs/algorithms.md.
+also lets the config accept the algorithm's name and its settings section. A user's class can also be named by
+its dotted path, ``algorithm.name=pkg.mod:Class`` (:func:`algorithm_class`), on the command line, in ``sweep``,
+``compare``, the Flower apps and the Python API. See docs/extending.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fedspear.algorithms.opsd import OPSD
 from fedspear.algorithms.rltf_sd import RLTFSD
 from fedspear.algorithms.spear import Spear
 from fedspear.config import Config, ConfigError
+from fedspear.extensions import is_dotted, load_object
 from fedspear.tasks.base import Task
 
 ALGORITHMS: dict[str, type[Algorithm[Any]]] = {
@@ -54,14 +57,37 @@ def register_algorithm(cls: type[Algorithm[Any]]) -> type[Algorithm[Any]]:
     return cls
 
 
-def build_algorithm(cfg: Config, task: Task) -> Algorithm[Any]:
-    """The algorithm ``cfg.algorithm.name`` names, built from ``cfg`` (its own section and the shared ones).
+def algorithm_class(name: str) -> type[Algorithm[Any]]:
+    """The class ``algorithm.name`` names: a built-in or registered name, or a dotted path ``pkg.mod:Class``.
+
+    A dotted path is imported (:func:`fedspear.extensions.load_object`), checked to be an :class:`Algorithm`
+    subclass, registered under its ``name`` (unless its module did so) and remembered under the path, so the CLI,
+    ``sweep``, ``compare``, the Flower apps and the Python API all accept the same string.
 
     Raises:
-        ConfigError: no algorithm of that name is registered.
+        ConfigError: an unknown name, a path that does not import, or not an Algorithm subclass.
     """
-    cls = ALGORITHMS.get(cfg.algorithm.name)
-    if cls is None:
-        raise ConfigError(f"algorithm.name: unknown algorithm '{cfg.algorithm.name}'; choose one of "
-                          f"{', '.join(ALGORITHMS)}")
-    return cls.from_config(cfg, task)
+    cls = ALGORITHMS.get(name)
+    if cls is not None:
+        return cls
+    if not is_dotted(name):
+        raise ConfigError(f"algorithm.name: unknown algorithm '{name}'; choose one of {', '.join(ALGORITHMS)} "
+                          "or a dotted path pkg.mod:Class")
+    obj = load_object(name, "algorithm.name")
+    if not (isinstance(obj, type) and issubclass(obj, Algorithm) and isinstance(getattr(obj, "name", None), str)):
+        raise ConfigError(f"algorithm.name={name}: {obj!r:.60} is not a subclass of "
+                          "fedspear.algorithms.base.Algorithm with a name (see docs/extending.md)")
+    if ALGORITHMS.get(obj.name) is not obj:
+        register_algorithm(obj)
+    ALGORITHMS[name] = obj
+    return obj
+
+
+def build_algorithm(cfg: Config, task: Task) -> Algorithm[Any]:
+    """The algorithm ``cfg.algorithm.name`` names (:func:`algorithm_class`), built from ``cfg`` (its own section
+    and the shared ones).
+
+    Raises:
+        ConfigError: as :func:`algorithm_class`.
+    """
+    return algorithm_class(cfg.algorithm.name).from_config(cfg, task)

@@ -112,6 +112,9 @@ class RLTFSD(Algorithm[SDRollout]):
     name = "rltf_sd"
     section = "rltf_sd"
     Settings = RLTFSDSettings
+    metrics = ("prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "needs_revision",
+               "revision_successes", "generation_s", "feedback_s", "tokens_forward", "y1_accuracy", "feedback_calls",
+               "revision_attempts_#", "revision_successes_#")  # fedspear.metrics; docs/algorithms.md, "Metrics"
 
     def reward(self, correct: bool) -> float:
         """``rltf_sd.reward_scale * 1[correct]``, clipped to +-``rltf_sd.reward_clip`` when set."""

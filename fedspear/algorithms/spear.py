@@ -53,7 +53,7 @@ from fedspear.algorithms.lose_mask import (
 from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
 from fedspear.feedback_noise import feedback_models
-from fedspear.generation import GenSettings, GenStats, eos_ids
+from fedspear.generation import GenSettings, GenStats, eos_ids, rollout_settings
 from fedspear.models import Policy
 from fedspear.rollout_queue import Request, run_requests
 from fedspear.tasks.base import Task
@@ -82,6 +82,12 @@ class Spear(Algorithm[FeedbackRollout]):
     name = "spear"
     section = "spear"
     Settings = SpearSettings
+    # Rollout counts (fedspear.metrics; docs/algorithms.md, "Metrics"); store_interactions: training from people's
+    # feedback (fedspear.serve.learning).
+    metrics = ("prompts", "wins_y0", "needs_revision", "y0_accuracy", "wins_revision", "revision_successes",
+               "revision_attempts_#", "revision_successes_#", "losses_fixed", "losses_unfixed", "generations",
+               "tokens_generated", "generation_s", "feedback_s", "wins", "losses", "losses_used", "skipped_no_wins",
+               "store_interactions")
 
     def __init__(self, task: Task, run: RunSettings, settings: SpearSettings) -> None:
         super().__init__(task, run, settings)
@@ -93,9 +99,7 @@ class Spear(Algorithm[FeedbackRollout]):
         return anchor + fedprox(self.run)
 
     def _gen_settings(self, revision: bool) -> GenSettings:
-        gen = self.run.gen
-        return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p, gen.top_k)
+        return rollout_settings(self.run.gen, revision)
 
     def rollout(self, policy: Policy, jobs: list[ClientJob]) -> list[FeedbackRollout]:
         """Rollout + verification + feedback-guided revision for several clients at once (docs/algorithms.md, "SPEAR").
@@ -249,11 +253,10 @@ class _RevisionChain:
                     m["needs_revision"] = m.get("needs_revision", 0) + 1
                     still.append((i, 0, comp, comp))
                 continue
-            m[f"revision_attempts_{attempt}"] = m.get(f"revision_attempts_{attempt}", 0) + 1
-            if user.verdict(ex, comp.text):
-                m[f"revision_successes_{attempt}"] = m.get(f"revision_successes_{attempt}", 0) + 1
-                self.rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))  # y' trained under x0
-                self.rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_fixed, text=y0.text))
+            accepted = user.verdict(ex, comp.text)
+            count_revision(m, attempt, accepted)
+            if accepted:
+                add_fixed(self.rollouts[j], settings, x0, y0.ids, y0.text, comp.ids, comp.text)
             else:
                 still.append((i, attempt, y0, comp))
         requests = []
@@ -261,8 +264,7 @@ class _RevisionChain:
         for i, attempt, y0, latest in still:
             j, ex, x0 = self.items[i]
             if attempt >= self.max_attempts:
-                self.rollouts[j].losses.append(Trace(x0, y0.ids, confidence=settings.confidence_unfixed,
-                                                     text=y0.text))
+                add_unfixed(self.rollouts[j], settings, x0, y0.ids, y0.text)
                 continue
             hint = self.users[j].feedback(ex, latest.text)
             prompt = build_revision_prompt(ex.prompt, latest.text, hint, self.algorithm.task.answer_format,
@@ -273,17 +275,50 @@ class _RevisionChain:
         return requests
 
 
+def count_revision(metrics: dict[str, float], attempt: int, accepted: bool) -> None:
+    """Count one revision (attempt index >= 1) and, when its verdict accepted it, its success, in ``metrics``
+    (``revision_attempts_<attempt>``, ``revision_successes_<attempt>``)."""
+    metrics[f"revision_attempts_{attempt}"] = metrics.get(f"revision_attempts_{attempt}", 0) + 1
+    if accepted:
+        metrics[f"revision_successes_{attempt}"] = metrics.get(f"revision_successes_{attempt}", 0) + 1
+
+
+def add_fixed(rollout: FeedbackRollout, settings: SpearSettings, x0: list[int], y0_ids: list[int], y0_text: str,
+              fix_ids: list[int], fix_text: str) -> None:
+    """A wrong first answer that a revision fixed: the revision y' is a win trained under the original prompt x0,
+    and y0 a loss with confidence ``spear.confidence_fixed`` (docs/algorithms.md, "SPEAR")."""
+    rollout.wins.append(Trace(x0, fix_ids, text=fix_text))
+    rollout.losses.append(Trace(x0, y0_ids, confidence=settings.confidence_fixed, text=y0_text))
+
+
+def add_unfixed(rollout: FeedbackRollout, settings: SpearSettings, x0: list[int], y0_ids: list[int],
+                y0_text: str) -> None:
+    """A wrong first answer no revision fixed: a loss with confidence ``spear.confidence_unfixed``."""
+    rollout.losses.append(Trace(x0, y0_ids, confidence=settings.confidence_unfixed, text=y0_text))
+
+
+def outcome_metrics(metrics: dict[str, float], num_losses: int) -> None:
+    """SPEAR's rollout outcome metrics from its counts, in place: ``y0_accuracy`` = wins_y0 / prompts,
+    ``wins_revision`` = ``revision_successes`` = the sum of ``revision_successes_<k>``, ``losses_fixed`` (each
+    fixed loss is the y0 of one successful revision) and ``losses_unfixed`` = num_losses - losses_fixed.
+
+    The one definition the oracle rollout (:meth:`Spear.rollout`) and training from people's feedback
+    (:func:`fedspear.serve.learning.rollout_from_interactions`) share.
+    """
+    metrics["y0_accuracy"] = metrics.get("wins_y0", 0) / max(1, metrics.get("prompts", 0))
+    metrics["wins_revision"] = sum(v for k, v in metrics.items() if k.startswith("revision_successes_"))
+    metrics["revision_successes"] = metrics["wins_revision"]
+    metrics["losses_fixed"] = metrics["wins_revision"]
+    metrics["losses_unfixed"] = num_losses - metrics["wins_revision"]
+
+
 def _finish_metrics(rollouts: list[FeedbackRollout], items: list, gen_stats: GenStats, feedback_s: float) -> None:
     """Per-client rollout metrics; batched work is shared by the clients in proportion to their prompts."""
     share = 1.0 / max(1, len(items))
     for j, r in enumerate(rollouts):
         n = sum(1 for item in items if item[0] == j)
         m = r.metrics
-        m["y0_accuracy"] = m.get("wins_y0", 0) / max(1, m["prompts"])  # dropped prompts are not counted
-        m["wins_revision"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
-        m["revision_successes"] = m["wins_revision"]
-        m["losses_fixed"] = m["wins_revision"]  # each fixed loss is the y0 of one successful revision
-        m["losses_unfixed"] = len(r.losses) - m["wins_revision"]
+        outcome_metrics(m, len(r.losses))  # dropped prompts are not counted
         # Batched work is shared by the clients: each is charged its share of the round's prompts.
         m["generation_s"] = gen_stats.seconds * n * share
         m["feedback_s"] = feedback_s * n * share

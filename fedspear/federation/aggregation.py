@@ -1,10 +1,10 @@
-"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (SPEAR.md section 3),
+"""Server aggregation of client adapters: FedAvg, and FedAdam / FedYogi on top of it (docs/architecture.md, "One round"),
 and the Byzantine-robust rules coordinate-wise median, trimmed mean and (multi-)Krum.
 
 States are adapter state dicts ``dict[str, Tensor]`` (PEFT names, CPU tensors, the same keys and shapes
 for every client). Every function returns freshly allocated tensors: nothing returned shares memory with
 an input, so a client state can never alias the global adapter or another client (the reference's FedAvg
-returns the last client's adapter because its states alias the live weights; SPEAR.md section 6 item 1).
+returns the last client's adapter because its states alias the live weights; docs/deviations.md, section 4 item 1).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fedspear.config import FLConfig
+from fedspear.models import is_finite_state
 
 State = dict[str, torch.Tensor]
 
@@ -30,11 +31,6 @@ def _check_same_layout(reference: State, other: State, what: str) -> None:
     for key, tensor in reference.items():
         if other[key].shape != tensor.shape:
             raise ValueError(f"{what}: '{key}' has shape {tuple(other[key].shape)}, expected {tuple(tensor.shape)}")
-
-
-def is_finite_state(state: State) -> bool:
-    """Whether every floating-point tensor of ``state`` is free of NaN and +-inf (integer tensors always are)."""
-    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point() or t.is_complex())
 
 
 def fedavg(states: list[State | None], weights: list[float]) -> State | None:

@@ -1,4 +1,4 @@
-"""Non-IID data partition, per-(round, client) seeds and client sampling (SPEAR.md section 3).
+"""Non-IID data partition, per-(round, client) seeds and client sampling (docs/configuration.md, "Sections": ``data``, ``fl``).
 
 Every random choice is drawn from a numpy ``Generator`` seeded by ``SeedSequence((run seed, purpose tag,
 ...))``, so the partition, the client schedule and the client updates use independent streams that depend
@@ -38,7 +38,7 @@ def dirichlet_partition(
     exactly one client. When there are at least ``num_clients`` examples, an empty client then receives
     one random index from the currently largest client, until no client is empty. Finally a client with
     more than ``max_per_client`` indices keeps a seeded random subsample of that size, drawn across all of
-    its classes (the reference keeps the first classes instead; SPEAR.md section 6 item 7).
+    its classes (the reference keeps the first classes instead; docs/deviations.md, section 4 item 7).
 
     Args:
         labels: the partition class of each example (``Example.label``), one per example index.
@@ -123,7 +123,7 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
     The pair is packed into 62 bits (round in the high 30, client in the low 32), xor-ed with a key derived
     from the run seed and scrambled by a bijective 62-bit mix. Packing, xor with a constant and the mix
     are all one-to-one, so for a fixed run seed two different pairs never share a seed (the reference's
-    seed + round + client collides; SPEAR.md section 3). The result is below 2**62, leaving room for
+    seed + round + client collides; docs/architecture.md, "One round"). The result is below 2**62, leaving room for
     small offsets (``seed + 1``) within what ``torch.manual_seed``, ``random.Random`` and
     ``numpy.random.default_rng`` accept; the legacy ``numpy.random.seed`` (32-bit only) does not take it.
 

@@ -11,7 +11,7 @@ from fedspear.config import DataConfig, OptimConfig
 
 
 def round_lr(round_idx: int, rounds: int, optim_cfg: OptimConfig) -> float:
-    """The learning rate every client uses throughout round ``round_idx`` (SPEAR.md section 2 step 7).
+    """The learning rate every client uses throughout round ``round_idx`` (docs/algorithms.md: every algorithm uses the ``optim.lr`` schedule).
 
     With ``optim.use_warmup`` false it is the constant ``optim.lr``. Otherwise, with
     ``w = int(warmup_ratio * rounds)`` warm-up rounds: ``lr * r / w`` for ``r <= w``, then a cosine from

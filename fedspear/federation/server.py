@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,16 +26,16 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from fedspear import privacy
+from fedspear import metrics, privacy
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
-from fedspear.federation.partition import client_seed, sample_clients
+from fedspear.federation.partition import client_seed
 from fedspear.federation.resources import client_bytes, round_resources
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
-from fedspear.records import RunFileError, RunRecord, durable_step
+from fedspear.records import RunFileError, RunRecord, claim_new_folder, disk_errors, durable_step
 from fedspear.report import write_report
 from fedspear.tasks.base import Example
 from fedspear.tracking import Trackers
@@ -43,11 +44,8 @@ logger = logging.getLogger("fedspear")
 
 State = dict[str, torch.Tensor]
 
-# Summed over clients in a round's "aggregate" metrics.
-COUNT_KEYS = ("prompts", "samples_y0", "generations", "wins", "wins_y0", "wins_revision", "losses", "losses_used",
-              "losses_fixed", "losses_unfixed", "revision_successes", "needs_revision", "tokens_generated",
-              "tokens_trained", "tokens_forward", "steps", "skipped_steps", "skipped_no_wins",
-              "generation_s", "feedback_s", "training_s")
+# Summed over clients in a round's "aggregate" metrics: the metric registry's (fedspear.metrics).
+COUNT_KEYS = metrics.ROUND_COUNTS
 
 
 class RunStopped(RuntimeError):
@@ -193,6 +191,9 @@ class FederatedServer:
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
         self.idle_rounds = 0  # consecutive rounds without a usable client update (fl.max_idle_rounds)
+        self.participations: dict[int, int] = {}  # dp.mode=local: client id -> rounds taken part in
+        self.rounds_run = 0  # rounds of the run so far (a resume counts the rounds before it from metrics.jsonl)
+        self.first_error: str | None = None  # the first client error of the run
         self.trackers = Trackers(cfg, record.run_dir)
 
     @property
@@ -212,9 +213,10 @@ class FederatedServer:
     # ----------------------------------------------------------------------------------------- rounds
 
     def plan_round(self, round_idx: int) -> RoundPlan:
-        """Sample the round's clients and fix its learning rate and client seeds."""
+        """Sample the round's clients (:func:`fedspear.privacy.sample_round`) and fix its learning rate and client
+        seeds."""
         cfg = self.cfg
-        selected = sample_clients(cfg.data.num_clients, cfg.fl.clients_per_round, cfg.data.seed, round_idx)
+        selected = privacy.sample_round(cfg, round_idx)  # dp.mode=central: secret Poisson sampling
         seeds = {cid: client_seed(cfg.data.seed, round_idx, cid) for cid in selected}
         return RoundPlan(round_idx, round_lr(round_idx, cfg.fl.rounds, cfg.optim), selected, seeds)
 
@@ -224,7 +226,8 @@ class FederatedServer:
 
         Failed clients are recorded with their error and excluded. When fewer than ``fl.min_clients`` clients
         succeeded, the round keeps the global adapter (``aggregation.skipped_round`` says why) and the
-        server optimizer does not step. A selected client without a report counts as failed.
+        server optimizer does not step (not under ``dp.mode=central``: every round is noised, see
+        :func:`fedspear.privacy.central_dp_aggregate`). A selected client without a report counts as failed.
 
         Args:
             plan: the round's plan.
@@ -232,16 +235,22 @@ class FederatedServer:
             extra: more keys for the row (e.g. the runtime's own details).
 
         Returns:
-            The row: round, lr, selected_clients, clients, aggregate, aggregation, time (and ``extra``).
+            The row: round, lr, selected_clients, clients, aggregate, aggregation, time, privacy (when DP is on)
+            and ``extra``. Under ``dp.mode=central`` the sampled ids and the per-client rows are left out (the
+            sample is secret; ``num_selected`` counts it); ``aggregate`` then holds sums the noise does not cover.
         """
         by_client = {r.client_id: r for r in reports}
+        mode = self.cfg.dp.mode
         client_rows, results = [], []
         for cid in plan.selected:
             report = by_client.get(cid) or ClientReport.failure(cid, "no report from the client")
+            if mode == "local":  # uniform aggregation whatever a client claims (its release carries weight 1)
+                report.weight = 1.0 if report.adapter is not None else 0.0
             row: dict[str, Any] = {"client_id": cid, **report.details,
                                    **client_bytes(self.global_state, report.adapter if report.error is None else None)}
             if report.error is not None:
-                logger.warning("client %d failed in round %d: %s", cid, plan.round_idx, report.error)
+                logger.warning("%s failed in round %d: %s", "a client" if mode == "central" else f"client {cid}",
+                               plan.round_idx, report.error)
                 row.update(weight=0.0, error=report.error, metrics=report.metrics)
             else:
                 row.update(weight=report.weight, metrics=report.metrics)
@@ -251,13 +260,13 @@ class FederatedServer:
         agg_start = time.perf_counter()
         min_clients = self.cfg.fl.min_clients
         info: dict[str, Any]
-        if len(results) < min_clients:
+        if mode == "central":  # every round, even with no client: one mechanism invocation (fl.min_clients unused)
+            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
+                                                           self.server_opt)
+        elif len(results) < min_clients:
             new_state, info = {k: v.clone() for k, v in self.global_state.items()}, {"num_aggregated": 0}
             info["skipped_round"] = f"only {len(results)} client results < fl.min_clients={min_clients}"
             logger.warning("round %d: %s; the global adapter is unchanged", plan.round_idx, info["skipped_round"])
-        elif self.cfg.dp.mode == "central":
-            new_state, info = privacy.central_dp_aggregate(self.global_state, results, self.cfg, plan.round_idx,
-                                                           self.server_opt)
         else:
             new_state, info = aggregate(self.global_state, results, self.server_opt, self.cfg.fl)
             if info.get("refused_nonfinite_aggregate"):
@@ -277,8 +286,14 @@ class FederatedServer:
                      "aggregation_s": time.perf_counter() - agg_start},
             "resources": round_resources(client_rows),
         }
-        if self.cfg.dp.mode != "off":
-            row["privacy"] = privacy.budget(self.cfg, plan.round_idx)
+        if mode == "central":  # the sample is secret and per-client figures are not covered: counts only
+            del row["selected_clients"], row["clients"]
+            row["num_selected"] = len(plan.selected)
+        if mode == "local":
+            for cid in plan.selected:  # a selected client may have released even if its reply was lost
+                self.participations[cid] = self.participations.get(cid, 0) + 1
+        if mode != "off":
+            row["privacy"] = privacy.budget(self.cfg, plan.round_idx, self.participations)
         row.update(extra or {})
         return row
 
@@ -286,6 +301,8 @@ class FederatedServer:
         """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval), with the
         runner's ``fields`` (if it has them) merged in."""
         plan = self.plan_round(round_idx)
+        if not plan.selected:  # a Poisson round may sample nobody (dp.mode=central): noise only
+            return self.aggregate_round(plan, [])
         reports = runner(plan, self.global_state)
         return self.aggregate_round(plan, reports, extra=getattr(runner, "fields", None))
 
@@ -296,24 +313,48 @@ class FederatedServer:
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
                            result.get("diverged_reason", "non-finite scores"))
-        save_adapter(self.engine, self.global_state, self.record.adapter_dir(round_idx))
+        self._save_adapter(self.record.adapter_dir(round_idx), f"the adapter of round {round_idx}")
         durable_step("adapter")
         return result
 
-    def _idle_stop(self, row: dict[str, Any]) -> str | None:
-        """Count rounds in a row where clients took part but none sent a usable update (all failed, non-finite,
-        or a refused aggregate); the reason to stop once ``fl.max_idle_rounds`` is reached, else None."""
+    def _save_adapter(self, out_dir: Path, what: str) -> None:
+        """:func:`save_adapter`, a full disk (or a read-only folder) reported in one line naming the folder."""
+        with disk_errors(out_dir, what, self.record.resume_advice()):
+            save_adapter(self.engine, self.global_state, out_dir)
+
+    def _count_round(self, row: dict[str, Any]) -> None:
+        """Count a round's row: consecutive rounds where clients took part but none sent a usable update (all
+        failed, non-finite, or a refused aggregate), rounds of the run, and the first client error."""
         info = row.get("aggregation") or {}
         broken = (info.get("num_failed_clients", 0) + info.get("num_excluded_nonfinite", 0)
                   + int(bool(info.get("refused_nonfinite_aggregate"))))
         usable = info.get("num_aggregated", 0) > 0 and not info.get("refused_nonfinite_aggregate")
         self.idle_rounds = 0 if usable or not broken else self.idle_rounds + 1
+        self.rounds_run += 1
+        if self.first_error is None:
+            self.first_error = next((c["error"] for c in row.get("clients") or [] if c.get("error")), None)
+
+    def _idle_stop(self, row: dict[str, Any]) -> str | None:
+        """Count the row (:meth:`_count_round`); the reason to stop once ``fl.max_idle_rounds`` rounds in a row
+        were idle, or when the last round ends a run in which every round was idle; else None."""
+        self._count_round(row)
         limit = self.cfg.fl.max_idle_rounds
         if limit and self.idle_rounds >= limit:
             return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
                     f"non-finite updates; fl.max_idle_rounds={limit}); lower optim.lr or check the clients' errors "
-                    "in metrics.jsonl")
+                    "in metrics.jsonl" + self._first_error_hint())
+        if limit and row.get("round") == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
+            # A run shorter than fl.max_idle_rounds in which no client ever sent a usable update did not train.
+            return (f"no usable client update in any of the {self.rounds_run} rounds of this run (clients failed or "
+                    "sent non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
+                    + self._first_error_hint())
         return None
+
+    def _first_error_hint(self) -> str:
+        if not self.first_error:
+            return ""
+        error = " ".join(self.first_error.split())
+        return f" (first error: {error if len(error) <= 200 else error[:197] + '...'})"
 
     def end_round(self, row: dict[str, Any]) -> None:
         """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line.
@@ -335,7 +376,7 @@ class FederatedServer:
         self.trackers.log_round(row)
         tqdm.write(summary_line(row, self.cfg.fl.rounds))
         if stop is not None:
-            report = write_report(self.record.run_dir)
+            report = self._write_report()
             raise RunStopped(f"run stopped after round {round_idx}: {stop} (metrics and report kept: {report})")
 
     def run_rounds(self, runner: ClientRunner, start_round: int,
@@ -356,7 +397,15 @@ class FederatedServer:
     # ------------------------------------------------------------------------------- start / resume / end
 
     def start(self, load_stats: dict[str, Any] | None = None) -> None:
-        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint."""
+        """Round 0 of a new run: evaluate the initial adapter, write its row (with ``data`` stats) and checkpoint.
+        A round 0 that fails or is interrupted closes the trackers with the reason first."""
+        try:
+            self._start(load_stats)
+        except BaseException as exc:
+            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self, load_stats: dict[str, Any] | None) -> None:
         ev_start = time.perf_counter()
         row0: dict[str, Any] = {"round": 0, "eval": self.evaluate(0), "time": {"eval_s": time.perf_counter() - ev_start}}
         if load_stats is not None:
@@ -367,8 +416,14 @@ class FederatedServer:
         tqdm.write(summary_line(row0, self.cfg.fl.rounds))
 
     def resume(self) -> int:
-        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round."""
+        """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round; the
+        idle-round counts (``fl.max_idle_rounds``) continue from the rows before it."""
         done = self.load_checkpoint()
+        self.participations = privacy.count_participations(r for r in self.record.read_metrics()
+                                                            if 0 < r.get("round", 0) <= done)
+        for row in self.record.read_metrics():  # the idle-round counts continue where the run left them
+            if isinstance(row.get("round"), int) and 1 <= row["round"] <= done:
+                self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 
@@ -376,11 +431,25 @@ class FederatedServer:
         """Save the final adapter (if the last round did not) and write the report; returns the run folder."""
         final = self.record.adapter_dir(self.cfg.fl.rounds)
         if not (final / "adapter_model.safetensors").exists():
-            save_adapter(self.engine, self.global_state, final)
-        report = write_report(self.record.run_dir)
+            self._save_adapter(final, "the final adapter")
+        report = self._write_report()
         self.trackers.finish(final)
+        self.record.release()  # the run is over: other processes may use the folder
         tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
+
+    def _write_report(self) -> Path:
+        with disk_errors(self.record.report_path, "the report", self.record.resume_advice()):
+            return write_report(self.record.run_dir)
+
+    def open_trackers(self) -> None:
+        """Open the ``logging.report_to`` trackers now, before round 0 (or the first resumed round), so a tracker
+        that cannot start (not installed, wandb online without a login) stops the run before any work.
+
+        Raises:
+            ConfigError: a tracker failed to start (the message names it and the fix).
+        """
+        self.trackers.open()
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
@@ -443,6 +512,29 @@ def expand_output_dir(cfg: Config) -> str:
                           "{algorithm}, {dataset} or {seed}") from None
 
 
+def names_new_folder(template: str) -> bool:
+    """Whether an ``output_dir`` template names a new folder for every run: it contains ``{time}``."""
+    try:
+        return any(name == "time" for _, name, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
+def new_output_dir(cfg: Config) -> str:
+    """``output_dir`` expanded for a new run (:func:`expand_output_dir`).
+
+    With ``{time}`` in it the name is meant to be new, so a folder that did not exist is created: the expanded
+    name, or ``name-1``, ``name-2``... when runs started in the same second
+    (:func:`fedspear.records.claim_new_folder`). Any other name is returned as written: a run there is refused,
+    or a failed start started again, by :meth:`RunRecord.create`.
+
+    Raises:
+        ConfigError: a bad placeholder. RunDirError: the folder cannot be made.
+    """
+    out = expand_output_dir(cfg)
+    return str(claim_new_folder(Path(out))) if names_new_folder(cfg.output_dir) else out
+
+
 def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int]:
     """A server holding only the evaluation side of the data: start a run, or continue it from its checkpoint.
 
@@ -461,23 +553,39 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
+    from fedspear.algorithms.registry import algorithm_class
+    from fedspear.extensions import load_task_data
+    from fedspear.feedback_noise import check_feedback_noise
     from fedspear.models import load_policy
+    from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
-    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
+    out = expand_output_dir(cfg)
+    resuming = resume and RunRecord(Path(out)).has_checkpoint()
+    if not resuming and names_new_folder(cfg.output_dir):
+        out = str(claim_new_folder(Path(out)))
+    cfg = replace(cfg, output_dir=out)  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    resuming = resume and record.has_checkpoint()
-    record.create(cfg, resume=resuming)
-    task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
-    if not data.eval:
-        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    server = FederatedServer(cfg, record, policy, data.eval, task=task)
-    if resuming:
-        return server, server.resume() + 1
-    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-             "train": len(data.train), "eval": len(data.eval)}
-    server.start(stats)
-    return server, 1
+    record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
+    try:
+        algorithm_class(cfg.algorithm.name)  # a user's pkg.mod:Class is registered: its declared metrics cross the wire
+        task = get_task(cfg.data.dataset)
+        check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
+        data = load_task_data(task, cfg)
+        if not data.eval:
+            raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
+        policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+        data = fit_prompts(data, policy, cfg, task)  # the same rows as the simulator evaluates
+        server = FederatedServer(cfg, record, policy, data.eval, task=task)
+        if resuming:
+            done = server.resume()
+            server.open_trackers()  # a tracker that cannot start fails before the first resumed round
+            return server, done + 1
+        server.open_trackers()  # a tracker that cannot start fails before round 0
+        stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval)}
+        server.start(stats)
+        return server, 1
+    except BaseException:
+        record.release()
+        raise

@@ -22,22 +22,30 @@ from typing import Any
 import torch
 
 from fedspear import privacy
-from fedspear.algorithms.base import Algorithm
+from fedspear.algorithms.base import Algorithm, RunSettings
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.config import Config, load_config
-from fedspear.extensions import task_with_feedback
+from fedspear.extensions import load_task_data, probe_task, task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.client import partition_examples, run_clients
-from fedspear.federation.server import COUNT_KEYS, ClientReport, FederatedServer, RoundPlan, expand_output_dir
+from fedspear.federation.server import (
+    COUNT_KEYS,
+    ClientReport,
+    FederatedServer,
+    RoundPlan,
+    expand_output_dir,
+    new_output_dir,
+)
 from fedspear.models import Policy, load_policy
-from fedspear.records import RunFileError, RunRecord
+from fedspear.prompt_budget import fit_prompts
+from fedspear.records import RunFileError, RunRecord, disk_errors
 from fedspear.tasks import get_task
 from fedspear.tasks.base import DataError, Example
 
 logger = logging.getLogger("fedspear")
 
-__all__ = ["COUNT_KEYS", "Federation", "after_round_hook", "expand_output_dir", "resume", "run", "run_round",
-           "setup"]
+__all__ = ["COUNT_KEYS", "Federation", "after_round_hook", "expand_output_dir", "new_output_dir", "resume", "run",
+           "run_round", "setup"]
 
 # Test hook: called after each completed round with (round_idx); a test makes it raise to simulate a crash.
 after_round_hook: Callable[[int], None] | None = None
@@ -64,16 +72,18 @@ class Federation:
 def setup(cfg: Config, record: RunRecord) -> Federation:
     """Load the task data, partition it over clients and load the model."""
     task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
+    data = load_task_data(task, cfg)
     if not data.train:
         raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
     if not data.eval:
         raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    clients = partition_examples(cfg, data.train)
+    probe_task(task, cfg, data.train[0], RunSettings.from_config(cfg))  # a broken extract/feedback fails here
     task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
     engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    stats = {"read": data.stats.read, "kept": data.stats.kept, "skipped": dict(data.stats.skipped),
-             "train": len(data.train), "eval": len(data.eval), "client_sizes": [len(c) for c in clients]}
+    data = fit_prompts(data, engine, cfg, task)  # data.long_prompts: count, then skip/truncate/refuse
+    clients = partition_examples(cfg, data.train)
+    stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval),
+             "client_sizes": [len(c) for c in clients]}
     if data.stats.num_skipped:
         logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
     return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats, task)
@@ -90,8 +100,8 @@ class LocalClients:
         fed.engine.global_state = global_state
         jobs = [plan.job(cid, fed.clients[cid]) for cid in plan.selected]
         results = run_clients(fed.engine, fed.algorithm, jobs, batched=fed.cfg.fl.batch_clients)
-        results = [res if isinstance(res, Exception) else privacy.privatize_result(fed.cfg, res, global_state,
-                                                                                   plan.round_idx, job.client_id)
+        results = [res if isinstance(res, Exception) else privacy.release_local_update(res, global_state, fed.cfg,
+                                                                                       plan.round_idx, job.client_id)
                    for job, res in zip(jobs, results, strict=True)]
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
@@ -119,22 +129,47 @@ def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
 def run(cfg: Config) -> Path:
     """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder.
 
-    A folder left by a start that failed before round 0 completed (no checkpoint) is started again.
+    The run holds its folder until it ends (:meth:`RunRecord.create`); with ``{time}`` in ``output_dir`` it makes a
+    new folder (``-1``, ``-2``... appended when runs start in the same second, :func:`new_output_dir`). A folder
+    left by a start that failed before round 0 completed (no checkpoint, no live process) is started again.
 
     Raises:
         RunDirError: ``output_dir`` cannot hold a run (empty, a file, below a file, not writable).
+        RunInUseError: another live process holds ``output_dir``.
         RunExistsError: ``output_dir`` already holds a run that completed round 0.
         RunStopped: ``fl.max_idle_rounds`` rounds in a row had no usable client update.
     """
-    cfg = replace(cfg, output_dir=expand_output_dir(cfg))  # a copy: the caller's Config is never written
+    expanded = Path(expand_output_dir(cfg))
+    made = RunRecord(expanded).first_missing_folder()  # what this start creates (removed again if it fails)
+    cfg = replace(cfg, output_dir=new_output_dir(cfg))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    record.create(cfg)
-    fed = setup(cfg, record)
-    (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-    server = _server(fed, build_server_optimizer(fed.cfg.fl))
-    server.start(fed.load_stats)
-    server.run_rounds(LocalClients(fed), 1, _after_round)
-    return server.finish()
+    if Path(cfg.output_dir) != expanded:  # a suffixed name ("-1") that this start created itself
+        made = Path(cfg.output_dir)
+    return _start(cfg, record, keep_config=False, made=made)
+
+
+def _start(cfg: Config, record: RunRecord, keep_config: bool, made: Path | None) -> Path:
+    """Create the run folder, set up, open the trackers, then round 0 and the rounds; the folder is this run's
+    (locked, :meth:`RunRecord.lock`) until it returns or raises.
+
+    Whatever fails before round 0 starts (data, task probe, model, trackers) removes what this start wrote, and
+    the folders this start created (``made``: the outermost of them, or None), so the same command can simply be
+    run again; ``keep_config`` keeps config.yaml (a ``--resume`` of a folder whose earlier start failed).
+    """
+    record.create(cfg)  # locks the folder; clears what an earlier failed start left
+    with record:
+        try:
+            fed = setup(cfg, record)
+            with disk_errors(record.run_dir / "data_stats.json", "the data statistics", record.resume_advice()):
+                (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
+            server = _server(fed, build_server_optimizer(fed.cfg.fl))
+            server.open_trackers()
+        except BaseException:
+            record.discard_start(remove_config=not keep_config, made=made)
+            raise
+        server.start(fed.load_stats)
+        server.run_rounds(LocalClients(fed), 1, _after_round)
+        return server.finish()
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -151,21 +186,26 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     A folder whose run never completed round 0 (no checkpoint) is started again from its config.yaml.
 
     Raises:
+        RunInUseError: another live process holds the folder (the run is still going).
         RunFileError: the checkpoint or metrics.jsonl is damaged (the message names the file).
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     record = RunRecord(run_dir)
-    if not record.has_checkpoint():
-        if record.has_run():
-            raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
-                               f"round 0; this run cannot be resumed: start it again with a new output_dir")
-        logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
-                       run_dir)
-        return run(replace(cfg, output_dir=str(run_dir)))
-    record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
-    fed = setup(cfg, record)
-    server = _server(fed, build_server_optimizer(fed.cfg.fl))
-    done = server.resume()
-    server.run_rounds(LocalClients(fed), done + 1, _after_round)
-    return server.finish()
+    record.lock()  # before reading anything: a folder a live run holds is never resumed or restarted
+    with record:
+        record.check_writable()  # a read-only folder fails here, not after a whole round
+        if not record.has_checkpoint():
+            if record.has_run():
+                raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "
+                                   f"round 0; this run cannot be resumed: start it again with a new output_dir")
+            logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
+                           run_dir)
+            return _start(replace(cfg, output_dir=str(run_dir)), record, keep_config=True, made=None)
+        record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
+        fed = setup(cfg, record)
+        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+        done = server.resume()
+        server.open_trackers()  # a tracker that cannot start fails before the first resumed round
+        server.run_rounds(LocalClients(fed), done + 1, _after_round)
+        return server.finish()

@@ -61,16 +61,19 @@ def _engine(cfg: Any) -> tuple[Any, Any, Any]:
     return _ENGINES[key]
 
 
-def _examples(cfg: Any, node: NodeSettings) -> Any:
+def _examples(cfg: Any, node: NodeSettings, policy: Any, fitted: Any, task: Any) -> Any:
+    from fedspear.extensions import load_task_data
     from fedspear.federation.client import client_examples
+    from fedspear.prompt_budget import fit_prompts
     from fedspear.tasks import get_task
     from fedspear.tasks.base import DataError
 
     key = (_digest(cfg.to_yaml()), repr(node))
     if key not in _EXAMPLES:
-        data = get_task(cfg.data.dataset).load(cfg)
+        data = load_task_data(get_task(cfg.data.dataset), cfg)  # a user's task's wrong return type in one line
         if not data.train:
             raise DataError(f"client {node.client_id} has no training rows; check data.path on this node")
+        data = fit_prompts(data, policy, fitted, task)  # the rows the simulator's clients keep
         _EXAMPLES[key] = client_examples(cfg, data.train, node.partition_id)
     return _EXAMPLES[key]
 
@@ -99,13 +102,13 @@ def train(msg: Message, context: Context) -> Message:
     if client_id != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
     engine, fitted, algorithm = _engine(cfg)
-    examples = _examples(cfg, node)
+    examples = _examples(cfg, node, engine, fitted, algorithm.task)
     cfg = fitted  # a copy with the policy's capped model.max_seq_len
-    from fedspear.privacy import privatize_result
+    from fedspear.privacy import release_local_update
 
     engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)
     result = client_update(engine, examples, client_id, int(job["round"]), float(job["lr"]), int(job["seed"]),
                            algorithm)
-    result = privatize_result(cfg, result, start, int(job["round"]), client_id)  # dp.mode=local: noise here
+    result = release_local_update(result, start, cfg, int(job["round"]), client_id)  # dp.mode=local: noise here
     logger.info("client %d round %s: weight %.1f", client_id, job["round"], result.weight)
     return Message(train_reply_content(result), reply_to=msg)

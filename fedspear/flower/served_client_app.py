@@ -72,7 +72,7 @@ def _state_dir(node_config: dict[str, Any]) -> Path:
         raise ConfigError(f"a store-backed SuperNode needs --node-config \"{STATE_DIR_KEY}='<fedspear serve --state "
                           "folder>'\"")
     state = Path(str(node_config[STATE_DIR_KEY])).expanduser()
-    secure_state(state)  # owner-only, with the page's token (the node reaches the store directly, as its owner)
+    secure_state(state)  # owner-only (the node reaches the store directly, as its owner)
     return state
 
 
@@ -130,7 +130,8 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         engine: a policy for the job's config (None = load or reuse this process's).
 
     Returns:
-        ``adapter`` (when the store held a win) and ``metrics`` records.
+        ``adapter`` (when the store held a win; always under ``dp.mode=local``, noised by
+        :func:`fedspear.privacy.release_local_update`, with no metrics but the weight) and ``metrics`` records.
 
     Raises:
         ConfigError: no ``state-dir``, or the node does not fit the federation.
@@ -138,6 +139,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
     """
     from fedspear.algorithms.base import ClientJob
     from fedspear.models import fit_config
+    from fedspear.privacy import release_local_update
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.learning import publish_global, update_from_store
     from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
@@ -149,7 +151,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
     job = content[JOB]
     engine = engine if engine is not None else _engine(cfg)
     cfg = fit_config(cfg, engine)  # a copy with the policy's capped model.max_seq_len
-    engine.global_state = record_to_state(content[GLOBAL], engine.global_state)
+    engine.global_state = start = record_to_state(content[GLOBAL], engine.global_state)
     engine.load_global()
     publish_global(AdapterRegistry(state / ADAPTERS_DIR), engine, engine.global_state,
                    f"global of server round {round_idx}")
@@ -158,6 +160,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         result = update_from_store(engine, get_task(cfg.data.dataset), cfg, store, job_,
                                    label=f"server round {round_idx}")
     engine.load_global()
+    result = release_local_update(result, start, cfg, round_idx, client_id)  # dp.mode=local: noise here
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)
 

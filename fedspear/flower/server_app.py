@@ -25,7 +25,6 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedspear.cli import setup_logging
 from fedspear.federation.server import ClientReport, RoundPlan, open_server
 from fedspear.flower.app_config import ServerSettings
 from fedspear.flower.wire import (
@@ -40,6 +39,7 @@ from fedspear.flower.wire import (
     report_from_reply,
     state_to_record,
 )
+from fedspear.log import setup_logging
 
 logger = logging.getLogger("fedspear")
 
@@ -228,8 +228,11 @@ def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     cfg = settings.config()
     server, first_round = open_server(cfg, resume=settings.resume)
-    clients = GridClients(grid, cfg.data.num_clients, server.cfg.to_yaml(), settings)
-    if first_round <= cfg.fl.rounds:
-        clients.wait_for_clients(cfg.data.num_clients, settings.connect_timeout)
-    server.run_rounds(clients, first_round, after_round=lambda r: clients.publish(server.global_state, r))
-    server.finish()
+    try:  # the server holds its run folder until the run ends, however it ends
+        clients = GridClients(grid, cfg.data.num_clients, server.cfg.to_yaml(), settings)
+        if first_round <= cfg.fl.rounds:
+            clients.wait_for_clients(cfg.data.num_clients, settings.connect_timeout)
+        server.run_rounds(clients, first_round, after_round=lambda r: clients.publish(server.global_state, r))
+        server.finish()
+    finally:
+        server.record.release()

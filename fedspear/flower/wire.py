@@ -11,8 +11,8 @@ update), ``metrics`` (MetricRecord: the aggregation weight and the client's scal
 ``metrics`` (published: 0 or 1) for ``evaluate``. :func:`check_client_content` enforces this on every
 reply (:func:`wire_guard`), so prompts, completions, feedback text or any other string never leave a client:
 the adapter may hold only the tensor names of the global adapter the server sent, with its shapes and a
-floating dtype, and metrics only the names in :data:`METRIC_NAMES` (or :data:`METRIC_PATTERN`) with finite
-scalar numbers. A metric name holding text, a list metric (token ids) or a uint8 array (UTF-8 bytes) is refused.
+floating dtype, and metrics only declared names (:func:`fedspear.metrics.is_declared`, plus
+:data:`WIRE_METRICS`; at most :data:`MAX_METRICS`) with finite scalar numbers. A metric name holding text, a list metric (token ids) or a uint8 array (UTF-8 bytes) is refused.
 A failing client replies with Flower's Error carrying a fixed code (:data:`CLIENT_FAILED_CODE`,
 :data:`WIRE_REFUSED_CODE`) and a fixed reason naming only the exception type; the full message (which may hold
 file paths or people's text) stays in the node's local log.
@@ -27,12 +27,13 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from fedspear.metrics import is_declared, numeric
 
 if TYPE_CHECKING:  # torch and the server module are imported where used, so a `query` reply stays cheap
     import torch
@@ -55,20 +56,11 @@ CLIENT_RECORDS: dict[str, type] = {ADAPTER: ArrayRecord, METRICS: MetricRecord, 
 # Setting this environment variable on a SuperNode makes its ClientApp append one JSON line per reply.
 WIRE_LOG_ENV = "FEDSPEAR_FLOWER_WIRE_LOG"
 
-# The scalar metrics a client update may report (the algorithms' rollout and training metrics; loss terms are
-# ``loss_<field>`` of the loss functions' stats, see fedspear.algorithms.losses), plus the wire's own keys.
-METRIC_NAMES = frozenset({
-    "prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "y1_accuracy",
-    "needs_revision", "revision_successes", "wins_revision", "losses_fixed", "losses_unfixed", "mean_reward",
-    "zero_advantage_groups", "teacher_prompts_truncated", "feedback_calls", "generation_s", "feedback_s",
-    "wins", "losses", "losses_used", "skipped_no_wins", "steps", "skipped_steps", "tokens_trained", "tokens_forward",
-    "training_s", "store_interactions", WEIGHT_KEY, PUBLISHED_KEY,
-    # the client update's memory (fedspear.federation.resources)
-    "peak_rss_mb", "update_rss_peak_mb", "cuda_peak_mb",
-})
-LOSS_TERMS = ("total", "loss", "win", "lose", "n_win_tokens", "n_lose_positions", "n_above_margin", "mean_lose_p",
-              "policy", "kl", "clip_frac", "ratio", "sd", "rl0", "rl1", "kl0", "kl1", "distill", "n_tokens")
-METRIC_PATTERN = re.compile(r"revision_(attempts|successes)_\d{1,2}|loss_(" + "|".join(LOSS_TERMS) + ")")
+# The wire's own metric keys; every other metric name must be declared where it is made (fedspear.metrics: the
+# algorithms' ``metrics`` class attributes, the feedback user model's feedback_* counts).
+WIRE_METRICS = frozenset({WEIGHT_KEY, PUBLISHED_KEY})
+# At most this many metrics in one record: a reply cannot grow without bound through its metric names.
+MAX_METRICS = 512
 # Metrics each client record may hold.
 RECORD_METRICS: dict[str, frozenset[str] | None] = {METRICS: None, IDENTITY: frozenset({CLIENT_ID_KEY, SERVES_PAGE_KEY})}
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})  # bfloat16 travels as float32
@@ -129,21 +121,7 @@ def known_metric(name: str, record: str = METRICS) -> bool:
     allowed = RECORD_METRICS.get(record, frozenset())
     if allowed is not None:
         return name in allowed
-    return name in METRIC_NAMES or METRIC_PATTERN.fullmatch(name) is not None
-
-
-def _scalar(value: Any) -> int | float | None:
-    """A MetricRecord value for ``value``: a finite number (bool as int); None for anything else (lists too)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    item = getattr(value, "item", None)  # numpy / torch scalars
-    if callable(item) and getattr(value, "ndim", 0) == 0:
-        return _scalar(item())
-    return None
+    return name in WIRE_METRICS or is_declared(name)
 
 
 def metrics_to_record(metrics: dict[str, Any], weight: float) -> MetricRecord:
@@ -151,10 +129,11 @@ def metrics_to_record(metrics: dict[str, Any], weight: float) -> MetricRecord:
     (strings, None, NaN, lists, nested) are dropped, the unknown names logged locally."""
     record = {}
     for key, value in metrics.items():
-        number = _scalar(value)
+        number = numeric(value)
         if not known_metric(str(key)):
-            logger.warning("metric %r is not one the wire carries; dropped", str(key)[:40])
-        elif number is not None:
+            logger.warning("metric %r is not one the wire carries (declare it where it is made, see "
+                           "docs/algorithms.md); dropped", str(key)[:40])
+        elif number is not None and len(record) < MAX_METRICS - 1:
             record[str(key)] = number
     record[WEIGHT_KEY] = float(weight)
     return MetricRecord(record)
@@ -224,6 +203,8 @@ def check_client_content(content: RecordDict, reference: ArrayRecord | State | N
                 if tuple(array.shape) != layout[key]:
                     raise WireError(f"adapter tensor '{key}' has shape {tuple(array.shape)}, expected {layout[key]}")
         if isinstance(record, MetricRecord):
+            if len(record) > MAX_METRICS:
+                raise WireError(f"'{name}' holds {len(record)} metrics, more than {MAX_METRICS}")
             for key, value in record.items():
                 if not known_metric(key, name):
                     raise WireError(f"'{name}' may not hold a metric of that name ({len(key)} characters)")

@@ -10,24 +10,28 @@ The page (``/``, files in ``static/``) drives the JSON API below; the OpenAPI do
     POST /api/interactions/{id}/close                                 give up on the question
     GET  /api/interactions/{id}, GET /api/interactions?limit=         stored interactions
 
-Every ``/api/`` call needs the state folder's secret token in the ``X-Fedspear-Token`` header
-(:mod:`fedspear.serve.security`; the page reads it once from the ``?token=`` URL ``fedspear serve`` prints), and
-every POST a ``Content-Type: application/json``: a plain HTML form cannot send either, and a cross-origin
+Every ``/api/`` call needs this server's secret, drawn at its start and never written anywhere
+(:mod:`fedspear.serve.security`): the page carries it in an ``HttpOnly``, ``SameSite=Strict`` cookie that
+``GET /?login=<one-time code>`` (the link ``fedspear serve`` prints) sets once before redirecting to ``/``;
+programs in the same process may send it in the ``X-Fedspear-Token`` header instead (``app.state.secret``).
+Every POST also needs ``Content-Type: application/json``: a plain HTML form cannot send it, and a cross-origin
 ``fetch`` that tries needs a CORS preflight, which is never granted. The page and its static files need no
-token (they hold no data).
+login (they hold no data); no response may be framed (``X-Frame-Options: DENY``, CSP ``frame-ancestors 'none'``).
 
 Streamed answers are newline-delimited JSON (``application/x-ndjson``): ``start``, ``token``..., then ``done``
 (sent only after the trace is committed) or ``error``. Requests are refused with a 4xx status code and a
-``detail`` message: 401 missing or wrong token, 404 unknown id, 409 the interaction is in another state (e.g.
+``detail`` message: 401 not logged in, 404 unknown id, 409 the interaction is in another state (e.g.
 judged in another tab), 411/413 missing length or body over the limit, 415 a POST that is not JSON, 422 bad
-input (too long, empty, control characters, invalid Unicode), 429 over the rate limit (``Retry-After`` says when
-to retry). Requests whose Host is not the bound loopback name are refused (no DNS rebinding), and without CORS
-other sites cannot call the API.
+input (too long, empty, control characters, invalid Unicode, a question that leaves no room for a revision),
+429 over the rate limit (``Retry-After`` says when
+to retry). Requests whose Host is not a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``, with or
+without a port) are refused with 400 (no DNS rebinding), and without CORS other sites cannot call the API. A used,
+unknown or earlier server's login code answers 403.
 
-The rate limit (answers per minute) is keyed on the peer address of a request that carried the valid token,
+The rate limit (answers per minute) is keyed on the peer address of a request that carried the valid secret,
 never on a header the client picks: it protects the device (one answer is generated at a time, so a runaway
 script or a stuck page would starve the person's own answers and fill the store with traces training would
-use), not secrecy, which the token provides.
+use), not secrecy, which the secret provides.
 
 Run it with ``fedspear serve [--config PRESET] [--state DIR] [--port N] [KEY=VALUE ...]`` (binds 127.0.0.1).
 """
@@ -51,13 +55,13 @@ from typing import Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from fedspear.serve.gates import PAGE_CSP, HostCheck, NoFraming, SessionGate, server_port
 from fedspear.serve.runtime import ClientRuntime, Plan
-from fedspear.serve.security import TOKEN_HEADER, page_url, token_matches
+from fedspear.serve.security import LOGIN_PARAM, TOKEN_HEADER, LoginCodes, cookie_name, new_secret, page_url, url_host
 from fedspear.serve.store import NotFoundError, StateError, StoreError
 
 logger = logging.getLogger("fedspear")
@@ -76,14 +80,13 @@ class ServeOptions:
     Attributes:
         rate_per_minute: answers (questions + revisions) one client may request per minute.
         max_body_bytes: largest request body accepted.
-        allowed_hosts: Host header values accepted (["*"] = any); default the loopback names.
-        token: the secret every API call must carry (None = the runtime's, i.e. the state folder's token).
+        allowed_hosts: host names accepted in the Host header, with or without a port (["*"] = any); default the
+            loopback names. An IPv6 address may be given with or without brackets.
     """
 
     rate_per_minute: int = 30
     max_body_bytes: int = 1024 * 1024
     allowed_hosts: list[str] | None = None
-    token: str | None = None
 
 
 # --------------------------------------------------------------------------- request and response bodies
@@ -177,7 +180,7 @@ class ErrorBody(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": why} for code, why in [
     (400, "malformed request (body not UTF-8 JSON, bad Content-Length or Host)"),
-    (401, "missing or wrong X-Fedspear-Token"),
+    (401, "not logged in (no valid session cookie or X-Fedspear-Token of this server's start)"),
     (404, "unknown interaction or task item"), (409, "the interaction is in another state"),
     (411, "a body without Content-Length"), (413, "body over the size limit"),
     (415, "a POST without Content-Type: application/json"),
@@ -241,40 +244,10 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
-class TokenGate:
-    """ASGI middleware: every ``/api/`` request needs ``token`` in the ``X-Fedspear-Token`` header (else 401),
-    and every POST a JSON content type (else 415), checked before the body is read."""
-
-    UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app, self.token = app, token
-        self.header = TOKEN_HEADER.lower().encode()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
-            headers = dict(scope.get("headers", []))  # lower-case names; the last of repeated headers
-            status, detail = 0, ""
-            if not token_matches(headers.get(self.header), self.token):
-                status, detail = 401, ("missing or wrong token: open the page with the URL `fedspear serve` printed "
-                                       "(http://127.0.0.1:PORT/?token=...), or send the state folder's `token` "
-                                       f"file in the {TOKEN_HEADER} header")
-            elif scope["method"] in self.UNSAFE:
-                kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-                if kind != b"application/json":
-                    status, detail = 415, "send the request body as JSON (Content-Type: application/json)"
-            if status:
-                await JSONResponse({"detail": detail}, status_code=status,
-                                   headers={"WWW-Authenticate": TOKEN_HEADER} if status == 401 else None)(
-                    scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _client_key(request: Request, token: str) -> str:
-    """The rate-limit key: the peer address and (a digest of) the token it proved, never a client-chosen header."""
+def _client_key(request: Request, secret: str) -> str:
+    """The rate-limit key: the peer address and (a digest of) the secret it proved, never a client-chosen header."""
     peer = request.client.host if request.client else "unknown"
-    return f"{peer}|{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+    return f"{peer}|{hashlib.sha256(secret.encode()).hexdigest()[:16]}"
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -302,7 +275,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def _session_name(session: str | None) -> str:
-    """The page's tab label stored with an interaction (not an identity: any caller with the token may set it)."""
+    """The page's tab label stored with an interaction (not an identity: any logged-in caller may set it)."""
     return session if session and _SESSION_RE.match(session) else "anonymous"
 
 
@@ -374,23 +347,30 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
         options: web-layer settings.
 
     Returns:
-        The app; run it with uvicorn, or call it in-process (tests).
+        The app; run it with uvicorn, or call it in-process (tests). ``app.state.secret`` is this app's secret
+        (random, in memory only: a new app, i.e. a new server start, accepts no earlier login) and
+        ``app.state.login`` its :class:`~fedspear.serve.security.LoginCodes` (``issue()`` makes a one-time code
+        for :func:`~fedspear.serve.security.page_url`).
     """
     options = options or ServeOptions()
-    token = options.token or runtime.token
+    secret = new_secret()
+    login = LoginCodes()
     limiter = RateLimiter(options.rate_per_minute)
     app = FastAPI(title="fedspear client", version="1", docs_url=None, redoc_url=None,
                   description="Ask, judge, hint, revise; every trace stays on this device. Every /api/ call needs "
-                              f"the state folder's token in the {TOKEN_HEADER} header.")
-    app.add_middleware(TokenGate, token=token)
+                              "the session cookie set by the one-time link `fedspear serve` prints (or, from the "
+                              f"same process, this start's secret in the {TOKEN_HEADER} header).")
+    app.add_middleware(SessionGate, secret=secret)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts or LOOPBACK_NAMES)
+    app.add_middleware(HostCheck, allowed=options.allowed_hosts or LOOPBACK_NAMES)
+    app.add_middleware(NoFraming)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.state.runtime = runtime
+    app.state.runtime, app.state.secret, app.state.login = runtime, secret, login
+    gate = SessionGate(None, secret)
 
     def rate_check(request: Request) -> None:
-        wait = limiter.hit(_client_key(request, token))
+        wait = limiter.hit(_client_key(request, secret))
         if wait is not None:
             raise HTTPException(429, f"too many answers requested; at most {options.rate_per_minute} per minute, "
                                      f"retry in {wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))})
@@ -408,10 +388,19 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
         return {k: v for k, v in done.items() if k != "event"}
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        # opened as /?token=...: no-referrer keeps the token out of any request the page makes elsewhere
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store",
-                                                                "Referrer-Policy": "no-referrer"})
+    def index(request: Request) -> Response:
+        private = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+        if LOGIN_PARAM not in request.query_params:
+            return FileResponse(STATIC_DIR / "index.html", headers={**private, "Content-Security-Policy": PAGE_CSP})
+        # the one-time link: exchange the code for the session cookie, then a clean URL (no secret in history)
+        if login.redeem(request.query_params.get(LOGIN_PARAM)):
+            done = RedirectResponse("/", status_code=303, headers=private)
+            done.set_cookie(cookie_name(server_port(request.scope)), secret, path="/", httponly=True,
+                            samesite="strict")
+            return done
+        if gate.logged_in(request.scope):  # this browser is in already (the link opened twice)
+            return RedirectResponse("/", status_code=303, headers=private)
+        return HTMLResponse(_USED_LINK_PAGE, status_code=403, headers={**private, "Content-Security-Policy": PAGE_CSP})
 
     @app.get("/api/status", responses=_ERRORS, summary="model, served adapter, store counts and limits")
     def status() -> dict[str, Any]:
@@ -480,6 +469,15 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
     return app
 
 
+_USED_LINK_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedspear client</title></head>
+<body><h1>This login link does not work (any more)</h1>
+<p>A link printed by <code>fedspear serve</code> logs in one browser, once, and only while the server that printed it
+runs. This one was used already, or belongs to an earlier start. If this browser logged in with it, open
+<a href="/">the page</a>; otherwise restart <code>fedspear serve</code> and open the new link it prints.</p>
+</body></html>
+"""
+
+
 def _view(runtime: ClientRuntime, interaction: Any) -> dict[str, Any]:
     from fedspear.serve.runtime import interaction_view
 
@@ -510,14 +508,14 @@ class ThreadedServer:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
         import uvicorn
 
-        self.host, self.port = host, port or free_port(host)
+        self.app, self.host, self.port = app, host, port or free_port(host)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
                                                     access_log=False))
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
@@ -545,6 +543,6 @@ def serve(runtime: ClientRuntime, host: str = "127.0.0.1", port: int = 8000,
         options.allowed_hosts = ["*"]
     app = create_app(runtime, options)
     logger.info("fedspear serve: state %s", runtime.state_dir)
-    # printed once, as notebook servers do: whoever has this URL (or reads STATE/token) can use the page
-    print(f"fedspear serve: open {page_url(host, port, options.token or runtime.token)}", flush=True)
+    # printed once: the first browser that opens it gets this start's session cookie, and the code is used up
+    print(f"fedspear serve: open {page_url(host, port, app.state.login.issue())}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

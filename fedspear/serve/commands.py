@@ -3,9 +3,9 @@
     fedspear serve [--config FILE|PRESET] [--state DIR] [--host 127.0.0.1] [--port 8000] [KEY=VALUE ...]
     fedspear train-local [--config FILE|PRESET] [--state DIR] [--client-id 0] [--lr LR] [KEY=VALUE ...]
 
-Both work on a client *state folder* (default ``fedspear-client``, owner-only): ``traces.sqlite``, ``adapters/``,
-``token`` (the page's secret, see :mod:`fedspear.serve.security`) and ``config.yaml``, the resolved config of the
-last ``serve``. Without ``--config``, a command uses the folder's
+Both work on a client *state folder* (default ``fedspear-client``, owner-only): ``traces.sqlite``, ``adapters/``
+and ``config.yaml``, the resolved config of the last ``serve``. It holds no secret: ``serve`` prints a one-time
+login link whose session ends with the process (:mod:`fedspear.serve.security`). Without ``--config``, a command uses the folder's
 ``config.yaml`` when there is one, else the default preset (the built-in world), so ``train-local`` trains
 the model that ``serve`` serves.
 """
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise ConfigError("--threads must be 0 (model.torch_threads decides) or more")
     state = Path(args.state)
-    secure_state(state)  # owner-only folder and its token, before anything is written into it
+    secure_state(state)  # owner-only folder, before anything is written into it
     TraceStore(state / STORE_FILE).close()  # a damaged store fails now, not after loading the model
     initial = load_peft_adapter(args.adapter) if args.adapter else None
     if args.threads > 0:  # load_policy applies model.torch_threads (fedspear.threads)
@@ -130,7 +130,7 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     if not (state / "traces.sqlite").is_file():
         raise FileNotFoundError(f"{state / 'traces.sqlite'}: no trace store; start `fedspear serve --state {state}` "
                                 "and answer some questions first")
-    secure_state(state)  # the page's folder and token: owner-only, as `serve` keeps them
+    secure_state(state)  # the page's folder: owner-only, as `serve` keeps it
     engine, cfg = load_policy(cfg)
     summary = train_local(engine, get_task(cfg.data.dataset), cfg, state, client_id=args.client_id, lr=args.lr)
     if summary["published"] is None:

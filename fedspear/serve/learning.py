@@ -1,11 +1,13 @@
 """SPEAR's client update, trained from a served client's trace store (people's feedback instead of the oracle).
 
-The store replaces SPEAR's rollout (SPEAR.md 2.1-2.4): the answers were generated when people asked, and
+The store replaces SPEAR's rollout (docs/algorithms.md, "SPEAR"): the answers were generated when people asked, and
 their verdicts and hints are the feedback source. The traces are exactly those the oracle rollout builds:
 
     first answer accepted                     -> win  (x0, y0)
-    a revision accepted (a verified fix)      -> win  (x0, y')  and lose (x0, y0) with confidence 1.0
-    wrong, and no accepted revision           -> lose (x0, y0) with confidence 0.5
+    a revision accepted (a verified fix)      -> win  (x0, y')  and lose (x0, y0) with confidence c_fixed
+    wrong, and no accepted revision           -> lose (x0, y0) with confidence c_unfixed
+
+(``spear.confidence_fixed`` and ``spear.confidence_unfixed``, 1.0 and 0.5 by default, as in the oracle rollout)
 
 where x0 is the task prompt's ids and y0 / y' the sampled ids, as stored. The revision is trained under the
 original prompt, so the hint is distilled into the policy. Training is :meth:`fedspear.algorithms.spear.Spear.train`
@@ -34,7 +36,8 @@ import torch
 
 from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
 from fedspear.algorithms.registry import build_algorithm
-from fedspear.algorithms.spear import FeedbackRollout, Spear
+from fedspear.algorithms.settings import SpearSettings
+from fedspear.algorithms.spear import FeedbackRollout, Spear, add_fixed, add_unfixed, count_revision, outcome_metrics
 from fedspear.config import Config
 from fedspear.federation.partition import client_seed
 from fedspear.federation.resources import measured
@@ -48,17 +51,25 @@ logger = logging.getLogger("fedspear")
 ALGORITHMS = ("spear", "feedback_sft")
 
 
-def rollout_from_interactions(interactions: list[Interaction]) -> FeedbackRollout:
+def rollout_from_interactions(interactions: list[Interaction],
+                              settings: SpearSettings | None = None) -> FeedbackRollout:
     """Turn closed, judged interactions into SPEAR's wins and losses, with the rollout's metrics.
+
+    Wins, losses and the outcome metrics are built by the same functions as SPEAR's oracle rollout
+    (:func:`~fedspear.algorithms.spear.add_fixed`, :func:`~fedspear.algorithms.spear.add_unfixed`,
+    :func:`~fedspear.algorithms.spear.outcome_metrics`).
 
     Args:
         interactions: interactions in state accepted, fixed or unfixed (others are skipped).
+        settings: the ``spear`` section (the confidences ``spear.confidence_fixed`` / ``spear.confidence_unfixed``);
+            default: its defaults (1.0 / 0.5).
 
     Returns:
-        The rollout: wins, losses (confidence 1.0 fixed / 0.5 unfixed) and metrics (prompts, y0 accuracy,
-        revision attempts and successes per attempt index, generation seconds, the people's feedback
-        seconds and generated tokens).
+        The rollout: wins, losses (confidence ``confidence_fixed`` fixed / ``confidence_unfixed`` unfixed) and
+        metrics (prompts, y0 accuracy, revision attempts and successes per attempt index, generation seconds,
+        the people's feedback seconds and generated tokens).
     """
+    settings = settings or SpearSettings()
     rollout = FeedbackRollout()
     m: dict[str, float] = {"prompts": 0, "wins_y0": 0, "needs_revision": 0, "generation_s": 0.0,
                            "feedback_s": 0.0, "tokens_generated": 0, "generations": 0}
@@ -75,9 +86,7 @@ def rollout_from_interactions(interactions: list[Interaction]) -> FeedbackRollou
             if prev is not None and prev.verdict_at is not None:  # the person's time to write the hint
                 m["feedback_s"] += max(0.0, a.created_at - a.gen_seconds - prev.verdict_at)
             if a.idx > 0:
-                m[f"revision_attempts_{a.idx}"] = m.get(f"revision_attempts_{a.idx}", 0) + 1
-                if a.verdict:
-                    m[f"revision_successes_{a.idx}"] = m.get(f"revision_successes_{a.idx}", 0) + 1
+                count_revision(m, a.idx, bool(a.verdict))
         if it.state == ACCEPTED:
             m["wins_y0"] += 1
             rollout.wins.append(Trace(x0, first.completion_ids, text=first.text))
@@ -85,14 +94,10 @@ def rollout_from_interactions(interactions: list[Interaction]) -> FeedbackRollou
         m["needs_revision"] += 1
         if it.state == FIXED:
             fixed = it.attempts[-1]
-            rollout.wins.append(Trace(x0, fixed.completion_ids, text=fixed.text))  # y' trained under x0
-            rollout.losses.append(Trace(x0, first.completion_ids, confidence=1.0, text=first.text))
+            add_fixed(rollout, settings, x0, first.completion_ids, first.text, fixed.completion_ids, fixed.text)
         else:
-            rollout.losses.append(Trace(x0, first.completion_ids, confidence=0.5, text=first.text))
-    m["y0_accuracy"] = m["wins_y0"] / max(1, m["prompts"])
-    m["wins_revision"] = m["revision_successes"] = sum(v for k, v in m.items() if k.startswith("revision_successes_"))
-    m["losses_fixed"] = sum(1 for t in rollout.losses if t.confidence == 1.0)
-    m["losses_unfixed"] = sum(1 for t in rollout.losses if t.confidence != 1.0)
+            add_unfixed(rollout, settings, x0, first.completion_ids, first.text)
+    outcome_metrics(m, len(rollout.losses))
     rollout.metrics = m
     return rollout
 
@@ -124,7 +129,7 @@ def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore
     if name not in ALGORITHMS or not isinstance(algorithm, Spear):
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
     interactions = store.training_candidates(model_fingerprint(engine), cfg.fl.local_rollout_steps)
-    rollout = rollout_from_interactions(interactions)
+    rollout = rollout_from_interactions(interactions, algorithm.settings)
     result, memory = measured(lambda: algorithm.train(engine, job, rollout))  # feedback_sft: lambda_lose = 0
     result.metrics.update(memory)  # peak memory of the update (fedspear.federation.resources)
     result.metrics["store_interactions"] = len(interactions)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedspear.config import Config
-from fedspear.generation import GenSettings
+from fedspear.generation import GenSettings, rollout_settings
 from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, LiveAdapter
 from fedspear.serve.learning import update_from_store
@@ -43,9 +43,13 @@ logger = logging.getLogger("fedspear")
 
 
 
+HINT_ROOM_TOKENS = 16  # tokens kept free for the person's hint when a question is asked (docs/serving.md)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Input limits (characters); prompts must also fit ``model.max_seq_len`` with the answer's tokens."""
+    """Input limits (characters); prompts must also fit ``model.max_seq_len`` with the answer's tokens, and a
+    question must leave room for a revision prompt around it (:meth:`ClientRuntime.prepare_ask`)."""
 
     max_question_chars: int = 2000
     max_hint_chars: int = 500
@@ -104,7 +108,7 @@ def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> 
     """The feedback section of a revision prompt from a person's hint, in the oracle's structure.
 
     The oracle's feedback is a verdict naming the given answer, one hint, the required format and a request not
-    to repeat the answer (SPEAR.md section 7). A person gives the verdict (a click) and the hint (typed); the
+    to repeat the answer (docs/deviations.md, section 5). A person gives the verdict (a click) and the hint (typed); the
     client writes the other lines around the hint, so the model reads people's feedback in the form it was
     trained on. Nothing is added that the person did not say or that the task does not already state: the
     verdict, the model's own answer, the answer format.
@@ -140,8 +144,8 @@ class ClientRuntime:
         engine: a loaded policy (model, tokenizer, adapter).
         task: the served task (prompts, answer format, verifier).
         cfg: the client's config, with the policy's (capped) ``model.max_seq_len`` (``models.fit_config``).
-        state_dir: the client's state folder; holds ``traces.sqlite``, ``adapters/`` and ``token`` (made
-            owner-only, :func:`fedspear.serve.security.secure_state`; the token is ``self.token``).
+        state_dir: the client's state folder; holds ``traces.sqlite`` and ``adapters/`` (made owner-only,
+            :func:`fedspear.serve.security.secure_state`; the page's secret lives in the app, never here).
         limits: input limits.
         token_delay_s: pause after each generated token (demos and crash tests).
         initial_adapter: adapter tensors to publish and serve at start (``fedspear serve --adapter``).
@@ -157,7 +161,7 @@ class ClientRuntime:
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
         self.lock = threading.Lock()
-        self.token = secure_state(self.state_dir)  # owner-only folder; the API's secret token
+        secure_state(self.state_dir)  # owner-only folder
         self.store = TraceStore(self.state_dir / STORE_FILE)
         self.registry = AdapterRegistry(self.state_dir / ADAPTERS_DIR)
         self.live = LiveAdapter(engine, self.registry)
@@ -211,16 +215,42 @@ class ClientRuntime:
 
     def settings(self, revision: bool) -> GenSettings:
         """Decoding settings of first answers / revisions (``gen.*``, as in SPEAR's rollout)."""
-        gen = self.cfg.gen
-        return GenSettings(gen.max_new_tokens_y1 if revision else gen.max_new_tokens_y0, gen.do_sample,
-                           gen.temperature, gen.top_p, gen.top_k)
+        return rollout_settings(self.cfg.gen, revision)
 
-    def _encode(self, prompt: str, settings: GenSettings, what: str) -> list[int]:
-        ids = self.engine.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    def _encode(self, prompt: str, settings: GenSettings, what: str, fix: str = "") -> list[int]:
+        ids = self.engine.encode(prompt)
         room = self.cfg.model.max_seq_len - settings.max_new_tokens
         if len(ids) > room:
-            raise ValueError(f"{what} is too long: {len(ids)} tokens, at most {room} fit this model")
+            raise ValueError(f"{what} is too long: {len(ids)} tokens, at most {room} fit this model{fix}")
         return ids
+
+    def _check_revision_room(self, prompt: str, prompt_tokens: int) -> None:
+        """Refuse a question whose answers could never be revised: with the longest first answer
+        (``gen.max_new_tokens_y0`` tokens) and a short hint (:data:`HINT_ROOM_TOKENS`), its revision prompt plus
+        the revision's ``gen.max_new_tokens_y1`` new tokens must fit ``model.max_seq_len``.
+
+        The revision prompt is built as :meth:`prepare_revise` builds it (the configured
+        ``gen.revision_template``), with an empty answer and a one-letter hint whose tokens are then added.
+
+        Raises:
+            ValueError: the question leaves no such room; the message says by how many tokens to shorten it.
+        """
+        gen = self.cfg.gen
+        if gen.num_revisions < 1:
+            return  # this client never revises
+        skeleton = build_revision_prompt(prompt, "", person_feedback(self.task, prompt, "", "x"),
+                                         self.task.answer_format, gen.revision_template)
+        needed = len(self.engine.encode(skeleton)) + gen.max_new_tokens_y0 \
+            + HINT_ROOM_TOKENS
+        room = self.cfg.model.max_seq_len - gen.max_new_tokens_y1
+        if needed > room:
+            most = max(0, prompt_tokens - (needed - room))
+            raise ValueError(
+                f"the question is too long to be revised after a wrong answer: its prompt is {prompt_tokens} tokens, "
+                f"at most {most} leave room for a revision prompt (instructions, the question, an answer of up to "
+                f"{gen.max_new_tokens_y0} tokens and a short hint: {needed - prompt_tokens} tokens more) and its "
+                f"{gen.max_new_tokens_y1} new tokens within model.max_seq_len={self.cfg.model.max_seq_len}; "
+                f"shorten the question by at least {prompt_tokens - most} tokens")
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -228,7 +258,8 @@ class ClientRuntime:
         """Validate a question (free text, or a task item's id) and build its prompt.
 
         Raises:
-            ValueError: neither or both given, empty or too long.
+            ValueError: neither or both given, empty, too long, or too long to leave room for a revision
+                prompt (:meth:`_check_revision_room`).
             LookupError: unknown example id.
         """
         if (question is None) == (example_id is None):
@@ -243,6 +274,7 @@ class ClientRuntime:
             prompt = question_prompt(self.task, question)
         settings = self.settings(revision=False)
         ids = self._encode(prompt, settings, "the question")
+        self._check_revision_room(prompt, len(ids))
         return Plan(0, prompt, ids, settings, question=question, example_id=example_id, session=session)
 
     def prepare_revise(self, interaction_id: int, hint: str) -> Plan:
@@ -261,7 +293,8 @@ class ClientRuntime:
         prompt = build_revision_prompt(interaction.prompt, interaction.latest.text, feedback, self.task.answer_format,
                                        self.cfg.gen.revision_template)
         settings = self.settings(revision=True)
-        ids = self._encode(prompt, settings, "the revision prompt (question, answer and hint)")
+        ids = self._encode(prompt, settings, "the revision prompt (question, answer and hint)",
+                           "; shorten the hint")
         return Plan(len(interaction.attempts), prompt, ids, settings, interaction_id=interaction_id, feedback=hint)
 
     def run(self, plan: Plan, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:

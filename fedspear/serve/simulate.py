@@ -3,7 +3,7 @@
 A :class:`ScriptedPerson` is the task's oracle acting as a person: it asks a task item through the served
 client's HTTP API, judges the answer with the task's verifier, gives the oracle's partial feedback on the
 latest wrong answer as its hint, and accepts or rejects each revision, exactly as SPEAR's oracle rollout does
-(SPEAR.md 2.2-2.4), but through the same interface as a person at the page: it types the oracle's hint
+(docs/algorithms.md, "SPEAR"), but through the same interface as a person at the page: it types the oracle's hint
 sentence, and the page frames it as the oracle frames its feedback.
 
 :func:`run_federation` runs a whole federation of served clients offline, in one process: each client is a
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedspear.cli import setup_logging
 from fedspear.config import Config, load_config
+from fedspear.log import setup_logging
 from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
 
@@ -62,8 +62,8 @@ class ApiClient:
         base_url: e.g. ``http://127.0.0.1:8000``.
         session: the ``X-Fedspear-Session`` id this client sends.
         timeout_s: per-request timeout.
-        token: the served client's secret (``ClientRuntime.token``, its state folder's ``token`` file), sent in
-            the ``X-Fedspear-Token`` header.
+        token: the served app's secret of this start (``app.state.secret`` of
+            :func:`fedspear.serve.app.create_app`, in the same process), sent in the ``X-Fedspear-Token`` header.
     """
 
     def __init__(self, base_url: str, session: str = "scripted", timeout_s: float = 300.0, token: str = "") -> None:
@@ -230,6 +230,7 @@ class ServedClients:
     def __call__(self, plan: RoundPlan, global_state: dict[str, Any]) -> list[ClientReport]:
         """Run the round's conversations, then each selected client's update; one report per client."""
         from fedspear.federation.server import ClientReport
+        from fedspear.privacy import release_local_update
 
         outcomes, seen_before = [], set(self.asked)
         for cid in plan.selected:
@@ -237,8 +238,9 @@ class ServedClients:
             for ex in rng.sample(self.parts[cid], min(self.questions, len(self.parts[cid]))):
                 outcomes.append(self.people[cid].converse(ex))
                 self.asked.add(ex.id)
-        reports = [ClientReport.from_result(cid, self.runtimes[cid].train_from_store(plan.job(cid, [])))
-                   for cid in plan.selected]
+        reports = [ClientReport.from_result(cid, release_local_update(  # dp.mode=local: noise before it leaves
+            self.runtimes[cid].train_from_store(plan.job(cid, [])), global_state, self.runtimes[cid].cfg,
+            plan.round_idx, cid)) for cid in plan.selected]
         self.fields = _served_fields(outcomes, reports, seen_before)
         return reports
 
@@ -312,7 +314,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         for srv in servers:
             srv.__enter__()
         judged = task_with_feedback(task, cfg)  # the people judge and hint as feedback.provider does
-        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=runtimes[i].token), judged, cfg)
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=srv.app.state.secret), judged, cfg)
                   for i, srv in enumerate(servers)]
         runner = ServedClients(runtimes, people, parts, questions)
         server = FederatedServer(cfg, record, policies[-1], data.eval, publish=publish, task=task)
@@ -331,6 +333,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
             srv.__exit__()
         for rt in runtimes:
             rt.close()
+        record.release()  # the run folder is free again, however the federation ended
     return rows
 
 
@@ -362,7 +365,7 @@ def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, s
     rng = random.Random(seed)
     try:
         with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10**6))) as server:
-            api = ApiClient(server.url, session="latency", token=runtime.token)
+            api = ApiClient(server.url, session="latency", token=server.app.state.secret)
             person = ScriptedPerson(api, task, cfg)
             api.stream("/api/ask", {"question": "warm-up"})  # first call pays one-time costs
             for ex in rng.sample(examples, min(conversations, len(examples))):

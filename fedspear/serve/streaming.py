@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedspear.generation import Completion, GenSettings, cut_at_eos, eos_ids, merged_lora
+from fedspear.generation import Completion, GenSettings, cut_at_eos, decode_kwargs, eos_ids, merged_lora
 from fedspear.models import Policy, left_truncate
 
 _END = object()
@@ -107,12 +107,7 @@ def stream_answer(engine: Policy, prompt_ids: list[int], settings: GenSettings, 
     start = time.perf_counter()
     streamer = _PieceStreamer(tok, pieces, start, token_delay_s)
     eos = eos_ids(engine)
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample,
-                                  "pad_token_id": tok.pad_token_id, "eos_token_id": sorted(eos), "use_cache": True}
-    if settings.do_sample:
-        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    gen_kwargs = decode_kwargs(settings, tok.pad_token_id, eos)
     result: dict[str, Any] = {}
 
     def work() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fedspear import extensions  # the module (not its names): it imports tasks.base, so it may still be loading
+from fedspear.dotted import is_dotted
 from fedspear.tasks.arc import ArcChallengeTask
 from fedspear.tasks.base import DataError, Example, LoadStats, Task, TaskData
+from fedspear.tasks.custom import build_task
 from fedspear.tasks.hellaswag import HellaSwagTask
 from fedspear.tasks.math_mcqa import MathMCQATask
 from fedspear.tasks.strategy_qa import StrategyQATask
@@ -25,7 +26,7 @@ def get_task(name: str) -> Task:
 
     Args:
         name: one of arc_challenge, hellaswag, math_mcqa, strategy_qa, world; or a user's Task subclass as a
-            dotted path ``module:Class`` (:func:`fedspear.extensions.build_task`, ``docs/extending.md``).
+            dotted path ``module:Class`` (:func:`fedspear.tasks.custom.build_task`, ``docs/extending.md``).
 
     Returns:
         The task. "world" (the built-in synthetic world) is imported only when asked for.
@@ -34,8 +35,8 @@ def get_task(name: str) -> Task:
         DataError: unknown name; the message lists the valid ones.
         ConfigError: a dotted path that does not import or is not a usable Task subclass.
     """
-    if extensions.is_dotted(name):
-        return extensions.build_task(name)
+    if is_dotted(name):
+        return build_task(name)
     if name == "world":
         from fedspear.tasks.world import WorldTask
 

@@ -1,4 +1,4 @@
-"""ARC-Challenge: grade-school science questions with 3 to 5 lettered options (SPEAR.md section 7).
+"""ARC-Challenge: grade-school science questions with 3 to 5 lettered options (docs/extending.md, "A task").
 
 Rows come in two schemas, both accepted: the original AI2 JSONL (``question.stem`` and a
 ``question.choices`` list of ``{text, label}``) and the hub's ``ai2_arc`` schema (``question`` text and

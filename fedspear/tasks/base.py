@@ -1,6 +1,6 @@
 """What every task provides: examples, a prompt, a verifier and oracle feedback.
 
-A task is data + prompt + verifier + oracle feedback for one benchmark (SPEAR.md section 7). The gold
+A task is data + prompt + verifier + oracle feedback for one benchmark (docs/extending.md, "A task"). The gold
 answer lives in :class:`Example` but never enters a model context: only the verifier and the oracle
 read it (and OPSD's teacher, which is privileged by design).
 """
@@ -36,11 +36,28 @@ class Example:
 
 @dataclass
 class LoadStats:
-    """Counts from loading a dataset: rows read, kept, and skipped as malformed (by reason)."""
+    """Counts from loading a dataset: what was read, kept, and changed (docs/configuration.md, "Data").
+
+    Attributes:
+        read: rows read from the splits used.
+        kept: rows converted into examples.
+        skipped: rows that could not be used, by reason (malformed rows).
+        eval_overlap: evaluation rows dropped because their prompt (normalised: NFKC, case, spacing) is also a
+            training prompt.
+        long_prompts: prompts longer than the model's prompt budget, per side ("train", "eval"); what happened to
+            them is ``long_prompts_action`` (``data.long_prompts``).
+        long_prompts_action: "truncate" (cut from the left when encoded), "skip" (rows dropped) or "" (not
+            checked yet: the check needs the model's tokenizer).
+        prompt_budget: the budget in tokens per side, once checked.
+    """
 
     read: int = 0
     kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    eval_overlap: int = 0
+    long_prompts: dict[str, int] = field(default_factory=dict)
+    long_prompts_action: str = ""
+    prompt_budget: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -48,6 +65,16 @@ class LoadStats:
     @property
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as ``data_stats.json`` (and the round-0 metrics row's ``data``) record them."""
+        out: dict[str, Any] = {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
+                               "eval_overlap_dropped": self.eval_overlap}
+        if self.long_prompts_action:
+            out["long_prompts"] = {"action": self.long_prompts_action, **{side: self.long_prompts.get(side, 0)
+                                                                           for side in ("train", "eval")},
+                                   "budget_tokens": dict(self.prompt_budget)}
+        return out
 
 
 @dataclass

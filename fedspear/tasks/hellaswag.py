@@ -1,4 +1,4 @@
-"""HellaSwag: pick the most natural ending of a short passage among four (SPEAR.md section 7).
+"""HellaSwag: pick the most natural ending of a short passage among four (docs/extending.md, "A task").
 
 Hub rows (``activity_label``, ``ctx`` or ``ctx_a``/``ctx_b``, ``endings``, ``label`` as a string) get the
 usual clean-up of WikiHow markup (``[title]`` becomes a sentence break, other ``[tags]`` are removed);

@@ -14,7 +14,12 @@ Local formats (``data.path`` may be a file or a folder):
 
 In a folder, a file name containing ``train``, ``dev``/``validation``/``val``/``valid`` or ``test`` (as a
 word, e.g. ``ARC-Challenge-Dev.jsonl``) assigns the file to that split; files without one count as
-``train``; several files of one split are concatenated in name order.
+``train``; several files of one split are concatenated in name order. Text files are read as ``utf-8-sig`` (a
+byte-order mark is dropped).
+
+No evaluation prompt is a training prompt: an eval set carved out of one split is split by distinct prompt
+(:func:`carve_eval`), and rows of a separate eval split whose prompt is a training prompt are dropped and counted
+(:func:`drop_train_prompts`; docs/configuration.md, "Data").
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import gzip
 import io
 import itertools
 import json
+import logging
 import lzma
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from fedspear.tasks.base import DataError, Example, LoadStats, TaskData
+
+logger = logging.getLogger("fedspear")
 
 # A reader puts this key in a row it could not parse, so that the row is counted as skipped (by the
 # reason stored under the key) in the splits that are actually used, like any other malformed row.
@@ -141,10 +150,12 @@ def text_field(row: dict[str, Any], key: str) -> str:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """The file as text; ``utf-8-sig`` drops a UTF-8 byte-order mark (Windows editors and Excel write one), which
+    would otherwise make a JSON Lines file's first row unparseable and a CSV file's first header name wrong."""
     opener = _COMPRESSIONS.get(path.suffix.lower())
     if opener is not None:
-        return opener(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return opener(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def _format_suffix(path: Path) -> str:
@@ -357,21 +368,51 @@ def _seeded_rng(seed: int, tag: int) -> np.random.Generator:
 
 
 def carve_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split one pool into (train, eval): a seeded random ``fraction`` (at least 1 row) goes to eval.
+    """Split one pool into (train, eval) by prompt: a seeded random ``fraction`` (at least 1) of the distinct
+    prompts (:func:`prompt_key`) goes to eval with every row that repeats it, so no evaluation prompt is also a
+    training prompt.
 
-    Both parts keep the pool's order, are disjoint, and together hold every row.
+    Both parts keep the pool's order, are disjoint, and together hold every row. A pool without repeated prompts
+    is split exactly as row by row.
 
     Raises:
-        DataError: fewer than 2 rows, so there is nothing left to train on.
+        DataError: fewer than 2 distinct prompts, so there is nothing left to train on.
     """
-    if len(examples) < 2:
-        raise DataError(f"only {len(examples)} usable row(s): cannot carve an eval set out of a single split; "
-                        "add rows or give a separate eval split")
-    n_eval = min(len(examples) - 1, max(1, round(fraction * len(examples))))
-    chosen = set(_seeded_rng(seed, _CARVE_TAG).choice(len(examples), size=n_eval, replace=False).tolist())
+    groups: dict[str, list[int]] = {}
+    for index, ex in enumerate(examples):
+        groups.setdefault(prompt_key(ex.prompt), []).append(index)
+    if len(groups) < 2:
+        raise DataError(f"only {len(groups)} distinct prompt(s) in {len(examples)} usable row(s): cannot carve an "
+                        "eval set out of a single split; add rows or give a separate eval split")
+    members = list(groups.values())
+    n_eval = min(len(members) - 1, max(1, round(fraction * len(members))))
+    picked = _seeded_rng(seed, _CARVE_TAG).choice(len(members), size=n_eval, replace=False).tolist()
+    chosen = {index for group in picked for index in members[group]}
     train = [ex for i, ex in enumerate(examples) if i not in chosen]
     held_out = [ex for i, ex in enumerate(examples) if i in chosen]
     return train, held_out
+
+
+def prompt_key(prompt: str) -> str:
+    """A prompt in the form compared for train/eval overlap: NFKC, casefolded, whitespace runs as one space."""
+    return " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
+
+
+def drop_train_prompts(train: list[Example], held_out: list[Example], stats: LoadStats) -> list[Example]:
+    """``held_out`` without the rows whose prompt (:func:`prompt_key`) is also a training prompt.
+
+    A held-out score must not measure prompts the model trains on, so the evaluation side loses them and the
+    training side keeps every row. The count goes to ``stats.eval_overlap`` (``data_stats.json``:
+    ``eval_overlap_dropped``), with one warning.
+    """
+    seen = {prompt_key(ex.prompt) for ex in train}
+    kept = [ex for ex in held_out if prompt_key(ex.prompt) not in seen]
+    dropped = len(held_out) - len(kept)
+    if dropped:
+        stats.eval_overlap += dropped
+        logger.warning("dropped %d of %d evaluation rows whose prompt is also a training prompt "
+                       "(data_stats.json: eval_overlap_dropped)", dropped, len(held_out))
+    return kept
 
 
 def cap_examples(examples: list[Example], cap: int, seed: int) -> list[Example]:
@@ -432,6 +473,10 @@ def build_task_data(splits: dict[str, Rows], cfg: Any, convert: Converter, defau
         held_out = _convert(splits[eval_split], eval_split, convert, stats)
         if not held_out:
             raise DataError(f"no usable row in eval split '{eval_split}' of {source}; skipped: {stats.skipped}")
+    held_out = drop_train_prompts(train, held_out, stats)
+    if not held_out:
+        raise DataError(f"every evaluation prompt of {source} is also a training prompt; give an eval split "
+                        "with other questions (data.eval_split) or remove the repeated rows")
     return TaskData(train=train, eval=cap_examples(held_out, data.max_eval_examples, data.seed), stats=stats)
 
 

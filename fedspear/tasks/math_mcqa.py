@@ -1,19 +1,22 @@
-"""MATH-MCQA: competition math problems with four lettered options, solved step by step (SPEAR.md section 7).
+"""MATH-MCQA: competition math problems with four lettered options, solved step by step (docs/extending.md, "A task").
 
 Hub schema (``stellaathena/math_mcqa``): ``problem``, ``level``, ``type``, ``solution`` (LaTeX with a
 ``\\boxed{...}`` final answer), ``choices`` (option texts) and ``answer`` (the gold option's 0-based index).
 
 The oracle hint is the first few lines of the gold solution with every ``\\boxed{...}`` removed and every
 line dropped that states the gold option or a boxed answer in any equivalent spelling (compared in the canonical
-form of :func:`normalize_math`: ``\\dfrac34`` = ``3/4``, ``90^\\circ`` = ``90 degrees``, ...) or names the gold
-letter; when no line is left it falls back to the option-words hint, and to a generic hint when even that would
-reveal the answer.
+form of :func:`normalize_math`: ``\\dfrac34`` = ``3/4``, ``90^\\circ`` = ``90 degrees``, ...), or states its value
+as a number in another spelling (compared as exact fractions by :func:`numeric_values`: ``0.5`` = ``\\frac{1}{2}``,
+``1/4`` = ``0.25``, ``50\\%`` = ``0.5``), or names the gold letter, or holds a word shaped like an option marker
+(``C.``, ``(B)``); when no line is left it falls back to the option-words hint, and to a generic hint when even
+that would reveal the answer.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from fractions import Fraction
 from typing import Any
 
 from fedspear.tasks.base import LETTERS, Example, TaskData
@@ -22,9 +25,11 @@ from fedspear.tasks.multiple_choice import (
     MultipleChoiceTask,
     cut,
     format_options,
+    is_marker_word,
     last_declared_letter,
     names_letter,
     option_hint_sentence,
+    option_text,
     option_words_hint,
 )
 
@@ -91,7 +96,7 @@ def normalize_math(text: str) -> str:
     ``sqrt2``; degrees (``^\circ``, ``^{\circ}``, ``°``, ``degrees``) and percent signs dropped; ``\minus``,
     U+2212 and en dash -> ``-``; ``\cdot``/``\times`` -> ``*``; ``\le``/``\ge``/``\ne`` spellings; ``\pi`` -> ``π``;
     trailing zeros (``5.0``, ``5.50``) and thousands separators (``1{,}000``, ``1,000``); braces and parentheses
-    around a single number or name. Numeric equivalence (``0.5`` = ``1/2``) is not attempted.
+    around a single number or name. Numeric equivalence (``0.5`` = ``1/2``) is :func:`numeric_values`' job.
 
     Args:
         text: LaTeX or plain text.
@@ -162,14 +167,60 @@ def states_answer(flat: str, secrets: list[str]) -> bool:
     return False
 
 
-def solution_hint(solution: str, secrets: list[str], gold_letter: str) -> str | None:
-    """Up to 3 non-empty solution lines (300 characters) that reveal none of ``secrets`` nor the gold letter.
+# The canonical form has no spaces, so a number may touch letters ("x=0.5ofthetank"); only digits bound it.
+_NUMBER = re.compile(r"(?<![\d.])(-?)(\d+(?:\.\d+)?)(?:/(\d+(?:\.\d+)?))?(?!\d|\.\d)")
+_ONE_NUMBER = re.compile(r"-?\(?-?\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?\)?")
+_PERCENT = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*(?:\\%|%|percent\b)", re.IGNORECASE)
+
+
+def numeric_values(flat: str, raw: str = "") -> set[Fraction]:
+    """The exact values of the numbers in the canonical text ``flat`` (:func:`normalize_math`): integers, decimals
+    and fractions ``a/b`` (``\\frac{a}{b}`` after normalising), with a leading ``-`` or ``-(``; a number followed by a
+    percent sign in ``raw`` (the text before normalising) also counts as its hundredth (``50\\%`` -> 50 and 1/2).
+
+    Args:
+        flat: canonical text.
+        raw: the original text, read only for percent signs.
+
+    Returns:
+        The set of values (empty when no number is found; a zero denominator is skipped).
+    """
+    values: set[Fraction] = set()
+    for match in _NUMBER.finditer(flat):
+        negative = bool(match.group(1)) or flat[max(0, match.start() - 2) : match.start()] == "-("
+        denominator = Fraction(match.group(3)) if match.group(3) else Fraction(1)
+        if denominator:
+            value = Fraction(match.group(2)) / denominator
+            values.add(-value if negative else value)
+    values.update(Fraction(m.group(1)) / 100 for m in _PERCENT.finditer(raw))
+    return values
+
+
+def answer_values(texts: list[str]) -> set[Fraction]:
+    """The values of those answer texts (the gold option, the boxed answers) that are one number, also after the last
+    ``=`` (:func:`answer_spellings`), with a stated percent also as its hundredth: what no hint line may state."""
+    values: set[Fraction] = set()
+    for text in texts:
+        for spelling in answer_spellings(text):
+            if _ONE_NUMBER.fullmatch(spelling):
+                values |= numeric_values(spelling, text if _PERCENT.search(text) else "")
+    return values
+
+
+def solution_hint(solution: str, secrets: list[str], gold_letter: str, num_options: int = 4,
+                  values: set[Fraction] | None = None) -> str | None:
+    """Up to 3 non-empty solution lines (300 characters) that reveal none of ``secrets`` nor the gold letter, and
+    hold no word shaped like an option marker (``C.``, ``(B)``) of the ``num_options`` letters, which would point
+    the model at that option.
 
     Args:
         solution: the gold solution.
         secrets: canonical texts that must not appear (:func:`answer_spellings` of the gold option and the
             boxed answers), compared with :func:`states_answer`.
         gold_letter: the correct option's letter.
+        num_options: how many options the problem has.
+        values: answer values no line may state in any spelling (:func:`answer_values`), compared with
+            :func:`numeric_values`.
 
     Returns:
         The hint text, or None when no line qualifies.
@@ -178,7 +229,9 @@ def solution_hint(solution: str, secrets: list[str], gold_letter: str) -> str | 
     for line in remove_boxed(solution).splitlines():
         line = line.strip()
         flat = normalize_math(line)
-        if not flat or states_answer(flat, secrets) or names_letter(line, gold_letter):
+        if (not flat or states_answer(flat, secrets) or names_letter(line, gold_letter)
+                or (values and numeric_values(flat, line) & values)
+                or any(is_marker_word(word, LETTERS[:num_options]) for word in line.split())):
             continue
         lines.append(line)
         if len(lines) == HINT_MAX_LINES:
@@ -216,7 +269,7 @@ def math_row_to_example(row: dict[str, Any], row_id: str) -> Example:
         raise MalformedRow("missing choices")
     if len(raw) > len(LETTERS):
         raise MalformedRow("more options than letters")
-    choices = tuple("" if c is None else str(c).strip() for c in raw)
+    choices = tuple(option_text(c) for c in raw)
     if not all(choices):
         raise MalformedRow("empty option text")
     answer = LETTERS[_gold_index(row.get("answer"), len(choices))]
@@ -241,20 +294,25 @@ class MathMCQATask(MultipleChoiceTask):
     def load(self, cfg: Any) -> TaskData:
         return load_task_data(cfg, self.hub_id, math_row_to_example, default_eval=("test", "validation"))
 
-    def extract(self, completion: str, num_options: int | None = None) -> str | None:
-        """The letter of the last "Answer: X" declaration, else the last bare option letter."""
-        return last_declared_letter(completion, num_options or self.max_options)
+    def extract(self, completion: str, num_options: int | None = None,
+                choices: tuple[str, ...] | list[str] = ()) -> str | None:
+        """The letter of the last "Answer: X" declaration, else the last bare option letter (a reasoning task:
+        the options are not matched by text, ``choices`` is accepted for the multiple-choice interface)."""
+        return last_declared_letter(completion, num_options or len(choices) or self.max_options)
 
     def hint(self, example: Example, cfg: Any) -> str:
         """Solution lines, else the option words, else a generic hint; never the answer or the gold letter."""
         gold_text = example.choices[LETTERS.index(example.answer)]
         solution = str(example.meta.get("solution", ""))
-        secrets = [s for text in [gold_text, *boxed_answers(solution)] for s in answer_spellings(text)]
-        lines = solution_hint(solution, secrets, example.answer)
+        answers = [gold_text, *boxed_answers(solution)]
+        secrets = [s for text in answers for s in answer_spellings(text)]
+        values = answer_values(answers)
+        lines = solution_hint(solution, secrets, example.answer, len(example.choices), values)
         if lines is not None:
             return f"Hint: part of a correct solution:\n{lines}"
         found = option_words_hint(gold_text, cfg.feedback.mc_hint_words, example.answer)
-        if found is not None and not states_answer(normalize_math(found[0]), secrets):
+        if found is not None and not (states_answer(normalize_math(found[0]), secrets)
+                                      or numeric_values(normalize_math(found[0]), found[0]) & values):
             return option_hint_sentence(*found)
         return self.generic_hint
 

@@ -1,11 +1,16 @@
 """Shared parts of the multiple-choice tasks: lettered prompts, letter verifiers and the oracle's hint.
 
 The oracle hint for a wrong answer is the first ``feedback.mc_hint_words`` words of the correct option's
-text (SPEAR.md section 7), with two guards against the reference's leaks (reference-notes section 4.9):
+text (docs/extending.md, "A task"), with two guards against the reference's leaks (reference-notes section 4.9):
 when those words are the whole option, fewer are given (at most half of its words, at least one; none for a
 one-word option), and a word that names the gold letter (``\\bB\\b``, full-width ``Ｂ``, ``(b)``) is dropped,
-so the feedback never names the gold letter or states the gold option, in any case or width. If nothing is
-left, a generic hint is used.
+so the feedback never names the gold letter or states the gold option, in any case or width. A word shaped like an
+option marker of any letter (``C.``, ``(C)``, ``C)``) is dropped too: an option whose own text holds "C. ..." would
+otherwise send the model to option C. If nothing is left, a generic hint is used.
+
+Option texts are normalised when rows are loaded (:func:`option_text`: internal newlines and whitespace runs become
+one space, so an option cannot show a fake option line), and the verifiers read a completion with the option texts
+that hold such markers masked out (:func:`mask_option_texts`), so a quoted option text is never read as a letter.
 """
 
 from __future__ import annotations
@@ -22,6 +27,36 @@ FALLBACK_HINT = "Hint: reconsider the question."
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+def option_text(value: Any) -> str:
+    """An option's text as the prompt shows it: newlines and whitespace runs collapsed to one space, stripped
+    ("" for None), so that a newline inside an option cannot show a fake option line."""
+    return "" if value is None else " ".join(str(value).split())
+
+
+_MARKER_WORD = re.compile(r"^(?:[(\[][A-Za-z][)\]]|[A-Z][.):]|[a-z]\))[,;.:]?$")
+_MARKER_IN_TEXT = re.compile(r"(?<![\w'’])(?:[(\[][A-Za-z][)\]]|[A-Z][.):]|[a-z]\))(?!\w)")
+
+
+def is_marker_word(word: str, letters: str = LETTERS) -> bool:
+    """Whether ``word`` is shaped like an option marker of one of ``letters`` (any case): ``C.``, ``C)``, ``C:``,
+    ``(C)``, ``[c]``, ``c)``."""
+    if _MARKER_WORD.match(word) is None:
+        return False
+    return next(c for c in word if c.isalpha()).upper() in letters
+
+
+def mask_option_texts(completion: str, choices: tuple[str, ...] | list[str]) -> str:
+    """``completion`` with every occurrence of an option text that holds a marker-shaped letter (``"C. 12 volts"``)
+    replaced by a space, longest first, so that the verifier cannot read the option's own "C." as the model's letter.
+
+    Options without such a letter (``"oxygen"``, a bare ``"C"``) are left as they are.
+    """
+    texts = sorted({t for t in choices if _MARKER_IN_TEXT.search(t)}, key=len, reverse=True)
+    for text in texts:
+        completion = completion.replace(text, " ")
+    return completion
 
 
 def format_options(choices: tuple[str, ...] | list[str]) -> str:
@@ -55,6 +90,36 @@ def first_option_letter(text: str, num_options: int) -> str | None:
     """
     match = _letter_pattern(num_options).search(text or "")
     return match.group(1) if match else None
+
+
+_MARKED = re.compile(r"^\s*[(\[]?([A-Z])\s*(?:[.):\]]|$)")
+
+
+def option_by_text(text: str, choices: tuple[str, ...] | list[str], num_options: int) -> str | None:
+    """The letter of the option whose whole text the answer opens with, when the answer opens with no letter
+    marker ("B." / "(B)" / "B)" / a lone "B"); the longest such option, None when there is none or a tie.
+
+    Instruct models often answer a multiple-choice prompt by writing the option itself ("A woodpecker taps a
+    tree for insects"), where the first standalone capital is an article, not a letter. Matching is case- and
+    whitespace-insensitive and ignores a trailing period.
+
+    Args:
+        text: the model's output.
+        choices: the option texts in letter order.
+        num_options: how many letters are valid.
+    """
+    if not choices or _MARKED.match(text or ""):
+        return None
+    said = " ".join((text or "").split()).lower()
+    found = []
+    for i, option in enumerate(list(choices)[:num_options]):
+        body = " ".join(str(option).split()).lower().rstrip(".")
+        if body and said.startswith(body) and (len(said) == len(body) or not said[len(body)].isalnum()):
+            found.append((len(body), LETTERS[i]))
+    found.sort(reverse=True)
+    if not found or (len(found) > 1 and found[0][0] == found[1][0]):
+        return None
+    return found[0][1]  # the longest matching option ("water vapor" over "water")
 
 
 def last_option_letter(text: str, num_options: int) -> str | None:
@@ -125,7 +190,7 @@ def option_words_hint(option_text: str, max_words: int, gold_letter: str) -> tup
     count = min(max(1, max_words), len(words))
     if count >= len(words):  # the whole option would be given away: at most half of it, at least one word
         count = max(1, len(words) // 2)
-    kept = [word for word in words[:count] if not names_letter(word, gold_letter)]
+    kept = [word for word in words[:count] if not (names_letter(word, gold_letter) or is_marker_word(word))]
     if not kept or states_option(" ".join(kept), option_text):
         return None
     return " ".join(kept), len(kept) == count
@@ -179,12 +244,27 @@ class MultipleChoiceTask(Task):
     hint_nudge: str = ""
     generic_hint: str = "Hint: compare every option with the question and rule out the ones that cannot be right."
 
-    def extract(self, completion: str, num_options: int | None = None) -> str | None:
-        """The first option letter in the completion (valid letters: ``num_options`` or ``max_options``)."""
-        return first_option_letter(completion, num_options or self.max_options)
+    def extract(self, completion: str, num_options: int | None = None,
+                choices: tuple[str, ...] | list[str] = ()) -> str | None:
+        """The option the completion declares (valid letters: ``num_options`` or ``max_options``).
+
+        With the example's ``choices`` known, an answer that opens with an option's whole text and no letter
+        marker (an instruct model's "A woodpecker taps a tree for insects") is that option, not the article "A"
+        (:func:`option_by_text`); otherwise the first option letter.
+        """
+        num = num_options or len(choices) or self.max_options
+        return option_by_text(completion, choices, num) or first_option_letter(completion, num)
+
+    def extract_for(self, example: Example, completion: str) -> str | None:
+        """The letter the completion gives for ``example``: the option whose whole text it opens with
+        (:func:`option_by_text`), else the letter read with the example's marker-holding option texts masked out
+        (:func:`mask_option_texts`)."""
+        num = len(example.choices)
+        return (option_by_text(completion, example.choices, num)
+                or self.extract(mask_option_texts(completion, example.choices), num))
 
     def is_correct(self, example: Example, completion: str) -> bool:
-        return self.extract(completion, len(example.choices)) == example.answer
+        return self.extract_for(example, completion) == example.answer
 
     def hint(self, example: Example, cfg: Any) -> str:
         """The single hint sentence (with the task's nudge) for a wrong answer to ``example``.
@@ -202,7 +282,7 @@ class MultipleChoiceTask(Task):
 
     def feedback(self, example: Example, completion: str, cfg: Any) -> str:
         """Verdict naming the model's letter, one hint, the required format, and a request not to repeat."""
-        intro, repeat = letter_verdict(self.extract(completion, len(example.choices)), example.answer)
+        intro, repeat = letter_verdict(self.extract_for(example, completion), example.answer)
         return compose_feedback(intro, self.hint(example, cfg), f"Required format: {self.answer_format}.", repeat)
 
     def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
@@ -231,7 +311,7 @@ def choices_and_answer(texts: list[Any], labels: list[Any], key: Any) -> tuple[t
         raise MalformedRow("fewer than 2 options")
     if len(texts) > len(LETTERS):
         raise MalformedRow("more options than letters")
-    options = tuple("" if t is None else str(t).strip() for t in texts)
+    options = tuple(option_text(t) for t in texts)
     if not all(options):
         raise MalformedRow("empty option text")
     label_strs = [str(label).strip() for label in labels]

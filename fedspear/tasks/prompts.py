@@ -1,7 +1,7 @@
-"""Prompt templates shared by every task: the revision prompt (SPEAR.md section 7).
+"""Prompt templates shared by every task: the revision prompt (docs/algorithms.md, notation; docs/deviations.md, section 5).
 
 The revision prompt has sections for the task, the previous answer (marked as not to be copied), the
-feedback, and instructions; it ends with a cue for the corrected solution. SPEAR.md section 7 allows any order
+feedback, and instructions; it ends with a cue for the corrected solution. docs/deviations.md (section 5, ``gen.revision_template``) allows any order
 of the sections, so two orders are offered (``gen.revision_template``):
 
 - ``instructions_first`` (the default): instructions, task, previous answer, feedback, cue. The instruction block
@@ -16,8 +16,9 @@ corpus, so a model sees one format everywhere (the shipped world base model is p
 
 from __future__ import annotations
 
+from fedspear.config_sections import REVISION_TEMPLATES  # the names live with the config's
+
 REVISION_CUE = "Corrected solution:"
-REVISION_TEMPLATES = ("instructions_first", "authors")
 DEFAULT_REVISION_TEMPLATE = "instructions_first"
 
 
@@ -31,7 +32,7 @@ def revision_instructions(answer_format: str) -> str:
 
 def build_revision_prompt(task_prompt: str, previous_answer: str, feedback: str, answer_format: str,
                           template: str = DEFAULT_REVISION_TEMPLATE) -> str:
-    """Build the prompt for one feedback-guided revision (SPEAR.md section 7).
+    """Build the prompt for one feedback-guided revision (docs/deviations.md, section 5).
 
     Args:
         task_prompt: the original task prompt x0.

@@ -1,4 +1,4 @@
-"""StrategyQA: yes/no questions that need implicit multi-step reasoning (SPEAR.md section 7).
+"""StrategyQA: yes/no questions that need implicit multi-step reasoning (docs/extending.md, "A task").
 
 Rows: ``qid``, ``question``, ``answer`` (a bool; "true"/"false"/"yes"/"no" text in CSV) and ``facts``
 (a list of supporting sentences, or one text that is split into sentences). The official JSON files

@@ -1,4 +1,4 @@
-"""The unlikelihood mask (SPEAR.md 2.7): rules on plain ids, then hand-read masks with a real byte-level BPE.
+"""The unlikelihood mask (docs/deviations.md, section 3): rules on plain ids, then hand-read masks with a real byte-level BPE.
 
 The BPE is the tests' tiny tokenizer (tests/conftest.py). Its pieces, read off once and used below:
 ``" Answer: B because water: light"`` -> ``ĠAnswer : ĠB Ġb ec aus e Ġwater : Ġlight`` and ``"Answer:"`` ->

@@ -61,3 +61,71 @@ def test_reinforce_runs_end_to_end_through_the_cli(reinforce, tmp_path, capsys):
 def test_an_unregistered_name_is_a_user_error(capsys):
     assert main(["check", "algorithm.name=reinforce"]) == 2
     assert "algorithm.name: 'reinforce' is not one of" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- named by dotted path, everywhere
+
+TINY = ["fl.rounds=1", "fl.clients_per_round=2", "data.num_clients=4", "fl.local_rollout_steps=2",
+        "fl.local_train_steps=1", "data.max_eval_examples=4", "reinforce.num_samples=2"]
+
+
+@pytest.fixture()
+def outside_module(tmp_path, monkeypatch):
+    """The fixture algorithm as one file outside fedspear, without its registration line: the dotted path
+    ``ext_reinforce:Reinforce`` is all a user writes. The registries are restored afterwards."""
+    monkeypatch.setattr(registry, "ALGORITHMS", dict(registry.ALGORITHMS))
+    monkeypatch.setattr(config, "EXTRA_ALGORITHMS", list(config.EXTRA_ALGORITHMS))
+    monkeypatch.setattr(config, "EXTRA_SECTIONS", dict(config.EXTRA_SECTIONS))
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    text = FIXTURE.read_text().replace("register_algorithm(Reinforce)  # the one registry entry\n", "")
+    assert "register_algorithm(Reinforce)" not in text
+    (folder / "ext_reinforce.py").write_text(text)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "ext_reinforce", raising=False)
+    yield folder
+    sys.modules.pop("ext_reinforce", None)
+
+
+def _client_metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [c["metrics"] for r in rows[1:] for c in r["clients"]]
+
+
+def test_a_dotted_path_algorithm_runs_from_the_command_line(outside_module, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(outside_module), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "fedspear", "run", "--config", "default",
+                           "algorithm.name=ext_reinforce:Reinforce", *TINY, f"output_dir={out}"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (m, *_) = _client_metrics(out)
+    assert (m["prompts"], m["samples_y0"]) == (2, 4) and "loss_pg" in m
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert stored["algorithm"]["name"] == "ext_reinforce:Reinforce" and stored["reinforce"] == {"num_samples": 2}
+
+
+def test_a_dotted_path_algorithm_runs_in_sweep_and_compare(outside_module, tmp_path, capsys):
+    spec = "ext_reinforce:Reinforce"
+    assert main(["sweep", "--config", "default", "--algorithms", spec, "--seeds", "0", *TINY,
+                 f"output_dir={tmp_path / 'sweep'}"]) == 0
+    runs = [p.parent for p in (tmp_path / "sweep").rglob("metrics.jsonl")]
+    assert len(runs) == 1 and all("loss_pg" in m for m in _client_metrics(runs[0]))
+    assert main(["compare", "--config", "default", "--algorithms", f"spear,{spec}", *TINY,
+                 f"output_dir={tmp_path / 'cmp'}"]) == 0
+    assert all("loss_pg" in m for m in _client_metrics(tmp_path / "cmp" / spec))
+    assert spec in (tmp_path / "cmp" / "comparison.md").read_text()
+    capsys.readouterr()
+    assert main(["sweep", "--config", "default", "--algorithms", "ext_reinforce:Nope", "--seeds", "0", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err == "fedspear: error: --algorithms=ext_reinforce:Nope: 'ext_reinforce' has no attribute 'Nope'\n"
+
+
+def test_a_registered_algorithms_metrics_pass_the_wire(outside_module):
+    wire = pytest.importorskip("fedspear.flower.wire")
+    cls = registry.algorithm_class("ext_reinforce:Reinforce")
+    assert registry.algorithm_class("reinforce") is cls and cls.name == "reinforce"
+    assert wire.known_metric("loss_pg") and wire.known_metric("samples_y0")

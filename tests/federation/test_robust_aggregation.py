@@ -79,7 +79,7 @@ def test_krum_falls_back_to_median_with_too_few_updates_and_says_so():
 
 
 def test_config_checks_robust_keys():
-    with pytest.raises(ConfigError, match="fl.krum_f: Krum needs"):
+    with pytest.raises(ConfigError, match="fl.krum_f=2: Krum needs"):
         load_config(None, ["fl.aggregation=krum", "fl.krum_f=2", "fl.clients_per_round=5"])
     with pytest.raises(ConfigError, match="fl.trim_ratio"):
         load_config(None, ["fl.trim_ratio=0.5"])

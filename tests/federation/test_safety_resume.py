@@ -117,7 +117,9 @@ def test_failed_start_leaves_a_rerunnable_folder(tiny_qwen, tmp_path, capsys):
     bad = _overrides(tiny_qwen, out, **{"data.path": str(tmp_path / "missing")})
     assert cli.main(["run", *bad]) == 2
     assert "Traceback" not in capsys.readouterr().err
-    assert (out / "config.yaml").is_file() and not RunRecord(out).has_run()
+    assert not out.exists()  # a start that failed before round 0 leaves nothing behind (issue 23)
+    out.mkdir()
+    (out / "config.yaml").write_text("left by an older fedspear\n")  # a failed start of an older version
     assert cli.main(["run", *_overrides(tiny_qwen, out, **{"fl.rounds": 1})]) == 0  # same folder, fixed config
     assert [r["round"] for r in RunRecord(out).read_metrics()] == [0, 1]
 

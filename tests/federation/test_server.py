@@ -192,3 +192,24 @@ def test_run_rounds_closes_the_trackers_when_a_runner_fails(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="client page unreachable"):
         server.run_rounds(FieldsRunner(fail=True), 1)
     assert aborted == ["RuntimeError: client page unreachable"]
+
+
+def test_local_dp_counts_each_clients_participations_and_a_resume_recounts_them(tmp_path):
+    from fedspear import privacy
+
+    dp = {"dp.mode": "local", "dp.noise_multiplier": 2.0, "fl.rounds": 3}
+    server = _server(tmp_path, **dp)
+    seen: dict[int, int] = {}
+    for r in (1, 2):
+        plan = server.plan_round(r)
+        # a client claiming weight 5 still counts once: local DP aggregates uniformly
+        row = server.aggregate_round(plan, [ClientReport(c, {"w": torch.tensor([2.0, 0.0])}, 5.0) for c in plan.selected])
+        assert [c["weight"] for c in row["clients"]] == [1.0] * 3
+        for c in plan.selected:
+            seen[c] = seen.get(c, 0) + 1
+        server.record.append_metrics(row)
+        server.save_checkpoint(r)
+    assert server.participations == seen and sum(seen.values()) == 6
+    assert row["privacy"]["local_epsilon"] == {str(c): privacy.epsilon(1.0, 1.0, n, 1e-5) for c, n in sorted(seen.items())}
+    again = _server(tmp_path, **dp)
+    assert again.resume() == 2 and again.participations == seen

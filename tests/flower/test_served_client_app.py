@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -82,3 +83,30 @@ def test_evaluate_message_publishes_the_global_once(tmp_path_factory, tmp_path):
     assert [v.label for v in registry.history()] == ["global after server round 4"]
     with pytest.raises(ValueError, match="this node is client 0"):
         publish_content(message(4), {"client-id": 0, "state-dir": str(tmp_path / "other")}, engine=engine)
+
+
+@pytest.mark.parametrize("taught", [True, False])
+def test_local_dp_noises_the_store_update_and_sends_no_counts(tmp_path_factory, tmp_path, taught):
+    """dp.mode=local on the store-backed path: the release is within the clip plus the noise, also without wins."""
+    from fedspear.privacy import update_norm
+
+    world = tiny_world_dir(tmp_path_factory)
+    if taught:
+        served = ClientRuntime(*make_client(world), tmp_path / "device", seed=1)
+        teach(served, "What color is the zorvik?", "Where does the zorvik live?", "the grass near the old mill")
+        served.close()
+    dp = {"dp.mode": "local", "dp.clip_norm": 0.001, "dp.seed": 2}
+    for sigma in (0.0, 1.0):
+        engine = make_engine(world, **dp, **{"dp.noise_multiplier": sigma})
+        global_state = {k: v.clone() for k, v in engine.global_state.items()}
+        content = wire.RecordDict({wire.GLOBAL: wire.state_to_record(global_state),
+                                   wire.JOB: wire.job_record(0, 1, 1e-1, 77, engine.cfg.to_yaml())})
+        reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, engine=engine)
+        assert dict(reply[wire.METRICS]) == {wire.WEIGHT_KEY: 1.0}  # no wins, losses or norms leave
+        sent = wire.record_to_state(reply[wire.ADAPTER], global_state)
+        norm = update_norm({k: sent[k].double() - global_state[k].double() for k in global_state})
+        dim = sum(t.numel() for t in global_state.values())
+        if sigma == 0:  # the clipped update only: at most C (and exactly C when the store held a win)
+            assert norm <= 0.001 * (1 + 1e-4) and (norm > 0.0009 if taught else norm == 0)
+        else:  # plus N(0, (sigma C)^2 I): norm about sigma C sqrt(d)
+            assert norm <= 0.001 + 1.0 * 0.001 * (math.sqrt(dim) + 6) and norm > 0.5 * 0.001 * math.sqrt(dim)

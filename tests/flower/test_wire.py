@@ -189,3 +189,52 @@ def test_memory_figures_cross_the_wire_and_message_sizes_are_flowers_count():
     # the adapter as serialised (.npy header + 6 float32) plus its key, plus the metrics record's own count
     expected = len(content["adapter"]["k"].data) + len("k") + content["metrics"].count_bytes()
     assert wire.content_nbytes(content) == expected and len(content["adapter"]["k"].data) >= 6 * 4
+
+
+OLD_ALLOW_LIST = (  # the wire's hand-written list before the metric registry: none of it may be lost
+    "prompts", "samples_y0", "generations", "tokens_generated", "wins_y0", "y0_accuracy", "y1_accuracy",
+    "needs_revision", "revision_successes", "wins_revision", "losses_fixed", "losses_unfixed", "mean_reward",
+    "zero_advantage_groups", "teacher_prompts_truncated", "feedback_calls", "generation_s", "feedback_s",
+    "wins", "losses", "losses_used", "skipped_no_wins", "steps", "skipped_steps", "tokens_trained", "tokens_forward",
+    "training_s", "store_interactions", "weight", "published", "revision_attempts_1", "revision_successes_12",
+    "loss_total", "loss_mean_lose_p", "loss_clip_frac", "loss_rl1", "loss_n_tokens",
+)
+
+
+def test_the_allow_list_is_the_declared_metrics_and_keeps_every_old_name():
+    assert [n for n in OLD_ALLOW_LIST if not wire.known_metric(n)] == []
+    for name in ("revision_attempts_123", "loss_", "Loss_x", "x" * 65, "feedback_made_up"):
+        assert not wire.known_metric(name), name
+
+
+def test_feedback_counts_and_a_new_algorithms_metrics_cross_the_wire(monkeypatch, caplog):
+    """Today's gap: feedback_* (the user model) and loss_pg / a declared count of a registered algorithm."""
+    from fedspear.algorithms import registry
+    from fedspear.algorithms.base import Algorithm
+    from fedspear.feedback_noise import METRICS as FEEDBACK
+
+    class Pg(Algorithm):
+        name = "pg_wire_test"
+        metrics = ("pg_groups",)
+
+    monkeypatch.setattr(registry, "ALGORITHMS", {**registry.ALGORITHMS, Pg.name: Pg})
+    sent = {**dict.fromkeys(FEEDBACK, 2), "loss_pg": 0.5, "pg_groups": 3, "undeclared_count": 1, "prompts": 4}
+    result = LocalUpdateResult({"a": torch.zeros(2)}, 4.0, sent)
+    with caplog.at_level("WARNING", logger="fedspear"):
+        content = wire.train_reply_content(result)
+    wire.check_client_content(content, {"a": torch.zeros(2)})
+    got = dict(content["metrics"])
+    assert set(got) == {*FEEDBACK, "loss_pg", "pg_groups", "prompts", "weight"}
+    assert got["feedback_false_rejects"] == 2 and got["loss_pg"] == 0.5 and got["pg_groups"] == 3
+    assert "'undeclared_count' is not one the wire carries" in caplog.text  # still dropped, with a warning
+    monkeypatch.setattr(registry, "ALGORITHMS", {k: v for k, v in registry.ALGORITHMS.items() if k != Pg.name})
+    with pytest.raises(wire.WireError):
+        wire.check_client_content(RecordDict({"metrics": MetricRecord({"pg_groups": 1.0})}))
+
+
+def test_a_reply_with_too_many_metrics_is_refused():
+    many = MetricRecord({f"loss_t{i}": 1.0 for i in range(wire.MAX_METRICS + 1)})
+    with pytest.raises(wire.WireError, match="more than"):
+        wire.check_client_content(RecordDict({"metrics": many}))
+    kept = wire.metrics_to_record({f"loss_t{i}": 1.0 for i in range(wire.MAX_METRICS + 5)}, 1.0)
+    assert len(kept) == wire.MAX_METRICS

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -77,12 +80,15 @@ def teach(served, right: str, fixed: str, hint: str) -> None:
 
 
 def http(method: str, url: str, body: dict | None = None, session: str = "test", timeout: float = 60.0,
-         token: str = ""):
-    """(status, parsed JSON or text) of one request (with the served client's ``token`` when given)."""
+         token: str = "", cookie: str = ""):
+    """(status, parsed JSON or text) of one request, with the served app's secret (``token``, sent in the
+    X-Fedspear-Token header: in-process apps) or its session cookie (``cookie``, a ``name=value`` pair) when given."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "X-Fedspear-Session": session}
     if token:
         headers["X-Fedspear-Token"] = token
+    if cookie:
+        headers["Cookie"] = cookie
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as res:
@@ -96,8 +102,25 @@ def http(method: str, url: str, body: dict | None = None, session: str = "test",
         return status, raw.decode(errors="replace")
 
 
+def open_link(url: str, cookie: str = "") -> tuple[int, dict[str, str], str]:
+    """GET ``url`` once without following a redirect: (status, lower-case headers, body)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                     headers={"Cookie": cookie} if cookie else {})
+        res = conn.getresponse()
+        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
 class ServeProcess:
-    """`fedspear serve` in a subprocess on a free loopback port; stopped (and waited for) on exit."""
+    """`fedspear serve` in a subprocess on a free loopback port; stopped (and waited for) on exit.
+
+    ``link`` is the one-time login link it printed; ``cookie`` logs in with it on first use (a browser test opens
+    the link itself instead).
+    """
 
     def __init__(self, state: Path, model_dir: Path, *args: str, extra: dict | None = None) -> None:
         from fedspear.serve.app import free_port
@@ -111,16 +134,26 @@ class ServeProcess:
                "--config", "default", "--seed", "0", *args, *serve_overrides(model_dir, **(extra or {}))]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        self._cookie = ""
 
     @property
-    def token(self) -> str:
-        """The state folder's secret (what the page URL `fedspear serve` prints carries)."""
-        path = self.state / "token"
-        return path.read_text().strip() if path.is_file() else ""
+    def link(self) -> str:
+        """The one-time login link `fedspear serve` printed ("" before it has)."""
+        found = re.search(r"fedspear serve: open (http://\S+)", self.log.read_text(errors="replace"))
+        return found.group(1) if found else ""
+
+    @property
+    def cookie(self) -> str:
+        """This start's session cookie (``name=value``), from opening the printed link once."""
+        if not self._cookie:
+            status, headers, _ = open_link(self.link)
+            assert status == 303 and headers["location"] == "/", (status, headers)
+            self._cookie = headers["set-cookie"].split(";")[0]
+        return self._cookie
 
     def api(self, method: str, path: str, body: dict | None = None, **kw: object):
-        """``http`` on this server with its token."""
-        return http(method, self.url + path, body, token=self.token, **kw)
+        """``http`` on this server, logged in."""
+        return http(method, self.url + path, body, cookie=self.cookie, **kw)
 
     def wait_ready(self, timeout: float = 180.0) -> ServeProcess:
         deadline = time.monotonic() + timeout
@@ -128,8 +161,7 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fedspear serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                status, _ = http("GET", self.url + "/api/status", timeout=5, token=self.token)
-                if status == 200:
+                if self.link and http("GET", self.url + "/", timeout=5)[0] == 200:  # the page loads (no login)
                     return self
             except OSError:
                 pass

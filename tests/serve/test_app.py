@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fedspear.serve.app import RateLimiter, ServeOptions, ThreadedServer, create_app  # noqa: E402
-from fedspear.serve.runtime import ClientRuntime, person_feedback  # noqa: E402
+from fedspear.serve.runtime import ClientRuntime, person_feedback, question_prompt  # noqa: E402
 from fedspear.tasks.prompts import build_revision_prompt  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
@@ -28,9 +28,10 @@ def runtime(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(runtime):
-    with TestClient(create_app(runtime, ServeOptions(rate_per_minute=10_000)), base_url="http://127.0.0.1") as c:
+    app = create_app(runtime, ServeOptions(rate_per_minute=10_000))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         c.headers["X-Fedspear-Session"] = "tab-a"
-        c.headers["X-Fedspear-Token"] = runtime.token
+        c.headers["X-Fedspear-Token"] = app.state.secret
         yield c
 
 
@@ -101,12 +102,42 @@ def test_task_items_never_show_the_answer(client):
     ({"question": "a" * 2001}, 422, "at most 2000"),
     ({"question": "a\x00b"}, 422, "control character (U+0000)"),
     ({"question": "zorvik " * 280}, 422, "tokens, at most"),
+    ({"question": "zorvik " * 150}, 422, "too long to be revised after a wrong answer"),
     ({"question": "q", "colour": 1}, 422, "Extra inputs"),
     ({"example_id": "no-such-item"}, 404, "no task item 'no-such-item'"),
 ])
 def test_bad_questions_are_refused_clearly(client, body, status, detail):
     res = client.post("/api/ask", json=body)
     assert res.status_code == status and detail in json.dumps(res.json()["detail"])
+
+
+def test_a_question_must_leave_room_for_a_revision(client, runtime):
+    """The longest question the ask check lets through can still be revised after a wrong answer (the hint was
+    refused with 422 every time before); one word more is refused when asked, and nothing is stored."""
+    def fits(words: int) -> bool:
+        try:
+            runtime.prepare_ask(question="zorvik " * words)
+            return True
+        except ValueError:
+            return False
+
+    words = next(n for n in range(150, 0, -1) if fits(n))
+    limit = len(runtime.engine.encode(question_prompt(runtime.task, "zorvik " * words)))
+    y1, seq = runtime.cfg.gen.max_new_tokens_y1, runtime.cfg.model.max_seq_len
+    assert limit + 1 <= seq - runtime.cfg.gen.max_new_tokens_y0  # one word more passed the old check
+    before = runtime.store.counts()["total"]
+    res = client.post("/api/ask", json={"question": "zorvik " * (words + 1), "stream": True})
+    detail = res.json()["detail"]
+    assert res.status_code == 422 and f"tokens, at most {limit} leave room for a revision prompt" in detail
+    assert f"model.max_seq_len={seq}" in detail and "shorten the question" in detail
+    assert runtime.store.counts()["total"] == before
+    iid = client.post("/api/ask", json={"question": "zorvik " * words}).json()["interaction"]["id"]
+    assert client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 0, "correct": False}).status_code == 200
+    long_hint = client.post(f"/api/interactions/{iid}/revise", json={"hint": "think of grass " * 33})
+    assert long_hint.status_code == 422 and "shorten the hint" in long_hint.json()["detail"]
+    rev = client.post(f"/api/interactions/{iid}/revise", json={"hint": "think of grass"})
+    assert rev.status_code == 200 and rev.json()["attempt"] == 1
+    assert len(runtime.store.get(iid).attempts[1].prompt_ids) + y1 <= seq
 
 
 def test_out_of_turn_and_malformed_requests(client):
@@ -131,18 +162,19 @@ def test_rate_limit_per_client(runtime):
     assert [limiter.hit("a", now=t) for t in (0.0, 1.0)] == [None, None]
     assert limiter.hit("a", now=2.0) == pytest.approx(58.0) and limiter.hit("b", now=2.0) is None
     assert limiter.hit("a", now=60.5) is None  # the first hit left the window
-    with TestClient(create_app(runtime, ServeOptions(rate_per_minute=2)), base_url="http://127.0.0.1") as c:
-        c.headers["X-Fedspear-Token"] = runtime.token
+    app = create_app(runtime, ServeOptions(rate_per_minute=2))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        c.headers["X-Fedspear-Token"] = app.state.secret
         ask = {"question": "What color is the zorvik?"}
         assert [c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "fast"}).status_code
                 for _ in range(3)] == [200, 200, 429]
         res = c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "fast"})
         assert res.status_code == 429 and int(res.headers["Retry-After"]) >= 1 and "per minute" in res.json()["detail"]
-        # the key is the token-bound client, not the tab label it sends: rotating made-up sessions does not reset it
+        # the key is the logged-in client, not the tab label it sends: rotating made-up sessions does not reset it
         assert [c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": f"other-{i}"}).status_code
                 for i in range(3)] == [429, 429, 429]
         assert c.post("/api/ask", json=ask, headers={"X-Fedspear-Session": "x" * 300}).status_code == 422
-        # nor does a wrong token get through to the limiter or the model
+        # nor does a wrong secret get through to the limiter or the model
         assert c.post("/api/ask", json=ask, headers={"X-Fedspear-Token": "x" * 43}).status_code == 401
 
 
@@ -162,17 +194,19 @@ def test_two_tabs_at_once_over_http(runtime):
     before = runtime.store.counts()["total"]
     errors: list[str] = []
     with ThreadedServer(create_app(runtime, ServeOptions(rate_per_minute=10_000))) as server:
+        secret = server.app.state.secret
+
         def tab(name: str) -> None:
             for _ in range(3):
                 status, done = http("POST", server.url + "/api/ask", {"question": "What color is the zorvik?"}, name,
-                                    token=runtime.token)
+                                    token=secret)
                 iid = done["interaction"]["id"]
                 steps = [http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False},
-                              name, token=runtime.token),
+                              name, token=secret),
                          http("POST", f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"}, name,
-                              token=runtime.token),
+                              token=secret),
                          http("POST", f"{server.url}/api/interactions/{iid}/verdict", {"attempt": 1, "correct": True},
-                              name, token=runtime.token)]
+                              name, token=secret)]
                 if status != 200 or [s for s, _ in steps] != [200, 200, 200]:
                     errors.append(f"{name}: {status} {[s for s, _ in steps]}")
 
@@ -181,14 +215,14 @@ def test_two_tabs_at_once_over_http(runtime):
             t.start()
         for t in threads:
             t.join()
-        _, mine = http("GET", server.url + "/api/interactions?limit=50", session="tab-0", token=runtime.token)
+        _, mine = http("GET", server.url + "/api/interactions?limit=50", session="tab-0", token=secret)
     assert errors == []
     assert runtime.store.counts()["total"] == before + 6
     assert len(mine) == 3 and all(it["session"] == "tab-0" and it["state"] == "fixed" for it in mine)
     assert runtime.store.integrity() == "ok"
 
 
-# --------------------------------------------------------------------------- who may call the API (issue 12)
+# --------------------------------------------------------------------------- who may call the API (issues 12, 23)
 
 API_CALLS = [("GET", "/api/status", None), ("GET", "/api/examples", None), ("GET", "/api/interactions", None),
              ("GET", "/api/interactions/1", None), ("POST", "/api/ask", {"question": "q"}),
@@ -197,20 +231,101 @@ API_CALLS = [("GET", "/api/status", None), ("GET", "/api/examples", None), ("GET
 
 
 @pytest.mark.parametrize(("method", "path", "body"), API_CALLS)
-def test_every_api_call_needs_the_token(runtime, method, path, body):
-    with TestClient(create_app(runtime), base_url="http://127.0.0.1") as c:
-        for headers in ({}, {"X-Fedspear-Token": ""}, {"X-Fedspear-Token": runtime.token[:-1]},
-                        {"X-Fedspear-Token": runtime.token + "x"}, {"Cookie": f"fedspear_token={runtime.token}"},
-                        {"Authorization": f"Bearer {runtime.token}"}):
+def test_every_api_call_needs_the_secret(runtime, method, path, body):
+    app = create_app(runtime)
+    secret = app.state.secret
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        for headers in ({}, {"X-Fedspear-Token": ""}, {"X-Fedspear-Token": secret[:-1]},
+                        {"X-Fedspear-Token": secret + "x"}, {"Cookie": f"fedspear_session_81={secret}"},
+                        {"Cookie": f"fedspear_session_80={secret}x"}, {"Authorization": f"Bearer {secret}"}):
             res = c.request(method, path, json=body, headers=headers)
-            assert res.status_code == 401 and "?token=" in res.json()["detail"], (headers, res.text)
+            assert res.status_code == 401 and "?login=" in res.json()["detail"], (headers, res.text)
         # the page and its files hold no data and load without it, and tell how to get in
         page = c.get("/")
-        assert page.status_code == 200 and 'data-testid="locked"' in page.text and "token" in page.text
+        assert page.status_code == 200 and 'data-testid="locked"' in page.text and "?login=" in page.text
         assert page.headers["Referrer-Policy"] == "no-referrer"
-        assert "X-Fedspear-Token" in c.get("/static/app.js").text
-        ok = c.request(method, path, json=body, headers={"X-Fedspear-Token": runtime.token})
-        assert ok.status_code != 401
+        script = c.get("/static/app.js").text
+        assert "X-Fedspear-Token" not in script and 'localStorage.setItem' not in script
+        for headers in ({"X-Fedspear-Token": secret}, {"Cookie": f"other=1; fedspear_session_80={secret}"}):
+            assert c.request(method, path, json=body, headers=headers).status_code != 401
+
+
+def _cookie_attributes(set_cookie: str) -> tuple[str, str, set[str]]:
+    """(name, value, lower-case attributes) of one Set-Cookie header."""
+    pair, *attributes = [part.strip() for part in set_cookie.split(";")]
+    name, _, value = pair.partition("=")
+    return name, value, {a.lower() for a in attributes}
+
+
+def test_the_login_link_sets_an_httponly_strict_cookie_once(runtime):
+    app = create_app(runtime)
+    code = app.state.login.issue()
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as c:
+        res = c.get(f"/?login={code}")
+        # a redirect to the clean URL (no code in the history), with the session cookie of this start
+        assert res.status_code == 303 and res.headers["location"] == "/"
+        assert res.headers["cache-control"] == "no-store" and res.headers["referrer-policy"] == "no-referrer"
+        name, value, attributes = _cookie_attributes(res.headers["set-cookie"])
+        assert (name, value) == ("fedspear_session_80", app.state.secret)  # port 80 of http://127.0.0.1
+        assert attributes == {"httponly", "samesite=strict", "path=/"}  # no Max-Age: gone with the browser
+        assert c.get("/api/status").status_code == 200  # the client's cookie jar sends it
+        assert c.get(f"/?login={code}").status_code == 303  # the same browser, logged in, opens the link again
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as other:
+        for url in (f"/?login={code}", f"/?login={code}x", "/?login=", "/?login=%FF"):
+            res = other.get(url)  # used, unknown or empty: no cookie, and the page says why
+            assert res.status_code == 403 and "set-cookie" not in res.headers, url
+            assert "used already" in res.text and res.headers["x-frame-options"] == "DENY"
+        assert other.get("/api/status").status_code == 401
+        second = app.state.login.issue()  # every code works once, independently
+        assert other.get(f"/?login={second}").status_code == 303 and other.get("/api/status").status_code == 200
+
+
+def test_a_new_start_on_the_same_state_folder_accepts_no_earlier_login(runtime):
+    old = create_app(runtime)
+    with TestClient(old, base_url="http://127.0.0.1", follow_redirects=False) as c:
+        c.get(f"/?login={old.state.login.issue()}")
+        cookie = f"fedspear_session_80={c.cookies['fedspear_session_80']}"
+    unused = old.state.login.issue()
+    # the next `fedspear serve` of the folder: a new runtime on the same state folder, a new app
+    again = ClientRuntime(runtime.engine, runtime.task, runtime.cfg, runtime.state_dir, seed=0)
+    try:
+        new = create_app(again)
+        assert new.state.secret != old.state.secret and not (runtime.state_dir / "token").exists()
+        assert old.state.secret not in "".join(p.read_bytes().decode("latin-1") for p in runtime.state_dir.rglob("*")
+                                                 if p.is_file())
+        with TestClient(new, base_url="http://127.0.0.1", follow_redirects=False) as c:
+            assert c.get("/api/status", headers={"Cookie": cookie}).status_code == 401
+            assert c.get("/api/status", headers={"X-Fedspear-Token": old.state.secret}).status_code == 401
+            assert c.get(f"/?login={unused}").status_code == 403  # an earlier start's unused link
+            assert c.get(f"/?login={new.state.login.issue()}").status_code == 303
+            assert c.get("/api/status").status_code == 200
+    finally:
+        again.close()
+
+
+def test_no_response_may_be_framed(client):
+    responses = {"page": client.get("/"), "script": client.get("/static/app.js"), "api": client.get("/api/status"),
+                 "401": client.get("/api/status", headers={"X-Fedspear-Token": "x"}),
+                 "404": client.get("/api/interactions/999999"), "bad host": client.get("/", headers={"Host": "x.y"})}
+    assert [r.status_code for r in responses.values()] == [200, 200, 200, 401, 404, 400]
+    for what, res in responses.items():
+        assert res.headers["x-frame-options"] == "DENY", what
+        policy = res.headers["content-security-policy"]
+        assert policy.count("frame-ancestors") == 1 and policy.endswith("frame-ancestors 'none'"), (what, policy)
+    # the page's own policy is kept, with framing forbidden in it
+    assert responses["page"].headers["content-security-policy"].startswith("default-src 'self'; ")
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("[::1]:8000", 200), ("[::1]", 200), ("[0:0:0:0:0:0:0:1]:8000", 200), ("127.0.0.1:8000", 200),
+    ("127.0.0.1", 200), ("localhost:8000", 200), ("LOCALHOST", 200),
+    ("::1", 400), ("[::1", 400), ("[::1]8000", 400), ("[::2]:8000", 400), ("evil.example:8000", 400),
+    ("127.0.0.1:http", 400), ("", 400)])
+def test_the_host_check_reads_ipv6_in_brackets(client, host, status):
+    res = client.get("/api/status", headers={"Host": host})
+    assert res.status_code == status, res.text
+    if status == 400:
+        assert "not a name of this server" in res.json()["detail"]
 
 
 def test_cross_site_form_post_cannot_close_an_interaction(client, runtime):

@@ -1,5 +1,5 @@
-"""The page as a person uses it, in headless Chromium: open the token link, ask, mark wrong, hint, accept, train,
-see the new adapter.
+"""The page as a person uses it, in headless Chromium: open the one-time login link, ask, mark wrong, hint, accept,
+train, see the new adapter.
 
 Needs Playwright (``pip install -e '.[serve]'``) and Debian's Chromium at /usr/bin/chromium (``apt-get install
 chromium``; Playwright's own browser download is not used). Screenshots go to ``$FEDSPEAR_ARTIFACTS`` (default
@@ -51,20 +51,38 @@ def test_teach_through_the_page_then_a_local_round_answers(browser, tiny_world, 
         page = browser.new_page(viewport={"width": 1000, "height": 900})
         page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
         page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
-        # without the token the page loads (it holds no data) and says how to get in; the API refuses (401)
+        # not logged in, the page loads (it holds no data) and says how to get in; the API refuses (401)
         page.goto(server.url)
         locked = page.get_by_test_id("locked")
         locked.wait_for()
-        assert "?token=" in locked.inner_text() and not page.get_by_test_id("question").is_visible()
+        assert "?login=" in locked.inner_text() and not page.get_by_test_id("question").is_visible()
         page.screenshot(path=str(_artifacts() / "serve-page-locked.png"), full_page=True)
 
-        # the link `fedspear serve` printed: the page keeps the token and drops it from the address bar
-        page.goto(f"{server.url}/?token={server.token}")
+        # the link `fedspear serve` printed: the server sets an HttpOnly, SameSite=Strict cookie and redirects to
+        # the clean URL; the page's script and storage never hold the secret
+        page.goto(server.link)
         problems.clear()  # the locked page's refused (401) calls were logged as console errors
         page.get_by_test_id("adapter-version").filter(has_text="v0 (initial)").wait_for()
-        assert "token" not in page.url and page.get_by_test_id("locked").is_hidden()
+        assert page.url == server.url + "/" and page.get_by_test_id("locked").is_hidden()
+        [cookie] = page.context.cookies()
+        assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
+            f"fedspear_session_{server.port}", True, "Strict", "/")
+        assert page.evaluate("document.cookie") == "" and page.evaluate("localStorage.length") == 0
         page.goto(server.url)  # a later visit without the link still works
         page.get_by_test_id("adapter-version").filter(has_text="v0 (initial)").wait_for()
+        # the link is used up: another browser that opens it is not logged in and is told why
+        other = browser.new_page()
+        assert other.goto(server.link).status == 403 and "used already" in other.inner_text("body")
+        assert other.context.cookies() == []
+        other.close()
+
+        # a question that leaves no room for a revision is refused when asked, and the page says so
+        page.get_by_test_id("question").fill("zorvik " * 150)
+        page.get_by_test_id("ask").click()
+        page.get_by_test_id("error").filter(has_text="too long to be revised").wait_for()
+        assert problems == ["console: Failed to load resource: the server responded with a status of 422 "
+                            "(Unprocessable Entity)"]  # the refused question, and nothing else
+        problems.clear()
 
         # ask: the answer streams in (visible while still generating), then the verdict buttons appear
         page.get_by_test_id("question").fill("What color is the zorvik?")

@@ -10,7 +10,7 @@ import sys
 import urllib.request
 
 import pytest
-from serve_fixtures import REPO, ServeProcess, http, run_train_local, tiny_world_dir
+from serve_fixtures import REPO, ServeProcess, http, open_link, run_train_local, tiny_world_dir
 
 pytest.importorskip("fastapi")
 
@@ -20,11 +20,11 @@ def tiny_world(tmp_path_factory):
     return tiny_world_dir(tmp_path_factory)
 
 
-def _stream_first_token(url: str, body: dict, token: str) -> dict:
+def _stream_first_token(url: str, body: dict, cookie: str) -> dict:
     """Start a streamed answer and return once its first token arrived (the answer is still being generated)."""
     req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "X-Fedspear-Session": "test",
-                                          "X-Fedspear-Token": token})
+                                          "Cookie": cookie})
     res = urllib.request.urlopen(req, timeout=60)
     events = []
     while not any(e["event"] == "token" for e in events):
@@ -36,12 +36,17 @@ def test_kill_9_mid_revision_restart_train_and_the_new_adapter_answers(tiny_worl
     state = tmp_path / "client"
     # a slow model (0.4 s per token) so that the kill lands while a revision is being generated
     with ServeProcess(state, tiny_world, "--token-delay-ms", "400") as server:
-        token = server.token
-        # the page URL with the token is printed once; the folder, store, token and adapters are owner-only
-        assert len(token) >= 40 and server.log.read_text().count(f"http://127.0.0.1:{server.port}/?token={token}") == 1
-        assert {p: oct(os.stat(state / p).st_mode & 0o777) for p in ("", "token", "traces.sqlite", "adapters")} == {
-            "": "0o700", "token": "0o600", "traces.sqlite": "0o600", "adapters": "0o700"}
+        # the one-time login link is printed once; the folder, store and adapters are owner-only, and no secret is
+        # written into the folder
+        link = server.link
+        assert link.startswith(f"http://127.0.0.1:{server.port}/?login=") and len(link.split("=", 1)[1]) >= 40
+        assert server.log.read_text().count(link) == 1
+        assert {p: oct(os.stat(state / p).st_mode & 0o777) for p in ("", "traces.sqlite", "adapters")} == {
+            "": "0o700", "traces.sqlite": "0o600", "adapters": "0o700"}
+        assert not (state / "token").exists()
         assert http("GET", server.url + "/api/status")[0] == 401
+        cookie = server.cookie
+        assert cookie.startswith(f"fedspear_session_{server.port}=")
         spec = server.api("GET", "/openapi.json")[1]
         assert spec["info"]["title"] == "fedspear client" and "/api/ask" in spec["paths"]
         status, done = server.api("POST", "/api/ask", {"question": "What color is the zorvik?"})
@@ -49,14 +54,19 @@ def test_kill_9_mid_revision_restart_train_and_the_new_adapter_answers(tiny_worl
         iid, y0 = done["interaction"]["id"], done["interaction"]["attempts"][0]["text"]
         assert server.api("POST", f"/api/interactions/{iid}/verdict", {"attempt": 0, "correct": False})[0] == 200
         partial = _stream_first_token(f"{server.url}/api/interactions/{iid}/revise", {"hint": "think of grass"},
-                                      server.token)
+                                      server.cookie)
         assert partial["events"][0]["event"] == "start"
         server.kill9()
         partial["response"].close()
     assert (state / "traces.sqlite-wal").exists() or (state / "traces.sqlite").exists()
 
     with ServeProcess(state, tiny_world) as server:  # the same state folder, a fresh process
-        assert server.token == token  # one token per state folder, kept across restarts
+        # the earlier start's login opens nothing (a new secret per start) and its link is used up or unknown
+        assert server.link != link
+        old = f"fedspear_session_{server.port}={cookie.split('=', 1)[1]}"  # the old secret, under this port's name
+        assert http("GET", server.url + "/api/status", cookie=old)[0] == 401
+        assert open_link(server.url + "/?" + link.split("?", 1)[1])[0] == 403
+        assert server.cookie != old and server.api("GET", "/api/status")[0] == 200
         status, it = server.api("GET", f"/api/interactions/{iid}")
         # everything acknowledged survived; the unacknowledged revision left no trace
         assert status == 200 and it["state"] == "awaiting_hint" and len(it["attempts"]) == 1

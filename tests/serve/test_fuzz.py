@@ -32,7 +32,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 def served(tmp_path_factory):
     runtime = ClientRuntime(*make_client(tiny_world_dir(tmp_path_factory)), tmp_path_factory.mktemp("fuzz"), seed=0)
     app = create_app(runtime, ServeOptions(rate_per_minute=10**6, allowed_hosts=[*LOOPBACK_NAMES, "testserver"]))
-    yield app, runtime.token
+    yield app, app.state.secret
     runtime.close()
 
 

@@ -54,6 +54,34 @@ def test_traces_follow_the_verdicts_as_oracle_feedback_would():
     assert m["generation_s"] == pytest.approx(1 + 2 + 2)
 
 
+def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_code(engine, tmp_path, monkeypatch):
+    """spear.confidence_fixed / confidence_unfixed reach the people's traces; the outcome metrics are SPEAR's own."""
+    from dataclasses import replace
+
+    from fedspear.algorithms import spear as spear_module
+
+    cfg = replace(engine.cfg, spear=replace(engine.cfg.spear, confidence_fixed=0.8, confidence_unfixed=0.3))
+    seen = {}
+
+    def capture(self, policy, job, data):
+        seen["rollout"] = data
+        return spear_module.LocalUpdateResult(None, 0.0, dict(data.metrics))
+
+    monkeypatch.setattr(spear_module.Spear, "train", capture)
+    called = []
+    shared = spear_module.outcome_metrics
+    monkeypatch.setattr("fedspear.serve.learning.outcome_metrics",
+                        lambda m, n: (called.append(n), shared(m, n))[1])
+    with TraceStore(tmp_path / "t.sqlite") as store:
+        _store_interaction(store, engine, " red", [False, True])  # fixed by a revision
+        _store_interaction(store, engine, " red", [False, False, False])  # never fixed
+        update_from_store(engine, engine.task, cfg, store, ClientJob(0, 1, [], 1e-3, 5))
+    losses = seen["rollout"].losses
+    assert sorted(t.confidence for t in losses) == pytest.approx([0.3, 0.8])
+    assert called == [2]
+    assert (seen["rollout"].metrics["losses_fixed"], seen["rollout"].metrics["losses_unfixed"]) == (1, 1)
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_world):
     return make_engine(tiny_world)

@@ -60,3 +60,24 @@ def test_the_scripted_person_types_only_the_oracles_hint_sentence():
     hint = person.hint(example, f" {wrong}")
     oracle = task.feedback(example, f" {wrong}", cfg).splitlines()
     assert hint == oracle[1] and hint.startswith("Hint: think of ") and example.answer not in hint.split()
+
+
+def test_local_dp_in_a_served_federation_moves_the_global_by_at_most_the_clip(tmp_path_factory, tmp_path):
+    """dp.mode=local dp.clip_norm=0.001 (no noise): every release is clipped on the client, so the uniform average
+    moves the global adapter by at most C per round, and no client's counts reach the server's rows."""
+    from safetensors.torch import load_file
+
+    from fedspear.privacy import update_norm
+
+    cfg = serve_config(tiny_world_dir(tmp_path_factory), **{"data.max_eval_examples": 4, "dp.mode": "local",
+                                                            "dp.clip_norm": 0.001, "dp.noise_multiplier": 0.0,
+                                                            "optim.lr": 0.1})
+    rows = run_federation(cfg, tmp_path, clients=2, rounds=2, questions=12)  # 12: one client wins in each round
+    adapters = [load_file(tmp_path / "server" / "adapters" / f"round_{r:04d}" / "adapter_model.safetensors")
+                for r in range(3)]
+    for before, after in zip(adapters, adapters[1:]):
+        norm = update_norm({k: after[k].double() - before[k].double() for k in before})
+        assert 0 < norm <= 0.001 * (1 + 1e-4)  # without DP this run moves it by 5.8 in round 1
+    for row in rows[1:]:
+        assert row["client_weights"] == [1.0, 1.0] and all(c["metrics"] == {} for c in row["clients"])
+        assert row["privacy"]["local_epsilon"] == {"0": None, "1": None}  # sigma 0: no guarantee

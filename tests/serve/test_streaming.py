@@ -60,3 +60,24 @@ def test_cancel_stops_generation_early(engine):
 def test_cut_at_eos():
     assert cut_at_eos([4, 5, 1, 7], {1}) == ([4, 5, 1], True)
     assert cut_at_eos([4, 5], {1}) == ([4, 5], False)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_stream_decodes_with_the_one_set_of_generate_kwargs(engine, monkeypatch, do_sample):
+    """Streaming passes generate() exactly the decode settings batched generation uses, beam guard included."""
+    from fedspear.generation import decode_kwargs, eos_ids
+
+    seen = {}
+    original = engine.model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    settings = GenSettings(max_new_tokens=4, do_sample=do_sample, temperature=0.9, top_p=0.8, top_k=5)
+    _run(engine, engine.encode("Question: What color is the zorvik?\nAnswer:"), settings, seed=3)
+    assert (seen["num_beams"], seen["num_return_sequences"]) == (1, 1)
+    expected = decode_kwargs(settings, engine.tokenizer.pad_token_id, eos_ids(engine))
+    assert {k: seen[k] for k in expected} == expected
+    assert (seen["temperature"], seen["top_k"]) == ((0.9, 5) if do_sample else (None, None))

@@ -77,7 +77,8 @@ def test_hub_schema_csv_and_jsonl_files(tmp_path):
         for i in range(3):
             writer.writerow({**HUB_ROW, "id": f"c{i}", "choices": repr(HUB_ROW["choices"])})
         writer.writerow({**HUB_ROW, "id": "bad", "choices": repr(HUB_ROW["choices"]), "answerKey": "Z"})
-    (tmp_path / "arc_test.jsonl").write_text(json.dumps({**HUB_ROW, "id": "j0"}) + "\n")
+    test_row = {**HUB_ROW, "id": "j0", "question": "Which gas do animals breathe out?"}  # not a training question
+    (tmp_path / "arc_test.jsonl").write_text(json.dumps(test_row) + "\n")
     data = ArcChallengeTask().load(_cfg(tmp_path))
     assert [e.id for e in data.train] == ["c0", "c1", "c2"] and [e.id for e in data.eval] == ["j0"]
     assert data.train[0] == arc_row_to_example({**HUB_ROW, "id": "c0"}, "x")
@@ -145,7 +146,8 @@ def test_save_to_disk_folder_matches_the_dev_jsonl():
 def test_hub_schema_written_by_datasets_to_csv_and_to_json(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_list([HUB_ROW, {**HUB_ROW, "id": "Q2", "answerKey": "C"}])
+    second = {**HUB_ROW, "id": "Q2", "answerKey": "C", "question": "Which gas do animals breathe out?"}
+    ds = datasets.Dataset.from_list([HUB_ROW, second])  # two questions: a carved eval set needs two prompts
     ds.to_csv(str(tmp_path / "arc.csv"))  # choices become "{'text': array([...], dtype=object), ...}"
     ds.to_json(str(tmp_path / "arc.json"))
     for name in ("arc.csv", "arc.json"):
@@ -153,3 +155,47 @@ def test_hub_schema_written_by_datasets_to_csv_and_to_json(tmp_path):
         examples = sorted(data.train + data.eval, key=lambda e: e.id)
         assert examples[0] == arc_row_to_example(AI2_ROW, "x"), name
         assert examples[1].answer == "C", name
+
+
+# --------------------------------------------------------------------------- option texts that look like markers
+
+MARKER_ROW = {"id": "M1", "question": "Which one conducts electricity?",
+              "choices": {"text": ["C. a copper wire carries current", "a glass\nD. rod", "a rubber band", "dry wood"],
+                          "label": ["A", "B", "C", "D"]}, "answerKey": "A"}
+
+
+def test_a_newline_inside_an_option_text_shows_no_fake_option_line():
+    ex = arc_row_to_example(MARKER_ROW, "r")
+    assert ex.choices[1] == "a glass D. rod"
+    lines = ex.prompt.splitlines()
+    assert lines[-5:] == ["A. C. a copper wire carries current", "B. a glass D. rod", "C. a rubber band",
+                          "D. dry wood", "Answer:"]
+
+
+def test_an_option_text_with_a_letter_marker_is_never_a_hint_to_that_letter():
+    ex = arc_row_to_example(MARKER_ROW, "r")
+    text = ArcChallengeTask().feedback(ex, " B", _cfg())
+    # before: 'the correct option begins with "C. a copper ..."', which points at option C
+    assert text.splitlines()[1] == ('Hint: the correct option contains the words "a copper". '
+                                    "Think about the scientific principle behind the question.")
+    glass = {**MARKER_ROW, "answerKey": "B"}  # gold B = "a glass D. rod": 3 hint words would end with "D."
+    assert ArcChallengeTask().feedback(arc_row_to_example(glass, "r"), " A", _cfg()).splitlines()[1].startswith(
+        'Hint: the correct option contains the words "a glass".')
+
+
+@pytest.mark.parametrize(
+    ("completion", "given", "correct"),
+    [("A. C. a copper wire carries current", "A", True),  # the option line copied whole: option A
+     ("C. a copper wire carries current", None, False),  # option A's own text: its "C." is not the model's letter
+     ("I pick C. a copper wire carries current", None, False),
+     (" C", "C", False), ("C. a rubber band", "C", False), (" A", "A", True)],
+)
+def test_the_verifier_does_not_read_an_option_texts_marker_as_the_answer(completion, given, correct):
+    ex = arc_row_to_example(MARKER_ROW, "r")
+    task = ArcChallengeTask()
+    assert task.extract_for(ex, completion) == given
+    assert task.is_correct(ex, completion) is correct
+    if not correct:
+        verdict = task.feedback(ex, completion, _cfg()).splitlines()[0]
+        assert verdict == ("Your answer is incorrect: no valid option letter was found in it." if given is None
+                           else f"Your answer ({given}) is incorrect.")

@@ -1,4 +1,4 @@
-"""The oracle feedback never reveals the answer, checked over every offline row (SPEAR.md section 7).
+"""The oracle feedback never reveals the answer, checked over every offline row (docs/extending.md, "A task").
 
 For each row a wrong answer is simulated and the feedback is searched for the gold letter as a standalone
 token (``\\bB\\b``, case-sensitive). The verdict line names the model's letter, which is never the gold one

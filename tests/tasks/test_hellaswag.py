@@ -35,7 +35,7 @@ def _cfg(path: Path | str | None = None, **data) -> Config:
 def test_six_line_text_records_plain_and_bz2(tmp_path):
     (tmp_path / "hs_train.txt").write_text(RECORD * 2 + "Cut off: x\n1\n")
     with bz2.open(tmp_path / "hs_val.txt.bz2", "wt") as f:
-        f.write(RECORD)
+        f.write(RECORD.replace("cracks eggs", "beats eggs"))  # an eval prompt that is not a training prompt
     data = HellaSwagTask().load(_cfg(tmp_path))
     assert [e.prompt for e in data.train] == [PROMPT, PROMPT]
     assert [e.id for e in data.train] == ["train-0", "train-1"]
@@ -68,9 +68,10 @@ def test_malformed_rows(change, reason):
 def test_hub_schema_jsonl_with_endings_as_text(tmp_path):
     row = {"activity_label": "Baking", "ctx": "A woman cracks eggs. she", "label": 2,
            "endings": json.dumps(["sings.", "flies away.", "whisks them in a bowl.", "leaves the room."])}
-    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    other = {**row, "ctx": "A woman beats eggs. she"}  # a carved eval set needs a second prompt
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n")
     data = HellaSwagTask().load(_cfg(tmp_path / "rows.jsonl"))
-    assert [e.prompt for e in data.train + data.eval] == [PROMPT, PROMPT]
+    assert sorted(e.prompt for e in data.train + data.eval) == [PROMPT.replace("cracks", "beats"), PROMPT]
 
 
 def test_feedback_and_privileged_context():
@@ -108,6 +109,8 @@ def test_hub_schema_written_by_datasets_to_csv(tmp_path):
 
     row = {"ind": 5, "activity_label": "Baking", "ctx": "A woman cracks eggs. she", "label": "2",
            "endings": ["sings.", "flies away.", "whisks them in a bowl.", "leaves the room."]}
-    datasets.Dataset.from_list([row, {**row, "ind": 6}]).to_csv(str(tmp_path / "hs.csv"))  # endings: ['a' 'b']
+    other = {**row, "ind": 6, "ctx": "A woman beats eggs. she"}  # a carved eval set needs a second prompt
+    datasets.Dataset.from_list([row, other]).to_csv(str(tmp_path / "hs.csv"))  # endings: ['a' 'b']
     data = HellaSwagTask().load(_cfg(tmp_path / "hs.csv"))
-    assert sorted((e.id, e.prompt) for e in data.train + data.eval) == [("5", PROMPT), ("6", PROMPT)]
+    assert sorted((e.id, e.prompt) for e in data.train + data.eval) == [("5", PROMPT),
+                                                                        ("6", PROMPT.replace("cracks", "beats"))]

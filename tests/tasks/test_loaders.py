@@ -34,7 +34,7 @@ def _convert(row: dict[str, Any], row_id: str) -> Example:
 
 
 def _rows(n: int, prefix: str = "r") -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}{i}", "q": f"question {i}", "a": "A"} for i in range(n)]
+    return [{"id": f"{prefix}{i}", "q": f"{prefix} question {i}", "a": "A"} for i in range(n)]
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -143,7 +143,7 @@ def test_save_to_disk_folders(tmp_path):
 
 
 def _examples(n: int) -> list[Example]:
-    return [Example(id=str(i), prompt="p", answer="A", label="A") for i in range(n)]
+    return [Example(id=str(i), prompt=f"p{i}", answer="A", label="A") for i in range(n)]
 
 
 def test_single_split_eval_is_carved_seeded_and_disjoint(tmp_path):
@@ -258,3 +258,64 @@ def test_corrupt_files_are_data_errors(tmp_path):
     for name in ("bad.jsonl.bz2", "bad.parquet", "bad.csv"):
         with pytest.raises(DataError, match="cannot read it as"):
             read_local(tmp_path / name)
+
+
+# --------------------------------------------------------------------------- byte-order marks
+
+
+def test_a_utf8_byte_order_mark_keeps_the_first_jsonl_row_and_the_csv_header(tmp_path):
+    rows = _rows(3)
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    (tmp_path / "bom.csv").write_bytes("\ufeffid,q,a\nr0,r question 0,A\nr1,r question 1,A\nr2,r question 2,A\n"
+                                       .encode())
+    with gzip.open(tmp_path / "bom.jsonl.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    for name in ("bom.jsonl", "bom.json", "bom.csv", "bom.jsonl.gz"):
+        assert read_local(tmp_path / name) == {"train": rows}, name
+    assert list(read_local(tmp_path / "bom.csv")["train"][0]) == ["id", "q", "a"]  # not "\ufeffid"
+    data = _load(tmp_path / "bom.jsonl", eval_fraction=0.34)
+    assert data.stats.read == 3 and data.stats.skipped == {}
+
+
+# --------------------------------------------------------------------------- train/eval overlap
+
+
+def test_eval_rows_whose_prompt_is_a_training_prompt_are_dropped_and_counted(tmp_path, caplog):
+    train = _rows(6, "t")
+    test = _rows(10, "x")
+    for i in range(4):  # 4 of the 10 eval questions are training questions, spelled with other case and spacing
+        test[i]["q"] = "  " + train[i]["q"].upper().replace(" ", "\u3000 ")  # NFKC folds the ideographic space
+    _write_jsonl(tmp_path / "train.jsonl", train)
+    _write_jsonl(tmp_path / "test.jsonl", test)
+    with caplog.at_level("WARNING", logger="fedspear"):
+        data = _load(tmp_path)
+    assert [e.id for e in data.eval] == [f"x{i}" for i in range(4, 10)]
+    assert len(data.train) == 6
+    assert data.stats.eval_overlap == 4
+    assert data.stats.as_dict()["eval_overlap_dropped"] == 4
+    train_keys = {" ".join(e.prompt.casefold().split()) for e in data.train}
+    assert not any(" ".join(e.prompt.casefold().split()) in train_keys for e in data.eval)
+    assert sum("dropped 4 of 10 evaluation rows" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_carved_eval_set_holds_no_training_prompt(tmp_path):
+    rows = _rows(10)
+    rows += [dict(r, id=f"dup{i}", q=r["q"].upper()) for i, r in enumerate(rows)]  # every question twice
+    _write_jsonl(tmp_path / "all.jsonl", rows)
+    data = _load(tmp_path / "all.jsonl", eval_fraction=0.3, seed=0)
+    # 3 of the 10 questions are carved out with both of their copies; nothing is dropped
+    assert len(data.eval) == 6 and len(data.train) == 14 and data.stats.eval_overlap == 0
+    eval_questions = sorted(e.id for e in data.eval if e.id.startswith("r"))
+    assert sorted(e.id for e in data.eval) == sorted(eval_questions + ["dup" + i[1:] for i in eval_questions])
+    train_keys = {e.prompt.casefold() for e in data.train}
+    assert not any(e.prompt.casefold() in train_keys for e in data.eval)
+    with pytest.raises(DataError, match="only 1 distinct prompt"):
+        carve_eval([Example(id=str(i), prompt="same", answer="A", label="A") for i in range(5)], 0.5, 0)
+
+
+def test_an_eval_split_made_only_of_training_prompts_is_a_data_error(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", _rows(3, "t"))
+    _write_jsonl(tmp_path / "test.jsonl", _rows(2, "t"))
+    with pytest.raises(DataError, match="every evaluation prompt .* is also a training prompt"):
+        _load(tmp_path)

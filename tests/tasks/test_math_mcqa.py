@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from fractions import Fraction
 
 import pytest
 
@@ -12,9 +13,11 @@ from fedspear.tasks.loaders import MalformedRow
 from fedspear.tasks.math_mcqa import (
     MathMCQATask,
     answer_spellings,
+    answer_values,
     boxed_answers,
     math_row_to_example,
     normalize_math,
+    numeric_values,
     remove_boxed,
     solution_hint,
     states_answer,
@@ -114,11 +117,12 @@ def test_privileged_context_has_the_answer_and_the_solution():
 
 def test_loads_hub_schema_jsonl_and_csv(tmp_path):
     (tmp_path / "math_train.jsonl").write_text("".join(json.dumps({**ROW, "answer": i % 4}) + "\n" for i in range(4)))
+    test_row = {**ROW, "problem": "Solve $2x+5=13$."}  # an eval prompt that is not a training prompt
     with open(tmp_path / "math_test.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(ROW))
         writer.writeheader()
-        writer.writerow({**ROW, "choices": str(ROW["choices"])})
-        writer.writerow({**ROW, "choices": str(ROW["choices"]), "answer": "9"})
+        writer.writerow({**test_row, "choices": str(ROW["choices"])})
+        writer.writerow({**test_row, "choices": str(ROW["choices"]), "answer": "9"})
     data = MathMCQATask().load(_cfg(tmp_path))
     assert [e.answer for e in data.train] == ["A", "B", "C", "D"]
     assert [e.choices for e in data.eval] == [("$3$", "$5$", "$4$", "$8$")]
@@ -128,11 +132,12 @@ def test_loads_hub_schema_jsonl_and_csv(tmp_path):
 def test_hub_schema_written_by_datasets_to_csv(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([ROW, {**ROW, "answer": 0}]).to_csv(str(tmp_path / "math.csv"))
+    other = {**ROW, "answer": 0, "problem": "Solve $2x+5=13$."}  # a carved eval set needs a second prompt
+    datasets.Dataset.from_list([ROW, other]).to_csv(str(tmp_path / "math.csv"))
     data = MathMCQATask().load(_cfg(tmp_path / "math.csv"))
     examples = data.train + data.eval
     assert sorted(e.answer for e in examples) == ["A", "C"]
-    assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt}
+    assert {e.prompt for e in examples} == {math_row_to_example(ROW, "x").prompt, math_row_to_example(other, "x").prompt}
 
 
 # Each group: spellings of one answer that must share one canonical form (normalize_math).
@@ -180,3 +185,36 @@ def test_solution_lines_with_an_equivalent_spelling_of_the_answer_are_dropped():
                solution="Divide both sides by 4.\nThis gives 3/4 of the whole.\nOr $\\dfrac34$.\nSo \\boxed{\\tfrac{3}{4}}.")
     ex = math_row_to_example(row, "r")
     assert MathMCQATask().hint(ex, _cfg()) == "Hint: part of a correct solution:\nDivide both sides by 4.\nSo ."
+
+
+@pytest.mark.parametrize(
+    ("option", "stated"),
+    [("$0.5$", "so $x = \\frac{1}{2}$ of the tank."), ("$\\frac{1}{2}$", "so x = 0.5 of the tank."),
+     ("$1/4$", "so x = 0.25 of the tank."), ("$0.25$", "so $x = 1/4$ of the tank."),
+     ("$\\dfrac{3}{4}$", "so x = 0.75 of the tank."), ("$50\\%$", "so x = 0.5 of the tank."),
+     ("$0.5$", "so x is 50% of the tank."), ("$-\\frac{1}{2}$", "so x = -0.5 of the tank.")],
+)
+def test_a_solution_line_stating_the_gold_value_in_another_spelling_is_redacted(option, stated):
+    row = dict(ROW, choices=["$3$", option, "$4$", "$8$"], answer=1,
+               solution=f"Set up the ratio.\n{stated}\nCheck the units.")
+    hint = MathMCQATask().hint(math_row_to_example(row, "r"), _cfg())
+    assert hint == "Hint: part of a correct solution:\nSet up the ratio.\nCheck the units."
+
+
+def test_other_values_and_the_gold_values_sign_stay_in_the_hint():
+    row = dict(ROW, choices=["$3$", "$\\frac{1}{2}$", "$4$", "$8$"], answer=1,
+               solution="Halve 0.75 first.\nThen x = -0.5 is rejected.\nSo 2/4 remains.")
+    hint = MathMCQATask().hint(math_row_to_example(row, "r"), _cfg())
+    assert hint == "Hint: part of a correct solution:\nHalve 0.75 first.\nThen x = -0.5 is rejected."
+    assert numeric_values(normalize_math("x = \\frac{1}{4} + 0.25"), "") == {Fraction(1, 4)}
+    assert answer_values(["$x = 0.5$", "\\text{blue}"]) == {Fraction(1, 2)}
+
+
+def test_an_option_newline_is_one_space_and_a_marker_line_is_no_hint():
+    row = dict(ROW, choices=["$3$", "$5$\n\nD. $4$", "$4$", "$8$"], answer=2,
+               solution="Option (B) is too big.\nSubtract 3 from both sides.\nThen $x=\\boxed{4}$.")
+    ex = math_row_to_example(row, "r")
+    assert ex.choices[1] == "$5$ D. $4$"
+    assert "B. $5$ D. $4$\nC. $4$\nD. $8$\n" in ex.prompt
+    assert MathMCQATask().hint(ex, _cfg()) == ("Hint: part of a correct solution:\nSubtract 3 from both sides.\n"
+                                               "Then $x=$.")  # "Option (B) is too big." would point at B

@@ -9,8 +9,11 @@ from fedspear.tasks.multiple_choice import (
     build_mc_prompt,
     choices_and_answer,
     first_option_letter,
+    is_marker_word,
     last_declared_letter,
     letter_verdict,
+    mask_option_texts,
+    option_text,
     option_words_hint,
 )
 
@@ -76,3 +79,26 @@ def test_choices_and_answer_maps_labels_by_position():
     for texts, labels, key, reason in cases:
         with pytest.raises(MalformedRow, match=reason):
             choices_and_answer(texts, labels, key)
+
+
+def test_option_text_is_one_line():
+    assert option_text("  copper\n\nD. glass \t rod ") == "copper D. glass rod"
+    assert option_text(None) == "" and option_text(12) == "12"
+
+
+@pytest.mark.parametrize(
+    ("word", "letters", "marker"),
+    [("C.", "ABCD", True), ("(B)", "ABCD", True), ("[c]", "ABCD", True), ("d)", "ABCD", True), ("A:", "ABCD", True),
+     ("C.,", "ABCD", True), ("E.", "ABCD", False), ("A", "ABCD", False), ("I", "ABCD", False), ("cat.", "ABCD", False),
+     ("f(x)", "ABCD", False), ("e.g.", "ABCD", False)],
+)
+def test_is_marker_word(word, letters, marker):
+    assert is_marker_word(word, letters) is marker
+
+
+def test_mask_option_texts_masks_only_texts_that_hold_a_marker():
+    choices = ("C. twelve volts", "oxygen", "C", "Vitamin (B) complex")
+    assert mask_option_texts("A. C. twelve volts", choices).split() == ["A."]
+    assert mask_option_texts("C", choices) == "C"  # a bare letter option is no marker text
+    assert mask_option_texts("D. Vitamin (B) complex", choices).split() == ["D."]
+    assert mask_option_texts("B oxygen", choices) == "B oxygen"

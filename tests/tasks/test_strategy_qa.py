@@ -100,7 +100,8 @@ def test_csv_in_hub_schema(tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(ROW))
         writer.writeheader()
         writer.writerow({**ROW, "answer": "True", "facts": str(ROW["facts"])})
-        writer.writerow({**ROW, "qid": "q2", "answer": "False", "facts": str(ROW["facts"])})
+        writer.writerow({**ROW, "qid": "q2", "answer": "False", "facts": str(ROW["facts"]),
+                         "question": "Can a snail outrun a cheetah?"})  # a carved eval set needs two prompts
         writer.writerow({**ROW, "qid": "q3", "answer": ""})
     data = StrategyQATask().load(_cfg(tmp_path / "sqa_train.csv"))
     assert sorted((e.id, e.answer) for e in data.train + data.eval) == [("q1", "yes"), ("q2", "no")]
@@ -120,7 +121,8 @@ def test_offline_folder_uses_dev_for_eval():
 def test_hub_schema_written_by_datasets_to_csv(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([ROW, {**ROW, "qid": "q2", "answer": True}]).to_csv(str(tmp_path / "sqa.csv"))
+    other = {**ROW, "qid": "q2", "answer": True, "question": "Can a cheetah outrun a cat?"}  # a second prompt
+    datasets.Dataset.from_list([ROW, other]).to_csv(str(tmp_path / "sqa.csv"))
     data = StrategyQATask().load(_cfg(tmp_path / "sqa.csv"))
     examples = sorted(data.train + data.eval, key=lambda e: e.id)
     assert [(e.id, e.answer) for e in examples] == [("q1", "no"), ("q2", "yes")]

@@ -2,18 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-// The state folder's secret: read once from the ?token= link `fedspear serve` printed, then kept in this origin's
-// storage (other sites cannot read it) and sent in a header with every API call.
-const TOKEN = (() => {
-  const url = new URL(window.location.href);
-  const given = url.searchParams.get("token");
-  if (given) {
-    localStorage.setItem("fedspear-token", given);
-    url.searchParams.delete("token");
-    history.replaceState(null, "", url.pathname + url.search + url.hash);  // keep it out of the address bar
-  }
-  return given || localStorage.getItem("fedspear-token") || "";
-})();
+// Logging in is the server's business: the one-time link `fedspear serve` printed sets an HttpOnly session cookie
+// (this script never sees the secret, and nothing is stored in the browser's storage) and redirects here; the
+// browser sends the cookie with every API call below.
+localStorage.removeItem("fedspear-token");  // a token an earlier fedspear kept here: it opens nothing now
 const SESSION = (() => {
   let s = sessionStorage.getItem("fedspear-session");
   if (!s) {
@@ -34,10 +26,10 @@ function showError(message) {
 }
 
 function headers() {
-  return { "Content-Type": "application/json", "X-Fedspear-Session": SESSION, "X-Fedspear-Token": TOKEN };
+  return { "Content-Type": "application/json", "X-Fedspear-Session": SESSION };
 }
 
-// Without the token (or with an old one) every call is refused with 401: say how to get in.
+// Not logged in (or logged in to an earlier start of the server): every call is refused with 401; say how to get in.
 function locked(res) {
   if (res.status !== 401) return false;
   $("locked").hidden = false;
@@ -52,7 +44,7 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!res.ok) {
-    if (locked(res)) throw new Error("this page needs its link with the token (see above)");
+    if (locked(res)) throw new Error("this page needs the login link `fedspear serve` printed (see above)");
     throw new Error(await errorText(res));
   }
   return res.json();
@@ -145,7 +137,7 @@ async function streamAnswer(path, body, card) {
     body: JSON.stringify({ ...body, stream: true }),
   });
   if (!res.ok) {
-    if (locked(res)) throw new Error("this page needs its link with the token (see above)");
+    if (locked(res)) throw new Error("this page needs the login link `fedspear serve` printed (see above)");
     throw new Error(await errorText(res));
   }
   const reader = res.body.getReader();
