@@ -26,6 +26,8 @@ from fedspear.preflight import adapter_error
 logger = logging.getLogger("fedspear")
 
 BUILTIN_MODELS = {"fedspear/world-base": Path(__file__).parent / "assets" / "world-base"}
+# Real models ``fedspear fetch-model`` builds into its cache: model name -> fetch-model name (fedspear.model_fetch).
+FETCHED_MODELS = {"fedspear/smollm2-135m-instruct": "smollm2-135m-instruct"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Projection-name families, most specific first: (family, suffixes).
@@ -39,7 +41,17 @@ LORA_FAMILIES = (
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the built-in model name to its packaged folder; other names pass through unchanged."""
+    """Map the built-in model names to their folders; other names pass through unchanged.
+
+    ``fedspear/world-base`` is packaged; the names in :data:`FETCHED_MODELS` are the folders ``fedspear
+    fetch-model`` builds (docs/real-models.md), found in its cache (``$FEDSPEAR_CACHE``).
+
+    Raises:
+        FileNotFoundError: a built-in model is missing (the message says how to build or fetch it).
+    """
+    fetched = FETCHED_MODELS.get(name)
+    if fetched is not None:
+        return str(fetched_model_dir(name, fetched))
     path = BUILTIN_MODELS.get(name)
     if path is None:
         return name
@@ -48,6 +60,25 @@ def resolve_model_path(name: str) -> str:
             f"the built-in model '{name}' is missing at {path}; rebuild it with `fedspear make-base --out {path}`"
         )
     return str(path)
+
+
+def fetched_model_dir(name: str, fetched: str) -> Path:
+    """The cached folder of a ``fedspear fetch-model`` model, verified by its manifest.
+
+    Raises:
+        FileNotFoundError: not fetched yet, or the cache folder is not a finished fetch of it.
+    """
+    from fedspear.model_fetch import MODELS, FetchError, check_cached, default_cache_dir
+
+    folder = default_cache_dir(fetched)
+    try:
+        ready = check_cached(folder, MODELS[fetched])
+    except FetchError as exc:
+        raise FileNotFoundError(f"model.model_name={name}: {exc}") from None
+    if not ready:
+        raise FileNotFoundError(f"model.model_name={name} is not fetched yet: run `fedspear fetch-model --name "
+                                f"{fetched}` (or `make model`) once, which puts it in {folder}")
+    return folder
 
 
 def pretrained_revision_template(name: str) -> str | None:

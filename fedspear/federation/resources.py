@@ -164,6 +164,9 @@ class MemoryProbe:
         self._sample()
         if self._kernel_peak:
             self.peak_rss = max(self.peak_rss or 0, _maxrss_bytes())
+        global _lifetime_peak
+        if self.peak_rss is not None:  # statm and ru_maxrss round differently: the lifetime peak is never below
+            _lifetime_peak = max(_lifetime_peak, self.peak_rss)
         cuda = self._cuda or _cuda()  # CUDA may have been initialised inside the block
         if cuda is not None:
             self.cuda_peak = int(cuda.max_memory_allocated())

@@ -48,13 +48,13 @@ def test_memory_probe_sees_the_peak_inside_and_only_inside():
         del blob
     first = probe.metrics()
     assert first["update_rss_peak_mb"] >= base + 140  # the kernel's peak catches a block freed before the end
-    assert first["peak_rss_mb"] >= first["update_rss_peak_mb"] - 1
+    assert first["peak_rss_mb"] >= first["update_rss_peak_mb"]
     with MemoryProbe() as probe:
         small = b"\x01" * 1_000_000
         del small
     second = probe.metrics()
     assert second["update_rss_peak_mb"] < first["update_rss_peak_mb"] - 100  # reset at the start of each update
-    assert second["peak_rss_mb"] >= first["update_rss_peak_mb"] - 1  # the process lifetime figure is kept
+    assert second["peak_rss_mb"] >= first["update_rss_peak_mb"]  # the process lifetime figure is kept
     assert "cuda_peak_mb" not in second  # CPU only
 
 

@@ -61,7 +61,7 @@ def test_each_client_row_carries_its_adapter_bytes_and_peak_memory(tiny_qwen, tm
         assert client["bytes_down"] == nbytes
         assert client["bytes_up"] == (nbytes if client["weight"] > 0 else 0)
         memory = client["metrics"]
-        assert memory["peak_rss_mb"] >= memory["update_rss_peak_mb"] - 1 > 0
+        assert memory["peak_rss_mb"] >= memory["update_rss_peak_mb"] > 0
     ups = [c["bytes_up"] for c in row["clients"]]
     assert row["resources"]["bytes_down"] == 2 * nbytes and row["resources"]["bytes_up"] == sum(ups)
     assert row["resources"]["peak_rss_mb_max"] == max(c["metrics"]["peak_rss_mb"] for c in row["clients"])

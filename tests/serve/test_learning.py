@@ -124,7 +124,7 @@ def test_update_trains_from_the_global_adapter_and_only_numbers_leave(engine, tm
         assert all(isinstance(v, float) for v in result.metrics.values())
         assert (result.metrics["wins"], result.metrics["losses"], result.metrics["wins_y0"]) == (2, 1, 1)
         # the update's memory, as every front end records it (fedspear/federation/resources.py)
-        assert result.metrics["peak_rss_mb"] >= result.metrics["update_rss_peak_mb"] - 1 > 0
+        assert result.metrics["peak_rss_mb"] >= result.metrics["update_rss_peak_mb"] > 0
         assert [store.get(i).trained_count for i in ids] == [1, 1]
         assert store.trainings()[0]["label"] == "round 1"
 
