@@ -361,10 +361,7 @@ class RunRecord:
                 folder and its parents up to ``made`` are removed when they are then empty.
         """
         names = [*_START_LEFTOVERS, CONFIG_FILE] if remove_config else list(_START_LEFTOVERS)
-        if made is not None:  # the folder goes: give up the lock and remove its file too
-            self.release()
-            names.append(LOCK_FILE)
-        for name in names:
+        for name in names:  # still holding the lock: no other start can write here meanwhile
             path = self.run_dir / name
             with contextlib.suppress(OSError):
                 if path.is_dir() and not path.is_symlink():
@@ -373,6 +370,9 @@ class RunRecord:
                     path.unlink()
         if made is None:
             return
+        self.release()  # the folder goes: give up the lock, then remove its file and the empty folders
+        with contextlib.suppress(OSError):
+            (self.run_dir / LOCK_FILE).unlink()
         folder = self.run_dir
         while True:
             try:

@@ -184,3 +184,14 @@ def test_mc_verifier_reads_the_shapes_instruct_models_write(completion, letter):
     example = Example("q", "Question?\nAnswer:", letter, letter, choices)
     assert task.extract(completion, 4, choices) == letter
     assert task.is_correct(example, completion)
+
+
+def test_math_mcqa_reads_the_declared_letter_not_an_option_text():
+    """MATH-MCQA answers are reasoning ending in "Answer: X": a solution that opens with an option's text ("3
+    apples...") is not that option."""
+    from fedspear.tasks.base import Example
+
+    task = get_task("math_mcqa")
+    example = Example("m", "Problem?", "C", "C", ("3", "4", "5", "6"))
+    completion = "3 apples plus 2 apples make 5 apples.\nAnswer: C"
+    assert task.extract_for(example, completion) == "C" and task.is_correct(example, completion)

@@ -520,7 +520,7 @@ def names_new_folder(template: str) -> bool:
         return False
 
 
-def new_output_dir(cfg: Config) -> str:
+def new_output_dir(cfg: Config, expanded: str | None = None) -> str:
     """``output_dir`` expanded for a new run (:func:`expand_output_dir`).
 
     With ``{time}`` in it the name is meant to be new, so a folder that did not exist is created: the expanded
@@ -531,7 +531,7 @@ def new_output_dir(cfg: Config) -> str:
     Raises:
         ConfigError: a bad placeholder. RunDirError: the folder cannot be made.
     """
-    out = expand_output_dir(cfg)
+    out = expand_output_dir(cfg) if expanded is None else expanded
     return str(claim_new_folder(Path(out))) if names_new_folder(cfg.output_dir) else out
 
 
@@ -563,8 +563,10 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
 
     out = expand_output_dir(cfg)
     resuming = resume and RunRecord(Path(out)).has_checkpoint()
+    made = None if resuming else RunRecord(Path(out)).first_missing_folder()  # removed again if the start fails
     if not resuming and names_new_folder(cfg.output_dir):
-        out = str(claim_new_folder(Path(out)))
+        claimed = str(claim_new_folder(Path(out)))
+        made, out = (Path(claimed) if claimed != out else made), claimed
     cfg = replace(cfg, output_dir=out)  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
@@ -584,8 +586,14 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
             return server, done + 1
         server.open_trackers()  # a tracker that cannot start fails before round 0
         stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval)}
-        server.start(stats)
-        return server, 1
+    except BaseException:
+        if not resuming:  # what this start wrote goes, as in the simulator (the same command can run again)
+            record.discard_start(remove_config=True, made=made)
+        record.release()
+        raise
+    try:
+        server.start(stats)  # round 0: a failure here leaves a run folder that --resume starts again
     except BaseException:
         record.release()
         raise
+    return server, 1

@@ -139,11 +139,11 @@ def run(cfg: Config) -> Path:
         RunExistsError: ``output_dir`` already holds a run that completed round 0.
         RunStopped: ``fl.max_idle_rounds`` rounds in a row had no usable client update.
     """
-    expanded = Path(expand_output_dir(cfg))
-    made = RunRecord(expanded).first_missing_folder()  # what this start creates (removed again if it fails)
-    cfg = replace(cfg, output_dir=new_output_dir(cfg))  # a copy: the caller's Config is never written
+    expanded = expand_output_dir(cfg)  # once: the clock in {time} must not move between the two uses below
+    made = RunRecord(Path(expanded)).first_missing_folder()  # what this start creates (removed again if it fails)
+    cfg = replace(cfg, output_dir=new_output_dir(cfg, expanded))  # a copy: the caller's Config is never written
     record = RunRecord(Path(cfg.output_dir))
-    if Path(cfg.output_dir) != expanded:  # a suffixed name ("-1") that this start created itself
+    if Path(cfg.output_dir) != Path(expanded):  # a suffixed name ("-1") that this start created itself
         made = Path(cfg.output_dir)
     return _start(cfg, record, keep_config=False, made=made)
 
@@ -192,9 +192,9 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     record = RunRecord(run_dir)
+    record.check_writable()  # a read-only folder fails here, not after a whole round (and before the lock file)
     record.lock()  # before reading anything: a folder a live run holds is never resumed or restarted
     with record:
-        record.check_writable()  # a read-only folder fails here, not after a whole round
         if not record.has_checkpoint():
             if record.has_run():
                 raise RunFileError(f"{record.checkpoint_path()}: missing, but {record.metrics_path} has rounds after "

@@ -281,10 +281,11 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     Raises:
         RunExistsError: ``out_dir/server`` already holds a run.
     """
-    from fedspear.extensions import task_with_feedback
+    from fedspear.extensions import load_task_data, task_with_feedback
     from fedspear.federation.client import partition_examples
     from fedspear.federation.server import FederatedServer
     from fedspear.models import build_policy, fit_config
+    from fedspear.prompt_budget import fit_prompts
     from fedspear.records import RunRecord
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.learning import publish_global
@@ -295,15 +296,20 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _served_config(cfg, out_dir, clients, rounds, evaluate_global)
     task = get_task(cfg.data.dataset)
-    data = task.load(cfg)
-    parts = partition_examples(cfg, data.train)
+    data = load_task_data(task, cfg)
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
-    policies = [build_policy(cfg) for _ in range(clients + 1)]  # the clients' and the server's
-    cfg = fit_config(cfg, policies[-1])  # a copy with the policies' capped model.max_seq_len
-    runtimes = [ClientRuntime(policies[i], task, cfg, out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
-                for i in range(clients)]
-    servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
+    try:
+        policies = [build_policy(cfg) for _ in range(clients + 1)]  # the clients' and the server's
+        cfg = fit_config(cfg, policies[-1])  # a copy with the policies' capped model.max_seq_len
+        data = fit_prompts(data, policies[-1], cfg, task)  # the rows the simulator and Flower keep
+        parts = partition_examples(cfg, data.train)
+        runtimes = [ClientRuntime(policies[i], task, cfg, out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
+                    for i in range(clients)]
+        servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
+    except BaseException:
+        record.release()
+        raise
 
     def publish(round_idx: int, global_state: dict[str, Any]) -> None:
         for rt in runtimes:

@@ -290,6 +290,7 @@ class MathMCQATask(MultipleChoiceTask):
     hub_id = ("stellaathena/math_mcqa", None)
     max_options = 4
     generic_hint = "Hint: recheck every step of your work, especially the last computation, against the options."
+    matches_option_text = False  # a solution that starts with "3 apples..." is reasoning, not option "3"
 
     def load(self, cfg: Any) -> TaskData:
         return load_task_data(cfg, self.hub_id, math_row_to_example, default_eval=("test", "validation"))

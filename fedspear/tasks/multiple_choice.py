@@ -243,6 +243,9 @@ class MultipleChoiceTask(Task):
     max_options: int = 4
     hint_nudge: str = ""
     generic_hint: str = "Hint: compare every option with the question and rule out the ones that cannot be right."
+    # An answer that opens with an option's whole text is that option (instruct models write "A woodpecker..." for
+    # option B); off for tasks whose answers are reasoning that ends in a declared letter (MATH-MCQA).
+    matches_option_text: bool = True
 
     def extract(self, completion: str, num_options: int | None = None,
                 choices: tuple[str, ...] | list[str] = ()) -> str | None:
@@ -260,8 +263,8 @@ class MultipleChoiceTask(Task):
         (:func:`option_by_text`), else the letter read with the example's marker-holding option texts masked out
         (:func:`mask_option_texts`)."""
         num = len(example.choices)
-        return (option_by_text(completion, example.choices, num)
-                or self.extract(mask_option_texts(completion, example.choices), num))
+        by_text = option_by_text(completion, example.choices, num) if self.matches_option_text else None
+        return by_text or self.extract(mask_option_texts(completion, example.choices), num)
 
     def is_correct(self, example: Example, completion: str) -> bool:
         return self.extract_for(example, completion) == example.answer
