@@ -65,14 +65,16 @@ def summarize(rows: list[dict]) -> dict:
     agg = [r.get("aggregate", {}) for r in trained]
     total = lambda key: sum(_num(a.get(key)) or 0 for a in agg)  # noqa: E731
     res = [r.get("resources", {}) for r in trained]
-    peaks = [_num(x.get("peak_rss_mb_max")) for x in res if _num(x.get("peak_rss_mb_max"))]
-    down = [_num(x.get("bytes_down_mean")) for x in res if _num(x.get("bytes_down_mean"))]
-    up = [_num(x.get("bytes_up_mean")) for x in res if _num(x.get("bytes_up_mean"))]
+    # the update's own peak: the process's lifetime peak carries over between the runs of one sweep process
+    peaks = [_num(x.get("update_rss_peak_mb_max")) for x in res if _num(x.get("update_rss_peak_mb_max"))]
+    down = [_num(x.get("bytes_down_per_client")) for x in res if _num(x.get("bytes_down_per_client"))]
+    up = [_num(x.get("bytes_up_per_client")) for x in res if _num(x.get("bytes_up_per_client"))]
     return {
         "rounds": len(trained), "before": evals[0]["eval"]["accuracy"] if evals else None,
         "after": evals[-1]["eval"]["accuracy"] if evals else None, "last_round": evals[-1]["round"] if evals else None,
         "round_s": (sum(r["time"]["round_s"] for r in trained) / len(trained)) if trained else None,
-        "prompts": total("prompts"), "needs_revision": total("needs_revision"),
+        # group methods (GRPO, RLTF-SD) count samples, several per prompt: the share is of first samples
+        "prompts": total("samples_y0") or total("prompts"), "needs_revision": total("needs_revision"),
         "wins_revision": total("wins_revision"), "revision_successes": total("revision_successes"),
         "tokens_generated": total("tokens_generated"), "tokens_trained": total("tokens_trained"),
         "peak_rss_mb": max(peaks) if peaks else None, "bytes_down": down[-1] if down else None,
@@ -104,8 +106,9 @@ def plot_task(task: str, runs: dict[tuple[str, int], list[dict]], out_dir: Path)
             t += r["time"]["round_s"]
             cum.append(t / 60)
         agg = [r.get("aggregate", {}) for r in trained]
-        fixed = [a.get("wins_revision", a.get("revision_successes", 0)) or 0 for a in agg]
-        share = [(a.get("needs_revision") or 0) / a["prompts"] if a.get("prompts") else 0 for a in agg]
+        fixed = [a.get("wins_revision") or a.get("revision_successes") or 0 for a in agg]
+        firsts = [a.get("samples_y0") or a.get("prompts") or 0 for a in agg]  # group methods: first samples
+        share = [(a.get("needs_revision") or 0) / n if n else 0 for a, n in zip(agg, firsts)]
         axes[0].plot(xs, cum, marker="o", label=algorithm)
         axes[1].plot(xs, fixed, marker="o", label=algorithm)
         axes[2].plot(xs, share, marker="o", label=algorithm)
@@ -135,7 +138,7 @@ def write_report(out: Path, tasks: list[str], report: Path) -> None:
             continue
         plots = plot_task(task, runs, report.parent / "real_model")
         lines += [f"## {task}", "", "| algorithm | seed | rounds | acc round 0 | acc end | s/round | needs revision | "
-                  "fixed by revision | tokens gen. | tokens trained | peak RSS MB | bytes down/up per client-round |",
+                  "fixed by revision | tokens gen. | tokens trained | update peak RSS MB | bytes down/up per client-round |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for (algorithm, seed), rows in sorted(runs.items()):
             s = summarize(rows)
