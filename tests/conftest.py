@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# Every test process, and the processes tests start, computes with two torch threads: model.torch_threads=auto
+# judges the machine's load, so without this the thread count (and with it the float reduction order that the
+# equality tests compare, e.g. the fast path against the plain path, Flower against the simulator) would depend
+# on what else the machine runs. A value the caller exported is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
