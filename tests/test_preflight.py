@@ -5,6 +5,7 @@ and `run` leaves no run folder behind."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,10 @@ from fedspear.config import ConfigError, load_config
 
 
 def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    """The one error line on stderr; the run's INFO progress lines (the model's start line) may precede it, nothing
+    else may (no traceback, no warning)."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not re.match(r"\d\d:\d\d:\d\d INFO fedspear: ", line)]
     assert len(err) == 1, err
     assert err[0].startswith("fedspear: error: ")
     return err[0]
