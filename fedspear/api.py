@@ -112,13 +112,20 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None, overrides:
     """
     path, values, text = _split(config, overrides, allow_config=False)
     cfg = _config.load_config(path, text, values=values)
-    _check_before_work(cfg)
+    check_before_work(cfg)
     return cfg
 
 
-def _check_before_work(cfg: _config.Config) -> None:
-    """What ``fedspear check`` verifies beyond the values (``fedspear.cli.check_before_work``, repeated here: the
-    API does not import the command line)."""
+def check_before_work(cfg: _config.Config) -> None:
+    """What ``check``, ``run``, ``compare`` and ``sweep`` (and :func:`load_config`, :func:`run`) verify beyond the
+    values: the user's task and feedback classes; that ``model.model_name`` is an existing folder (when written as a
+    path) and no PEFT adapter; and, when ``lora.target_modules`` is set, that it names modules of the model (built
+    without its weights; only then are torch and transformers imported). See docs/configuration.md, "Errors before
+    round 0".
+
+    Raises:
+        ConfigError: the first check that fails (one line).
+    """
     _check_extensions(cfg)
     _check_model_path(cfg)
     _check_not_adapter(cfg)
@@ -146,7 +153,7 @@ def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
     """
     path, values, text = _split(config, overrides, allow_config=True)
     cfg = _config.load_config(path, text, values=values)  # a new Config: the caller's is never written
-    _check_before_work(cfg)
+    check_before_work(cfg)
     from fedspear.federation import simulator  # imports torch
     from fedspear.records import RunRecord
 

@@ -33,11 +33,10 @@ from typing import Any
 import yaml
 
 from fedspear import __version__
+from fedspear.api import check_before_work
 from fedspear.config import Config, ConfigError, field_help, load_config
-from fedspear.extensions import check as check_extensions
 from fedspear.flower import app_config as flower_app_config  # no Flower / torch imports
 from fedspear.log import setup_logging
-from fedspear.preflight import check_model_path, check_not_adapter
 from fedspear.presets import DEFAULT_PRESET, list_presets, resolve_config
 from fedspear.serve import commands as serve_commands  # no torch / web imports
 
@@ -71,24 +70,6 @@ def _yaml_scalar(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def check_before_work(cfg: Config) -> None:
-    """What ``check``, ``run``, ``compare`` and ``sweep`` verify beyond the values: the user's task and feedback
-    classes; that ``model.model_name`` is an existing folder (when written as a path) and no PEFT adapter; and,
-    when ``lora.target_modules`` is set, that it names modules of the model (built without its weights; only then
-    are torch and transformers imported). See docs/configuration.md, "Errors before round 0".
-
-    Raises:
-        ConfigError: the first check that fails (one line).
-    """
-    check_extensions(cfg)
-    check_model_path(cfg)
-    check_not_adapter(cfg)
-    if cfg.lora.target_modules:
-        from fedspear.models import check_lora_targets  # imports torch
-
-        check_lora_targets(cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
