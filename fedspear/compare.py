@@ -75,8 +75,25 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
 
 
+# Settings that choose how a run executes, not what it is: a finished run is reused whatever they were. The torch
+# thread count changes float rounding in the last bits, not the experiment, and a grid is often finished on
+# another machine or under another load than it was started.
+EXECUTION_ONLY = ("model.torch_threads",)
+
+
+def _experiment(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without ``output_dir`` (however it was spelled) and :data:`EXECUTION_ONLY` settings."""
+    out = {**cfg, "output_dir": None}
+    for dotted in EXECUTION_ONLY:
+        section, key = dotted.split(".")
+        out[section] = {**out.get(section, {}), key: None}
+    return out
+
+
 def run_or_reuse(cfg: Config) -> Path:
     """Run ``cfg`` in ``cfg.output_dir``; reuse a finished run there with the same config, resume an interrupted one.
+
+    "The same config" ignores ``output_dir``'s spelling and the :data:`EXECUTION_ONLY` settings (thread count).
 
     Raises:
         RunExistsError: the folder holds a run with a different configuration, or a run that cannot be resumed.
@@ -86,8 +103,7 @@ def run_or_reuse(cfg: Config) -> Path:
         return simulator.run(cfg)
     if record.config_path.is_file():
         existing = config_from_dict(yaml.safe_load(record.config_path.read_text(encoding="utf-8"))).to_dict()
-        # output_dir is this very folder, however it was spelled (relative or absolute)
-        diff = _first_difference({**existing, "output_dir": None}, {**cfg.to_dict(), "output_dir": None})
+        diff = _first_difference(_experiment(existing), _experiment(cfg.to_dict()))
         if diff:
             raise RunExistsError(f"{record.run_dir} holds a run with another configuration ({diff}); remove it or "
                                  "choose another output_dir")

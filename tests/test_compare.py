@@ -109,14 +109,17 @@ def test_write_comparison_from_run_folders(tmp_path):
     assert cmp.round_series(rows, "grpo")["needs_revision_pct"] == []
 
 
-def test_reuse_ignores_how_output_dir_is_spelled(tmp_path, monkeypatch, tiny_qwen):
-    """A finished run reached through a relative or an absolute path is the same run: reused, not refused."""
+def test_reuse_ignores_how_output_dir_is_spelled_and_the_thread_count(tmp_path, monkeypatch, tiny_qwen):
+    """A finished run reached through a relative or an absolute path, or asked for with another thread count, is the
+    same run: reused, not refused; any other difference is refused naming the key."""
     require_shared_data()
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, tiny_overrides(tiny_qwen, "runs/r", **{"fl.rounds": 1, "data.num_clients": 2,
                                                                      "fl.clients_per_round": 1}))
     first = cmp.run_or_reuse(cfg)
     cfg.output_dir = str(tmp_path / "runs" / "r")
+    assert cmp.run_or_reuse(cfg).resolve() == first.resolve()
+    cfg.model.torch_threads = "1" if str(cfg.model.torch_threads) != "1" else "2"  # how it runs, not what it is
     assert cmp.run_or_reuse(cfg).resolve() == first.resolve()
     cfg.fl.local_train_steps += 1
     with pytest.raises(RunExistsError, match="fl.local_train_steps"):
