@@ -42,14 +42,15 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def runs_of(task_dir: Path) -> dict[tuple[str, int], list[dict]]:
-    """{(algorithm, seed): metrics rows} of every run folder under a task's sweep folder."""
+    """{(algorithm, seed): metrics rows} of every finished run folder under a task's sweep folder."""
     import yaml
 
     out = {}
     for cfg_path in sorted(task_dir.glob("**/config.yaml")):
         cfg = yaml.safe_load(cfg_path.read_text())
         rows = _rows(cfg_path.parent)
-        if rows:
+        # only finished runs: an interrupted or running one would enter the table with its round-0 accuracy as "end"
+        if rows and max(r.get("round", 0) for r in rows) >= int(cfg["fl"]["rounds"]):
             out[(cfg["algorithm"]["name"], int(cfg["data"]["seed"]))] = rows
     return out
 
@@ -126,6 +127,88 @@ def plot_task(task: str, runs: dict[tuple[str, int], list[dict]], out_dir: Path)
     return [path]
 
 
+def _ci(values: list[float], spec: str = ".3f") -> str:
+    """``mean [low, high]`` (95% Student-t over seeds, :func:`fedspear.sweep.mean_ci`); the mean alone for one seed."""
+    from fedspear.sweep import mean_ci
+
+    return _fmt_ci(mean_ci(values), spec)
+
+
+def _fmt_ci(ci: dict, spec: str = ".3f") -> str:
+    if ci["mean"] is None:
+        return "-"
+    if ci["low"] is None:
+        return format(ci["mean"], spec)
+    return f"{ci['mean']:{spec}} [{ci['low']:{spec}}, {ci['high']:{spec}}]"
+
+
+def base_accuracy(runs: dict[tuple[str, int], list[dict]]) -> dict[int, tuple[float, int]]:
+    """Per seed, the base model's accuracy and number of items: every run's round-0 evaluation of that seed (the
+    same model on the same items, so they must agree; a disagreement is an error, not averaged away)."""
+    out: dict[int, tuple[float, int, str]] = {}
+    for (algorithm, seed), rows in runs.items():
+        first = next((r["eval"] for r in rows if r.get("round") == 0 and (r.get("eval") or {}).get("n")), None)
+        if first is None:
+            continue
+        got = (first["accuracy"], first["n"], first.get("correct", ""))
+        if seed in out and out[seed] != got:
+            raise SystemExit(f"seed {seed}: {algorithm}'s round-0 evaluation differs from another run's "
+                             "(same base model and items expected); rerun that run")
+        out[seed] = got
+    return {seed: (acc, n) for seed, (acc, n, _) in out.items()}
+
+
+def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """One row per algorithm (and the base model): accuracy before/after as mean [95% t interval] over seeds, the
+    paired difference to no training (end - round 0 per seed, on item counts) with the paired t p over seeds and
+    its Holm adjustment over the algorithms, and the mean cost figures per round / client-round."""
+    from fedspear.sweep import holm, paired_tests
+
+    base = base_accuracy(runs)
+    algorithms = sorted({a for a, _ in runs})
+    rows, pvalues = [], []
+    for algorithm in algorithms:
+        seeds = sorted(s for a, s in runs if a == algorithm and s in base)
+        sums = {s: summarize(runs[(algorithm, s)]) for s in seeds}
+        end = [sums[s]["after"] for s in seeds]
+        test = paired_tests(end, [base[s][0] for s in seeds], [base[s][1] for s in seeds])
+        t = test["t_test"]
+        pvalues.append(t["pvalue"] if t else None)
+        fixed = sum((x["wins_revision"] or x["revision_successes"]) for x in sums.values())
+        needs = sum(x["needs_revision"] for x in sums.values())
+        rounds = sum(x["rounds"] for x in sums.values()) or 1
+        rows.append((algorithm, seeds, sums, end, test, fixed, needs, rounds))
+    adjusted = holm(pvalues)
+    n_items = sorted({n for _, n in base.values()})
+    lines = [f"Accuracy on {'/'.join(map(str, n_items))} held-out items per seed: mean over seeds [95% Student-t "
+             "interval]. Δ = end - no training, paired by seed on item counts; p = paired t over seeds (Holm over "
+             "the algorithms in parentheses; \"no var.\" when every seed moved by the same count, \"-\" with one "
+             "seed). Costs: mean per round (s, tokens) or per client-round (bytes), peak = the largest client update's "
+             "RSS high-water mark.", "",
+             "| algorithm | seeds | acc round 0 | acc end | Δ vs no training | p (Holm) | hint fixed | s/round | "
+             "tokens gen./round | tokens trained/round | update peak RSS MB | MB down/up per client-round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    seeds0 = sorted(base)
+    lines.append(f"| no training (base model) | {','.join(map(str, seeds0))} | {_ci([base[s][0] for s in seeds0])} | "
+                 f"{_ci([base[s][0] for s in seeds0])} | 0 | - | - | 0 | 0 | 0 | - | 0 / 0 |")
+    for (algorithm, seeds, sums, end, test, fixed, needs, rounds), p_holm in zip(rows, adjusted, strict=True):
+        t = test["t_test"]
+        p = "-" if t is None else ("no var." if t["pvalue"] is None else f"{t['pvalue']:.2g} ({p_holm:.2g})")
+        per_round = lambda key: sum(x[key] for x in sums.values()) / rounds  # noqa: E731, B023
+        peaks = [x["peak_rss_mb"] for x in sums.values() if x["peak_rss_mb"] is not None]
+        down = [x["bytes_down"] for x in sums.values() if x["bytes_down"] is not None]
+        up = [x["bytes_up"] for x in sums.values() if x["bytes_up"] is not None]
+        lines.append(
+            f"| {algorithm} | {','.join(map(str, seeds))} | {_ci([sums[s]['before'] for s in seeds])} | {_ci(end)} | "
+            f"{_fmt_ci(test['diff'], '+.3f')} | {p} | "
+            f"{f'{fixed:.0f}/{needs:.0f} ({fixed / needs:.0%})' if needs else '-'} | "
+            f"{_ci([x['round_s'] for x in sums.values() if x['round_s'] is not None], '.0f')} | "
+            f"{per_round('tokens_generated'):.0f} | {per_round('tokens_trained'):.0f} | "
+            f"{f'{max(peaks):.0f}' if peaks else '-'} | "
+            f"{f'{sum(down) / len(down) / 1e6:.2f} / {sum(up) / len(up) / 1e6:.2f}' if down and up else '-'} |")
+    return lines + [""]
+
+
 def write_report(out: Path, tasks: list[str], report: Path) -> None:
     """``bench/real_model.md``: per task and algorithm, the mean over seeds of each figure (per-seed rows below)."""
     lines = ["# SmolLM2-135M-Instruct: the comparison on real data", "",
@@ -137,7 +220,7 @@ def write_report(out: Path, tasks: list[str], report: Path) -> None:
             lines += [f"## {task}", "", "no finished runs yet", ""]
             continue
         plots = plot_task(task, runs, report.parent / "real_model")
-        lines += [f"## {task}", "", "| algorithm | seed | rounds | acc round 0 | acc end | s/round | needs revision | "
+        lines += [f"## {task}", "", *summary_table(runs), "Per run:", "", "| algorithm | seed | rounds | acc round 0 | acc end | s/round | needs revision | "
                   "fixed by revision | tokens gen. | tokens trained | update peak RSS MB | bytes down/up per client-round |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for (algorithm, seed), rows in sorted(runs.items()):
