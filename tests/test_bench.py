@@ -95,6 +95,49 @@ def test_compare_baseline_ignores_times_and_catches_any_other_difference(tmp_pat
     assert compare_main([a, run("d", [row], 1.0 + 1e-7)]) == 1  # an adapter tensor differs in the last bits
 
 
+def test_same_results_compare_prints_the_first_differing_key_and_fails(tmp_path, capsys):
+    """Two hand-made fingerprints: equal ones are SAME (exit 0); one float off in its last bit, or one tensor
+    changed, is printed with both values (and the tensor's max |diff|) and exits 1. No run is started."""
+    import torch
+    from safetensors.torch import save_file
+    from same_results import main as same_main
+
+    def fingerprint(name: str, loss: float, weight: float) -> str:
+        out = tmp_path / name
+        (out / "spear" / "adapters").mkdir(parents=True)
+        file = "adapters/a.safetensors"
+        save_file({"w": torch.tensor([weight, 2.0])}, str(out / "spear" / file))
+        rows = [{"round": 0, "eval": {"accuracy": 0.5}}, {"round": 1, "clients": [{"metrics": {"loss": loss}}]}]
+        tensors = {file: {"w": "f00d" if weight == 1.0 else "beef"}}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"out": str(out), "runs": {"spear": {"rows": rows, "tensors": tensors}}}))
+        return str(path)
+
+    base = fingerprint("base", 0.1, 1.0)
+    assert same_main(["--fingerprint", fingerprint("same", 0.1, 1.0), "--compare", base]) == 0
+    assert "spear: SAME" in capsys.readouterr().out
+    assert same_main(["--fingerprint", fingerprint("float", 0.1 + 2**-56, 1.0), "--compare", base]) == 1
+    out = capsys.readouterr().out
+    assert "spear: DIFFERENT" in out and "rows[1].clients[0].metrics.loss: base 0.1 != now 0.10000000000000002" in out
+    assert same_main(["--fingerprint", fingerprint("tensor", 0.1, 1.5), "--compare", base]) == 1
+    out = capsys.readouterr().out
+    assert "tensor adapters/a.safetensors :: w: base f00d != now beef (1 of 1 tensors differ, max |diff| 0.5)" in out
+
+
+def test_same_results_drops_times_memory_and_node_ids_only():
+    from same_results import strip_row
+
+    row = {"round": 1, "time": {"round_s": 1.0}, "resources": {"peak_rss_mb_max": 9.0, "bytes_up": 10},
+           "clients": [{"node_id": 7, "wire_bytes_up": 5, "metrics": {"training_s": 0.1, "wins": 3}}]}
+    dropped: set[str] = set()
+    unreviewed: set[str] = set()
+    assert strip_row(row, dropped, unreviewed) == {"round": 1, "resources": {"bytes_up": 10},
+                                                   "clients": [{"wire_bytes_up": 5, "metrics": {"wins": 3}}]}
+    assert dropped == {"time", "peak_rss_mb_max", "node_id", "training_s"} and not unreviewed
+    strip_row({"started_at_time": 1}, dropped, unreviewed)
+    assert unreviewed == {"started_at_time"}  # kept, but flagged for review
+
+
 @pytest.mark.slow
 def test_round_time_variants_and_targets(bench_dir, capsys):
     """NAME@KEY=VALUE entries run as separate variants of one algorithm in one invocation, and the targets print."""
