@@ -2,8 +2,9 @@
 
 The section and key names follow the authors' YAML schema; :mod:`fedspear.config_compat` maps their files onto
 ours (dropping, with a warning, the keys nothing here reads), so they load unchanged. Keys this project adds are
-marked "(fedspear)" in their help text. Each algorithm's section is its own settings dataclass
-(:mod:`fedspear.algorithms.settings`); see ``docs/configuration.md`` and ``docs/algorithms.md``.
+marked "(fedspear)" in their help text. Each algorithm's section is its own settings dataclass, defined with the
+other sections (:mod:`fedspear.config_sections`; the algorithms import them from :mod:`fedspear.algorithms.settings`);
+see ``docs/configuration.md`` and ``docs/algorithms.md``.
 Unknown keys and bad values raise :class:`ConfigError`, whose message names the key and the fix.
 """
 
@@ -21,7 +22,6 @@ from typing import Any
 
 import yaml
 
-from fedspear.algorithms.settings import GRPOSettings, OPSDSettings, RLTFSDSettings, SpearSettings
 from fedspear.config_compat import translate
 from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.config is the public module
     AGGREGATIONS,
@@ -41,11 +41,15 @@ from fedspear.config_sections import (  # noqa: F401 - re-exported: fedspear.con
     FeedbackConfig,
     FLConfig,
     GenConfig,
+    GRPOSettings,
     HFConfig,
     LoggingConfig,
     LoraConfig,
     ModelConfig,
+    OPSDSettings,
     OptimConfig,
+    RLTFSDSettings,
+    SpearSettings,
     _f,
 )
 from fedspear.dotted import describe, load_object

@@ -129,6 +129,12 @@ class FeedbackTask(Task):
     def privileged_context(self, example: Example, *args: Any, **kwargs: Any) -> str:
         return self.verifier.privileged_context(example, *args, **kwargs)
 
+    def question_prompt(self, question: str) -> str:
+        return self.verifier.question_prompt(question)
+
+    def person_feedback(self, prompt: str, previous_answer: str, hint: str) -> str:
+        return self.verifier.person_feedback(prompt, previous_answer, hint)
+
     def __getattr__(self, name: str) -> Any:  # a task's own extra attributes
         if name == "verifier":
             raise AttributeError(name)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from fedspear.config import MAX_NOISE_MULTIPLIER, Config, DPConfig
+from fedspear.models import is_finite_state
 
 State = dict[str, torch.Tensor]
 
@@ -114,9 +115,9 @@ def sample_round(cfg: Config, round_idx: int) -> list[int]:
     Under ``dp.mode=central``: Poisson sampling with q = :func:`sampling_rate` (McMahan et al. 2018, Algorithm
     1), from fresh OS randomness (or ``dp.seed`` when set), so the run folder does not reveal the sample and the
     accountant's amplification by sampling holds. Otherwise exactly ``fl.clients_per_round`` clients without
-    replacement, a function of (``data.seed``, round) (:func:`fedspear.federation.partition.sample_clients`).
+    replacement, a function of (``data.seed``, round) (:func:`fedspear.sampling.sample_clients`).
     """
-    from fedspear.federation.partition import sample_clients
+    from fedspear.sampling import sample_clients
 
     if cfg.dp.mode != "central":
         return sample_clients(cfg.data.num_clients, cfg.fl.clients_per_round, cfg.data.seed, round_idx)
@@ -312,6 +313,31 @@ def coverage(mode: str, seeded: bool = False) -> tuple[str, str]:
     return covered, uncovered
 
 
+def usable_results(results: list[tuple[State | None, float]]
+                   ) -> tuple[list[State], list[float], int, int]:
+    """Split client results into the usable ones and the counts of the rest.
+
+    The one filter of both server aggregations: :func:`fedspear.federation.aggregation.aggregate` and
+    :func:`central_dp_aggregate` (defined here, below the federation layer that imports both).
+
+    Returns:
+        (kept states, their weights, number without an update (None state or weight 0), number excluded as
+        non-finite (NaN/inf weight or tensor)).
+    """
+    kept_states: list[State] = []
+    kept_weights: list[float] = []
+    num_nonfinite = num_without_update = 0
+    for state, weight in results:
+        if state is None or weight == 0:
+            num_without_update += 1
+        elif not math.isfinite(weight) or not is_finite_state(state):
+            num_nonfinite += 1
+        else:
+            kept_states.append(state)
+            kept_weights.append(float(weight))
+    return kept_states, kept_weights, num_without_update, num_nonfinite
+
+
 def central_dp_aggregate(global_state: State, results: list[tuple[State | None, float]], cfg: Config,
                          round_idx: int, server_opt: Any = None) -> tuple[State, dict[str, Any]]:
     """The server round under ``dp.mode=central``: :func:`central_dp_mean` over the usable client updates,
@@ -326,8 +352,6 @@ def central_dp_aggregate(global_state: State, results: list[tuple[State | None, 
         (new global state, info with ``num_aggregated``, ``num_excluded_nonfinite``, ``num_without_update`` and
         ``dp_clipped``; the clients' pre-clip norms are not reported).
     """
-    from fedspear.federation.aggregation import usable_results
-
     kept, _, without, nonfinite = usable_results(results)  # central DP weighs every kept client the same
     gen = noise_generator(cfg.dp, round_idx)
     new_state, info = central_dp_mean(global_state, kept, cfg.dp, cfg.fl.clients_per_round, gen)

@@ -15,6 +15,9 @@ import pytest
 # on what else the machine runs. A value the caller exported is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# Fixtures several test folders share (tests/fixtures): Flower test processes, a user's algorithm from outside.
+pytest_plugins = ["fixtures.processes", "fixtures.outside_algorithm"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ARC_DIR = SHARED_DATA / "arc_challenge"

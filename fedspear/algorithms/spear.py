@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -52,27 +51,13 @@ from fedspear.algorithms.lose_mask import (
 )
 from fedspear.algorithms.losses import spear_loss
 from fedspear.algorithms.settings import SpearSettings
+from fedspear.algorithms.traces import FeedbackRollout, add_chain, outcome_metrics
 from fedspear.feedback_noise import feedback_models
 from fedspear.generation import GenSettings, GenStats, eos_ids, rollout_settings
 from fedspear.models import Policy
 from fedspear.rollout_queue import Request, run_requests
 from fedspear.tasks.base import Task
 from fedspear.tasks.prompts import build_revision_prompt
-
-
-@dataclass
-class FeedbackRollout:
-    """One client's rollout with feedback-guided revisions.
-
-    Attributes:
-        wins: win traces (x0, y0) and (x0, y').
-        losses: lose traces (x0, y0) with confidence 1.0 (fixed later) or 0.5 (never fixed).
-        metrics: counts and timings of the rollout.
-    """
-
-    wins: list[Trace] = field(default_factory=list)
-    losses: list[Trace] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Spear(Algorithm[FeedbackRollout]):
@@ -123,7 +108,7 @@ class Spear(Algorithm[FeedbackRollout]):
         seed = jobs[0].seed if jobs else 0
         chain = _RevisionChain(self, policy, users, rollouts, items)
         first_settings = self._gen_settings(False)
-        requests = [Request(x0, first_settings, (i, 0, None, None)) for i, (_, _, x0) in enumerate(items)]
+        requests = [Request(x0, first_settings, (i, ())) for i, (_, _, x0) in enumerate(items)]
         run_requests(policy, requests, chain.on_done, seed, gen_stats, run.gen.scheduler)
         for r, user in zip(rollouts, users, strict=True):
             r.metrics.update(user.metrics())
@@ -223,8 +208,9 @@ class Spear(Algorithm[FeedbackRollout]):
 
 
 class _RevisionChain:
-    """SPEAR's per-prompt chain as a request-queue callback: verify an answer, record a win or keep it pending,
-    and ask for the next revision with the user's hint. Keys are ``(item index, attempt, y0, latest)``."""
+    """SPEAR's per-prompt chain as a request-queue callback: verify an answer, close its chain
+    (:func:`~fedspear.algorithms.traces.add_chain`) or ask for the next revision with the user's hint. Keys are
+    ``(item index, the chain's answers so far)``."""
 
     def __init__(self, algorithm: Spear, policy: Policy, users: list, rollouts: list[FeedbackRollout],
                  items: list) -> None:
@@ -234,82 +220,42 @@ class _RevisionChain:
         self.max_attempts = algorithm.run.gen.num_revisions if algorithm.run.feedback.provider != "none" else 0
         self.revision_settings = algorithm._gen_settings(True)
 
+    def close(self, i: int, answers: tuple, accepted: bool) -> None:
+        """Item ``i``'s chain is over: its wins and losses (the trace builder shared with the served clients)."""
+        j, _, x0 = self.items[i]
+        add_chain(self.rollouts[j], self.algorithm.settings, x0, [(c.ids, c.text) for c in answers],
+                  [False] * (len(answers) - 1) + [accepted])
+
     def on_done(self, finished: list) -> list[Request]:
         """Verdicts for ``finished`` (in order), then hints and revision requests for the still-wrong ones."""
-        settings, still = self.algorithm.settings, []
+        still = []
         for request, comp in finished:
-            i, attempt, y0, _ = request.key
-            j, ex, x0 = self.items[i]
-            m, user = self.rollouts[j].metrics, self.users[j]
-            if attempt == 0:
+            i, answers = request.key
+            j, ex, _ = self.items[i]
+            answers = (*answers, comp)
+            if len(answers) == 1:
                 self.first.append(comp)
-                if user.dropped():
+                if self.users[j].dropped():
                     continue
-                m["prompts"] = m.get("prompts", 0) + 1
-                if user.verdict(ex, comp.text):
-                    m["wins_y0"] = m.get("wins_y0", 0) + 1
-                    self.rollouts[j].wins.append(Trace(x0, comp.ids, text=comp.text))
-                else:
-                    m["needs_revision"] = m.get("needs_revision", 0) + 1
-                    still.append((i, 0, comp, comp))
-                continue
-            accepted = user.verdict(ex, comp.text)
-            count_revision(m, attempt, accepted)
-            if accepted:
-                add_fixed(self.rollouts[j], settings, x0, y0.ids, y0.text, comp.ids, comp.text)
+            if self.users[j].verdict(ex, comp.text):
+                self.close(i, answers, True)
             else:
-                still.append((i, attempt, y0, comp))
+                still.append((i, answers))
         requests = []
         start = time.perf_counter()
-        for i, attempt, y0, latest in still:
-            j, ex, x0 = self.items[i]
+        for i, answers in still:
+            j, ex, _ = self.items[i]
+            attempt = len(answers) - 1
             if attempt >= self.max_attempts:
-                add_unfixed(self.rollouts[j], settings, x0, y0.ids, y0.text)
+                self.close(i, answers, False)
                 continue
-            hint = self.users[j].feedback(ex, latest.text)
-            prompt = build_revision_prompt(ex.prompt, latest.text, hint, self.algorithm.task.answer_format,
+            hint = self.users[j].feedback(ex, answers[-1].text)
+            prompt = build_revision_prompt(ex.prompt, answers[-1].text, hint, self.algorithm.task.answer_format,
                                            self.algorithm.run.gen.revision_template)
-            requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, attempt + 1, y0, latest),
+            requests.append(Request(self.policy.encode(prompt), self.revision_settings, (i, answers),
                                     chain=i, last_in_chain=attempt + 1 >= self.max_attempts))
         self.feedback_s += time.perf_counter() - start
         return requests
-
-
-def count_revision(metrics: dict[str, float], attempt: int, accepted: bool) -> None:
-    """Count one revision (attempt index >= 1) and, when its verdict accepted it, its success, in ``metrics``
-    (``revision_attempts_<attempt>``, ``revision_successes_<attempt>``)."""
-    metrics[f"revision_attempts_{attempt}"] = metrics.get(f"revision_attempts_{attempt}", 0) + 1
-    if accepted:
-        metrics[f"revision_successes_{attempt}"] = metrics.get(f"revision_successes_{attempt}", 0) + 1
-
-
-def add_fixed(rollout: FeedbackRollout, settings: SpearSettings, x0: list[int], y0_ids: list[int], y0_text: str,
-              fix_ids: list[int], fix_text: str) -> None:
-    """A wrong first answer that a revision fixed: the revision y' is a win trained under the original prompt x0,
-    and y0 a loss with confidence ``spear.confidence_fixed`` (docs/algorithms.md, "SPEAR")."""
-    rollout.wins.append(Trace(x0, fix_ids, text=fix_text))
-    rollout.losses.append(Trace(x0, y0_ids, confidence=settings.confidence_fixed, text=y0_text))
-
-
-def add_unfixed(rollout: FeedbackRollout, settings: SpearSettings, x0: list[int], y0_ids: list[int],
-                y0_text: str) -> None:
-    """A wrong first answer no revision fixed: a loss with confidence ``spear.confidence_unfixed``."""
-    rollout.losses.append(Trace(x0, y0_ids, confidence=settings.confidence_unfixed, text=y0_text))
-
-
-def outcome_metrics(metrics: dict[str, float], num_losses: int) -> None:
-    """SPEAR's rollout outcome metrics from its counts, in place: ``y0_accuracy`` = wins_y0 / prompts,
-    ``wins_revision`` = ``revision_successes`` = the sum of ``revision_successes_<k>``, ``losses_fixed`` (each
-    fixed loss is the y0 of one successful revision) and ``losses_unfixed`` = num_losses - losses_fixed.
-
-    The one definition the oracle rollout (:meth:`Spear.rollout`) and training from people's feedback
-    (:func:`fedspear.serve.learning.rollout_from_interactions`) share.
-    """
-    metrics["y0_accuracy"] = metrics.get("wins_y0", 0) / max(1, metrics.get("prompts", 0))
-    metrics["wins_revision"] = sum(v for k, v in metrics.items() if k.startswith("revision_successes_"))
-    metrics["revision_successes"] = metrics["wins_revision"]
-    metrics["losses_fixed"] = metrics["wins_revision"]
-    metrics["losses_unfixed"] = num_losses - metrics["wins_revision"]
 
 
 def _finish_metrics(rollouts: list[FeedbackRollout], items: list, gen_stats: GenStats, feedback_s: float) -> None:

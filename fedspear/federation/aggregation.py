@@ -16,6 +16,7 @@ import torch
 
 from fedspear.config import FLConfig
 from fedspear.models import is_finite_state
+from fedspear.privacy import usable_results  # the one filter of both aggregations (also importable from here)
 
 State = dict[str, torch.Tensor]
 
@@ -346,28 +347,6 @@ def build_server_optimizer(fl_cfg: FLConfig) -> ServerOptimizer | None:
     if fl_cfg.aggregation not in SERVER_OPTIMIZERS:
         return None
     return ServerOptimizer.from_config(fl_cfg)
-
-
-def usable_results(results: list[tuple[State | None, float]]
-                   ) -> tuple[list[State], list[float], int, int]:
-    """Split client results into the usable ones and the counts of the rest.
-
-    Returns:
-        (kept states, their weights, number without an update (None state or weight 0), number excluded as
-        non-finite (NaN/inf weight or tensor)).
-    """
-    kept_states: list[State] = []
-    kept_weights: list[float] = []
-    num_nonfinite = num_without_update = 0
-    for state, weight in results:
-        if state is None or weight == 0:
-            num_without_update += 1
-        elif not math.isfinite(weight) or not is_finite_state(state):
-            num_nonfinite += 1
-        else:
-            kept_states.append(state)
-            kept_weights.append(float(weight))
-    return kept_states, kept_weights, num_without_update, num_nonfinite
 
 
 def aggregate(

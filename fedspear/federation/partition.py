@@ -1,8 +1,10 @@
 """Non-IID data partition, per-(round, client) seeds and client sampling (docs/configuration.md, "Sections": ``data``, ``fl``).
 
 Every random choice is drawn from a numpy ``Generator`` seeded by ``SeedSequence((run seed, purpose tag,
-...))``, so the partition, the client schedule and the client updates use independent streams that depend
-only on the run seed, never on call order.
+...))`` (:func:`fedspear.sampling.seeded_rng`), so the partition, the client schedule and the client updates use
+independent streams that depend only on the run seed, never on call order. The client sampler
+(:func:`sample_clients`) lives in :mod:`fedspear.sampling`, below the privacy layer that also draws with it; it
+is importable from here too.
 """
 
 from __future__ import annotations
@@ -11,20 +13,13 @@ import heapq
 
 import numpy as np
 
-# Purpose tags keep the random streams of the partition and of client sampling apart for the same seed.
-_PARTITION_TAG = 0x5041
-_SAMPLING_TAG = 0x5341
-_MASK64 = 0xFFFFFFFFFFFFFFFF
+from fedspear.sampling import PARTITION_TAG, sample_clients, seeded_rng  # noqa: F401 - sample_clients: also from here
+
 # client_seed packs (round, client) into 62 bits: 30 for the round, 32 for the client.
 _SEED_BITS = 62
 _MASK62 = (1 << _SEED_BITS) - 1
 MAX_SEED_ROUND = (1 << 30) - 1
 MAX_SEED_CLIENT = (1 << 32) - 1
-
-
-def _rng(seed: int, *words: int) -> np.random.Generator:
-    """A generator for ``(seed, *words)``; the seed is taken modulo 2**64 so negative seeds work too."""
-    return np.random.default_rng(np.random.SeedSequence([seed & _MASK64, *words]))
 
 
 def dirichlet_partition(
@@ -58,7 +53,7 @@ def dirichlet_partition(
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if not alpha > 0:
         raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
-    rng = _rng(seed, _PARTITION_TAG)
+    rng = seeded_rng(seed, PARTITION_TAG)
     clients: list[list[int]] = [[] for _ in range(num_clients)]
     if num_clients == 1:
         clients[0] = list(range(len(labels)))
@@ -145,26 +140,3 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
         raise ValueError(f"client_id must be in [0, {MAX_SEED_CLIENT}] for a collision-free seed, got {client_id}")
     key = _mix62((seed & _MASK62) ^ 0x1E3779B97F4A7C15)
     return _mix62(((round_idx << 32) | client_id) ^ key)
-
-
-def sample_clients(num_clients: int, k: int, seed: int, round_idx: int) -> list[int]:
-    """The clients taking part in one round: ``k`` of ``num_clients`` without replacement.
-
-    Args:
-        num_clients: federation size N.
-        k: clients per round K; K >= N selects everyone.
-        seed: run seed.
-        round_idx: round index; the draw depends only on (seed, round_idx).
-
-    Returns:
-        ``min(k, num_clients)`` distinct client ids, sorted ascending.
-
-    Raises:
-        ValueError: if ``num_clients < 1`` or ``k < 1``.
-    """
-    if num_clients < 1 or k < 1:
-        raise ValueError(f"need num_clients >= 1 and clients_per_round >= 1, got N={num_clients}, K={k}")
-    if k >= num_clients:
-        return list(range(num_clients))
-    chosen = _rng(seed, _SAMPLING_TAG, round_idx).choice(num_clients, size=k, replace=False)
-    return sorted(int(c) for c in chosen)

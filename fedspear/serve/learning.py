@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.algorithms.registry import build_algorithm
 from fedspear.algorithms.settings import SpearSettings
-from fedspear.algorithms.spear import FeedbackRollout, Spear, add_fixed, add_unfixed, count_revision, outcome_metrics
+from fedspear.algorithms.spear import Spear
+from fedspear.algorithms.traces import FeedbackRollout, add_chain, outcome_metrics
 from fedspear.config import Config
 from fedspear.federation.partition import client_seed
 from fedspear.federation.resources import measured
@@ -55,9 +56,9 @@ def rollout_from_interactions(interactions: list[Interaction],
                               settings: SpearSettings | None = None) -> FeedbackRollout:
     """Turn closed, judged interactions into SPEAR's wins and losses, with the rollout's metrics.
 
-    Wins, losses and the outcome metrics are built by the same functions as SPEAR's oracle rollout
-    (:func:`~fedspear.algorithms.spear.add_fixed`, :func:`~fedspear.algorithms.spear.add_unfixed`,
-    :func:`~fedspear.algorithms.spear.outcome_metrics`).
+    Each interaction is one chain of SPEAR's trace builder (:func:`fedspear.algorithms.traces.add_chain`, the one
+    the oracle rollout calls): its task prompt ids x0, its attempts' sampled ids and the person's verdicts; the
+    outcome metrics are SPEAR's too (:func:`~fedspear.algorithms.traces.outcome_metrics`).
 
     Args:
         interactions: interactions in state accepted, fixed or unfixed (others are skipped).
@@ -70,35 +71,22 @@ def rollout_from_interactions(interactions: list[Interaction],
         the people's feedback seconds and generated tokens).
     """
     settings = settings or SpearSettings()
-    rollout = FeedbackRollout()
-    m: dict[str, float] = {"prompts": 0, "wins_y0": 0, "needs_revision": 0, "generation_s": 0.0,
-                           "feedback_s": 0.0, "tokens_generated": 0, "generations": 0}
+    rollout = FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0, "generation_s": 0.0,
+                                       "feedback_s": 0.0, "tokens_generated": 0, "generations": 0})
+    m = rollout.metrics
     for it in interactions:
         if it.state not in (ACCEPTED, FIXED, UNFIXED) or not it.attempts:
             continue
-        first = it.attempts[0]
-        x0 = first.prompt_ids
-        m["prompts"] += 1
         for prev, a in zip([None, *it.attempts[:-1]], it.attempts, strict=True):
             m["generations"] += 1
             m["generation_s"] += a.gen_seconds
             m["tokens_generated"] += len(a.completion_ids)
             if prev is not None and prev.verdict_at is not None:  # the person's time to write the hint
                 m["feedback_s"] += max(0.0, a.created_at - a.gen_seconds - prev.verdict_at)
-            if a.idx > 0:
-                count_revision(m, a.idx, bool(a.verdict))
-        if it.state == ACCEPTED:
-            m["wins_y0"] += 1
-            rollout.wins.append(Trace(x0, first.completion_ids, text=first.text))
-            continue
-        m["needs_revision"] += 1
-        if it.state == FIXED:
-            fixed = it.attempts[-1]
-            add_fixed(rollout, settings, x0, first.completion_ids, first.text, fixed.completion_ids, fixed.text)
-        else:
-            add_unfixed(rollout, settings, x0, first.completion_ids, first.text)
+        # the state follows the verdicts (fedspear.serve.store): accepted y0, a fixing revision last, or none
+        add_chain(rollout, settings, it.attempts[0].prompt_ids, [(a.completion_ids, a.text) for a in it.attempts],
+                  [bool(a.verdict) for a in it.attempts])
     outcome_metrics(m, len(rollout.losses))
-    rollout.metrics = m
     return rollout
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,38 +82,29 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def question_prompt(task: Any, text: str) -> str:
+def question_prompt(task: Task, text: str) -> str:
     """The task prompt x0 for a free-text question.
 
-    Text that already ends with the task's answer cue (``Answer:``) is taken as a full task prompt. Otherwise
-    the built-in world wraps it like its reasoning questions (question, instruction, cue); other tasks as
-    ``Question: ...`` followed by the cue.
+    Text that already ends with the task's answer cue (``Answer:``) is taken as a full task prompt. Otherwise the
+    task wraps it (:meth:`fedspear.tasks.base.Task.question_prompt`: the built-in world like its reasoning
+    questions, other tasks as ``Question: ...`` followed by the cue).
     """
     text = text.strip()
-    marker = task.answer_marker
-    if text.endswith(marker):
+    if text.endswith(task.answer_marker):
         return text
-    if task.name == "world":
-        from fedspear.tasks.world import REASONING_INSTRUCTION
-
-        return f"Question: {text}\n{REASONING_INSTRUCTION}\n{marker}"
-    return f"Question: {text}\n{marker}"
+    return task.question_prompt(text)
 
 
-_OPTION_LINE = re.compile(r"^[A-Z]\) ", re.MULTILINE)
-
-
-def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> str:
+def person_feedback(task: Task, prompt: str, previous_answer: str, hint: str) -> str:
     """The feedback section of a revision prompt from a person's hint, in the oracle's structure.
 
     The oracle's feedback is a verdict naming the given answer, one hint, the required format and a request not
-    to repeat the answer (docs/deviations.md, section 5). A person gives the verdict (a click) and the hint (typed); the
-    client writes the other lines around the hint, so the model reads people's feedback in the form it was
-    trained on. Nothing is added that the person did not say or that the task does not already state: the
-    verdict, the model's own answer, the answer format.
+    to repeat the answer (docs/deviations.md, section 5). A person gives the verdict (a click) and the hint (typed);
+    the task writes the other lines around the hint (:meth:`fedspear.tasks.base.Task.person_feedback`), so the
+    model reads people's feedback in the form it was trained on.
 
     Args:
-        task: the task (its verifier's ``extract`` and ``answer_format``).
+        task: the task.
         prompt: the task prompt x0 (multiple choice when it lists lettered options).
         previous_answer: the answer the person marked wrong.
         hint: what the person typed.
@@ -122,19 +112,7 @@ def person_feedback(task: Any, prompt: str, previous_answer: str, hint: str) -> 
     Returns:
         The feedback text.
     """
-    hint = hint.strip()
-    if task.name == "world":
-        from fedspear.tasks.world import feedback_text
-
-        kind = "mc" if _OPTION_LINE.search(prompt) else "reasoning"
-        given = task.extract(previous_answer)
-        if kind == "mc" and given is not None and not (len(given) == 1 and given.isupper()):
-            given = None
-        line = hint if hint.lower().startswith("hint") else f"Hint: {hint}"
-        return feedback_text(kind, given, line if line.endswith((".", "!", "?")) else line + ".")
-    given = task.extract(previous_answer)
-    verdict = f"Your answer ({given}) is incorrect." if given else "Your answer is incorrect."
-    return "\n".join([verdict, hint, f"Required format: {task.answer_format}.", "Do not repeat your previous answer."])
+    return task.person_feedback(prompt, previous_answer, hint.strip())
 
 
 class ClientRuntime:

@@ -137,3 +137,34 @@ class Task:
     def privileged_context(self, example: Example) -> str:
         """Gold information for OPSD's teacher (answer, plus solution / supporting facts)."""
         raise NotImplementedError
+
+    # -- a served client's people (fedspear serve) -------------------------------------------------------
+    def question_prompt(self, question: str) -> str:
+        """The task prompt x0 for a question a person typed on the served page.
+
+        ``question`` is stripped and does not already end with the answer cue (text that does is taken as a
+        full task prompt before this is asked). The prompt must end with ``answer_marker``, as the task's own
+        prompts do. Default: ``Question: ...`` followed by the cue.
+        """
+        return f"Question: {question}\n{self.answer_marker}"
+
+    def person_feedback(self, prompt: str, previous_answer: str, hint: str) -> str:
+        """The feedback section of a revision prompt built from a person's hint, in the form of the oracle's.
+
+        A person gives the verdict (a click) and the hint (typed); the task writes the lines its oracle feedback
+        has around the hint (the verdict naming the given answer, the answer format, a request not to repeat),
+        so the model reads people's feedback as it was trained on. Nothing is added that the person did not say
+        or that the task does not already state.
+
+        Args:
+            prompt: the task prompt x0.
+            previous_answer: the answer the person marked wrong.
+            hint: what the person typed, stripped.
+
+        Returns:
+            The feedback text. Default: the verdict naming the extracted answer, the hint, the required format
+            (``answer_format``) and "Do not repeat your previous answer."
+        """
+        given = self.extract(previous_answer)
+        verdict = f"Your answer ({given}) is incorrect." if given else "Your answer is incorrect."
+        return "\n".join([verdict, hint, f"Required format: {self.answer_format}.", "Do not repeat your previous answer."])

@@ -106,6 +106,7 @@ _CODAS = ("", "", "n", "r", "l", "k", "x", "s", "m", "th")
 _AVOID = ("sex", "fuk", "fuc", "dik", "tit", "nig", "kill", "poo")  # no invented name contains these
 _DECLARATION = re.compile(r"Answer\s*:\s*([A-Za-z]+)")
 _WORD = re.compile(r"[A-Za-z]+")
+_OPTION_LINE = re.compile(r"^[A-Z]\) ", re.MULTILINE)  # a lettered option line of a multiple-choice prompt
 
 
 # --------------------------------------------------------------------------- the world
@@ -424,6 +425,21 @@ class WorldTask(Task):
     def choice_continuations(self, example: Example) -> list[str]:
         """`` A`` .. for the lettered part; nothing for the reasoning part (it is evaluated generatively)."""
         return [" " + LETTERS[i] for i in range(len(example.choices))]
+
+    def question_prompt(self, question: str) -> str:
+        """A typed question wrapped like the world's reasoning questions: question, instruction, cue."""
+        return f"Question: {question}\n{REASONING_INSTRUCTION}\n{self.answer_marker}"
+
+    def person_feedback(self, prompt: str, previous_answer: str, hint: str) -> str:
+        """A person's hint in the oracle's four lines (:func:`feedback_text`): the multiple-choice form when
+        ``prompt`` lists lettered options (a given answer that is not a letter then counts as none), else the
+        reasoning form; the hint gets a ``Hint:`` prefix and a final full stop when it has neither."""
+        kind = "mc" if _OPTION_LINE.search(prompt) else "reasoning"
+        given = self.extract(previous_answer)
+        if kind == "mc" and given is not None and not (len(given) == 1 and given.isupper()):
+            given = None
+        line = hint if hint.lower().startswith("hint") else f"Hint: {hint}"
+        return feedback_text(kind, given, line if line.endswith((".", "!", "?")) else line + ".")
 
     def privileged_context(self, example: Example, max_chars: int | None = None) -> str:
         """The gold fact for OPSD's teacher: ``Fact: the koustrul is green. Correct answer: B.``"""

@@ -9,20 +9,15 @@ import sys
 
 import pytest
 import yaml
+from fixtures.outside_algorithm import REINFORCE_FILE as FIXTURE
 
-from fedspear import config
 from fedspear.algorithms import registry
 from fedspear.cli import main
 
-FIXTURE = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "reinforce_algorithm.py"
-
 
 @pytest.fixture()
-def reinforce(tmp_path, monkeypatch):
+def reinforce(tmp_path, monkeypatch, algorithm_registries):
     """Import the fixture file from a folder outside fedspear; the registries are restored afterwards."""
-    monkeypatch.setattr(registry, "ALGORITHMS", dict(registry.ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_ALGORITHMS", list(config.EXTRA_ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_SECTIONS", dict(config.EXTRA_SECTIONS))
     path = shutil.copy(FIXTURE, tmp_path / "my_reinforce.py")
     spec = importlib.util.spec_from_file_location("my_reinforce", path)
     module = importlib.util.module_from_spec(spec)
@@ -70,21 +65,10 @@ TINY = ["fl.rounds=1", "fl.clients_per_round=2", "data.num_clients=4", "fl.local
 
 
 @pytest.fixture()
-def outside_module(tmp_path, monkeypatch):
+def outside_module(outside_algorithm):
     """The fixture algorithm as one file outside fedspear, without its registration line: the dotted path
     ``ext_reinforce:Reinforce`` is all a user writes. The registries are restored afterwards."""
-    monkeypatch.setattr(registry, "ALGORITHMS", dict(registry.ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_ALGORITHMS", list(config.EXTRA_ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_SECTIONS", dict(config.EXTRA_SECTIONS))
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    text = FIXTURE.read_text().replace("register_algorithm(Reinforce)  # the one registry entry\n", "")
-    assert "register_algorithm(Reinforce)" not in text
-    (folder / "ext_reinforce.py").write_text(text)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delitem(sys.modules, "ext_reinforce", raising=False)
-    yield folder
-    sys.modules.pop("ext_reinforce", None)
+    return outside_algorithm("ext_reinforce")
 
 
 def _client_metrics(run_dir):

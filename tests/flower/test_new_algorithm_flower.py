@@ -5,42 +5,24 @@ the SuperLink's ServerApp and the simulated ClientApps import it from PYTHONPATH
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install -e '.[flower]')")
 
-from flower_harness import Processes, flwr_run, free_port, metrics_rows, start_superlink  # noqa: E402
+from flower_harness import flwr_run, free_port, metrics_rows, start_superlink  # noqa: E402
 
 from fedspear import config  # noqa: E402
-from fedspear.algorithms import registry  # noqa: E402
 from fedspear.flower.app_config import write_flower_app  # noqa: E402
 from fedspear.presets import resolve_config  # noqa: E402
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "reinforce_algorithm.py"
 SPEC = "ext_flower_reinforce:Reinforce"
 
 
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path / "logs")
-    yield processes
-    left = processes.close()
-    assert not left, f"processes left behind: {left}"
-
-
-def test_a_dotted_path_algorithm_runs_over_flower(tmp_path, monkeypatch, procs):
-    monkeypatch.setattr(registry, "ALGORITHMS", dict(registry.ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_ALGORITHMS", list(config.EXTRA_ALGORITHMS))
-    monkeypatch.setattr(config, "EXTRA_SECTIONS", dict(config.EXTRA_SECTIONS))
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    text = FIXTURE.read_text().replace("register_algorithm(Reinforce)  # the one registry entry\n", "")
-    (folder / "ext_flower_reinforce.py").write_text(text)
-    monkeypatch.syspath_prepend(str(folder))
+def test_a_dotted_path_algorithm_runs_over_flower(tmp_path, monkeypatch, procs, outside_algorithm):
+    folder = outside_algorithm("ext_flower_reinforce")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
     cfg = config.load_config(resolve_config("default"), [f"algorithm.name={SPEC}", "reinforce.num_samples=2", "fl.rounds=1",
                                     "data.num_clients=2", "fl.clients_per_round=2", "fl.local_rollout_steps=2",

@@ -92,14 +92,6 @@ def references(tiny_qwen, tmp_path_factory):
     return get
 
 
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path / "logs")
-    yield processes
-    left = processes.close()
-    assert not left, f"processes left behind: {left}"
-
-
 def _finish(procs: Processes, run, name: str = "flwr-run") -> None:
     """Wait for `flwr run --stream` to end (it streams the ServerApp's log until the run ends)."""
     try:
