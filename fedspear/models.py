@@ -528,10 +528,12 @@ def cap_max_seq_len(cfg: Any, model: nn.Module) -> int:
     return limit
 
 
-def build_policy(cfg: Any) -> Policy:
+def load_policy(cfg: Any) -> Policy:
     """Load tokenizer, base model and LoRA for a run (``max_seq_len`` capped by :func:`cap_max_seq_len`).
 
-    ``cfg`` is read, never written; :func:`fit_config` gives the config matching the policy's capped length.
+    ``cfg`` is read, never written. The policy carries the capped length (``Policy.max_seq_len``); the config
+    to run with it is made once, where a run is assembled (:func:`fedspear.federation.assembly.assemble`, with
+    :func:`fit_config`).
     """
     from fedspear.threads import apply_threads, describe
 
@@ -563,18 +565,15 @@ def build_policy(cfg: Any) -> Policy:
                   end_of_turn_ids=end_of_turn_ids(tokenizer) if chat else ())
 
 
+build_policy = load_policy  # the same function, under the name older callers use
+
+
 def fit_config(cfg: Any, policy: Policy) -> Any:
     """``cfg`` with ``model.max_seq_len`` set to the policy's (capped) length: a copy when it differs,
     ``cfg`` itself otherwise (never modified in place)."""
     if cfg.model.max_seq_len == policy.max_seq_len:
         return cfg
     return replace(cfg, model=replace(cfg.model, max_seq_len=policy.max_seq_len))
-
-
-def load_policy(cfg: Any) -> tuple[Policy, Any]:
-    """:func:`build_policy` and the config to run it with (:func:`fit_config`)."""
-    policy = build_policy(cfg)
-    return policy, fit_config(cfg, policy)
 
 
 def save_adapter(engine: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from fedspear import privacy
-from fedspear.algorithms.base import Algorithm, RunSettings
-from fedspear.algorithms.registry import build_algorithm
+from fedspear.algorithms.base import Algorithm
 from fedspear.config import Config, load_config
-from fedspear.extensions import load_task_data, probe_task, task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
-from fedspear.federation.client import partition_examples, run_clients
+from fedspear.federation.assembly import assemble
+from fedspear.federation.client import run_clients
 from fedspear.federation.server import (
     COUNT_KEYS,
     ClientReport,
@@ -36,11 +35,9 @@ from fedspear.federation.server import (
     expand_output_dir,
     new_output_dir,
 )
-from fedspear.models import Policy, load_policy
-from fedspear.prompt_budget import fit_prompts
+from fedspear.models import Policy
 from fedspear.records import RunFileError, RunRecord, disk_errors
-from fedspear.tasks import get_task
-from fedspear.tasks.base import DataError, Example
+from fedspear.tasks.base import Example
 
 logger = logging.getLogger("fedspear")
 
@@ -70,23 +67,9 @@ class Federation:
 
 
 def setup(cfg: Config, record: RunRecord) -> Federation:
-    """Load the task data, partition it over clients and load the model."""
-    task = get_task(cfg.data.dataset)
-    data = load_task_data(task, cfg)
-    if not data.train:
-        raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
-    if not data.eval:
-        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    probe_task(task, cfg, data.train[0], RunSettings.from_config(cfg))  # a broken extract/feedback fails here
-    task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
-    engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    data = fit_prompts(data, engine, cfg, task)  # data.long_prompts: count, then skip/truncate/refuse
-    clients = partition_examples(cfg, data.train)
-    stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval),
-             "client_sizes": [len(c) for c in clients]}
-    if data.stats.num_skipped:
-        logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
-    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats, task)
+    """Assemble the run (:func:`fedspear.federation.assembly.assemble`: data, partition, model, algorithm)."""
+    run = assemble(cfg)
+    return Federation(run.cfg, record, run.policy, run.clients, run.eval_set, run.algorithm, run.stats, run.task)
 
 
 class LocalClients:
