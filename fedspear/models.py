@@ -344,7 +344,10 @@ class Policy:
         tokenizer: the tokenizer (left padding).
         device: where the model lives.
         adapter: handle on the live LoRA parameters.
-        global_state: the round-start global adapter (CPU tensors).
+        global_state: the round-start global adapter (CPU tensors) the algorithms train from, anchor to and score
+            against. Only its owner writes it: the server (:class:`~fedspear.federation.server.FederatedServer`)
+            and, at the start of each client job, the job's start state
+            (:func:`~fedspear.federation.client.start_job`).
         model_name: the base model's name (``model.model_name``), for fingerprints.
         max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
         gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).

@@ -71,9 +71,9 @@ class RoundPlan:
     seeds: dict[int, int]
     start: float = field(default_factory=time.perf_counter)
 
-    def job(self, client_id: int, examples: list[Example]) -> ClientJob:
-        """The :class:`ClientJob` of one selected client, given its local examples."""
-        return ClientJob(client_id, self.round_idx, examples, self.lr, self.seeds[client_id])
+    def job(self, client_id: int, examples: list[Example], start_state: State | None = None) -> ClientJob:
+        """The :class:`ClientJob` of one selected client, given its local examples and the round-start adapter."""
+        return ClientJob(client_id, self.round_idx, examples, self.lr, self.seeds[client_id], start_state)
 
 
 @dataclass

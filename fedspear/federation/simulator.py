@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from fedspear import privacy
 from fedspear.algorithms.base import Algorithm
 from fedspear.config import Config, load_config
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
@@ -73,19 +72,16 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
 
 
 class LocalClients:
-    """The simulator's client runner: every selected client runs in this process on the shared engine."""
+    """The simulator's client runner: every selected client runs in this process on the shared engine
+    (:func:`fedspear.federation.client.run_clients`), from the round-start adapter the server passes."""
 
     def __init__(self, fed: Federation) -> None:
         self.fed = fed
 
     def __call__(self, plan: RoundPlan, global_state: dict[str, torch.Tensor]) -> list[ClientReport]:
         fed = self.fed
-        fed.engine.global_state = global_state
-        jobs = [plan.job(cid, fed.clients[cid]) for cid in plan.selected]
-        results = run_clients(fed.engine, fed.algorithm, jobs, batched=fed.cfg.fl.batch_clients)
-        results = [res if isinstance(res, Exception) else privacy.release_local_update(res, global_state, fed.cfg,
-                                                                                       plan.round_idx, job.client_id)
-                   for job, res in zip(jobs, results, strict=True)]
+        jobs = [plan.job(cid, fed.clients[cid], global_state) for cid in plan.selected]
+        results = run_clients(fed.engine, fed.algorithm, jobs, fed.cfg, batched=fed.cfg.fl.batch_clients)
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
 

@@ -77,9 +77,9 @@ def train(msg: Message, context: Context) -> Message:
     """One client update from the received global adapter; replies with the adapter and scalar metrics."""
     import yaml
 
+    from fedspear.algorithms.base import ClientJob
     from fedspear.config import config_from_dict
     from fedspear.federation.client import client_update
-    from fedspear.privacy import release_local_update
 
     job = msg.content[JOB]
     node = NodeSettings.from_node_config(context.node_config)
@@ -89,10 +89,8 @@ def train(msg: Message, context: Context) -> Message:
     if client_id != node.client_id:
         raise ValueError(f"this node is client {node.client_id}, but the job is for client {client_id}")
     run = _assembly(cfg, node)
-    engine = run.policy
-    engine.global_state = start = record_to_state(msg.content[GLOBAL], engine.global_state)
-    result = client_update(engine, run.clients[0], client_id, int(job["round"]), float(job["lr"]), int(job["seed"]),
-                           run.algorithm)
-    result = release_local_update(result, start, run.cfg, int(job["round"]), client_id)  # dp.mode=local: noise here
+    start = record_to_state(msg.content[GLOBAL], run.policy.adapter.params)
+    client_job = ClientJob(client_id, int(job["round"]), run.clients[0], float(job["lr"]), int(job["seed"]), start)
+    result = client_update(run.policy, run.algorithm, client_job, run.cfg)  # dp.mode=local: noised there
     logger.info("client %d round %s: weight %.1f", client_id, job["round"], result.weight)
     return Message(train_reply_content(result), reply_to=msg)

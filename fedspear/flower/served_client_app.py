@@ -116,7 +116,7 @@ def publish_content(content: RecordDict, node_config: dict[str, Any], engine: An
     engine = engine if engine is not None else _assembly(cfg).policy
     registry = AdapterRegistry(state / ADAPTERS_DIR)
     before = registry.current()
-    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.global_state),
+    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.adapter.params),
                              f"global after server round {round_idx}")
     fresh = before is None or version.version != before.version
     logger.info("global adapter after server round %d: %s", round_idx,
@@ -142,7 +142,6 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         ValueError: the job is for another client.
     """
     from fedspear.algorithms.base import ClientJob
-    from fedspear.privacy import release_local_update
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.learning import publish_global, update_from_store
     from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
@@ -152,16 +151,14 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
     cfg, client_id, round_idx = _job_config(content, node_config)
     job = content[JOB]
     run = _assembly(cfg, engine)
-    engine = run.policy
-    engine.global_state = start = record_to_state(content[GLOBAL], engine.global_state)
-    engine.load_global()
-    publish_global(AdapterRegistry(state / ADAPTERS_DIR), engine, engine.global_state,
-                   f"global of server round {round_idx}")
+    policy = run.policy
+    start = record_to_state(content[GLOBAL], policy.adapter.params)
+    publish_global(AdapterRegistry(state / ADAPTERS_DIR), policy, start, f"global of server round {round_idx}")
     with TraceStore(state / STORE_FILE) as store:
-        job_ = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]))
-        result = update_from_store(engine, run.task, run.cfg, store, job_, label=f"server round {round_idx}")
-    engine.load_global()
-    result = release_local_update(result, start, run.cfg, round_idx, client_id)  # dp.mode=local: noise here
+        client_job = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]), start)
+        result = update_from_store(policy, run.task, run.cfg, store, client_job,  # dp.mode=local: noised there
+                                   label=f"server round {round_idx}")
+    policy.load_global()  # the global adapter stays in the live model
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)
 

@@ -230,7 +230,6 @@ class ServedClients:
     def __call__(self, plan: RoundPlan, global_state: dict[str, Any]) -> list[ClientReport]:
         """Run the round's conversations, then each selected client's update; one report per client."""
         from fedspear.federation.server import ClientReport
-        from fedspear.privacy import release_local_update
 
         outcomes, seen_before = [], set(self.asked)
         for cid in plan.selected:
@@ -238,9 +237,9 @@ class ServedClients:
             for ex in rng.sample(self.parts[cid], min(self.questions, len(self.parts[cid]))):
                 outcomes.append(self.people[cid].converse(ex))
                 self.asked.add(ex.id)
-        reports = [ClientReport.from_result(cid, release_local_update(  # dp.mode=local: noise before it leaves
-            self.runtimes[cid].train_from_store(plan.job(cid, [])), global_state, self.runtimes[cid].cfg,
-            plan.round_idx, cid)) for cid in plan.selected]
+        # the client update of every front end, from the round's global adapter (dp.mode=local: noised there)
+        reports = [ClientReport.from_result(cid, self.runtimes[cid].train_from_store(plan.job(cid, [], global_state)))
+                   for cid in plan.selected]
         self.fields = _served_fields(outcomes, reports, seen_before)
         return reports
 

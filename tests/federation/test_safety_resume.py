@@ -159,7 +159,7 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
 
 def test_idle_rounds_stop_the_run_with_a_report(tiny_qwen, tmp_path, monkeypatch, capsys):
     require_shared_data()
-    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, batched: [RuntimeError("boom")] * len(jobs))
+    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
     from fedspear.tracking import Trackers
 
     aborted = []
