@@ -344,7 +344,10 @@ class Policy:
         tokenizer: the tokenizer (left padding).
         device: where the model lives.
         adapter: handle on the live LoRA parameters.
-        global_state: the round-start global adapter (CPU tensors).
+        global_state: the round-start global adapter (CPU tensors) the algorithms train from, anchor to and score
+            against. Only its owner writes it: the server (:class:`~fedspear.federation.server.FederatedServer`)
+            and, at the start of each client job, the job's start state
+            (:func:`~fedspear.federation.client.start_job`).
         model_name: the base model's name (``model.model_name``), for fingerprints.
         max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
         gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).
@@ -528,10 +531,12 @@ def cap_max_seq_len(cfg: Any, model: nn.Module) -> int:
     return limit
 
 
-def build_policy(cfg: Any) -> Policy:
+def load_policy(cfg: Any) -> Policy:
     """Load tokenizer, base model and LoRA for a run (``max_seq_len`` capped by :func:`cap_max_seq_len`).
 
-    ``cfg`` is read, never written; :func:`fit_config` gives the config matching the policy's capped length.
+    ``cfg`` is read, never written. The policy carries the capped length (``Policy.max_seq_len``); the config
+    to run with it is made once, where a run is assembled (:func:`fedspear.federation.assembly.assemble`, with
+    :func:`fit_config`).
     """
     from fedspear.threads import apply_threads, describe
 
@@ -563,18 +568,15 @@ def build_policy(cfg: Any) -> Policy:
                   end_of_turn_ids=end_of_turn_ids(tokenizer) if chat else ())
 
 
+build_policy = load_policy  # the same function, under the name older callers use
+
+
 def fit_config(cfg: Any, policy: Policy) -> Any:
     """``cfg`` with ``model.max_seq_len`` set to the policy's (capped) length: a copy when it differs,
     ``cfg`` itself otherwise (never modified in place)."""
     if cfg.model.max_seq_len == policy.max_seq_len:
         return cfg
     return replace(cfg, model=replace(cfg.model, max_seq_len=policy.max_seq_len))
-
-
-def load_policy(cfg: Any) -> tuple[Policy, Any]:
-    """:func:`build_policy` and the config to run it with (:func:`fit_config`)."""
-    policy = build_policy(cfg)
-    return policy, fit_config(cfg, policy)
 
 
 def save_adapter(engine: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:

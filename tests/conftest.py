@@ -177,8 +177,8 @@ def run_tiny(model_dir: Path, out_dir: Path, **extra: object) -> tuple[Path, lis
 def build_rig(cfg, task):
     """A Policy for ``cfg`` (``models.build_policy``) carrying, for the tests that read them from one object, the
     config fitted to it (``models.fit_config``) as ``.cfg`` and ``task`` as ``.task``; the package never does."""
-    from fedspear.models import load_policy
+    from fedspear.models import fit_config, load_policy
 
-    policy, fitted = load_policy(cfg)
-    policy.cfg, policy.task = fitted, task
+    policy = load_policy(cfg)
+    policy.cfg, policy.task = fit_config(cfg, policy), task
     return policy

@@ -59,6 +59,8 @@ class ClientJob:
         examples: the client's local prompts.
         lr: the round's learning rate.
         seed: the seed of this (run seed, round, client) triple, collision-free.
+        start_state: the round-start global adapter the client trains from (CPU tensors), set on the policy when the
+            job starts (:func:`fedspear.federation.client.start_job`); None runs from the adapter the policy holds.
     """
 
     client_id: int
@@ -66,6 +68,7 @@ class ClientJob:
     examples: list[Example]
     lr: float
     seed: int
+    start_state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

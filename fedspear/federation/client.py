@@ -1,7 +1,10 @@
-"""The client side of a federated run, shared by the in-process simulator and the Flower ClientApp.
+"""The client side of a federated run: one client update for every front end, and who holds which rows.
 
-A client update is the algorithm's rollout (generation + feedback) followed by its local training, both from
-the global adapter in ``engine.global_state``: :func:`client_update`. Which examples a client holds is
+A client update is :func:`client_update`: the job's start state (the round-start global adapter the server sent,
+``ClientJob.start_state``) goes into the policy, the algorithm's rollout (generation + feedback, or another
+:class:`Rollouts` source such as a served client's trace store) is followed by its local training, and the result
+ends in the privacy step (:func:`fedspear.privacy.release_local_update`). The simulator, both Flower ClientApps,
+the served federation and ``fedspear train-local`` all run it. Which examples a client holds is
 :func:`client_examples` (a piece of the seeded Dirichlet partition of the training rows, or all of a device's
 own rows). The simulator can also batch the rollouts of all of a round's clients into one generate call
 (:func:`run_clients`, ``fl.batch_clients``): faster on one accelerator, but the sampled completions then
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fedspear import privacy
 from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult
 from fedspear.config import Config
 from fedspear.federation.partition import dirichlet_partition
@@ -68,77 +72,129 @@ def client_examples(cfg: Config, train: list[Example], partition_id: int | None)
     return partition_examples(cfg, train)[partition_id]
 
 
-def client_update(engine: Policy, examples: list[Example], client_id: int, round_idx: int, lr: float, seed: int,
-                  algorithm: Algorithm[Any]) -> LocalUpdateResult:
-    """One client's round: the algorithm's rollout then its training, from ``engine.global_state``.
+State = dict[str, Any]  # adapter tensors by PEFT state-dict name
+
+
+class Rollouts:
+    """Where a client update's rollouts come from: by default the algorithm's own (generation and feedback).
+
+    A front end whose traces come from elsewhere passes a subclass to :func:`client_update`: the served client's
+    trace store (:class:`fedspear.serve.learning.StoreRollouts`), or rollouts already made in one batched call
+    (:func:`run_clients`). :meth:`finish` sees the trained result before the privacy step.
+    """
+
+    def __call__(self, policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
+        """One rollout per job, all from the policy's round-start adapter."""
+        return algorithm.rollout(policy, jobs)
+
+    def finish(self, job: ClientJob, result: LocalUpdateResult) -> None:
+        """Called with the trained result (its memory figures included) before :func:`client_update` releases it."""
+
+
+class _Ready(Rollouts):
+    """A rollout made earlier in a batched call for several clients, with that call's memory figures."""
+
+    def __init__(self, data: Any, memory: dict[str, float]) -> None:
+        self.data, self.memory = data, memory
+
+    def __call__(self, policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
+        return [self.data]
+
+    def finish(self, job: ClientJob, result: LocalUpdateResult) -> None:
+        result.metrics.update(merge_memory(self.memory, result.metrics))  # the shared rollout, then its training
+
+
+def start_job(policy: Policy, job: ClientJob) -> State:
+    """Put the job's round-start adapter into the policy and its live model; returns it.
+
+    The only place outside :class:`~fedspear.federation.server.FederatedServer` that sets ``policy.global_state``
+    (the adapter the algorithms train from, anchor to and score against). A job without a start state
+    (``job.start_state`` None, e.g. a notebook calling an algorithm directly) runs from the adapter the policy
+    holds.
+    """
+    if job.start_state is not None:
+        policy.global_state = job.start_state
+    policy.load_global()
+    return policy.global_state
+
+
+def client_update(policy: Policy, algorithm: Algorithm[Any], job: ClientJob, cfg: Config,
+                  rollouts: Rollouts | None = None, release: bool = True) -> LocalUpdateResult:
+    """One client job, the same in every front end: from its start state, the rollout, the training, the
+    privacy step.
 
     Args:
-        engine: the policy; its ``global_state`` must hold the round-start global adapter.
-        examples: the client's local examples.
-        client_id: the client's id.
-        round_idx: 1-based round index.
-        lr: the round's learning rate.
-        seed: the client's seed for this round (``client_seed(data.seed, round_idx, client_id)``).
-        algorithm: the algorithm (``build_algorithm(cfg, task)``, with the config the policy was fitted to).
+        policy: the client's policy.
+        algorithm: the algorithm (``Assembly.algorithm``, built with the config fitted to the policy).
+        job: the client's job; ``job.start_state`` is the round-start global adapter (:func:`start_job`).
+        cfg: the run's config (``dp``: :func:`fedspear.privacy.release_local_update`).
+        rollouts: where the rollout comes from (default: the algorithm's own, :class:`Rollouts`).
+        release: end in the privacy step (``dp.mode=local`` noises the update before it leaves the client);
+            False only where nothing leaves the device (``fedspear train-local``).
 
     Returns:
         The client's :class:`LocalUpdateResult` (adapter copy or None, weight, scalar metrics with the memory
-        figures of :mod:`fedspear.federation.resources`).
+        figures of :mod:`fedspear.federation.resources`), as released.
     """
-    job = ClientJob(client_id, round_idx, examples, lr, seed)
-    result, memory = measured(lambda: algorithm.train(engine, job, algorithm.rollout(engine, [job])[0]))
+    source = rollouts if rollouts is not None else Rollouts()
+    start = start_job(policy, job)
+    result, memory = measured(lambda: algorithm.train(policy, job, source(policy, algorithm, [job])[0]))
     result.metrics.update(memory)
-    return result
+    source.finish(job, result)
+    if not release:
+        return result
+    return privacy.release_local_update(result, start, cfg, job.round_idx, job.client_id)
 
 
-def run_clients(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob],
+def run_clients(policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob], cfg: Config,
                 batched: bool) -> list[LocalUpdateResult | Exception]:
-    """Run several clients in this process, each from the global adapter; a failing client is isolated.
+    """Run several clients in this process with :func:`client_update`; a failing client is isolated.
 
     Args:
-        engine: the policy holding the global adapter.
+        policy: the policy the clients share.
         algorithm: the algorithm.
-        jobs: one job per client.
-        batched: one rollout call for all clients (then, if it fails, client by client); False runs
-            :func:`client_update` for each client in turn.
+        jobs: one job per client, all from the same start state.
+        cfg: the run's config.
+        batched: one rollout call for all clients (then, if it fails, client by client), each client then
+            trained on its rollout; False runs each client's whole update in turn.
 
     Returns:
-        Per job, its result or the exception it raised.
+        Per job, its released result or the exception it raised.
     """
+    out: list[LocalUpdateResult | Exception] = []
     if not batched:
-        out: list[LocalUpdateResult | Exception] = []
         for job in jobs:
             try:
-                out.append(client_update(engine, job.examples, job.client_id, job.round_idx, job.lr, job.seed,
-                                         algorithm))
+                out.append(client_update(policy, algorithm, job, cfg))
             except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
                 out.append(exc)
         return out
-    rollouts, rollout_memory = measured(lambda: _batched_rollouts(engine, algorithm, jobs))
-    results: list[LocalUpdateResult | Exception] = []
+    if any(job.start_state is not jobs[0].start_state for job in jobs):
+        raise ValueError("a batched rollout needs every job to start from the same adapter")
+    if jobs:
+        start_job(policy, jobs[0])
+    rollouts, rollout_memory = measured(lambda: _batched_rollouts(policy, algorithm, jobs))
     for job, data in zip(jobs, rollouts, strict=True):
         if isinstance(data, Exception):
-            results.append(data)
+            out.append(data)
             continue
         try:
-            result, memory = measured(lambda job=job, data=data: algorithm.train(engine, job, data))
-            result.metrics.update(merge_memory(rollout_memory, memory))  # the shared rollout, then its training
-            results.append(result)
+            out.append(client_update(policy, algorithm, job, cfg, rollouts=_Ready(data, rollout_memory)))
         except Exception as exc:  # noqa: BLE001
-            results.append(exc)
-    return results
+            out.append(exc)
+    return out
 
 
-def _batched_rollouts(engine: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
+def _batched_rollouts(policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]) -> list[Any]:
     """All clients' rollouts in one batched call; on failure, client by client so one bad client is isolated."""
     try:
-        return algorithm.rollout(engine, jobs)
+        return algorithm.rollout(policy, jobs)
     except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
         logger.warning("batched rollout failed (%s); retrying client by client", exc)
     out: list[Any] = []
     for job in jobs:
         try:
-            out.append(algorithm.rollout(engine, [job])[0])
+            out.append(algorithm.rollout(policy, [job])[0])
         except Exception as exc:  # noqa: BLE001
             out.append(exc)
     return out

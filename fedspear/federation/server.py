@@ -71,9 +71,9 @@ class RoundPlan:
     seeds: dict[int, int]
     start: float = field(default_factory=time.perf_counter)
 
-    def job(self, client_id: int, examples: list[Example]) -> ClientJob:
-        """The :class:`ClientJob` of one selected client, given its local examples."""
-        return ClientJob(client_id, self.round_idx, examples, self.lr, self.seeds[client_id])
+    def job(self, client_id: int, examples: list[Example], start_state: State | None = None) -> ClientJob:
+        """The :class:`ClientJob` of one selected client, given its local examples and the round-start adapter."""
+        return ClientJob(client_id, self.round_idx, examples, self.lr, self.seeds[client_id], start_state)
 
 
 @dataclass
@@ -553,13 +553,7 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
         RunExistsError: not resuming and ``output_dir`` already holds a run.
         DataError: the task has no evaluation rows.
     """
-    from fedspear.algorithms.registry import algorithm_class
-    from fedspear.extensions import load_task_data
-    from fedspear.feedback_noise import check_feedback_noise
-    from fedspear.models import load_policy
-    from fedspear.prompt_budget import fit_prompts
-    from fedspear.tasks import get_task
-    from fedspear.tasks.base import DataError
+    from fedspear.federation.assembly import NO_CLIENTS, assemble
 
     out = expand_output_dir(cfg)
     resuming = resume and RunRecord(Path(out)).has_checkpoint()
@@ -571,21 +565,16 @@ def open_server(cfg: Config, resume: bool = False) -> tuple[FederatedServer, int
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg, resume=resuming)  # held by the server's record until finish(), release() or its end
     try:
-        algorithm_class(cfg.algorithm.name)  # a user's pkg.mod:Class is registered: its declared metrics cross the wire
-        task = get_task(cfg.data.dataset)
-        check_feedback_noise(cfg.feedback, task)  # the task's capabilities, before round 0
-        data = load_task_data(task, cfg)
-        if not data.eval:
-            raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-        policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-        data = fit_prompts(data, policy, cfg, task)  # the same rows as the simulator evaluates
-        server = FederatedServer(cfg, record, policy, data.eval, task=task)
+        # the evaluation rows the simulator keeps; a user's algorithm pkg.mod:Class is registered, so its declared
+        # metrics cross the wire
+        run = assemble(cfg, partition=NO_CLIENTS, oracle=False)
+        server = FederatedServer(run.cfg, record, run.policy, run.eval_set, task=run.task)
         if resuming:
             done = server.resume()
             server.open_trackers()  # a tracker that cannot start fails before the first resumed round
             return server, done + 1
         server.open_trackers()  # a tracker that cannot start fails before round 0
-        stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval)}
+        stats = run.stats
     except BaseException:
         if not resuming:  # what this start wrote goes, as in the simulator (the same command can run again)
             record.discard_start(remove_config=True, made=made)

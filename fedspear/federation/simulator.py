@@ -21,13 +21,11 @@ from typing import Any
 
 import torch
 
-from fedspear import privacy
-from fedspear.algorithms.base import Algorithm, RunSettings
-from fedspear.algorithms.registry import build_algorithm
+from fedspear.algorithms.base import Algorithm
 from fedspear.config import Config, load_config
-from fedspear.extensions import load_task_data, probe_task, task_with_feedback
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
-from fedspear.federation.client import partition_examples, run_clients
+from fedspear.federation.assembly import assemble
+from fedspear.federation.client import run_clients
 from fedspear.federation.server import (
     COUNT_KEYS,
     ClientReport,
@@ -36,11 +34,9 @@ from fedspear.federation.server import (
     expand_output_dir,
     new_output_dir,
 )
-from fedspear.models import Policy, load_policy
-from fedspear.prompt_budget import fit_prompts
+from fedspear.models import Policy
 from fedspear.records import RunFileError, RunRecord, disk_errors
-from fedspear.tasks import get_task
-from fedspear.tasks.base import DataError, Example
+from fedspear.tasks.base import Example
 
 logger = logging.getLogger("fedspear")
 
@@ -70,39 +66,22 @@ class Federation:
 
 
 def setup(cfg: Config, record: RunRecord) -> Federation:
-    """Load the task data, partition it over clients and load the model."""
-    task = get_task(cfg.data.dataset)
-    data = load_task_data(task, cfg)
-    if not data.train:
-        raise DataError(f"task '{cfg.data.dataset}' has no training rows; check data.path / data.split")
-    if not data.eval:
-        raise DataError(f"task '{cfg.data.dataset}' has no evaluation rows; check data.eval_split / data.path")
-    probe_task(task, cfg, data.train[0], RunSettings.from_config(cfg))  # a broken extract/feedback fails here
-    task = task_with_feedback(task, cfg, probe=data.train[0])  # clients hear feedback.provider
-    engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    data = fit_prompts(data, engine, cfg, task)  # data.long_prompts: count, then skip/truncate/refuse
-    clients = partition_examples(cfg, data.train)
-    stats = {**data.stats.as_dict(), "train": len(data.train), "eval": len(data.eval),
-             "client_sizes": [len(c) for c in clients]}
-    if data.stats.num_skipped:
-        logger.warning("skipped %d malformed rows: %s", data.stats.num_skipped, data.stats.skipped)
-    return Federation(cfg, record, engine, clients, data.eval, build_algorithm(cfg, task), stats, task)
+    """Assemble the run (:func:`fedspear.federation.assembly.assemble`: data, partition, model, algorithm)."""
+    run = assemble(cfg)
+    return Federation(run.cfg, record, run.policy, run.clients, run.eval_set, run.algorithm, run.stats, run.task)
 
 
 class LocalClients:
-    """The simulator's client runner: every selected client runs in this process on the shared engine."""
+    """The simulator's client runner: every selected client runs in this process on the shared engine
+    (:func:`fedspear.federation.client.run_clients`), from the round-start adapter the server passes."""
 
     def __init__(self, fed: Federation) -> None:
         self.fed = fed
 
     def __call__(self, plan: RoundPlan, global_state: dict[str, torch.Tensor]) -> list[ClientReport]:
         fed = self.fed
-        fed.engine.global_state = global_state
-        jobs = [plan.job(cid, fed.clients[cid]) for cid in plan.selected]
-        results = run_clients(fed.engine, fed.algorithm, jobs, batched=fed.cfg.fl.batch_clients)
-        results = [res if isinstance(res, Exception) else privacy.release_local_update(res, global_state, fed.cfg,
-                                                                                       plan.round_idx, job.client_id)
-                   for job, res in zip(jobs, results, strict=True)]
+        jobs = [plan.job(cid, fed.clients[cid], global_state) for cid in plan.selected]
+        results = run_clients(fed.engine, fed.algorithm, jobs, fed.cfg, batched=fed.cfg.fl.batch_clients)
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
 

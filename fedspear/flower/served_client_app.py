@@ -50,18 +50,22 @@ STATE_DIR_KEY = "state-dir"
 
 app = ClientApp(mods=[wire_guard])
 
-_ENGINES: dict[str, Any] = {}
+_ASSEMBLIES: dict[str, Any] = {}
 
 
-def _engine(cfg: Any) -> Any:
-    """The policy for ``cfg``, loaded once per process (keyed by the resolved config)."""
-    from fedspear.models import build_policy
+def _assembly(cfg: Any, engine: Any = None) -> Any:
+    """The device's run for ``cfg`` (:func:`fedspear.federation.assembly.assemble`: the policy, the fitted config, the
+    task; no rows: people teach this client), assembled once per process (keyed by the resolved config) unless
+    a policy is given."""
+    from fedspear.federation.assembly import assemble
 
+    if engine is not None:
+        return assemble(cfg, policy=engine, data=False, oracle=False)
     key = cfg.to_yaml()
-    if key not in _ENGINES:
-        _ENGINES.clear()
-        _ENGINES[key] = build_policy(cfg)
-    return _ENGINES[key]
+    if key not in _ASSEMBLIES:
+        _ASSEMBLIES.clear()
+        _ASSEMBLIES[key] = assemble(cfg, data=False, oracle=False)
+    return _ASSEMBLIES[key]
 
 
 def _state_dir(node_config: dict[str, Any]) -> Path:
@@ -109,10 +113,10 @@ def publish_content(content: RecordDict, node_config: dict[str, Any], engine: An
 
     state = _state_dir(node_config)
     cfg, _, round_idx = _job_config(content, node_config)
-    engine = engine if engine is not None else _engine(cfg)
+    engine = engine if engine is not None else _assembly(cfg).policy
     registry = AdapterRegistry(state / ADAPTERS_DIR)
     before = registry.current()
-    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.global_state),
+    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.adapter.params),
                              f"global after server round {round_idx}")
     fresh = before is None or version.version != before.version
     logger.info("global adapter after server round %d: %s", round_idx,
@@ -138,29 +142,23 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
         ValueError: the job is for another client.
     """
     from fedspear.algorithms.base import ClientJob
-    from fedspear.models import fit_config
-    from fedspear.privacy import release_local_update
     from fedspear.serve.adapters import AdapterRegistry
     from fedspear.serve.learning import publish_global, update_from_store
     from fedspear.serve.runtime import ADAPTERS_DIR, STORE_FILE
     from fedspear.serve.store import TraceStore
-    from fedspear.tasks import get_task
 
     state = _state_dir(node_config)
     cfg, client_id, round_idx = _job_config(content, node_config)
     job = content[JOB]
-    engine = engine if engine is not None else _engine(cfg)
-    cfg = fit_config(cfg, engine)  # a copy with the policy's capped model.max_seq_len
-    engine.global_state = start = record_to_state(content[GLOBAL], engine.global_state)
-    engine.load_global()
-    publish_global(AdapterRegistry(state / ADAPTERS_DIR), engine, engine.global_state,
-                   f"global of server round {round_idx}")
+    run = _assembly(cfg, engine)
+    policy = run.policy
+    start = record_to_state(content[GLOBAL], policy.adapter.params)
+    publish_global(AdapterRegistry(state / ADAPTERS_DIR), policy, start, f"global of server round {round_idx}")
     with TraceStore(state / STORE_FILE) as store:
-        job_ = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]))
-        result = update_from_store(engine, get_task(cfg.data.dataset), cfg, store, job_,
+        client_job = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]), start)
+        result = update_from_store(policy, run.task, run.cfg, store, client_job,  # dp.mode=local: noised there
                                    label=f"server round {round_idx}")
-    engine.load_global()
-    result = release_local_update(result, start, cfg, round_idx, client_id)  # dp.mode=local: noise here
+    policy.load_global()  # the global adapter stays in the live model
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)
 

@@ -260,8 +260,12 @@ class LiveAdapter:
     """The adapter loaded into a served engine, kept in step with the registry's current version.
 
     Args:
-        engine: the served engine (its ``global_state`` is replaced when a new version is loaded).
+        engine: the served engine (its live model gets each new version).
         registry: the client's adapter registry.
+
+    Attributes:
+        loaded: the version in the live model.
+        state: its tensors (CPU), the start state of the client's updates between rounds.
     """
 
     def __init__(self, engine: Policy, registry: AdapterRegistry) -> None:
@@ -269,6 +273,7 @@ class LiveAdapter:
         self.registry = registry
         self.fingerprint = model_fingerprint(engine)
         self.loaded: AdapterVersion | None = None
+        self.state: dict[str, torch.Tensor] = {}
         self._seen: tuple[int, int] | None = None
 
     def start(self, initial: dict[str, torch.Tensor] | None = None, label: str = "") -> AdapterVersion:
@@ -323,9 +328,13 @@ class LiveAdapter:
     def _load(self, version: AdapterVersion, seen: tuple[int, int] | None = None) -> None:
         state = self.registry.load(version)
         self.engine.adapter.set(state)  # raises KeyError when the layout differs
-        self.engine.global_state = {k: v.clone() for k, v in state.items()}
+        self.state = {k: v.clone() for k, v in state.items()}
         self.loaded = version
         if seen is None:
             st = self.registry.current_file.stat()
             seen = (st.st_mtime_ns, st.st_size)
         self._seen = seen
+
+    def restore(self) -> None:
+        """Put the loaded version back into the live model (after the engine trained)."""
+        self.engine.adapter.set(self.state)

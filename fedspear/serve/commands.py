@@ -88,12 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(f"fedspear serve needs the web packages ({exc.name} is missing): "
                           "pip install -e '.[serve]'") from None
-    from fedspear.models import load_policy
+    from fedspear.federation.assembly import assemble
     from fedspear.serve.adapters import check_adapter, load_peft_adapter
     from fedspear.serve.runtime import STORE_FILE, ClientRuntime
     from fedspear.serve.security import secure_state
     from fedspear.serve.store import TraceStore
-    from fedspear.tasks import get_task
 
     if args.threads < 0:
         raise ConfigError("--threads must be 0 (model.torch_threads decides) or more")
@@ -101,14 +100,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     secure_state(state)  # owner-only folder, before anything is written into it
     TraceStore(state / STORE_FILE).close()  # a damaged store fails now, not after loading the model
     initial = load_peft_adapter(args.adapter) if args.adapter else None
-    if args.threads > 0:  # load_policy applies model.torch_threads (fedspear.threads)
+    if args.threads > 0:  # loading the model applies model.torch_threads (fedspear.threads)
         from dataclasses import replace
 
         cfg = replace(cfg, model=replace(cfg.model, torch_threads=str(args.threads)))
-    engine, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
+    run = assemble(cfg, data=False, oracle=False)  # a served client: people give the feedback
+    engine, cfg = run.policy, run.cfg  # cfg: a copy with the policy's capped model.max_seq_len
     if initial is not None:  # refuse an adapter of another model or rank before the folder changes
         check_adapter(initial, engine.adapter.params, f"--adapter {args.adapter}")
-    runtime = ClientRuntime(engine, get_task(cfg.data.dataset), cfg, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
+    runtime = ClientRuntime(engine, run.task, cfg, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
                             initial_label=f"from {args.adapter}" if args.adapter else "", seed=args.seed)
     (state / CONFIG_FILE).write_text(cfg.to_yaml())
     try:
@@ -121,18 +121,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train_local(args: argparse.Namespace) -> int:
     """Train once from the stored feedback and print a JSON summary (the published version, the metrics)."""
     cfg = client_config(args)
-    from fedspear.models import load_policy
+    from fedspear.federation.assembly import assemble
     from fedspear.serve.learning import train_local
     from fedspear.serve.security import secure_state
-    from fedspear.tasks import get_task
 
     state = Path(args.state)
     if not (state / "traces.sqlite").is_file():
         raise FileNotFoundError(f"{state / 'traces.sqlite'}: no trace store; start `fedspear serve --state {state}` "
                                 "and answer some questions first")
     secure_state(state)  # the page's folder: owner-only, as `serve` keeps it
-    engine, cfg = load_policy(cfg)
-    summary = train_local(engine, get_task(cfg.data.dataset), cfg, state, client_id=args.client_id, lr=args.lr)
+    run = assemble(cfg, data=False, oracle=False)  # the served client's run: people gave the feedback
+    summary = train_local(run.policy, run.task, run.cfg, state, client_id=args.client_id, lr=args.lr)
     if summary["published"] is None:
         logger.warning("no update: the store has no accepted answer to learn from (%d interactions used)",
                        int(summary["metrics"].get("store_interactions", 0)))

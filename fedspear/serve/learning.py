@@ -13,13 +13,15 @@ where x0 is the task prompt's ids and y0 / y' the sampled ids, as stored. The re
 original prompt, so the hint is distilled into the policy. Training is :meth:`fedspear.algorithms.spear.Spear.train`
 unchanged (no wins: no update, weight 0), and ``algorithm.name=feedback_sft`` trains on the wins only.
 
-For a Flower ClientApp backed by the store, the whole client update is::
+The store is the update's rollout source (:class:`StoreRollouts`); the rest is the client update of every front end
+(:func:`fedspear.federation.client.client_update`: the job's start state, training, the privacy step). For a
+Flower ClientApp backed by the store, the whole client update is::
 
     from fedspear.serve.learning import update_from_store, publish_global
-    engine.global_state = <the round's global adapter from the server message>
-    result = update_from_store(engine, task, cfg, store, job)  # -> LocalUpdateResult(adapter | None, weight, metrics)
+    job = ClientJob(client_id, round, [], lr, seed, start_state=<the round's global adapter from the server message>)
+    result = update_from_store(policy, task, cfg, store, job)  # -> LocalUpdateResult(adapter | None, weight, metrics)
     reply with result.adapter (ArrayRecord), result.weight ("num-examples") and result.metrics (MetricRecord)
-    publish_global(registry, engine, new_global, "server round 7")   # when a new global adapter arrives
+    publish_global(registry, policy, new_global, "server round 7")   # when a new global adapter arrives
 
 Only adapter tensors and scalar metrics are returned: no prompt, answer, hint or token id leaves the device.
 ``fedspear train-local`` (:func:`train_local`) runs the same update with no server: the update becomes the
@@ -40,8 +42,8 @@ from fedspear.algorithms.settings import SpearSettings
 from fedspear.algorithms.spear import Spear
 from fedspear.algorithms.traces import FeedbackRollout, add_chain, outcome_metrics
 from fedspear.config import Config
+from fedspear.federation.client import Rollouts, client_update
 from fedspear.federation.partition import client_seed
-from fedspear.federation.resources import measured
 from fedspear.models import Policy
 from fedspear.serve.adapters import ADAPTERS_DIR, AdapterRegistry, AdapterVersion, model_fingerprint
 from fedspear.serve.store import ACCEPTED, FIXED, STORE_FILE, UNFIXED, Interaction, TraceStore
@@ -90,21 +92,50 @@ def rollout_from_interactions(interactions: list[Interaction],
     return rollout
 
 
-def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore, job: ClientJob,
-                      label: str | None = None) -> LocalUpdateResult:
-    """One client update from the people's traces: select, build wins and losses, train with SPEAR.
+class StoreRollouts(Rollouts):
+    """The rollout source of a served client: its trace store instead of the oracle (see the module docstring).
 
-    Takes up to ``fl.local_rollout_steps`` closed, judged interactions of this base model (least-trained
-    first, then newest), trains from ``engine.global_state`` exactly as :meth:`fedspear.algorithms.spear.Spear.train`,
-    and, when an update was produced, counts the interactions as trained in the store.
+    Takes up to ``fl.local_rollout_steps`` closed, judged interactions of this base model (least-trained first, then
+    newest) and builds SPEAR's wins and losses from them (:func:`rollout_from_interactions`); after training it adds
+    ``store_interactions`` to the metrics and, when an update was produced, counts the interactions as trained.
 
     Args:
-        engine: the policy; ``engine.global_state`` must hold the round's global adapter.
+        store: the client's trace store.
+        limit: interactions per update (``fl.local_rollout_steps``).
+        label: the training log's label.
+    """
+
+    def __init__(self, store: TraceStore, limit: int, label: str) -> None:
+        self.store, self.limit, self.label = store, limit, label
+        self.interactions: list[Interaction] = []
+
+    def __call__(self, policy: Policy, algorithm: Any, jobs: list[ClientJob]) -> list[FeedbackRollout]:
+        self.interactions = self.store.training_candidates(model_fingerprint(policy), self.limit)
+        return [rollout_from_interactions(self.interactions, algorithm.settings) for _ in jobs]
+
+    def finish(self, job: ClientJob, result: LocalUpdateResult) -> None:
+        result.metrics["store_interactions"] = len(self.interactions)
+        result.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        if result.adapter is not None:
+            self.store.mark_trained([it.id for it in self.interactions], self.label, result.metrics)
+
+
+def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore, job: ClientJob,
+                      label: str | None = None, release: bool = True) -> LocalUpdateResult:
+    """One client update from the people's traces: :func:`fedspear.federation.client.client_update` with the store
+    as its rollout source (:class:`StoreRollouts`), trained with SPEAR exactly as
+    :meth:`fedspear.algorithms.spear.Spear.train`.
+
+    Args:
+        engine: the policy.
         task: the client's task (prompts, verifier).
         cfg: the client's config (algorithm, fl, optim, ...), with the policy's ``model.max_seq_len``.
         store: the client's trace store.
-        job: round index, learning rate and seed (``job.examples`` is not used).
+        job: round index, learning rate, seed and the round-start adapter ``job.start_state`` (None: the adapter the
+            policy holds); ``job.examples`` is not used.
         label: the training log's label (default ``"round <job.round_idx>"``).
+        release: end in the privacy step (``dp.mode=local`` noises what leaves the device); False when the
+            update stays on the device (``fedspear train-local``).
 
     Returns:
         The update (None adapter and weight 0 when there are no wins), metrics numeric only.
@@ -116,15 +147,8 @@ def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore
     algorithm = build_algorithm(cfg, task)
     if name not in ALGORITHMS or not isinstance(algorithm, Spear):
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
-    interactions = store.training_candidates(model_fingerprint(engine), cfg.fl.local_rollout_steps)
-    rollout = rollout_from_interactions(interactions, algorithm.settings)
-    result, memory = measured(lambda: algorithm.train(engine, job, rollout))  # feedback_sft: lambda_lose = 0
-    result.metrics.update(memory)  # peak memory of the update (fedspear.federation.resources)
-    result.metrics["store_interactions"] = len(interactions)
-    result.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    if result.adapter is not None:
-        store.mark_trained([it.id for it in interactions], label or f"round {job.round_idx}", result.metrics)
-    return result
+    source = StoreRollouts(store, cfg.fl.local_rollout_steps, label or f"round {job.round_idx}")
+    return client_update(engine, algorithm, job, cfg, rollouts=source, release=release)  # feedback_sft: no losses
 
 
 def publish_global(registry: AdapterRegistry, engine: Policy, state: dict[str, torch.Tensor],
@@ -171,15 +195,14 @@ def train_local(engine: Policy, task: Task, cfg: Config, state_dir: str | Path, 
     fingerprint = model_fingerprint(engine)
     current = registry.current()
     if current is not None and current.model == fingerprint:
-        engine.global_state = registry.load(current)
+        start = registry.load(current)
     else:
-        current = None
-    engine.load_global()
+        current, start = None, engine.global_state  # the policy's initial adapter
     with TraceStore(state_dir / STORE_FILE) as store:
         round_idx = len(store.trainings()) + 1
         job = ClientJob(client_id, round_idx, [], cfg.optim.lr if lr is None else lr,
-                        client_seed(cfg.data.seed, round_idx, client_id))
-        result = update_from_store(engine, task, cfg, store, job, label=f"local round {round_idx}")
+                        client_seed(cfg.data.seed, round_idx, client_id), start)
+        result = update_from_store(engine, task, cfg, store, job, label=f"local round {round_idx}", release=False)
     published = None
     if result.adapter is not None:
         published = publish_global(registry, engine, result.adapter, f"local round {round_idx}")

@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -331,9 +331,9 @@ class ClientRuntime:
     def train_from_store(self, job: Any) -> Any:
         """One SPEAR update from this client's store on its own engine, between answers (holds the lock).
 
-        The engine trains from the served (global) adapter; afterwards the served adapter is back in the live
-        model. This is the in-process path for a Flower client or a simulation; ``fedspear train-local``
-        trains in its own process instead.
+        The engine trains from the job's start state (``job.start_state``; None: the adapter the page serves);
+        afterwards the served adapter is back in the live model. This is the in-process path for a Flower client
+        or a simulation; ``fedspear train-local`` trains in its own process instead.
 
         Args:
             job: the round's :class:`~fedspear.algorithms.base.ClientJob`.
@@ -345,9 +345,11 @@ class ClientRuntime:
         with self.lock:
             self.live.refresh()
             try:
+                if job.start_state is None:
+                    job = replace(job, start_state=self.live.state)
                 return update_from_store(self.engine, self.task, self.cfg, self.store, job)
             finally:
-                self.engine.load_global()
+                self.live.restore()
 
     def status(self) -> dict[str, Any]:
         """Model, served and published adapter versions, store counts, limits and decoding settings."""

@@ -230,7 +230,6 @@ class ServedClients:
     def __call__(self, plan: RoundPlan, global_state: dict[str, Any]) -> list[ClientReport]:
         """Run the round's conversations, then each selected client's update; one report per client."""
         from fedspear.federation.server import ClientReport
-        from fedspear.privacy import release_local_update
 
         outcomes, seen_before = [], set(self.asked)
         for cid in plan.selected:
@@ -238,9 +237,9 @@ class ServedClients:
             for ex in rng.sample(self.parts[cid], min(self.questions, len(self.parts[cid]))):
                 outcomes.append(self.people[cid].converse(ex))
                 self.asked.add(ex.id)
-        reports = [ClientReport.from_result(cid, release_local_update(  # dp.mode=local: noise before it leaves
-            self.runtimes[cid].train_from_store(plan.job(cid, [])), global_state, self.runtimes[cid].cfg,
-            plan.round_idx, cid)) for cid in plan.selected]
+        # the client update of every front end, from the round's global adapter (dp.mode=local: noised there)
+        reports = [ClientReport.from_result(cid, self.runtimes[cid].train_from_store(plan.job(cid, [], global_state)))
+                   for cid in plan.selected]
         self.fields = _served_fields(outcomes, reports, seen_before)
         return reports
 
@@ -281,30 +280,24 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     Raises:
         RunExistsError: ``out_dir/server`` already holds a run.
     """
-    from fedspear.extensions import load_task_data, task_with_feedback
-    from fedspear.federation.client import partition_examples
+    from fedspear.federation.assembly import assemble
     from fedspear.federation.server import FederatedServer
-    from fedspear.models import build_policy, fit_config
-    from fedspear.prompt_budget import fit_prompts
+    from fedspear.models import load_policy
     from fedspear.records import RunRecord
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.learning import publish_global
     from fedspear.serve.runtime import ClientRuntime
-    from fedspear.tasks import get_task
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _served_config(cfg, out_dir, clients, rounds, evaluate_global)
-    task = get_task(cfg.data.dataset)
-    data = load_task_data(task, cfg)
+    run = assemble(cfg)  # the server's policy; the people judge and hint as feedback.provider does (run.task)
     record = RunRecord(Path(cfg.output_dir))
     record.create(cfg)
+    cfg = run.cfg  # a copy with the policies' capped model.max_seq_len
     try:
-        policies = [build_policy(cfg) for _ in range(clients + 1)]  # the clients' and the server's
-        cfg = fit_config(cfg, policies[-1])  # a copy with the policies' capped model.max_seq_len
-        data = fit_prompts(data, policies[-1], cfg, task)  # the rows the simulator and Flower keep
-        parts = partition_examples(cfg, data.train)
-        runtimes = [ClientRuntime(policies[i], task, cfg, out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
+        policies = [load_policy(cfg) for _ in range(clients)]  # each client's own model
+        runtimes = [ClientRuntime(policies[i], run.verifier, cfg, out_dir / f"client{i}", seed=cfg.data.seed * 1000 + i)
                     for i in range(clients)]
         servers = [ThreadedServer(create_app(rt, ServeOptions(rate_per_minute=10**6))) for rt in runtimes]
     except BaseException:
@@ -319,11 +312,10 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
     try:
         for srv in servers:
             srv.__enter__()
-        judged = task_with_feedback(task, cfg)  # the people judge and hint as feedback.provider does
-        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=srv.app.state.secret), judged, cfg)
+        people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=srv.app.state.secret), run.task, cfg)
                   for i, srv in enumerate(servers)]
-        runner = ServedClients(runtimes, people, parts, questions)
-        server = FederatedServer(cfg, record, policies[-1], data.eval, publish=publish, task=task)
+        runner = ServedClients(runtimes, people, run.clients, questions)
+        server = FederatedServer(cfg, record, run.policy, run.eval_set, publish=publish, task=run.verifier)
         server.start()
         rows.append(record.read_metrics()[-1])
 
@@ -353,15 +345,14 @@ def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, s
         ``answer`` and ``revision`` (and ``answer/<kind>``, ``revision/<kind>`` per kind of task item): count,
         median / p90 / max seconds to the first token and to the stored answer (``done``), median tokens.
     """
-    from fedspear.models import load_policy
+    from fedspear.federation.assembly import assemble
     from fedspear.serve.app import ServeOptions, ThreadedServer, create_app
     from fedspear.serve.runtime import ClientRuntime
-    from fedspear.tasks import get_task
 
-    task = get_task(cfg.data.dataset)
+    run = assemble(cfg, data=False, oracle=False)  # a served client: people (here scripted) give the feedback
+    task, cfg = run.task, run.cfg  # cfg: a copy with the policy's capped model.max_seq_len
     examples = task.load(cfg).train
-    policy, cfg = load_policy(cfg)  # cfg: a copy with the policy's capped model.max_seq_len
-    runtime = ClientRuntime(policy, task, cfg, Path(out_dir) / "latency-client", seed=seed)
+    runtime = ClientRuntime(run.policy, task, cfg, Path(out_dir) / "latency-client", seed=seed)
     samples: dict[str, list[tuple[float | None, float, int]]] = {"answer": [], "revision": []}
 
     def add(stage: str, kind: str, row: tuple[float | None, float, int]) -> None:
@@ -440,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     setup_logging()
-    threads = [f"model.torch_threads={args.threads}"] if args.threads > 0 else []  # applied by load_policy
+    threads = [f"model.torch_threads={args.threads}"] if args.threads > 0 else []  # applied when the model loads
     cfg = load_config(resolve_config(args.config), [*args.overrides, *threads])
     if args.latency > 0:
         print(json.dumps(measure_latency(cfg, args.out, args.latency), indent=1))

@@ -159,7 +159,7 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
 
 def test_idle_rounds_stop_the_run_with_a_report(tiny_qwen, tmp_path, monkeypatch, capsys):
     require_shared_data()
-    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, batched: [RuntimeError("boom")] * len(jobs))
+    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
     from fedspear.tracking import Trackers
 
     aborted = []
@@ -186,7 +186,7 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from fedspear.evaluation import evaluate
-    from fedspear.models import load_policy
+    from fedspear.models import fit_config, load_policy
     from fedspear.tasks import get_task
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen)
@@ -196,7 +196,8 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     tok.save_pretrained(gpt)
     cfg = load_config(None, _overrides(gpt, tmp_path / "r", **{"model.max_seq_len": 2048}))
     task = get_task(cfg.data.dataset)
-    engine, fitted = load_policy(cfg)
+    engine = load_policy(cfg)
+    fitted = fit_config(cfg, engine)
     assert cfg.model.max_seq_len == 2048  # the caller's config is not written; the copy carries the cap
     cfg = fitted
     assert cfg.model.max_seq_len == 64 == engine.max_seq_len and "position limit (64)" in caplog.text
