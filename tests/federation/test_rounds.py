@@ -1,13 +1,34 @@
-"""The typed round row (fedspear/federation/rounds.py): the row's JSON object is the metrics.jsonl line, key for key
-and in order; rows of any age parse back."""
+"""The typed round row (fedspear/federation/rounds.py) and the round observers (fedspear/federation/observers.py):
+the row's JSON object is the metrics.jsonl line, key for key and in order; rows of any age parse back; observers
+see each row after it is on disk and checkpointed."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
+from fedspear import records
+from fedspear.config import load_config
+from fedspear.federation.observers import RoundObserver
 from fedspear.federation.rounds import ClientRow, RoundRow, as_row
+from fedspear.federation.server import ClientReport, FederatedServer
+from fedspear.records import RunRecord
+
+
+class FakeEngine:
+    def __init__(self):
+        self.global_state = {"w": torch.tensor([1.0, 1.0])}
+
+    def load_global(self):
+        pass
+
+
+def _server(tmp_path, observers=(), **overrides):
+    items = {"data.num_clients": 4, "fl.clients_per_round": 2, "fl.rounds": 2, "data.seed": 5, **overrides}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
+    return FederatedServer(cfg, RunRecord(tmp_path / "run"), FakeEngine(), [], observers=observers)
 
 
 def test_a_training_row_lists_its_keys_in_metrics_jsonl_order():
@@ -55,3 +76,61 @@ def test_runner_fields_go_to_extra_and_a_known_name_sets_the_attribute():
     row.merge({"questions": 4, "lr": 0.2})
     assert row.extra == {"questions": 4} and row.lr == 0.2
     assert list(row.to_dict()) == ["round", "lr", "time", "questions"]
+
+
+class Recorder(RoundObserver):
+    """Notes every call, and what the run folder held when on_round came."""
+
+    def __init__(self, record: RunRecord):
+        self.record, self.calls = record, []
+
+    def on_start(self):
+        self.calls.append("start")
+
+    def on_round(self, row):
+        on_disk = self.record.read_metrics()[-1]
+        checkpointed = self.record.read_checkpoint()[0]
+        self.calls.append(("round", row.round, on_disk == json.loads(json.dumps(row.to_dict())), checkpointed))
+
+    def on_finish(self, final_adapter, report):
+        self.calls.append(("finish", final_adapter.name, report.name))
+
+    def on_abort(self, reason):
+        self.calls.append(("abort", reason))
+
+
+def test_an_added_observer_sees_each_row_once_it_is_on_disk_and_checkpointed(tmp_path, monkeypatch):
+    record = RunRecord(tmp_path / "run")
+    watcher = Recorder(record)
+    server = _server(tmp_path, observers=[watcher])
+    monkeypatch.setattr(server, "evaluate", lambda round_idx: {"accuracy": 0.5, "n": 2})
+    monkeypatch.setattr(server, "_save_adapter", lambda out_dir, what: out_dir.mkdir(parents=True))
+    labels: list[str] = []
+    monkeypatch.setattr(records, "fault_hook", labels.append)
+    assert type(server.observers[0]).__name__ == "RecordWriter" and server.observers[-1] is watcher
+    server.open_trackers()
+    server.start()
+
+    def runner(plan, state):
+        return [ClientReport(c, {"w": torch.tensor([2.0, 2.0])}, 1.0, {"wins": 1, "prompts": 1})
+                for c in plan.selected]
+
+    server.run_rounds(runner, 1)
+    server.finish()
+    assert watcher.calls == ["start", ("round", 0, True, 0), ("round", 1, True, 1), ("round", 2, True, 2),
+                             ("finish", "round_0002", "report.md")]
+    assert labels == ["metrics", "checkpoint.tmp", "checkpoint.replace"] * 3  # the row, then its checkpoint
+    text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in record.read_rows())
+    assert record.metrics_path.read_text() == text  # the rows read back write the same file
+
+
+def test_an_observer_hears_why_a_run_failed(tmp_path):
+    watcher = Recorder(RunRecord(tmp_path / "run"))
+    server = _server(tmp_path, observers=[watcher])
+
+    def runner(plan, state):
+        raise RuntimeError("client page unreachable")
+
+    with pytest.raises(RuntimeError):
+        server.run_rounds(runner, 1)
+    assert watcher.calls == [("abort", "RuntimeError: client page unreachable")]
