@@ -61,10 +61,10 @@ def collect(runs: dict[int, dict[str, Path]]) -> dict[str, list[dict]]:
     for seed, dirs in runs.items():
         for algorithm, run_dir in dirs.items():
             rows = read_rounds(run_dir)
-            evals = [r for r in rows if r.get("eval")]
+            evals = [r.eval for r in rows if r.eval]
             out.setdefault(algorithm, []).append({
                 "seed": seed, "totals": run_totals(rows), "series": round_series(rows, algorithm),
-                "start": evals[0]["eval"]["accuracy"], "groups": evals[-1]["eval"].get("groups", {})})
+                "start": evals[0]["accuracy"], "groups": evals[-1].get("groups", {})})
     return out
 
 

@@ -108,7 +108,7 @@ def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
             log.active = round_idx > 1
             row = simulator.run_round(fed, round_idx, server_opt)
             if round_idx > 1:
-                times.append(row["time"])
+                times.append(row.time)
     finally:
         log.restore()
     for call in log.calls:  # after the rounds, so that the floors' own time is not in the rounds' times

@@ -150,23 +150,23 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
         row = simulator.run_round(fed, round_idx, server_opt)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        row["time"]["wall_s"] = time.perf_counter() - start
+        row.time["wall_s"] = time.perf_counter() - start
         rows.append(row)
     timed = rows[1:] or rows
-    med = {k: statistics.median(r["time"][k] for r in timed)
+    med = {k: statistics.median(r.time[k] for r in timed)
            for k in ("wall_s", "generation_s", "feedback_s", "training_s", "aggregation_s")}
-    gen_tokens = sum(r["aggregate"]["tokens_generated"] for r in timed)
-    train_tokens = sum(r["aggregate"]["tokens_trained"] for r in timed)
-    gen_s = sum(r["time"]["generation_s"] for r in timed)
-    train_s = sum(r["time"]["training_s"] for r in timed)
+    gen_tokens = sum(r.aggregate["tokens_generated"] for r in timed)
+    train_tokens = sum(r.aggregate["tokens_trained"] for r in timed)
+    gen_s = sum(r.time["generation_s"] for r in timed)
+    train_s = sum(r.time["training_s"] for r in timed)
     out = {
         "algorithm": algorithm, "rounds_timed": len(timed), "round_s": med["wall_s"], "setup_s": setup_s,
-        "round_s_all": [round(r["time"]["wall_s"], 3) for r in timed],
+        "round_s_all": [round(r.time["wall_s"], 3) for r in timed],
         "generation_s": med["generation_s"], "feedback_s": med["feedback_s"], "training_s": med["training_s"],
         "aggregation_s": med["aggregation_s"],
         "generated_tokens_per_s": gen_tokens / gen_s if gen_s else None,
         "trained_tokens_per_s": train_tokens / train_s if train_s else None,
-        "generations_per_round": statistics.median(r["aggregate"]["generations"] for r in timed),
+        "generations_per_round": statistics.median(r.aggregate["generations"] for r in timed),
         "peak_rss_mb": peak_rss_mb(),
     }
     if torch.cuda.is_available():

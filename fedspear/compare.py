@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import yaml
 
 from fedspear.config import Config, ConfigError, config_from_dict, known_algorithms, validate
 from fedspear.federation import simulator
+from fedspear.federation.rounds import RoundRow, as_row
 from fedspear.federation.server import names_new_folder
 from fedspear.metrics import TOTALS
 from fedspear.plots import Point, nested_get, plot_series
@@ -164,49 +165,56 @@ def _num(value: Any) -> float | None:
     return None
 
 
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """A run folder's metrics.jsonl rows with an integer round, sorted by round."""
-    rows = [r for r in RunRecord(Path(run_dir)).read_metrics() if isinstance(r.get("round"), int)]
-    return sorted(rows, key=lambda r: r["round"])
+Row = RoundRow | Mapping[str, Any]  # a round row, or its metrics.jsonl dict
 
 
-def client_sum(row: dict[str, Any], key: str) -> float | None:
+def read_rounds(run_dir: Path) -> list[RoundRow]:
+    """A run folder's rows (:class:`~fedspear.federation.rounds.RoundRow`) with an integer round, sorted by round."""
+    rows = [r for r in RunRecord(Path(run_dir)).read_rows() if r.round is not None]
+    return sorted(rows, key=lambda r: r.round or 0)
+
+
+def _rows(rows: Iterable[Row]) -> list[RoundRow]:
+    return [as_row(r) for r in rows]
+
+
+def client_sum(row: Row, key: str) -> float | None:
     """Sum of ``metrics[key]`` over the round's clients (None when no client reports it).
 
     ``samples_y0`` falls back to ``prompts`` for algorithms with one first answer per prompt.
     """
     values = []
-    for client in row.get("clients") or []:
-        metrics = client.get("metrics") if isinstance(client, dict) else None
-        if not isinstance(metrics, dict):
+    for client in as_row(row).clients or []:
+        if client.metrics is None:
             continue
-        value = metrics.get(key)
+        value = client.metrics.get(key)
         if value is None and key == "samples_y0":
-            value = metrics.get("prompts")
+            value = client.metrics.get("prompts")
         if _num(value) is not None:
             values.append(float(value))
     return sum(values) if values else None
 
 
-def _ratio(row: dict[str, Any], num: str, den: str, scale: float = 1.0) -> float | None:
+def _ratio(row: Row, num: str, den: str, scale: float = 1.0) -> float | None:
     top, bottom = client_sum(row, num), client_sum(row, den)
     return scale * top / bottom if top is not None and bottom else None
 
 
-def _cumulative(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[Point]:
+def _cumulative(rows: list[RoundRow], value: Callable[[RoundRow], Any]) -> list[Point]:
     """Running total of ``value(row)`` over training rounds, starting at (0, 0)."""
     out: list[Point] = [(0.0, 0.0)]
     total = 0.0
     for row in rows:
         v = _num(value(row))
-        if row["round"] >= 1 and v is not None:
+        if row.round is not None and row.round >= 1 and v is not None:
             total += v
-            out.append((float(row["round"]), total))
+            out.append((float(row.round), total))
     return out if len(out) > 1 else []
 
 
-def _series(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any], first: int = 1) -> list[Point]:
-    return [(float(r["round"]), float(v)) for r in rows if r["round"] >= first and (v := _num(value(r))) is not None]
+def _series(rows: list[RoundRow], value: Callable[[RoundRow], Any], first: int = 1) -> list[Point]:
+    return [(float(r.round), float(v)) for r in rows
+            if r.round is not None and r.round >= first and (v := _num(value(r))) is not None]
 
 
 def _algorithm_of(run_dir: Path, label: str) -> str:
@@ -223,19 +231,25 @@ def _algorithm_of(run_dir: Path, label: str) -> str:
 
 
 # Per-run curves of the comparison figures: name -> (value per round row, cumulative?, first round, feedback only).
-SERIES: dict[str, tuple[Callable[[dict[str, Any]], Any], bool, int, bool]] = {
-    "accuracy": (lambda r: nested_get(r, "eval", "accuracy"), False, 0, False),
+SERIES: dict[str, tuple[Callable[[RoundRow], Any], bool, int, bool]] = {
+    "accuracy": (lambda r: r.value("eval", "accuracy"), False, 0, False),
     "y0_accuracy": (lambda r: _ratio(r, "wins_y0", "samples_y0"), False, 1, False),
-    "cumulative_round_time": (lambda r: nested_get(r, "time", "round_s"), True, 1, False),
-    "cumulative_training_time": (lambda r: nested_get(r, "time", "training_s"), True, 1, False),
+    "cumulative_round_time": (lambda r: r.value("time", "round_s"), True, 1, False),
+    "cumulative_training_time": (lambda r: r.value("time", "training_s"), True, 1, False),
     "cumulative_revision_successes": (lambda r: client_sum(r, "revision_successes"), True, 1, True),
     "cumulative_needs_revision": (lambda r: client_sum(r, "needs_revision"), True, 1, True),
     "needs_revision_pct": (lambda r: _ratio(r, "needs_revision", "samples_y0", 100.0), False, 1, True),
 }
 
 
-def round_series(rows: list[dict[str, Any]], algorithm: str = "") -> dict[str, list[Point]]:
-    """One run's curves, by :data:`SERIES` name; the feedback curves are empty for algorithms that ask none."""
+def round_series(rows: Iterable[Row], algorithm: str = "") -> dict[str, list[Point]]:
+    """One run's curves, by :data:`SERIES` name; the feedback curves are empty for algorithms that ask none.
+
+    Args:
+        rows: the run's rows with an integer round, in round order (:func:`read_rounds`; dicts work too).
+        algorithm: the run's ``algorithm.name``.
+    """
+    rows = _rows(rows)
     out = {}
     for name, (value, cumulative, first, feedback_only) in SERIES.items():
         if feedback_only and algorithm in NO_FEEDBACK_ALGORITHMS:
@@ -245,28 +259,33 @@ def round_series(rows: list[dict[str, Any]], algorithm: str = "") -> dict[str, l
     return out
 
 
-def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """One run's summary numbers: final/best accuracy, training rounds, times and token counts (None = absent)."""
-    evals = [(r["round"], a) for r in rows if (a := _num(nested_get(r, "eval", "accuracy"))) is not None]
-    trained = [r for r in rows if r["round"] >= 1]
+def run_totals(rows: Iterable[Row]) -> dict[str, float | None]:
+    """One run's summary numbers: final/best accuracy, training rounds, times and token counts (None = absent).
+
+    Args:
+        rows: the run's rows with an integer round, in round order (:func:`read_rounds`; dicts work too).
+    """
+    rows = _rows(rows)
+    evals = [(r.round, a) for r in rows if (a := _num(r.value("eval", "accuracy"))) is not None]
+    trained = [r for r in rows if r.round is not None and r.round >= 1]
 
     def total(key: str) -> float | None:
         vals = [v for r in trained if (v := client_sum(r, key)) is not None]
         return float(sum(vals)) if vals else None
 
     def resource(key: str, combine: Callable[[list[float]], float]) -> float | None:
-        vals = [v for r in trained if (v := _num(nested_get(r, "resources", key))) is not None]
+        vals = [v for r in trained if (v := _num(r.value("resources", key))) is not None]
         return combine(vals) if vals else None
 
     def mean(vals: list[float]) -> float:
         return sum(vals) / len(vals)
 
-    time_s = sum(_num(nested_get(r, "time", "round_s")) or 0.0 for r in trained)
+    time_s = sum(_num(r.value("time", "round_s")) or 0.0 for r in trained)
     return {
         "final_accuracy": evals[-1][1] if evals else None, "final_round": evals[-1][0] if evals else None,
         "best_accuracy": max(a for _, a in evals) if evals else None, "rounds": len(trained),
         "total_s": time_s if trained else None, "per_round_s": time_s / len(trained) if trained else None,
-        "training_s": sum(_num(nested_get(r, "time", "training_s")) or 0.0 for r in trained) if trained else None,
+        "training_s": sum(_num(r.value("time", "training_s")) or 0.0 for r in trained) if trained else None,
         **{key: total(key) for key in TOTALS},
         # fedspear/federation/resources.py: memory maxima over rounds, adapter bytes per client-round (mean)
         "peak_rss_mb": resource("peak_rss_mb_max", max), "update_rss_peak_mb": resource("update_rss_peak_mb_max", max),
@@ -276,7 +295,7 @@ def run_totals(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def _summary_rows(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _summary_rows(metrics: dict[str, list[RoundRow]]) -> list[str]:
     head = ("| algorithm | final accuracy (round) | best accuracy | rounds | total time (s) | time per round (s) | "
             "training time (s) | generations | tokens generated | tokens trained | forward-only tokens | "
             "peak RSS (MB) | peak RSS in an update (MB) | peak CUDA (MB) | bytes down / up per client-round |")
@@ -317,7 +336,7 @@ FIGURES = [  # (series name, title, y label, caption)
 ]
 
 
-def _figures(metrics: dict[str, list[dict[str, Any]]], algos: dict[str, str], plot_dir: Path, prefix: str = ""
+def _figures(metrics: dict[str, list[RoundRow]], algos: dict[str, str], plot_dir: Path, prefix: str = ""
              ) -> list[tuple[str, Path | None, str]]:
     """(title, written path or None, caption) of every comparison figure."""
     series = {label: round_series(rows, algos[label]) for label, rows in metrics.items()}

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedspear.federation.rounds import RoundRow
+
 Point = tuple[float, float]
 
 
-def nested_get(row: dict[str, Any], *keys: str) -> Any:
+def nested_get(row: Any, *keys: str) -> Any:
     """``row[k1][k2]...``, or None where a level is missing or not a mapping."""
     value: Any = row
     for key in keys:
@@ -29,11 +31,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def points(metrics: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any]) -> list[Point]:
-    """(round, value) for every metrics row where ``getter(row)`` is a finite number.
+def points(metrics: list[RoundRow], getter: Callable[[RoundRow], Any]) -> list[Point]:
+    """(round, value) for every round row where ``getter(row)`` is a finite number.
 
     Args:
-        metrics: metrics.jsonl rows (each with "round").
+        metrics: a run's rows (:meth:`fedspear.records.RunRecord.read_rows`); rows without a round are left out.
         getter: extracts the value from a row; may return None.
 
     Returns:
@@ -42,8 +44,8 @@ def points(metrics: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any
     out: list[Point] = []
     for row in metrics:
         value = getter(row)
-        if _is_number(row.get("round")) and _is_number(value):
-            out.append((float(row["round"]), float(value)))
+        if row.round is not None and _is_number(value):
+            out.append((float(row.round), float(value)))
     return out
 
 
@@ -94,41 +96,41 @@ def plot_series(series: dict[str, list[Point]], title: str, xlabel: str, ylabel:
     return path
 
 
-def plot_accuracy(metrics: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_accuracy(metrics: list[RoundRow], path: Path) -> Path | None:
     """Evaluation accuracy per round, plus one line per ``eval.groups`` entry when present.
 
     Args:
-        metrics: metrics.jsonl rows.
+        metrics: a run's rows.
         path: PNG file to write.
 
     Returns:
         ``path``, or None when no row has an evaluation accuracy.
     """
-    series: dict[str, list[Point]] = {"overall": points(metrics, lambda r: nested_get(r, "eval", "accuracy"))}
+    series: dict[str, list[Point]] = {"overall": points(metrics, lambda r: r.value("eval", "accuracy"))}
     group_names: list[str] = []
     for row in metrics:
-        groups = nested_get(row, "eval", "groups")
+        groups = row.value("eval", "groups")
         if isinstance(groups, dict):
             group_names.extend(name for name in groups if name not in group_names)
     for name in group_names:
-        series[f"group: {name}"] = points(metrics, lambda r, n=name: nested_get(r, "eval", "groups", n))
+        series[f"group: {name}"] = points(metrics, lambda r, n=name: nested_get(r.eval, "groups", n))
     if not series["overall"]:
         return None
     return plot_series(series, "Evaluation accuracy", "round", "accuracy", path)
 
 
-def plot_revisions(metrics: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_revisions(metrics: list[RoundRow], path: Path) -> Path | None:
     """Successful revisions and samples needing revision per round (summed over the round's clients).
 
     Args:
-        metrics: metrics.jsonl rows.
+        metrics: a run's rows.
         path: PNG file to write.
 
     Returns:
         ``path``, or None when no row reports either count.
     """
     series = {
-        "revision successes": points(metrics, lambda r: nested_get(r, "aggregate", "revision_successes")),
-        "samples needing revision": points(metrics, lambda r: nested_get(r, "aggregate", "needs_revision")),
+        "revision successes": points(metrics, lambda r: r.value("aggregate", "revision_successes")),
+        "samples needing revision": points(metrics, lambda r: r.value("aggregate", "needs_revision")),
     }
     return plot_series(series, "Feedback-guided revisions", "round", "samples", path)

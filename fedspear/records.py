@@ -4,7 +4,8 @@ Layout::
 
     run_dir/
       config.yaml             the resolved Config (cfg.to_yaml())
-      metrics.jsonl           one JSON object per round (round 0 = the initial evaluation)
+      metrics.jsonl           one JSON object per round (round 0 = the initial evaluation): a RoundRow
+                              (fedspear/federation/rounds.py) as RoundRow.to_dict() writes it
       adapters/round_NNNN/    global adapters saved at evaluation rounds
       checkpoint/state.safetensors  the latest resumable state: one file, committed atomically
       plots/*.png, report.md  written by :func:`fedspear.report.write_report`
@@ -45,6 +46,7 @@ from typing import Any
 import torch
 
 from fedspear.config import Config
+from fedspear.federation.rounds import RoundRow
 
 logger = logging.getLogger(__name__)
 
@@ -405,13 +407,15 @@ class RunRecord:
             else:
                 path.unlink()
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        """Append one row to metrics.jsonl (NaN/inf stored as null), flushed and fsync-ed.
+    def append_metrics(self, row: RoundRow | dict[str, Any]) -> None:
+        """Append one row (a :class:`~fedspear.federation.rounds.RoundRow` or a JSON object) to metrics.jsonl
+        (NaN/inf stored as null), flushed and fsync-ed.
 
         A partial last line left by a crash is cut off first, so the new row starts on its own line.
         """
-        line = json.dumps(_jsonable(row), allow_nan=False, ensure_ascii=False)
-        with disk_errors(self.metrics_path, f"the row of round {row.get('round')}", self.resume_advice()):
+        data = row.to_dict() if isinstance(row, RoundRow) else row
+        line = json.dumps(_jsonable(data), allow_nan=False, ensure_ascii=False)
+        with disk_errors(self.metrics_path, f"the row of round {data.get('round')}", self.resume_advice()):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._drop_partial_last_line()
             _fsync_write(self.metrics_path, line + "\n", "a")
@@ -458,6 +462,11 @@ class RunRecord:
                                    "damaged: restore it from a backup") from None
             rows.append(row)
         return rows
+
+    def read_rows(self) -> list[RoundRow]:
+        """The rows of metrics.jsonl (:meth:`read_metrics`) as :class:`~fedspear.federation.rounds.RoundRow`
+        objects, in file order; old or partial rows parse too (:meth:`RoundRow.from_dict`)."""
+        return [RoundRow.from_dict(row) for row in self.read_metrics()]
 
     def last_completed_round(self) -> int:
         """The highest "round" in metrics.jsonl, or -1 when no row has one."""

@@ -1,7 +1,8 @@
 """The run report: ``report.md`` and ``plots/*.png`` of a run folder, written from its config.yaml and metrics.jsonl.
 
 Works on partial runs and on any algorithm's metrics (missing values show as "-"); the server writes it at the
-end of a run and when a run stops, ``fedspear report RUN_DIR`` rewrites it.
+end of a run and when a run stops, ``fedspear report RUN_DIR`` rewrites it. The rows are read as
+:class:`~fedspear.federation.rounds.RoundRow` objects (:meth:`RunRecord.read_rows`), old and partial rows included.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import yaml
 
 from fedspear import plots
+from fedspear.federation.rounds import RoundRow
 from fedspear.metrics import REPORTED
-from fedspear.plots import nested_get
 from fedspear.records import CONFIG_FILE, REPORT_TITLE, RunRecord
 
 
@@ -36,11 +37,11 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds:.1f} s ({whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d})"
 
 
-def _round_time(row: dict[str, Any]) -> float | None:
+def _round_time(row: RoundRow) -> float | None:
     """Seconds of the round's client work and aggregation, without evaluation: time.round_s, or, when that
     is absent, the sum of the row's other time parts except eval_s."""
-    times = row.get("time")
-    if not isinstance(times, dict):
+    times = row.time
+    if times is None:
         return None
     if _num(times.get("round_s")) is not None:
         return float(times["round_s"])
@@ -49,27 +50,26 @@ def _round_time(row: dict[str, Any]) -> float | None:
     return sum(parts) if parts else None
 
 
-def _row_wall_time(row: dict[str, Any]) -> float | None:
+def _row_wall_time(row: RoundRow) -> float | None:
     """Seconds of the whole row: :func:`_round_time` plus time.eval_s (the simulator times the evaluation
     separately from round_s)."""
-    parts = [_round_time(row), _num(nested_get(row, "time", "eval_s"))]
+    parts = [_round_time(row), _num(row.value("time", "eval_s"))]
     parts = [p for p in parts if p is not None]
     return sum(parts) if parts else None
 
 
-def _mean_y0_accuracy(row: dict[str, Any]) -> float | None:
+def _mean_y0_accuracy(row: RoundRow) -> float | None:
     """aggregate.y0_accuracy, else the plain mean of the clients' metrics.y0_accuracy."""
-    value = _num(nested_get(row, "aggregate", "y0_accuracy"))
+    value = _num(row.value("aggregate", "y0_accuracy"))
     if value is not None:
         return value
-    clients = row.get("clients")
-    accs = [_num(nested_get(c, "metrics", "y0_accuracy")) for c in clients] if isinstance(clients, list) else []
+    accs = [_num(c.metric("y0_accuracy")) for c in row.clients or []]
     accs = [a for a in accs if a is not None]
     return sum(accs) / len(accs) if accs else None
 
 
-def _total(metrics: list[dict[str, Any]], *keys: str) -> float | None:
-    values = [_num(nested_get(row, *keys)) for row in metrics]
+def _total(metrics: list[RoundRow], section: str, key: str) -> float | None:
+    values = [_num(row.value(section, key)) for row in metrics]
     values = [v for v in values if v is not None]
     return sum(values) if values else None
 
@@ -92,14 +92,15 @@ def _header(cfg: dict[str, Any], run_dir: Path) -> list[str]:
     ]
 
 
-def _summary(metrics: list[dict[str, Any]]) -> list[str]:
-    evals = [
-        (row.get("round", "?"), row["eval"])
-        for row in metrics
-        if _num(nested_get(row, "eval", "accuracy")) is not None
-    ]
+def _label(row: RoundRow, missing: Any = "?") -> Any:
+    """The row's round as the report names it: the number, else what the file holds instead (``missing``: none)."""
+    return row.round if row.round is not None else row.to_dict().get("round", missing)
+
+
+def _summary(metrics: list[RoundRow]) -> list[str]:
+    evals = [(_label(row), row.eval) for row in metrics if row.eval and _num(row.eval.get("accuracy")) is not None]
     items: list[tuple[str, str]] = []
-    completed = [row["round"] for row in metrics if isinstance(row.get("round"), int)]
+    completed = [row.round for row in metrics if row.round is not None]
     items.append(("rounds completed", str(max(completed)) if completed else "none"))
     round0 = [ev for rnd, ev in evals if rnd == 0]
     if round0:
@@ -128,7 +129,7 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
         if total is not None:
             items.append((label, str(int(total))))
     items += _resource_items(metrics)
-    privacy = next((row["privacy"] for row in reversed(metrics) if isinstance(row.get("privacy"), dict)), None)
+    privacy = next((row.privacy for row in reversed(metrics) if row.privacy is not None), None)
     if privacy is not None:
         eps = _num(privacy.get("epsilon"))
         items.append((f"privacy spent ({privacy.get('mode')} DP)",
@@ -143,33 +144,33 @@ def _summary(metrics: list[dict[str, Any]]) -> list[str]:
     excluded = _total(metrics, "aggregation", "num_excluded_nonfinite")
     if excluded:
         items.append(("client updates excluded (non-finite)", str(int(excluded))))
-    refused = [str(row.get("round")) for row in metrics if nested_get(row, "aggregation", "refused_nonfinite_aggregate")]
+    refused = [str(_label(row, None)) for row in metrics if row.value("aggregation", "refused_nonfinite_aggregate")]
     if refused:
         items.append(("aggregates refused (non-finite)", f"rounds {', '.join(refused)}"))
-    diverged = [str(row.get("round")) for row in metrics if nested_get(row, "eval", "diverged")]
+    diverged = [str(_label(row, None)) for row in metrics if row.value("eval", "diverged")]
     if diverged:
         items.append(("**diverged** (non-finite scores, no accuracy)", f"rounds {', '.join(diverged)}"))
-    stopped = [row for row in metrics if row.get("stopped")]
+    stopped = [row for row in metrics if row.stopped]
     if stopped:
-        items.append(("**run stopped**", f"after round {stopped[-1].get('round')}: {stopped[-1]['stopped']}"))
+        items.append(("**run stopped**", f"after round {_label(stopped[-1], None)}: {stopped[-1].stopped}"))
     lines = ["## Summary", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {label} | {value} |" for label, value in items]
     return lines + [""]
 
 
-def _max(metrics: list[dict[str, Any]], *keys: str) -> float | None:
-    values = [_num(nested_get(row, *keys)) for row in metrics]
+def _max(metrics: list[RoundRow], section: str, key: str) -> float | None:
+    values = [_num(row.value(section, key)) for row in metrics]
     values = [v for v in values if v is not None]
     return max(values) if values else None
 
 
-def _mean(metrics: list[dict[str, Any]], *keys: str) -> float | None:
-    values = [_num(nested_get(row, *keys)) for row in metrics]
+def _mean(metrics: list[RoundRow], section: str, key: str) -> float | None:
+    values = [_num(row.value(section, key)) for row in metrics]
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
-def _resource_items(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _resource_items(metrics: list[RoundRow]) -> list[tuple[str, str]]:
     """Summary rows of the clients' memory and traffic (``resources`` of each round row; see
     fedspear/federation/resources.py for what each figure measures)."""
     items = []
@@ -190,7 +191,7 @@ def _resource_items(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return items
 
 
-def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
+def _per_round_table(metrics: list[RoundRow]) -> list[str]:
     lines = [
         "## Per round",
         "",
@@ -199,36 +200,36 @@ def _per_round_table(metrics: list[dict[str, Any]]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in metrics:
-        agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
+        agg = row.aggregate or {}
         cells = [
-            str(row.get("round", "-")),
-            "diverged" if nested_get(row, "eval", "diverged") else _fmt(nested_get(row, "eval", "accuracy")),
+            str(_label(row, "-")),
+            "diverged" if row.value("eval", "diverged") else _fmt(row.value("eval", "accuracy")),
             _fmt(_mean_y0_accuracy(row)),
             _fmt(agg.get("wins")),
             _fmt(agg.get("losses")),
             _fmt(agg.get("revision_successes")),
             _fmt(agg.get("needs_revision")),
             _fmt(_row_wall_time(row), digits=1),
-            _fmt(nested_get(row, "resources", "peak_rss_mb_max"), digits=1),
-            "-" if not isinstance(row.get("resources"), dict) else
-            f"{_fmt(nested_get(row, 'resources', 'bytes_down_per_client'), 0)} / "
-            f"{_fmt(nested_get(row, 'resources', 'bytes_up_per_client'), 0)}",
+            _fmt(row.value("resources", "peak_rss_mb_max"), digits=1),
+            "-" if row.resources is None else
+            f"{_fmt(row.value('resources', 'bytes_down_per_client'), 0)} / "
+            f"{_fmt(row.value('resources', 'bytes_up_per_client'), 0)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _plots(metrics: list[dict[str, Any]], run_dir: Path) -> list[str]:
+def _plots(metrics: list[RoundRow], run_dir: Path) -> list[str]:
     plot_dir = run_dir / "plots"
     cumulative: dict[str, list[plots.Point]] = {"with evaluation": [], "without evaluation": []}
     totals = [0.0, 0.0]
     for row in metrics:
-        if _num(row.get("round")) is None:
+        if row.round is None:
             continue
         for i, (label, seconds) in enumerate(zip(cumulative, (_row_wall_time(row), _round_time(row)), strict=True)):
             if seconds is not None:
                 totals[i] += seconds
-                cumulative[label].append((float(row["round"]), totals[i]))
+                cumulative[label].append((float(row.round), totals[i]))
     made = [
         ("Evaluation accuracy", plots.plot_accuracy(metrics, plot_dir / "accuracy.png")),
         ("Revisions", plots.plot_revisions(metrics, plot_dir / "revisions.png")),
@@ -273,7 +274,7 @@ def write_report(run_dir: Path) -> Path:
     if record.config_path.exists():
         loaded = yaml.safe_load(record.config_path.read_text(encoding="utf-8"))
         cfg = loaded if isinstance(loaded, dict) else {}
-    metrics = sorted(record.read_metrics(), key=lambda row: _num(row.get("round")) or 0.0)
+    metrics = sorted(record.read_rows(), key=lambda row: row.round or 0)
     lines = _header(cfg, run_dir)
     if not record.config_path.exists():
         lines += [f"(no {CONFIG_FILE} in this folder)", ""]

@@ -455,7 +455,7 @@ def final_eval(run_dir: Path) -> dict[str, Any] | None:
     """The last evaluation of a run folder (its metrics row's ``eval``), or None when it has none."""
     from fedspear.compare import read_rounds
 
-    evals = [r["eval"] for r in read_rounds(run_dir) if isinstance(r.get("eval"), dict)]
+    evals = [r.eval for r in read_rounds(run_dir) if r.eval is not None]
     return evals[-1] if evals else None
 
 

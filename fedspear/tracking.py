@@ -2,8 +2,9 @@
 
 Like TRL's ``report_to``: ``logging.report_to=[tensorboard,wandb]`` logs, for every metrics row the server writes
 (round 0 included), the scalars of :func:`round_scalars` at step = round; the resolved config as
-hyperparameters; and at the end the final adapter's path. :class:`FederatedServer` calls :class:`Trackers`, so
-the simulator, ``fedspear compare`` (which runs the simulator) and the Flower ServerApp all log alike.
+hyperparameters; and at the end the final adapter's path. :class:`Trackers` is one of the round observers of
+:class:`FederatedServer` (:mod:`fedspear.federation.observers`), so the simulator, ``fedspear compare`` (which runs
+the simulator), the Flower ServerApp and the served federation all log alike.
 
 TensorBoard event files go to ``<run_dir>/tensorboard`` (``tensorboard --logdir runs``); wandb writes its run
 folder under ``<run_dir>/wandb`` in ``logging.wandb_mode`` (``offline`` by default: no network, upload later with
@@ -13,11 +14,14 @@ folder under ``<run_dir>/wandb`` in ``logging.wandb_mode`` (``offline`` by defau
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedspear import metrics
 from fedspear.config import Config, ConfigError
+from fedspear.federation.observers import RoundObserver
+from fedspear.federation.rounds import RoundRow, as_row
 
 logger = logging.getLogger("fedspear")
 
@@ -31,8 +35,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def round_scalars(row: dict[str, Any]) -> dict[str, float]:
-    """The scalars of one metrics row, keyed for a tracker.
+def round_scalars(row: RoundRow | Mapping[str, Any]) -> dict[str, float]:
+    """The scalars of one round row (or metrics.jsonl dict), keyed for a tracker.
 
     Keys: ``eval/accuracy`` and ``eval/group/<name>``; ``train/<count>`` (:data:`TRAIN_KEYS`) and ``train/lr``;
     ``loss/<name>`` = the clients' mean of each ``loss_*`` metric; ``time/<phase>_s`` (seconds);
@@ -41,7 +45,7 @@ def round_scalars(row: dict[str, Any]) -> dict[str, float]:
     non-numeric values are left out.
 
     Args:
-        row: a metrics.jsonl row (see :meth:`fedspear.federation.server.FederatedServer.aggregate_round`).
+        row: a round's row (:class:`~fedspear.federation.rounds.RoundRow`, or its metrics.jsonl dict).
 
     Returns:
         ``{tag: value}``.
@@ -53,28 +57,29 @@ def round_scalars(row: dict[str, Any]) -> dict[str, float]:
         if number is not None:
             out[tag] = number
 
-    ev = row.get("eval") if isinstance(row.get("eval"), dict) else {}
+    row = as_row(row)
+    ev = row.eval or {}
     put("eval/accuracy", ev.get("accuracy"))
     for group, acc in (ev.get("groups") or {}).items():
         put(f"eval/group/{group}", acc)
-    agg = row.get("aggregate") if isinstance(row.get("aggregate"), dict) else {}
+    agg = row.aggregate or {}
     for key in TRAIN_KEYS:
         put(f"train/{key}", agg.get(key))
-    put("train/lr", row.get("lr"))
+    put("train/lr", row.lr)
     losses: dict[str, list[float]] = {}
-    for client in row.get("clients") or []:
-        for key, value in (client.get("metrics") or {}).items():
+    for client in row.clients or []:
+        for key, value in (client.metrics or {}).items():
             if key.startswith("loss_") and _number(value) is not None:
                 losses.setdefault(key[len("loss_"):], []).append(float(value))
     for name, values in losses.items():
         out[f"loss/{name}"] = sum(values) / len(values)
-    for key, value in (row.get("time") or {}).items():
+    for key, value in (row.time or {}).items():
         put(f"time/{key}", value)
-    for key, value in (row.get("aggregation") or {}).items():
+    for key, value in (row.aggregation or {}).items():
         put(f"aggregation/{key}", value)
-    for key, value in (row.get("resources") or {}).items():
+    for key, value in (row.resources or {}).items():
         put(f"resources/{key}", value)
-    privacy = row.get("privacy") if isinstance(row.get("privacy"), dict) else {}
+    privacy = row.privacy or {}
     put("privacy/epsilon", privacy.get("epsilon"))
     if privacy:
         put("privacy/delta", privacy.get("delta"))
@@ -157,11 +162,13 @@ def _start_failure(name: str, cfg: Config, exc: BaseException) -> str:
     return f"logging.report_to: {name} could not start ({detail}); {fix}"
 
 
-class Trackers:
+class Trackers(RoundObserver):
     """The trackers ``logging.report_to`` names for one run; a no-op when it is empty.
 
-    Backends open at :meth:`open` (the server calls it before round 0) or else at the first :meth:`log_round`, and
-    close in :meth:`finish`.
+    Backends open at :meth:`open` (the server starts its observers before round 0) or else at the first
+    :meth:`log_round`, and close in :meth:`finish` (or :meth:`abort`). As a round observer
+    (:class:`~fedspear.federation.observers.RoundObserver`): ``on_start`` opens, ``on_round`` logs the row,
+    ``on_finish`` finishes and ``on_abort`` aborts.
 
     Args:
         cfg: the resolved run configuration (logged as hyperparameters).
@@ -203,14 +210,15 @@ class Trackers:
         if self.cfg.logging.report_to:
             self._open()
 
-    def log_round(self, row: dict[str, Any]) -> None:
-        """Log one metrics row's :func:`round_scalars` at step = its round."""
+    def log_round(self, row: RoundRow | Mapping[str, Any]) -> None:
+        """Log one round row's :func:`round_scalars` at step = its round."""
         if not self.cfg.logging.report_to:
             return
+        row = as_row(row)
         scalars = round_scalars(row)
         self.last.update(scalars)
         for backend in self._open():
-            backend.log(scalars, int(row["round"]))
+            backend.log(scalars, int(row.round))  # type: ignore[arg-type]  # None only in a malformed row
 
     def finish(self, final_adapter: Path) -> None:
         """Record the final adapter's path (and, for TensorBoard, the hparams with the last scalars) and close."""
@@ -227,3 +235,17 @@ class Trackers:
         for backend in self.backends or []:
             backend.abort(reason)
         self.backends = None
+
+    # --------------------------------------------------------------------------------- a round observer
+
+    def on_start(self) -> None:
+        self.open()
+
+    def on_round(self, row: RoundRow) -> None:
+        self.log_round(row)
+
+    def on_finish(self, final_adapter: Path, report: Path) -> None:
+        self.finish(final_adapter)
+
+    def on_abort(self, reason: str) -> None:
+        self.abort(reason)

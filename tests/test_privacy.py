@@ -198,7 +198,7 @@ def test_an_empty_poisson_round_is_noised_and_counted(tmp_path):
     def runner(plan, state):
         raise AssertionError("no client to run")
 
-    row = server.run_round(round_idx, runner)
+    row = server.run_round(round_idx, runner).to_dict()
     assert row["num_selected"] == 0 and row["aggregation"]["num_aggregated"] == 0
     assert float(server.global_state["w"].abs().sum()) > 0  # the noise was added
     assert row["privacy"]["rounds"] == round_idx

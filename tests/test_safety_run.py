@@ -144,7 +144,7 @@ def test_nonfinite_aggregate_is_refused_and_server_state_kept():
 
 
 def test_report_and_summary_show_divergence_and_stop(tmp_path):
-    from fedspear.federation.server import summary_line
+    from fedspear.federation.observers import summary_line
 
     record = RunRecord(tmp_path / "run")
     record.create(_cfg(tmp_path / "run"))
@@ -235,7 +235,7 @@ def test_every_excluded_update_is_a_warning(tmp_path, caplog):
     nan = {"w": torch.tensor([float("nan"), 0.0])}
     reports = [ClientReport(plan.selected[0], nan, 2.0), ClientReport(plan.selected[1], {"w": torch.ones(2)}, math.inf),
                ClientReport.failure(plan.selected[2], "RuntimeError: boom")]
-    row = server.aggregate_round(plan, reports)
+    row = server.aggregate_round(plan, reports).to_dict()
     assert row["aggregation"]["num_excluded_nonfinite"] == 2 and row["aggregation"]["num_failed_clients"] == 1
     assert caplog.text.count("non-finite update") == 2 and "boom" in caplog.text
     assert torch.equal(server.global_state["w"], torch.zeros(2))

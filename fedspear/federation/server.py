@@ -5,7 +5,9 @@ folder. Each round it plans who takes part (:meth:`FederatedServer.plan_round`: 
 learning rate and every client's seed), hands the plan to a *client runner* (in-process clients for the simulator,
 Flower messages for the ServerApp), then aggregates what came back (:meth:`FederatedServer.aggregate_round`:
 failed clients are recorded and excluded, fewer than ``fl.min_clients`` results keep the global adapter),
-evaluates on schedule, appends the metrics row and checkpoints (:meth:`FederatedServer.end_round`).
+evaluates on schedule and hands the round's :class:`~fedspear.federation.rounds.RoundRow` to its observers
+(:meth:`FederatedServer.end_round`; :mod:`fedspear.federation.observers`): the metrics.jsonl writer (which also
+commits the checkpoint), the trackers, the console line, and any the caller added.
 
 Every random choice is seeded by (seed, round[, client]), so whoever runs the clients, the same plan and the
 same client results give the same global adapter, and a run resumed from its checkpoint after round k ends
@@ -18,7 +20,7 @@ import logging
 import math
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +33,10 @@ from fedspear.algorithms.base import ClientJob, LocalUpdateResult
 from fedspear.config import Config, ConfigError
 from fedspear.evaluation import evaluate
 from fedspear.federation.aggregation import ServerOptimizer, aggregate, build_server_optimizer, is_finite_state
+from fedspear.federation.observers import ConsoleSummary, RecordWriter, RoundObserver
 from fedspear.federation.partition import client_seed
 from fedspear.federation.resources import client_bytes, round_resources
+from fedspear.federation.rounds import ClientRow, RoundRow
 from fedspear.federation.schedule import round_lr, should_evaluate
 from fedspear.models import Policy, save_adapter
 from fedspear.records import RunFileError, RunRecord, claim_new_folder, disk_errors, durable_step
@@ -111,7 +115,8 @@ class ClientRunner(Protocol):
     """Runs a round's selected clients from the given global adapter and reports on each of them.
 
     A runner may also have a ``fields`` attribute: a dict of extra keys that :meth:`FederatedServer.run_round`
-    merges into the round's metrics row after the call (the served clients' interface figures, for example).
+    merges into the round's row after the call (:attr:`RoundRow.extra`; the served clients' interface figures, for
+    example).
     """
 
     def __call__(self, plan: RoundPlan, global_state: State) -> list[ClientReport]: ...
@@ -138,33 +143,6 @@ def sum_client_metrics(results: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
-def summary_line(row: dict[str, Any], rounds: int) -> str:
-    """One human-readable line for a metrics row (printed after every round)."""
-    agg, ev = row.get("aggregate", {}), row.get("eval")
-    parts = [f"round {row['round']:>3}/{rounds}"]
-    if agg:
-        y0 = agg.get("y0_accuracy")
-        parts += [f"lr {row['lr']:.2e}", f"y0 acc {y0:.2f}" if y0 is not None else "y0 acc -"]
-        if agg.get("samples_y0"):  # group methods (GRPO, RLTF-SD): samples and revisions, no wins or losses
-            parts.append(f"samples {agg['samples_y0']}" + (f" (revised {agg['needs_revision']}, fixed "
-                                                            f"{agg['revision_successes']})"
-                                                            if agg.get("needs_revision") else ""))
-        else:
-            parts += [f"wins {agg['wins']} (rev {agg['wins_revision']})", f"losses {agg['losses']}"]
-        parts.append(f"{row['time']['round_s']:.1f}s")
-        failed = row.get("aggregation", {}).get("num_failed_clients")
-        if failed:
-            parts.append(f"{failed} failed")
-    if ev and ev.get("diverged"):
-        parts.append("eval DIVERGED (non-finite scores, no accuracy)")
-    elif ev and isinstance(ev.get("accuracy"), (int, float)):
-        groups = " ".join(f"{g} {a:.2f}" for g, a in ev.get("groups", {}).items() if isinstance(a, (int, float)))
-        parts.append(f"eval {ev['accuracy']:.3f}" + (f" ({groups})" if groups else ""))
-    if row.get("stopped"):
-        parts.append(f"STOPPED: {row['stopped']}")
-    return " | ".join(parts)
-
-
 class FederatedServer:
     """Server state and round logic of one run.
 
@@ -178,11 +156,14 @@ class FederatedServer:
         publish: called as ``publish(round_idx, global_state)`` with each round's new global adapter, right after
             aggregation and before evaluation (e.g. to hand it to served clients' pages); None = nobody.
         task: the task evaluation scores with; None = the one ``data.dataset`` names.
+        observers: more observers of the rounds (:class:`~fedspear.federation.observers.RoundObserver`), told after
+            the run's own (metrics.jsonl and checkpoint, trackers, console line); ``server.observers`` lists all.
     """
 
     def __init__(self, cfg: Config, record: RunRecord, engine: Policy, eval_set: list[Example],
                  server_opt: ServerOptimizer | None = None,
-                 publish: Callable[[int, State], None] | None = None, task: Any = None) -> None:
+                 publish: Callable[[int, State], None] | None = None, task: Any = None,
+                 observers: Iterable[RoundObserver] = ()) -> None:
         self.cfg = cfg
         self._task = task
         self.record = record
@@ -195,6 +176,10 @@ class FederatedServer:
         self.rounds_run = 0  # rounds of the run so far (a resume counts the rounds before it from metrics.jsonl)
         self.first_error: str | None = None  # the first client error of the run
         self.trackers = Trackers(cfg, record.run_dir)
+        # Told in this order: the row is on disk and checkpointed before anything else sees it.
+        self.observers: list[RoundObserver] = [RecordWriter(record, self.save_checkpoint), self.trackers,
+                                               ConsoleSummary(cfg.fl.rounds, record.run_dir), *observers]
+        self._started: list[RoundObserver] = []  # observers whose on_start ran
 
     @property
     def task(self) -> Any:
@@ -221,8 +206,8 @@ class FederatedServer:
         return RoundPlan(round_idx, round_lr(round_idx, cfg.fl.rounds, cfg.optim), selected, seeds)
 
     def aggregate_round(self, plan: RoundPlan, reports: list[ClientReport],
-                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Aggregate the clients' reports into the new global adapter; returns the metrics row (without eval).
+                        extra: Mapping[str, Any] | None = None) -> RoundRow:
+        """Aggregate the clients' reports into the new global adapter; returns the round's row (without eval).
 
         Failed clients are recorded with their error and excluded. When fewer than ``fl.min_clients`` clients
         succeeded, the round keeps the global adapter (``aggregation.skipped_round`` says why) and the
@@ -232,31 +217,34 @@ class FederatedServer:
         Args:
             plan: the round's plan.
             reports: one report per selected client (any order).
-            extra: more keys for the row (e.g. the runtime's own details).
+            extra: more keys for the row (e.g. the runtime's own details; :meth:`RoundRow.merge`).
 
         Returns:
-            The row: round, lr, selected_clients, clients, aggregate, aggregation, time, privacy (when DP is on)
-            and ``extra``. Under ``dp.mode=central`` the sampled ids and the per-client rows are left out (the
-            sample is secret; ``num_selected`` counts it); ``aggregate`` then holds sums the noise does not cover.
+            The row: round, lr, selected_clients, clients, aggregate, aggregation, time, resources, privacy (when
+            DP is on) and ``extra``. Under ``dp.mode=central`` the sampled ids and the per-client rows are left out
+            (the sample is secret; ``num_selected`` counts it); ``aggregate`` then holds sums the noise does not
+            cover.
         """
         by_client = {r.client_id: r for r in reports}
         mode = self.cfg.dp.mode
-        client_rows, results = [], []
+        client_rows: list[ClientRow] = []
+        results = []
         for cid in plan.selected:
             report = by_client.get(cid) or ClientReport.failure(cid, "no report from the client")
             if mode == "local":  # uniform aggregation whatever a client claims (its release carries weight 1)
                 report.weight = 1.0 if report.adapter is not None else 0.0
-            row: dict[str, Any] = {"client_id": cid, **report.details,
-                                   **client_bytes(self.global_state, report.adapter if report.error is None else None)}
+            traffic = client_bytes(self.global_state, report.adapter if report.error is None else None)
+            client = ClientRow(cid, metrics=report.metrics, bytes_down=traffic["bytes_down"],
+                               bytes_up=traffic["bytes_up"], details=dict(report.details))
             if report.error is not None:
                 logger.warning("%s failed in round %d: %s", "a client" if mode == "central" else f"client {cid}",
                                plan.round_idx, report.error)
-                row.update(weight=0.0, error=report.error, metrics=report.metrics)
+                client.weight, client.error = 0.0, report.error
             else:
-                row.update(weight=report.weight, metrics=report.metrics)
+                client.weight = report.weight
                 results.append((report.adapter, report.weight))
                 _warn_if_nonfinite(report, plan.round_idx)
-            client_rows.append(row)
+            client_rows.append(client)
         agg_start = time.perf_counter()
         min_clients = self.cfg.fl.min_clients
         info: dict[str, Any]
@@ -272,32 +260,32 @@ class FederatedServer:
             if info.get("refused_nonfinite_aggregate"):
                 logger.warning("round %d: the aggregate of %d client updates is not finite (NaN/inf); it is refused "
                                "and the global adapter is unchanged", plan.round_idx, info["num_aggregated"])
-        info["num_failed_clients"] = sum(1 for r in client_rows if "error" in r)
+        info["num_failed_clients"] = sum(1 for c in client_rows if c.error is not None)
         self.engine.global_state = new_state
         self.engine.load_global()
         if self.publish is not None:
             self.publish(plan.round_idx, new_state)
-        agg = sum_client_metrics([r["metrics"] for r in client_rows])
-        row = {
-            "round": plan.round_idx, "lr": plan.lr, "selected_clients": list(plan.selected), "clients": client_rows,
-            "aggregate": agg, "aggregation": info,
-            "time": {"round_s": time.perf_counter() - plan.start, "generation_s": agg["generation_s"],
-                     "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
-                     "aggregation_s": time.perf_counter() - agg_start},
-            "resources": round_resources(client_rows),
-        }
+        agg = sum_client_metrics([c.metrics or {} for c in client_rows])
+        row = RoundRow(
+            plan.round_idx, lr=plan.lr, selected_clients=list(plan.selected), clients=client_rows,
+            aggregate=agg, aggregation=info,
+            time={"round_s": time.perf_counter() - plan.start, "generation_s": agg["generation_s"],
+                  "feedback_s": agg["feedback_s"], "training_s": agg["training_s"],
+                  "aggregation_s": time.perf_counter() - agg_start},
+            resources=round_resources(c.to_dict() for c in client_rows),
+        )
         if mode == "central":  # the sample is secret and per-client figures are not covered: counts only
-            del row["selected_clients"], row["clients"]
-            row["num_selected"] = len(plan.selected)
+            row.selected_clients = row.clients = None
+            row.num_selected = len(plan.selected)
         if mode == "local":
             for cid in plan.selected:  # a selected client may have released even if its reply was lost
                 self.participations[cid] = self.participations.get(cid, 0) + 1
         if mode != "off":
-            row["privacy"] = privacy.budget(self.cfg, plan.round_idx, self.participations)
-        row.update(extra or {})
+            row.privacy = privacy.budget(self.cfg, plan.round_idx, self.participations)
+        row.merge(extra or {})
         return row
 
-    def run_round(self, round_idx: int, runner: ClientRunner) -> dict[str, Any]:
+    def run_round(self, round_idx: int, runner: ClientRunner) -> RoundRow:
         """Plan, run the clients with ``runner`` and aggregate one round; returns the row (without eval), with the
         runner's ``fields`` (if it has them) merged in."""
         plan = self.plan_round(round_idx)
@@ -322,19 +310,19 @@ class FederatedServer:
         with disk_errors(out_dir, what, self.record.resume_advice()):
             save_adapter(self.engine, self.global_state, out_dir)
 
-    def _count_round(self, row: dict[str, Any]) -> None:
+    def _count_round(self, row: RoundRow) -> None:
         """Count a round's row: consecutive rounds where clients took part but none sent a usable update (all
         failed, non-finite, or a refused aggregate), rounds of the run, and the first client error."""
-        info = row.get("aggregation") or {}
+        info = row.aggregation or {}
         broken = (info.get("num_failed_clients", 0) + info.get("num_excluded_nonfinite", 0)
                   + int(bool(info.get("refused_nonfinite_aggregate"))))
         usable = info.get("num_aggregated", 0) > 0 and not info.get("refused_nonfinite_aggregate")
         self.idle_rounds = 0 if usable or not broken else self.idle_rounds + 1
         self.rounds_run += 1
         if self.first_error is None:
-            self.first_error = next((c["error"] for c in row.get("clients") or [] if c.get("error")), None)
+            self.first_error = next(iter(row.errors), None)
 
-    def _idle_stop(self, row: dict[str, Any]) -> str | None:
+    def _idle_stop(self, row: RoundRow) -> str | None:
         """Count the row (:meth:`_count_round`); the reason to stop once ``fl.max_idle_rounds`` rounds in a row
         were idle, or when the last round ends a run in which every round was idle; else None."""
         self._count_round(row)
@@ -343,7 +331,7 @@ class FederatedServer:
             return (f"no usable client update in {self.idle_rounds} consecutive rounds (clients failed or sent "
                     f"non-finite updates; fl.max_idle_rounds={limit}); lower optim.lr or check the clients' errors "
                     "in metrics.jsonl" + self._first_error_hint())
-        if limit and row.get("round") == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
+        if limit and row.round == self.cfg.fl.rounds and self.idle_rounds == self.rounds_run:
             # A run shorter than fl.max_idle_rounds in which no client ever sent a usable update did not train.
             return (f"no usable client update in any of the {self.rounds_run} rounds of this run (clients failed or "
                     "sent non-finite updates); nothing was trained: check the clients' errors in metrics.jsonl"
@@ -356,25 +344,25 @@ class FederatedServer:
         error = " ".join(self.first_error.split())
         return f" (first error: {error if len(error) <= 200 else error[:197] + '...'})"
 
-    def end_round(self, row: dict[str, Any]) -> None:
-        """Evaluate on schedule, append the row to metrics.jsonl, checkpoint and print the summary line.
+    def end_round(self, row: RoundRow) -> None:
+        """Evaluate on schedule, then hand the row to the observers (:meth:`observe`: metrics.jsonl and the
+        checkpoint, the trackers, the summary line, the caller's).
 
         Raises:
             RunStopped: ``fl.max_idle_rounds`` consecutive rounds had no usable client update; the row (with
                 ``stopped``), the checkpoint and the report are written first.
         """
-        round_idx = row["round"]
+        round_idx = row.round
+        assert round_idx is not None  # a row the server made
         stop = self._idle_stop(row)
         if stop is not None:
-            row["stopped"] = stop
+            row.stopped = stop
         if stop is not None or should_evaluate(round_idx, self.cfg.fl.rounds, self.cfg.data):
             ev_start = time.perf_counter()
-            row["eval"] = self.evaluate(round_idx)
-            row["time"]["eval_s"] = time.perf_counter() - ev_start
-        self.record.append_metrics(row)
-        self.save_checkpoint(round_idx)
-        self.trackers.log_round(row)
-        tqdm.write(summary_line(row, self.cfg.fl.rounds))
+            row.eval = self.evaluate(round_idx)
+            row.time = row.time if row.time is not None else {}
+            row.time["eval_s"] = time.perf_counter() - ev_start
+        self.observe(row)
         if stop is not None:
             report = self._write_report()
             raise RunStopped(f"run stopped after round {round_idx}: {stop} (metrics and report kept: {report})")
@@ -391,8 +379,27 @@ class FederatedServer:
                 if after_round is not None:
                     after_round(round_idx)
         except BaseException as exc:
-            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            self._abort(exc)
             raise
+
+    # ------------------------------------------------------------------------------------------ observers
+
+    def observe(self, row: RoundRow) -> None:
+        """Hand a finished round's row to every observer, in order (each started first if it was not)."""
+        for observer in self.observers:
+            self._start_observer(observer)
+            observer.on_round(row)
+
+    def _start_observer(self, observer: RoundObserver) -> None:
+        if not any(observer is started for started in self._started):
+            observer.on_start()
+            self._started.append(observer)
+
+    def _abort(self, exc: BaseException) -> None:
+        """Tell every observer that the run ends with ``exc`` (trackers close with the reason)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        for observer in self.observers:
+            observer.on_abort(reason)
 
     # ------------------------------------------------------------------------------- start / resume / end
 
@@ -402,18 +409,13 @@ class FederatedServer:
         try:
             self._start(load_stats)
         except BaseException as exc:
-            self.trackers.abort(f"{type(exc).__name__}: {exc}")
+            self._abort(exc)
             raise
 
     def _start(self, load_stats: dict[str, Any] | None) -> None:
         ev_start = time.perf_counter()
-        row0: dict[str, Any] = {"round": 0, "eval": self.evaluate(0), "time": {"eval_s": time.perf_counter() - ev_start}}
-        if load_stats is not None:
-            row0["data"] = load_stats
-        self.record.append_metrics(row0)
-        self.save_checkpoint(0)
-        self.trackers.log_round(row0)
-        tqdm.write(summary_line(row0, self.cfg.fl.rounds))
+        evaluation = self.evaluate(0)
+        self.observe(RoundRow(0, eval=evaluation, time={"eval_s": time.perf_counter() - ev_start}, data=load_stats))
 
     def resume(self) -> int:
         """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round; the
@@ -421,8 +423,8 @@ class FederatedServer:
         done = self.load_checkpoint()
         self.participations = privacy.count_participations(r for r in self.record.read_metrics()
                                                             if 0 < r.get("round", 0) <= done)
-        for row in self.record.read_metrics():  # the idle-round counts continue where the run left them
-            if isinstance(row.get("round"), int) and 1 <= row["round"] <= done:
+        for row in self.record.read_rows():  # the idle-round counts continue where the run left them
+            if row.round is not None and 1 <= row.round <= done:
                 self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
@@ -433,9 +435,10 @@ class FederatedServer:
         if not (final / "adapter_model.safetensors").exists():
             self._save_adapter(final, "the final adapter")
         report = self._write_report()
-        self.trackers.finish(final)
+        for observer in self.observers:  # the trackers close, the console prints the run's last line
+            self._start_observer(observer)
+            observer.on_finish(final, report)
         self.record.release()  # the run is over: other processes may use the folder
-        tqdm.write(f"run finished: {self.record.run_dir} (report: {report})")
         return self.record.run_dir
 
     def _write_report(self) -> Path:
@@ -443,13 +446,15 @@ class FederatedServer:
             return write_report(self.record.run_dir)
 
     def open_trackers(self) -> None:
-        """Open the ``logging.report_to`` trackers now, before round 0 (or the first resumed round), so a tracker
-        that cannot start (not installed, wandb online without a login) stops the run before any work.
+        """Start the observers now (:meth:`RoundObserver.on_start`), before round 0 (or the first resumed round):
+        the ``logging.report_to`` trackers open, so one that cannot start (not installed, wandb online without a
+        login) stops the run before any work. Observers not started here start before their first round.
 
         Raises:
             ConfigError: a tracker failed to start (the message names it and the fix).
         """
-        self.trackers.open()
+        for observer in self.observers:
+            self._start_observer(observer)
 
     def has_checkpoint(self) -> bool:
         """Whether the run folder holds a checkpoint to resume from."""
@@ -457,7 +462,8 @@ class FederatedServer:
 
     def save_checkpoint(self, round_idx: int) -> None:
         """Commit the global adapter, the server optimizer state and the round index as one verified file
-        (:meth:`RunRecord.write_checkpoint`); metrics.jsonl must already hold the round's row."""
+        (:meth:`RunRecord.write_checkpoint`); metrics.jsonl must already hold the round's row (the
+        :class:`~fedspear.federation.observers.RecordWriter` calls it right after writing the row)."""
         tensors = {f"global.{k}": v.contiguous() for k, v in self.global_state.items()}
         if self.server_opt is not None:
             tensors.update(self.server_opt.to_tensors())

@@ -48,7 +48,7 @@ def test_aggregate_weights_by_wins_and_excludes_failures(tmp_path):
         ClientReport(c1, {"w": torch.tensor([0.0, 6.0])}, 2.0, {"wins": 2, "prompts": 2}, details={"node_id": 9}),
         ClientReport.failure(c2, "node went offline during the round", details={"node_id": 7}),
     ]
-    row = server.aggregate_round(plan, reports)
+    row = server.aggregate_round(plan, reports).to_dict()
     # FedAvg over the two successful clients, weights 1 and 2: (3*1 + 0*2)/3 = 1, (0*1 + 6*2)/3 = 4.
     torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 4.0]))
     assert row["aggregation"]["num_aggregated"] == 2 and row["aggregation"]["num_failed_clients"] == 1
@@ -67,7 +67,7 @@ def test_aggregate_weights_by_wins_and_excludes_failures(tmp_path):
 def test_missing_report_counts_as_failure(tmp_path):
     server = _server(tmp_path)
     plan = server.plan_round(1)
-    row = server.aggregate_round(plan, [ClientReport(plan.selected[0], {"w": torch.tensor([5.0, 5.0])}, 1.0)])
+    row = server.aggregate_round(plan, [ClientReport(plan.selected[0], {"w": torch.tensor([5.0, 5.0])}, 1.0)]).to_dict()
     assert row["aggregation"]["num_failed_clients"] == 2
     torch.testing.assert_close(server.global_state["w"], torch.tensor([5.0, 5.0]))
 
@@ -77,7 +77,7 @@ def test_min_clients_keeps_global_adapter(tmp_path):
     plan = server.plan_round(1)
     reports = [ClientReport(plan.selected[0], {"w": torch.tensor([9.0, 9.0])}, 1.0)]
     reports += [ClientReport.failure(c, "boom") for c in plan.selected[1:]]
-    row = server.aggregate_round(plan, reports)
+    row = server.aggregate_round(plan, reports).to_dict()
     torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 1.0]))
     assert "fl.min_clients=2" in row["aggregation"]["skipped_round"]
     assert row["aggregation"]["num_aggregated"] == 0 and row["aggregation"]["num_failed_clients"] == 2
@@ -88,7 +88,7 @@ def test_clients_without_wins_send_no_update_but_count_toward_min_clients(tmp_pa
     plan = server.plan_round(1)
     reports = [ClientReport(plan.selected[0], {"w": torch.tensor([4.0, 2.0])}, 2.0)]
     reports += [ClientReport(c, None, 0.0, {"skipped_no_wins": 1}) for c in plan.selected[1:]]
-    row = server.aggregate_round(plan, reports)
+    row = server.aggregate_round(plan, reports).to_dict()
     torch.testing.assert_close(server.global_state["w"], torch.tensor([4.0, 2.0]))
     assert row["aggregation"]["num_without_update"] == 2 and row["aggregate"]["skipped_no_wins"] == 2
 
@@ -148,7 +148,7 @@ def test_expand_output_dir_names_a_users_task_by_its_class():
 def test_summary_line_shows_what_each_kind_of_client_update_counts():
     """SPEAR-like rounds show wins and losses; group methods (samples per prompt) show samples and revisions
     instead of wins 0 / losses 0, which they never count."""
-    from fedspear.federation.server import summary_line
+    from fedspear.federation.observers import summary_line
 
     spear = sum_client_metrics([{"prompts": 10, "wins_y0": 4, "wins": 7, "wins_revision": 3, "losses": 5,
                                  "needs_revision": 6}])
@@ -178,7 +178,7 @@ class FieldsRunner:
 
 
 def test_run_round_merges_the_runners_fields_into_the_row(tmp_path):
-    row = _server(tmp_path).run_round(2, FieldsRunner())
+    row = _server(tmp_path).run_round(2, FieldsRunner()).to_dict()
     assert row["interface_accuracy"] == 0.5 and row["round_seen"] == 2 and row["round"] == 2
     assert row["aggregation"]["num_aggregated"] == 3
 
@@ -203,7 +203,8 @@ def test_local_dp_counts_each_clients_participations_and_a_resume_recounts_them(
     for r in (1, 2):
         plan = server.plan_round(r)
         # a client claiming weight 5 still counts once: local DP aggregates uniformly
-        row = server.aggregate_round(plan, [ClientReport(c, {"w": torch.tensor([2.0, 0.0])}, 5.0) for c in plan.selected])
+        row = server.aggregate_round(plan, [ClientReport(c, {"w": torch.tensor([2.0, 0.0])}, 5.0)
+                                            for c in plan.selected]).to_dict()
         assert [c["weight"] for c in row["clients"]] == [1.0] * 3
         for c in plan.selected:
             seen[c] = seen.get(c, 0) + 1
