@@ -73,6 +73,8 @@ def summarize(rows: list[dict]) -> dict:
     return {
         "rounds": len(trained), "before": evals[0]["eval"]["accuracy"] if evals else None,
         "after": evals[-1]["eval"]["accuracy"] if evals else None, "last_round": evals[-1]["round"] if evals else None,
+        "correct_before": evals[0]["eval"].get("correct") if evals else None,
+        "correct_after": evals[-1]["eval"].get("correct") if evals else None,
         "round_s": (sum(r["time"]["round_s"] for r in trained) / len(trained)) if trained else None,
         # group methods (GRPO, RLTF-SD) count samples, several per prompt: the share is of first samples
         "prompts": total("samples_y0") or total("prompts"), "needs_revision": total("needs_revision"),
@@ -162,7 +164,7 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
     """One row per algorithm (and the base model): accuracy before/after as mean [95% t interval] over seeds, the
     paired difference to no training (end - round 0 per seed, on item counts) with the paired t p over seeds and
     its Holm adjustment over the algorithms, and the mean cost figures per round / client-round."""
-    from fedspear.sweep import holm, paired_tests
+    from fedspear.sweep import holm, mcnemar_items, paired_tests
 
     base = base_accuracy(runs)
     algorithms = sorted({a for a, _ in runs})
@@ -177,6 +179,11 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
         fixed = sum((x["wins_revision"] or x["revision_successes"]) for x in sums.values())
         needs = sum(x["needs_revision"] for x in sums.values())
         rounds = sum(x["rounds"] for x in sums.values()) or 1
+        # within each seed, the run's end vs round 0 on the same items (a test of that run, never pooled over seeds)
+        mcn = [(s, mcnemar_items(sums[s]["correct_after"], sums[s]["correct_before"])) for s in seeds
+               if sums[s]["correct_after"] and sums[s]["correct_before"]
+               and len(sums[s]["correct_after"]) == len(sums[s]["correct_before"])]
+        test["mcnemar"] = "; ".join(f"s{s}: {m['cell_only']}/{m['ref_only']} {m['pvalue']:.2g}" for s, m in mcn) or "-"
         rows.append((algorithm, seeds, sums, end, test, fixed, needs, rounds))
     adjusted = holm(pvalues)
     n_items = sorted({n for _, n in base.values()})
@@ -185,12 +192,12 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
              "the algorithms in parentheses; \"no var.\" when every seed moved by the same count, \"-\" with one "
              "seed). Costs: mean per round (s, tokens) or per client-round (bytes), peak = the largest client update's "
              "RSS high-water mark.", "",
-             "| algorithm | seeds | acc round 0 | acc end | Δ vs no training | p (Holm) | hint fixed | s/round | "
+             "| algorithm | seeds | acc round 0 | acc end | Δ vs no training | p (Holm) | McNemar per seed | hint fixed | s/round | "
              "tokens gen./round | tokens trained/round | update peak RSS MB | MB down/up per client-round |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seeds0 = sorted(base)
     lines.append(f"| no training (base model) | {','.join(map(str, seeds0))} | {_ci([base[s][0] for s in seeds0])} | "
-                 f"{_ci([base[s][0] for s in seeds0])} | 0 | - | - | 0 | 0 | 0 | - | 0 / 0 |")
+                 f"{_ci([base[s][0] for s in seeds0])} | 0 | - | - | - | 0 | 0 | 0 | - | 0 / 0 |")
     for (algorithm, seeds, sums, end, test, fixed, needs, rounds), p_holm in zip(rows, adjusted, strict=True):
         t = test["t_test"]
         p = "-" if t is None else ("no var." if t["pvalue"] is None else f"{t['pvalue']:.2g} ({p_holm:.2g})")
@@ -200,7 +207,7 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
         up = [x["bytes_up"] for x in sums.values() if x["bytes_up"] is not None]
         lines.append(
             f"| {algorithm} | {','.join(map(str, seeds))} | {_ci([sums[s]['before'] for s in seeds])} | {_ci(end)} | "
-            f"{_fmt_ci(test['diff'], '+.3f')} | {p} | "
+            f"{_fmt_ci(test['diff'], '+.3f')} | {p} | {test['mcnemar']} | "
             f"{f'{fixed:.0f}/{needs:.0f} ({fixed / needs:.0%})' if needs else '-'} | "
             f"{_ci([x['round_s'] for x in sums.values() if x['round_s'] is not None], '.0f')} | "
             f"{per_round('tokens_generated'):.0f} | {per_round('tokens_trained'):.0f} | "
@@ -209,17 +216,21 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def write_report(out: Path, tasks: list[str], report: Path) -> None:
-    """``bench/real_model.md``: per task and algorithm, the mean over seeds of each figure (per-seed rows below)."""
+def write_report(out: Path, tasks: list[str], report: Path, note: str = "") -> None:
+    """``bench/real_model.md``: per task and algorithm, the mean over seeds of each figure (per-seed rows below),
+    and a copy of each task's ``sweep.md`` (the sweep's paired tests against SPEAR) next to its figure."""
     lines = ["# SmolLM2-135M-Instruct: the comparison on real data", "",
-             f"Written by `python bench/real_model.py` from the runs in `{out}`. Intervals and paired tests over seeds "
-             "are in each task's `sweep.md` (written by `fedspear sweep`).", ""]
+             f"Written by `python bench/real_model.py` from the runs in `{out}`. The sweep's own report of each task "
+             "(every algorithm against SPEAR: paired t over seeds, Holm, McNemar per seed) is copied to "
+             "`real_model/<task>-sweep.md`.", "", *([note, ""] if note else [])]
     for task in tasks:
         runs = runs_of(out / task)
         if not runs:
             lines += [f"## {task}", "", "no finished runs yet", ""]
             continue
         plots = plot_task(task, runs, report.parent / "real_model")
+        if (out / task / "sweep.md").is_file():
+            (report.parent / "real_model" / f"{task}-sweep.md").write_text((out / task / "sweep.md").read_text())
         lines += [f"## {task}", "", *summary_table(runs), "Per run:", "", "| algorithm | seed | rounds | acc round 0 | acc end | s/round | needs revision | "
                   "fixed by revision | tokens gen. | tokens trained | update peak RSS MB | bytes down/up per client-round |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -246,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "real_model")
     ap.add_argument("--report", type=Path, default=REPO / "bench" / "real_model.md")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--note", default="", help="a paragraph under the report's title: the conditions of the runs")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE applied to every run")
     args = ap.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for task in tasks:
             rc = run_sweep(task, args.algorithms, args.seeds or SEEDS.get(task, "0"), args.out, args.overrides) or rc
-    write_report(args.out, tasks, args.report)
+    write_report(args.out, tasks, args.report, args.note)
     return rc
 
 
