@@ -264,3 +264,42 @@ def test_testbed_adjusts_the_ablations_together_with_holm():
     summary["c-tail"]["comparisons"][0]["t_test"] = {"pvalue": None}  # 3 seeds, every difference equal
     assert "| tail | spear | -0.049 | paired t: no variance | - | - |" in testbed.ablation_holm(summary)
     assert testbed.ablation_holm({"a": summary["a"]}) == []
+
+
+def _real_model_run(root: Path, algorithm: str, seed: int, evals: tuple[str, str], rounds: int = 1) -> None:
+    """A finished run folder as bench/real_model.py reads it: config.yaml and rows with round-0 and final evals."""
+    import yaml
+
+    run = root / algorithm / "default" / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"name": algorithm}, "data": {"seed": seed},
+                                                     "fl": {"rounds": rounds}}))
+    ev = [{"n": len(c), "accuracy": c.count("1") / len(c), "correct": c} for c in evals]
+    rows = [{"round": 0, "eval": ev[0]},
+            {"round": 1, "time": {"round_s": 10.0}, "eval": ev[1],
+             "aggregate": {"prompts": 4, "needs_revision": 2, "wins_revision": 1, "tokens_generated": 40,
+                           "tokens_trained": 80},
+             "resources": {"update_rss_peak_mb_max": 100.0, "bytes_down_per_client": 2e6, "bytes_up_per_client": 2e6}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_real_model_summary_pairs_by_seed_and_tests_within_seeds(tmp_path):
+    """Δ vs no training is end - round 0 per seed; the same gain on every seed is "no var.", never a tiny p; McNemar
+    counts the items of one seed; an unfinished run stays out; a round-0 evaluation that differs between runs of a
+    seed is an error."""
+    import real_model
+
+    _real_model_run(tmp_path, "spear", 0, ("1100", "1110"))
+    _real_model_run(tmp_path, "spear", 1, ("1000", "1100"))
+    _real_model_run(tmp_path, "grpo", 0, ("1100", "1100"), rounds=2)  # unfinished: 1 of 2 rounds
+    runs = real_model.runs_of(tmp_path)
+    assert sorted(runs) == [("spear", 0), ("spear", 1)]
+    lines = "\n".join(real_model.summary_table(runs))
+    spear = next(line for line in lines.splitlines() if line.startswith("| spear"))
+    cells = [c.strip() for c in spear.split("|")[1:-1]]
+    assert cells[1] == "0,1" and cells[2] == "0.375 [-1.213, 1.963]" and cells[4].startswith("+0.250")
+    assert cells[5] == "no var." and cells[6] == "s0: 1/0 1; s1: 1/0 1" and cells[7] == "2/4 (50%)"
+    assert "| no training (base model) | 0,1 | 0.375" in lines
+    _real_model_run(tmp_path, "opsd", 0, ("0011", "0011"))
+    with pytest.raises(SystemExit, match="seed 0: .*round-0 evaluation differs"):
+        real_model.summary_table(real_model.runs_of(tmp_path))
