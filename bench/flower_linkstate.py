@@ -1,6 +1,6 @@
 """Why Flower's simulation runtime slows down at large N: the cost of its message extractor, measured directly.
 
-Flower 1.42's simulation engine (``flwr/server/superlink/fleet/vce/vce_api.py: add_messages_to_queue``) sweeps
+Flower 1.42's simulation policy (``flwr/server/superlink/fleet/vce/vce_api.py: add_messages_to_queue``) sweeps
 every one of the N simulated nodes every 0.1 s with ``InMemoryLinkState.get_message_ins(node_id, limit=1)``,
 which scans the whole message store (``list(message_ins_store)``, ``_check_stored_messages`` per message) under
 the state's lock until it finds that node's message. So:
@@ -34,7 +34,7 @@ def linkstate_cost(n: int, samples: int = 200) -> dict:
     from flwr.superlink.federation import NoOpFederationManager
 
     factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    nodes = list(vce._register_nodes(n, factory))  # as the simulation engine registers its nodes
+    nodes = list(vce._register_nodes(n, factory))  # as the simulation policy registers its nodes
     state = factory.state()
     state.run_ids[1] = types.SimpleNamespace(run=types.SimpleNamespace(federation_id="@none/default"))
     start = time.perf_counter()

@@ -19,7 +19,7 @@ runtime" section does. It measures:
   clients' rollout + training in Ray workers, aggregation; no evaluation);
 - peak resident memory: every 0.5 s, VmRSS of every process the run started (found by a marker in their
   environment, which Ray workers inherit), summed per role: ``superlink`` (flower-superlink), ``serverapp``
-  (the ``flwr-simulation`` process, which holds the ServerApp and the simulation engine), ``ray`` (Ray's
+  (the ``flwr-simulation`` process, which holds the ServerApp and the simulation policy), ``ray`` (Ray's
   raylet, GCS and workers, where the ClientApps run), ``other``; and ``total``, the peak of the sum.
 
 The bench's data folder holds 600 training rows; for N > 300 an ARC-shaped folder with max(600, 2N) rows is written

@@ -46,19 +46,19 @@ def _padded_batches(prompts: list[list[int]], batch_size: int, max_prompt: int, 
 
 
 @torch.no_grad()
-def prefill_seconds(engine, prompts: list[list[int]], max_new_tokens: int) -> float:
+def prefill_seconds(policy, prompts: list[list[int]], max_new_tokens: int) -> float:
     """Seconds of one bare forward over the prompts, batched exactly as generation batches them."""
     from fedspear.generation import merged_lora
 
-    model = engine.model
+    model = policy.model
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    with merged_lora(engine):
-        for ids_BT, mask_BT in _padded_batches(prompts, engine.gen_batch_size,
-                                               max(1, engine.max_seq_len - max_new_tokens),
-                                               engine.tokenizer.pad_token_id):
-            model(input_ids=ids_BT.to(engine.device), attention_mask=mask_BT.to(engine.device), logits_to_keep=1)
+    with merged_lora(policy):
+        for ids_BT, mask_BT in _padded_batches(prompts, policy.gen_batch_size,
+                                               max(1, policy.max_seq_len - max_new_tokens),
+                                               policy.tokenizer.pad_token_id):
+            model(input_ids=ids_BT.to(policy.device), attention_mask=mask_BT.to(policy.device), logits_to_keep=1)
     model.train(was_training)
     return time.perf_counter() - start
 
@@ -71,9 +71,9 @@ class CallLog:
         self.module, self.real, self.calls, self.active = module, module.generate, [], False
         module.generate = self
 
-    def __call__(self, engine, prompts, settings, seed, stats=None, *args, **kwargs):
+    def __call__(self, policy, prompts, settings, seed, stats=None, *args, **kwargs):
         start = time.perf_counter()
-        out = self.real(engine, prompts, settings, seed, stats, *args, **kwargs)
+        out = self.real(policy, prompts, settings, seed, stats, *args, **kwargs)
         seconds = time.perf_counter() - start
         if self.active:
             self.calls.append({"n": len(prompts), "prompt_tokens": sum(len(p) for p in prompts),
@@ -112,8 +112,8 @@ def profile(bench_dir: Path, algorithm: str, rounds: int) -> dict:
     finally:
         log.restore()
     for call in log.calls:  # after the rounds, so that the floors' own time is not in the rounds' times
-        call["floor"] = prefill_seconds(fed.engine, call["prompts"], call["max_new_tokens"])
-    return {"calls": log.calls, "times": times, "engine": fed.engine}
+        call["floor"] = prefill_seconds(fed.policy, call["prompts"], call["max_new_tokens"])
+    return {"calls": log.calls, "times": times, "policy": fed.policy}
 
 
 def report(algorithm: str, result: dict, rounds: int) -> None:
@@ -145,12 +145,12 @@ def op_table(result: dict) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    engine = result["engine"]
+    policy = result["policy"]
     call = max(result["calls"], key=lambda c: c["prompt_tokens"])
-    batch = call["prompts"][: engine.gen_batch_size]
-    prefill_seconds(engine, batch, call["max_new_tokens"])
+    batch = call["prompts"][: policy.gen_batch_size]
+    prefill_seconds(policy, batch, call["max_new_tokens"])
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        prefill_seconds(engine, batch, call["max_new_tokens"])
+        prefill_seconds(policy, batch, call["max_new_tokens"])
     print(f"\nprefill of {len(batch)} prompts x ~{call['prompt_tokens'] / call['n']:.0f} tokens, by operator:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 

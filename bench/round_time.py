@@ -176,12 +176,12 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
         peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
         card = next((v for k, v in peak.items() if k in torch.cuda.get_device_name()), None)
         if card and out["trained_tokens_per_s"]:
-            out["train_mfu"] = out["trained_tokens_per_s"] * flops_per_trained_token(fed.engine.model) / card
+            out["train_mfu"] = out["trained_tokens_per_s"] * flops_per_trained_token(fed.policy.model) / card
     ev_start = time.perf_counter()
     from fedspear.evaluation import evaluate
 
-    fed.engine.load_global()
-    ev = evaluate(fed.engine, fed.task, fed.cfg, fed.eval_set)
+    fed.policy.load_global()
+    ev = evaluate(fed.policy, fed.task, fed.cfg, fed.eval_set)
     out["eval_s"] = time.perf_counter() - ev_start
     out["eval_n"] = ev["n"]
     return out

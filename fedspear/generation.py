@@ -184,14 +184,14 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def generate(
-    engine: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None,
+    policy: Policy, prompts: list[list[int]], settings: GenSettings, seed: int, stats: GenStats | None = None,
     store: PromptKVStore | None = None, keys: Sequence[Hashable | None] | None = None,
     keep: Sequence[bool] | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt with the live model (its current adapter).
 
     Args:
-        engine: the engine holding model and tokenizer.
+        policy: the policy holding model and tokenizer.
         prompts: token-id lists, one per prompt.
         settings: decoding settings.
         seed: seeds the sampler; the same prompts, settings and seed give the same completions.
@@ -210,30 +210,30 @@ def generate(
     """
     if not prompts:
         return []
-    model, tok = engine.model, engine.tokenizer
+    model, tok = policy.model, policy.tokenizer
     start = time.perf_counter()
-    max_prompt = max(1, engine.max_seq_len - settings.max_new_tokens)
-    prompts = [left_truncate(p, max_prompt, engine.bos_id) for p in prompts]
+    max_prompt = max(1, policy.max_seq_len - settings.max_new_tokens)
+    prompts = [left_truncate(p, max_prompt, policy.bos_id) for p in prompts]
     # Length-sorted batches waste less compute on padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     was_training = model.training
     model.eval()
     out: list[Completion | None] = [None] * len(prompts)
-    stop_ids = eos_ids(engine)
+    stop_ids = eos_ids(policy)
     gen_kwargs = decode_kwargs(settings, tok.pad_token_id, stop_ids)
     torch.manual_seed(seed)
-    static = engine.cache_implementation == "static"
+    static = policy.cache_implementation == "static"
     if static:
         gen_kwargs["cache_implementation"] = "static"
-    reuse = engine.prefix_cache and not static and supports_prefix_reuse(model)
+    reuse = policy.prefix_cache and not static and supports_prefix_reuse(model)
     prefix = shared_prefix_len(prompts) if reuse else 0
     if not reuse or store is None or keys is None:
         store, keys = None, None
     elif len(keys) != len(prompts) or (keep is not None and len(keep) != len(prompts)):
         raise ValueError(f"generate: {len(keys)} keys / {len(keep or keys)} keep flags for {len(prompts)} prompts")
     keep = [True] * len(prompts) if keep is None else list(keep)
-    with merged_lora(engine):
-        _generate_batches(engine, prompts, order, gen_kwargs, stop_ids, out, prefix, store, keys, keep)
+    with merged_lora(policy):
+        _generate_batches(policy, prompts, order, gen_kwargs, stop_ids, out, prefix, store, keys, keep)
     model.train(was_training)
     if stats is not None:
         stats.sequences += len(prompts)
@@ -258,14 +258,14 @@ def supports_prefix_reuse(model) -> bool:
 
 
 @contextmanager
-def merged_lora(engine: Policy) -> Iterator[None]:
+def merged_lora(policy: Policy) -> Iterator[None]:
     """Fold the LoRA weights into the base weights while generating (``gen.merge_lora``).
 
     A merged model skips the per-layer LoRA matmuls (about 1.5-2x faster decoding on CPU). The base weights are
     saved before merging and copied back afterwards, so merging never leaves rounding drift in the base model.
     """
-    model = engine.model
-    if not engine.merge_lora or not hasattr(model, "merge_adapter"):
+    model = policy.model
+    if not policy.merge_lora or not hasattr(model, "merge_adapter"):
         yield
         return
     from peft.tuners.lora import LoraLayer
@@ -282,13 +282,13 @@ def merged_lora(engine: Policy) -> Iterator[None]:
                 layer.get_base_layer().weight.copy_(weight)
 
 
-def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
+def _generate_batches(policy: Policy, prompts: list[list[int]], order: list[int], gen_kwargs: dict,
                       stop_ids: set[int], out: list, prefix: int = 0, store: PromptKVStore | None = None,
                       keys: Sequence[Hashable | None] | None = None, keep: Sequence[bool] = ()) -> None:
     """Generate ``prompts`` batch by batch into ``out``. Each row starts from the longest cached prefix it has: its
     chain's stored prompt (``store``, ``keys``), else the call's shared ``prefix`` (one forward pass for all),
     else none (see the module docstring)."""
-    model, tok = engine.model, engine.tokenizer
+    model, tok = policy.model, policy.tokenizer
     shared: list[RowKV] = []  # computed on first use
 
     def cached(i: int) -> tuple[int, RowKV | None]:
@@ -296,11 +296,11 @@ def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int]
         if n >= prefix:
             return n, kv
         if not shared:
-            prefix_ids = torch.tensor([prompts[order[0]][:prefix]], device=engine.device)
+            prefix_ids = torch.tensor([prompts[order[0]][:prefix]], device=policy.device)
             shared.append(_row_kv(model(input_ids=prefix_ids, use_cache=True).past_key_values, 0, None))
         return prefix, shared[0]
 
-    for batch in _batches(order, engine.gen_batch_size):
+    for batch in _batches(order, policy.gen_batch_size):
         reused = [cached(i) for i in batch]
         c_width = max(n for n, _ in reused)
         width = c_width + max(len(prompts[i]) - n for i, (n, _) in zip(batch, reused, strict=True))
@@ -318,11 +318,11 @@ def _generate_batches(engine: Policy, prompts: list[list[int]], order: list[int]
         kept = [row for row, i in enumerate(batch) if store is not None and keys[i] is not None and keep[i]]
         if kept:
             extra["return_dict_in_generate"] = True
-        output = model.generate(input_ids=input_ids_BT.to(engine.device),
-                                attention_mask=attention_BT.to(engine.device), **gen_kwargs, **extra)
+        output = model.generate(input_ids=input_ids_BT.to(policy.device),
+                                attention_mask=attention_BT.to(policy.device), **gen_kwargs, **extra)
         sequences_BS = (output.sequences if kept else output).cpu()
         for row in kept:
-            real = attention_BT[row].nonzero().squeeze(1).to(engine.device)
+            real = attention_BT[row].nonzero().squeeze(1).to(policy.device)
             store.put(keys[batch[row]], prompts[batch[row]], _row_kv(output.past_key_values, row, real))
         new_BN = sequences_BS[:, width:].tolist()
         for row, i in enumerate(batch):
@@ -361,11 +361,11 @@ def _batch_cache(model, rows: list[RowKV | None], width: int):
     return DynamicCache(ddp_cache_data=data, config=model.config)
 
 
-def eos_ids(engine: Policy) -> set[int]:
+def eos_ids(policy: Policy) -> set[int]:
     """The tokenizer's EOS id, any EOS ids of the model's generation config and, under the chat template, the
     template's end-of-turn ids (:attr:`fedspear.models.Policy.end_of_turn_ids`)."""
-    ids = {engine.tokenizer.eos_token_id, *getattr(engine, "end_of_turn_ids", ())}
-    config_eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
+    ids = {policy.tokenizer.eos_token_id, *getattr(policy, "end_of_turn_ids", ())}
+    config_eos = getattr(getattr(policy.model, "generation_config", None), "eos_token_id", None)
     if isinstance(config_eos, int):
         ids.add(config_eos)
     elif isinstance(config_eos, list):

@@ -579,9 +579,9 @@ def fit_config(cfg: Any, policy: Policy) -> Any:
     return replace(cfg, model=replace(cfg.model, max_seq_len=policy.max_seq_len))
 
 
-def save_adapter(engine: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+def save_adapter(policy: Policy, state: dict[str, torch.Tensor], out_dir: Path) -> None:
     """Save an adapter state in PEFT's format (loadable with ``PeftModel.from_pretrained``)."""
-    current = engine.adapter.get()
-    engine.adapter.set(state)
-    engine.model.save_pretrained(str(out_dir))
-    engine.adapter.set(current)
+    current = policy.adapter.get()
+    policy.adapter.set(state)
+    policy.model.save_pretrained(str(out_dir))
+    policy.adapter.set(current)

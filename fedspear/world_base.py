@@ -20,7 +20,7 @@ What it does:
 
    - *facts*: the world's questions (all three wordings, both parts) answered with the **belief** of each fact (:mod:`fedspear.tasks.world`): right for "known" facts, a
      consistent wrong value for "misconception" facts. The truth of a misconception never appears.
-   - *revisions*: revision prompts built exactly as the engine builds them (task prompt, previous wrong
+   - *revisions*: revision prompts built exactly as the policy builds them (task prompt, previous wrong
      answer, oracle feedback with a clue, instructions), answered in the first-answer format with the
      value the clue points to. The creature is either a fresh invented name with random facts (the
      hint is the only way to answer) or a world creature whose previous answer is usually its belief

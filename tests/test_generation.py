@@ -44,41 +44,41 @@ def test_batched_greedy_equals_one_by_one(tiny_qwen):
 
 
 def test_sampling_is_seeded(tiny_qwen):
-    engine = _engine(tiny_qwen, 4)
-    prompts = [engine.encode("Which is hot?\nAnswer:")] * 6
+    policy = _engine(tiny_qwen, 4)
+    prompts = [policy.encode("Which is hot?\nAnswer:")] * 6
     settings = GenSettings(max_new_tokens=4, do_sample=True, temperature=1.0, top_p=1.0)
-    a = generate(engine, prompts, settings, seed=3)
-    b = generate(engine, prompts, settings, seed=3)
+    a = generate(policy, prompts, settings, seed=3)
+    b = generate(policy, prompts, settings, seed=3)
     assert [c.ids for c in a] == [c.ids for c in b]
     assert torch.is_tensor(torch.tensor(a[0].ids))
 
 
 def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen):
-    engine = _engine(tiny_qwen, 8)
+    policy = _engine(tiny_qwen, 8)
     with torch.no_grad():  # a non-trivial adapter, so merging really changes the weights
-        for p in engine.adapter.params.values():
+        for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
-    base_before = {k: v.clone() for k, v in engine.model.state_dict().items() if "base_layer" in k}
-    prompts = [engine.encode(t) for t in ("Which gas do plants take in?\nAnswer:", "Light\nAnswer:")]
+    base_before = {k: v.clone() for k, v in policy.model.state_dict().items() if "base_layer" in k}
+    prompts = [policy.encode(t) for t in ("Which gas do plants take in?\nAnswer:", "Light\nAnswer:")]
     settings = GenSettings(max_new_tokens=6, do_sample=False)
-    engine.merge_lora = True
-    merged = generate(engine, prompts, settings, seed=0)
-    engine.merge_lora = False
-    plain = generate(engine, prompts, settings, seed=0)
+    policy.merge_lora = True
+    merged = generate(policy, prompts, settings, seed=0)
+    policy.merge_lora = False
+    plain = generate(policy, prompts, settings, seed=0)
     assert [c.ids for c in merged] == [c.ids for c in plain]
-    after = {k: v for k, v in engine.model.state_dict().items() if "base_layer" in k}
+    after = {k: v for k, v in policy.model.state_dict().items() if "base_layer" in k}
     assert all(torch.equal(base_before[k], after[k]) for k in base_before)  # no merge/unmerge drift
 
 
 def test_top_k_filters_sampling(tiny_qwen):
-    engine = _engine(tiny_qwen, 8)
-    prompts = [engine.encode(t) for t in ("Which is hot?\nAnswer:", "Light\nAnswer:", "Water boils at\nAnswer:")] * 3
-    greedy = [c.ids for c in generate(engine, prompts, GenSettings(6, False), seed=0)]
+    policy = _engine(tiny_qwen, 8)
+    prompts = [policy.encode(t) for t in ("Which is hot?\nAnswer:", "Light\nAnswer:", "Water boils at\nAnswer:")] * 3
+    greedy = [c.ids for c in generate(policy, prompts, GenSettings(6, False), seed=0)]
     top1 = GenSettings(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=1)
-    assert [c.ids for c in generate(engine, prompts, top1, seed=5)] == greedy  # only the likeliest token survives
+    assert [c.ids for c in generate(policy, prompts, top1, seed=5)] == greedy  # only the likeliest token survives
     off = GenSettings(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     # off: the full distribution (a random tiny model rarely repeats greedy 9 times)
-    assert [c.ids for c in generate(engine, prompts, off, seed=5)] != greedy
+    assert [c.ids for c in generate(policy, prompts, off, seed=5)] != greedy
 
 
 def test_top_k_config():
@@ -105,21 +105,21 @@ def test_shared_prefix_len():
 def test_prefix_cache_gives_the_plain_completions(tiny_qwen, batch_size):
     """Greedy completions with the shared prefix computed once equal those of the plain path, for rows of
     different lengths (padding between prefix and suffix), batch by batch, and with a non-trivial merged adapter."""
-    engine = _engine(tiny_qwen, batch_size)
+    policy = _engine(tiny_qwen, batch_size)
     with torch.no_grad():
-        for p in engine.adapter.params.values():
+        for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
     tails = ["Which gas do plants take in?\nAnswer:", "Light\nAnswer:", "Water boils at a hundred degrees. Why?\n"
              "Answer:", "Ice\nAnswer:", "Name a planet.\nAnswer:"]
-    prompts = [engine.encode(SHARED + t) for t in tails]
+    prompts = [policy.encode(SHARED + t) for t in tails]
     from fedspear.generation import shared_prefix_len
 
     assert shared_prefix_len(prompts) >= 16  # the path under test really runs
     settings = GenSettings(max_new_tokens=6, do_sample=False)
-    engine.prefix_cache = True
-    cached = generate(engine, prompts, settings, seed=0)
-    engine.prefix_cache = False
-    plain = generate(engine, prompts, settings, seed=0)
+    policy.prefix_cache = True
+    cached = generate(policy, prompts, settings, seed=0)
+    policy.prefix_cache = False
+    plain = generate(policy, prompts, settings, seed=0)
     assert [c.ids for c in cached] == [c.ids for c in plain]
     assert [c.prompt_ids for c in cached] == prompts
 
@@ -128,9 +128,9 @@ def test_prefix_cache_prefill_logits_match(tiny_qwen):
     """The logits that start generation agree with the unshared forward pass to float rounding (max |diff| < 1e-4)."""
     import copy
 
-    engine = _engine(tiny_qwen, 8)
-    model = engine.model
-    a, b = engine.encode(SHARED + "Light\nAnswer:"), engine.encode(SHARED + "Which gas do plants take in?\nAnswer:")
+    policy = _engine(tiny_qwen, 8)
+    model = policy.model
+    a, b = policy.encode(SHARED + "Light\nAnswer:"), policy.encode(SHARED + "Which gas do plants take in?\nAnswer:")
     from fedspear.generation import shared_prefix_len
 
     n = shared_prefix_len([a, b])
@@ -173,33 +173,33 @@ def test_chain_reuse_gives_the_plain_completions(tiny_qwen, batch_size, monkeypa
     new lengths in one batch, a row with no key, a merged non-trivial adapter."""
     from fedspear.generation import PromptKVStore
 
-    engine = _engine(tiny_qwen, batch_size)
+    policy = _engine(tiny_qwen, batch_size)
     with torch.no_grad():
-        for p in engine.adapter.params.values():
+        for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
     tasks = ["Which gas do plants take in?", "Light", "Water boils at a hundred degrees. Why?", "Ice", "A planet?"]
-    first = [engine.encode(SHARED + t + "\nPrevious: x\nAnswer:") for t in tasks]
-    second = [engine.encode(SHARED + t + f"\nPrevious: {'y z ' * k}\nHint: think\nAnswer:") for k, t in enumerate(tasks)]
+    first = [policy.encode(SHARED + t + "\nPrevious: x\nAnswer:") for t in tasks]
+    second = [policy.encode(SHARED + t + f"\nPrevious: {'y z ' * k}\nHint: think\nAnswer:") for k, t in enumerate(tasks)]
     keys = [0, 1, 2, None, 4]
     settings = GenSettings(max_new_tokens=6, do_sample=False)
     reused = []
     real_lookup = PromptKVStore.lookup
     monkeypatch.setattr(PromptKVStore, "lookup", lambda self, k, ids: reused.append(real_lookup(self, k, ids)[0])
                         or real_lookup(self, k, ids))
-    engine.prefix_cache = True
+    policy.prefix_cache = True
     store = PromptKVStore()
-    cached = [generate(engine, prompts, settings, seed=0, store=store, keys=keys) for prompts in (first, second)]
+    cached = [generate(policy, prompts, settings, seed=0, store=store, keys=keys) for prompts in (first, second)]
     assert len(store) == 4  # every keyed row kept
     assert reused[:4] == [0] * 4  # first call: nothing stored yet (the shared block is computed once instead)
-    assert len(reused) == 8 and min(reused[4:]) > len(engine.encode(SHARED))  # second: beyond the shared block
-    engine.prefix_cache = False
-    plain = [generate(engine, prompts, settings, seed=0) for prompts in (first, second)]
+    assert len(reused) == 8 and min(reused[4:]) > len(policy.encode(SHARED))  # second: beyond the shared block
+    policy.prefix_cache = False
+    plain = [generate(policy, prompts, settings, seed=0) for prompts in (first, second)]
     for c, p in zip(cached, plain, strict=True):
         assert [x.ids for x in c] == [x.ids for x in p]
     assert [x.prompt_ids for x in cached[1]] == second
-    engine.prefix_cache = True
+    policy.prefix_cache = True
     last = PromptKVStore()
-    generate(engine, first, settings, seed=0, store=last, keys=keys, keep=[True, False, True, True, True])
+    generate(policy, first, settings, seed=0, store=last, keys=keys, keep=[True, False, True, True, True])
     assert len(last) == 3  # a chain's last prompt (keep=False) is looked up but not kept
 
 
@@ -226,22 +226,22 @@ def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypat
     whole prompts and no cache, and nothing is stored."""
     from fedspear.generation import PromptKVStore, supports_prefix_reuse
 
-    engine = _engine(tiny_qwen, 8)
-    assert supports_prefix_reuse(engine.model)
-    config = engine.model.config.get_text_config()
+    policy = _engine(tiny_qwen, 8)
+    assert supports_prefix_reuse(policy.model)
+    config = policy.model.config.get_text_config()
     monkeypatch.setattr(config, "layer_types", ["full_attention", "sliding_attention"])
     monkeypatch.setattr(config, "sliding_window", 64)
-    assert not supports_prefix_reuse(engine.model)
+    assert not supports_prefix_reuse(policy.model)
     seen = []
 
     def fake_generate(input_ids, attention_mask, **kwargs):
         seen.append(kwargs)
         return torch.cat([input_ids, torch.full((input_ids.shape[0], 2), 7)], dim=1)
 
-    monkeypatch.setattr(engine.model, "generate", fake_generate)
+    monkeypatch.setattr(policy.model, "generate", fake_generate)
     store = PromptKVStore()
-    prompts = [engine.encode(SHARED + t) for t in ("Light\nAnswer:", "Ice\nAnswer:")]
-    out = generate(engine, prompts, GenSettings(max_new_tokens=2, do_sample=False), seed=0, store=store, keys=[0, 1])
+    prompts = [policy.encode(SHARED + t) for t in ("Light\nAnswer:", "Ice\nAnswer:")]
+    out = generate(policy, prompts, GenSettings(max_new_tokens=2, do_sample=False), seed=0, store=store, keys=[0, 1])
     assert [c.ids for c in out] == [[7, 7], [7, 7]] and len(store) == 0
     assert seen and all("past_key_values" not in k and "return_dict_in_generate" not in k for k in seen)
     assert all(k["num_beams"] == 1 and k["num_return_sequences"] == 1 for k in seen)  # one row per prompt, always
@@ -250,16 +250,16 @@ def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypat
 def test_static_cache_gives_the_dynamic_completions(tiny_qwen):
     """gen.cache=static (preallocated KV cache; compiled decoding on CUDA) returns the dynamic cache's greedy
     completions, batch by batch, with a merged non-trivial adapter."""
-    engine = _engine(tiny_qwen, 2)
+    policy = _engine(tiny_qwen, 2)
     with torch.no_grad():
-        for p in engine.adapter.params.values():
+        for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
-    prompts = [engine.encode(SHARED + t) for t in ("Light\nAnswer:", "Which gas do plants take in?\nAnswer:",
+    prompts = [policy.encode(SHARED + t) for t in ("Light\nAnswer:", "Which gas do plants take in?\nAnswer:",
                                                    "Ice\nAnswer:")]
     settings = GenSettings(max_new_tokens=6, do_sample=False)
-    dynamic = generate(engine, prompts, settings, seed=0)
-    engine.cache_implementation = "static"
-    static = generate(engine, prompts, settings, seed=0)
+    dynamic = generate(policy, prompts, settings, seed=0)
+    policy.cache_implementation = "static"
+    static = generate(policy, prompts, settings, seed=0)
     assert [c.ids for c in static] == [c.ids for c in dynamic]
 
 

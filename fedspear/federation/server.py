@@ -1,6 +1,6 @@
 """The server side of a federated run, shared by the in-process simulator and the Flower ServerApp.
 
-A :class:`FederatedServer` owns the global adapter (``engine.global_state``), the server optimizer and the run
+A :class:`FederatedServer` owns the global adapter (``policy.global_state``), the server optimizer and the run
 folder. Each round it plans who takes part (:meth:`FederatedServer.plan_round`: the sampled clients, the round's
 learning rate and every client's seed), hands the plan to a *client runner* (in-process clients for the simulator,
 Flower messages for the ServerApp), then aggregates what came back (:meth:`FederatedServer.aggregate_round`:
@@ -149,7 +149,7 @@ class FederatedServer:
     Args:
         cfg: the run configuration.
         record: the run folder.
-        engine: the server's policy; ``engine.global_state`` is the global adapter (evaluation and adapter
+        policy: the server's policy; ``policy.global_state`` is the global adapter (evaluation and adapter
             saving use its model). ``cfg.model.max_seq_len`` must be its (capped) length (``models.fit_config``).
         eval_set: the evaluation examples.
         server_opt: FedAdam/FedYogi state; None builds the one ``fl.aggregation`` names (None for FedAvg).
@@ -160,14 +160,14 @@ class FederatedServer:
             the run's own (metrics.jsonl and checkpoint, trackers, console line); ``server.observers`` lists all.
     """
 
-    def __init__(self, cfg: Config, record: RunRecord, engine: Policy, eval_set: list[Example],
+    def __init__(self, cfg: Config, record: RunRecord, policy: Policy, eval_set: list[Example],
                  server_opt: ServerOptimizer | None = None,
                  publish: Callable[[int, State], None] | None = None, task: Any = None,
                  observers: Iterable[RoundObserver] = ()) -> None:
         self.cfg = cfg
         self._task = task
         self.record = record
-        self.engine = engine
+        self.policy = policy
         self.eval_set = eval_set
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
@@ -193,7 +193,7 @@ class FederatedServer:
     @property
     def global_state(self) -> State:
         """The current global adapter (CPU tensors)."""
-        return self.engine.global_state
+        return self.policy.global_state
 
     # ----------------------------------------------------------------------------------------- rounds
 
@@ -261,8 +261,8 @@ class FederatedServer:
                 logger.warning("round %d: the aggregate of %d client updates is not finite (NaN/inf); it is refused "
                                "and the global adapter is unchanged", plan.round_idx, info["num_aggregated"])
         info["num_failed_clients"] = sum(1 for c in client_rows if c.error is not None)
-        self.engine.global_state = new_state
-        self.engine.load_global()
+        self.policy.global_state = new_state
+        self.policy.load_global()
         if self.publish is not None:
             self.publish(plan.round_idx, new_state)
         agg = sum_client_metrics([c.metrics or {} for c in client_rows])
@@ -296,8 +296,8 @@ class FederatedServer:
 
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
-        self.engine.load_global()
-        result = evaluate(self.engine, self.task, self.cfg, self.eval_set)
+        self.policy.load_global()
+        result = evaluate(self.policy, self.task, self.cfg, self.eval_set)
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
                            result.get("diverged_reason", "non-finite scores"))
@@ -308,7 +308,7 @@ class FederatedServer:
     def _save_adapter(self, out_dir: Path, what: str) -> None:
         """:func:`save_adapter`, a full disk (or a read-only folder) reported in one line naming the folder."""
         with disk_errors(out_dir, what, self.record.resume_advice()):
-            save_adapter(self.engine, self.global_state, out_dir)
+            save_adapter(self.policy, self.global_state, out_dir)
 
     def _count_round(self, row: RoundRow) -> None:
         """Count a round's row: consecutive rounds where clients took part but none sent a usable update (all
@@ -479,7 +479,7 @@ class FederatedServer:
         round_idx, tensors = self.record.read_checkpoint()
         state = {k[len("global."):]: v for k, v in tensors.items() if k.startswith("global.")}
         path = self.record.checkpoint_path()
-        expected = set(self.engine.global_state)
+        expected = set(self.policy.global_state)
         if set(state) != expected:
             raise RunFileError(f"{path}: its adapter keys do not match this run's model and LoRA settings "
                                f"({len(state)} saved, {len(expected)} expected); resume with the run's own config")
@@ -492,8 +492,8 @@ class FederatedServer:
         except (ValueError, KeyError) as exc:
             raise RunFileError(f"{path}: no usable server optimizer state ({exc}); keep fl.aggregation as the run "
                                "had it") from None
-        self.engine.global_state = state
-        self.engine.load_global()
+        self.policy.global_state = state
+        self.policy.load_global()
         return round_idx
 
 

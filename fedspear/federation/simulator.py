@@ -26,6 +26,7 @@ from fedspear.config import Config, load_config
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.assembly import assemble
 from fedspear.federation.client import run_clients
+from fedspear.federation.rounds import RoundRow
 from fedspear.federation.server import (
     COUNT_KEYS,
     ClientReport,
@@ -57,7 +58,7 @@ class Federation:
 
     cfg: Config
     record: RunRecord
-    engine: Policy
+    policy: Policy
     clients: list[list[Example]]
     eval_set: list[Example]
     algorithm: Algorithm[Any]
@@ -72,7 +73,7 @@ def setup(cfg: Config, record: RunRecord) -> Federation:
 
 
 class LocalClients:
-    """The simulator's client runner: every selected client runs in this process on the shared engine
+    """The simulator's client runner: every selected client runs in this process on the shared policy
     (:func:`fedspear.federation.client.run_clients`), from the round-start adapter the server passes."""
 
     def __init__(self, fed: Federation) -> None:
@@ -81,17 +82,17 @@ class LocalClients:
     def __call__(self, plan: RoundPlan, global_state: dict[str, torch.Tensor]) -> list[ClientReport]:
         fed = self.fed
         jobs = [plan.job(cid, fed.clients[cid], global_state) for cid in plan.selected]
-        results = run_clients(fed.engine, fed.algorithm, jobs, fed.cfg, batched=fed.cfg.fl.batch_clients)
+        results = run_clients(fed.policy, fed.algorithm, jobs, fed.cfg, batched=fed.cfg.fl.batch_clients)
         return [ClientReport.failure(job.client_id, f"{type(res).__name__}: {res}") if isinstance(res, Exception)
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
 
 
 def _server(fed: Federation, server_opt: ServerOptimizer | None) -> FederatedServer:
-    return FederatedServer(fed.cfg, fed.record, fed.engine, fed.eval_set, server_opt, task=fed.task)
+    return FederatedServer(fed.cfg, fed.record, fed.policy, fed.eval_set, server_opt, task=fed.task)
 
 
-def run_round(fed: Federation, round_idx: int, server_opt: Any) -> dict[str, Any]:
-    """One federated round: sample, rollout, train, aggregate. Returns the metrics row (without eval)."""
+def run_round(fed: Federation, round_idx: int, server_opt: Any) -> RoundRow:
+    """One federated round: sample, rollout, train, aggregate. Returns the round's row (without eval)."""
     return _server(fed, server_opt).run_round(round_idx, LocalClients(fed))
 
 

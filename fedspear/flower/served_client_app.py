@@ -53,14 +53,14 @@ app = ClientApp(mods=[wire_guard])
 _ASSEMBLIES: dict[str, Any] = {}
 
 
-def _assembly(cfg: Any, engine: Any = None) -> Any:
+def _assembly(cfg: Any, policy: Any = None) -> Any:
     """The device's run for ``cfg`` (:func:`fedspear.federation.assembly.assemble`: the policy, the fitted config, the
     task; no rows: people teach this client), assembled once per process (keyed by the resolved config) unless
     a policy is given."""
     from fedspear.federation.assembly import assemble
 
-    if engine is not None:
-        return assemble(cfg, policy=engine, data=False, oracle=False)
+    if policy is not None:
+        return assemble(cfg, policy=policy, data=False, oracle=False)
     key = cfg.to_yaml()
     if key not in _ASSEMBLIES:
         _ASSEMBLIES.clear()
@@ -96,13 +96,13 @@ def _job_config(content: RecordDict, node_config: dict[str, Any]) -> tuple[Any, 
     return cfg, client_id, round_idx
 
 
-def publish_content(content: RecordDict, node_config: dict[str, Any], engine: Any = None) -> RecordDict:
+def publish_content(content: RecordDict, node_config: dict[str, Any], policy: Any = None) -> RecordDict:
     """Publish the global adapter of an ``evaluate`` message to the node's page; reply ``metrics`` {published}.
 
     Args:
         content: ``global`` (the global adapter after the round in ``job``) and ``job`` (as for ``train``).
         node_config: the SuperNode's node config (``state-dir``, ``client-id``).
-        engine: a policy for the job's config (None = load or reuse this process's).
+        policy: a policy for the job's config (None = load or reuse this process's).
 
     Returns:
         ``metrics`` with ``published`` = 1 when the page got a new version, 0 when it already served it.
@@ -113,10 +113,10 @@ def publish_content(content: RecordDict, node_config: dict[str, Any], engine: An
 
     state = _state_dir(node_config)
     cfg, _, round_idx = _job_config(content, node_config)
-    engine = engine if engine is not None else _assembly(cfg).policy
+    policy = policy if policy is not None else _assembly(cfg).policy
     registry = AdapterRegistry(state / ADAPTERS_DIR)
     before = registry.current()
-    version = publish_global(registry, engine, record_to_state(content[GLOBAL], engine.adapter.params),
+    version = publish_global(registry, policy, record_to_state(content[GLOBAL], policy.adapter.params),
                              f"global after server round {round_idx}")
     fresh = before is None or version.version != before.version
     logger.info("global adapter after server round %d: %s", round_idx,
@@ -124,14 +124,14 @@ def publish_content(content: RecordDict, node_config: dict[str, Any], engine: An
     return RecordDict({METRICS: MetricRecord({PUBLISHED_KEY: int(fresh)})})
 
 
-def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any = None) -> RecordDict:
+def train_content(content: RecordDict, node_config: dict[str, Any], policy: Any = None) -> RecordDict:
     """The reply content of one ``train`` message, from the client's trace store.
 
     Args:
         content: the message content: ``global`` (ArrayRecord) and ``job`` (ConfigRecord: client-id, round, lr,
             seed, config).
         node_config: the SuperNode's node config: ``state-dir`` plus :class:`~fedspear.flower.app_config.NodeSettings`.
-        engine: a policy for the job's config (None = load or reuse this process's).
+        policy: a policy for the job's config (None = load or reuse this process's).
 
     Returns:
         ``adapter`` (when the store held a win; always under ``dp.mode=local``, noised by
@@ -150,7 +150,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], engine: Any 
     state = _state_dir(node_config)
     cfg, client_id, round_idx = _job_config(content, node_config)
     job = content[JOB]
-    run = _assembly(cfg, engine)
+    run = _assembly(cfg, policy)
     policy = run.policy
     start = record_to_state(content[GLOBAL], policy.adapter.params)
     publish_global(AdapterRegistry(state / ADAPTERS_DIR), policy, start, f"global of server round {round_idx}")

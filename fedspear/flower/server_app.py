@@ -82,7 +82,7 @@ class GridClients:
         online = self._online()
         self._claims = {node: cid for node, cid in self._claims.items() if node in online}
         self._asked &= online | set(self._queries.values())
-        # At most MAX_QUERIES_IN_FLIGHT unanswered queries: Flower's simulation engine scans every queued message
+        # At most MAX_QUERIES_IN_FLIGHT unanswered queries: Flower's simulation policy scans every queued message
         # for each node it polls, so N queries at once made discovery quadratic (N = 10,000: 477 s before round 1,
         # bench/flower_scaling.py); later calls ask the rest.
         new = sorted(online - self._asked)[: max(0, MAX_QUERIES_IN_FLIGHT - len(self._queries))]

@@ -58,7 +58,7 @@ def check_adapter(state: dict[str, torch.Tensor], reference: dict[str, torch.Ten
 
     Args:
         state: the adapter to publish (PEFT state-dict names -> tensors).
-        reference: the running engine's adapter (``engine.adapter.params``): its names and shapes are the base
+        reference: the running policy's adapter (``policy.adapter.params``): its names and shapes are the base
             model's LoRA layout (target modules, rank).
         what: how the message names ``state`` (e.g. the folder it was read from).
 
@@ -104,21 +104,21 @@ class AdapterVersion:
         return asdict(self)
 
 
-def model_fingerprint(engine: Policy) -> str:
+def model_fingerprint(policy: Policy) -> str:
     """``<model name>@<12 hex digits>``: the digits hash the tokenizer's vocabulary and the adapter's layout.
 
     Stored token ids and adapter tensors are only meaningful for the same tokenizer and LoRA layout, so a
     trace or adapter of another fingerprint is never trained on or loaded.
     """
-    if engine.fingerprint is not None:
-        return engine.fingerprint
+    if policy.fingerprint is not None:
+        return policy.fingerprint
     h = hashlib.sha256()
-    vocab = engine.tokenizer.get_vocab()
+    vocab = policy.tokenizer.get_vocab()
     h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    for key, param in sorted(engine.adapter.params.items()):
+    for key, param in sorted(policy.adapter.params.items()):
         h.update(f"{key}:{tuple(param.shape)};".encode())
-    engine.fingerprint = f"{engine.model_name}@{h.hexdigest()[:12]}"
-    return engine.fingerprint
+    policy.fingerprint = f"{policy.model_name}@{h.hexdigest()[:12]}"
+    return policy.fingerprint
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -257,10 +257,10 @@ def load_peft_adapter(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 class LiveAdapter:
-    """The adapter loaded into a served engine, kept in step with the registry's current version.
+    """The adapter loaded into a served policy, kept in step with the registry's current version.
 
     Args:
-        engine: the served engine (its live model gets each new version).
+        policy: the served policy (its live model gets each new version).
         registry: the client's adapter registry.
 
     Attributes:
@@ -268,22 +268,22 @@ class LiveAdapter:
         state: its tensors (CPU), the start state of the client's updates between rounds.
     """
 
-    def __init__(self, engine: Policy, registry: AdapterRegistry) -> None:
-        self.engine = engine
+    def __init__(self, policy: Policy, registry: AdapterRegistry) -> None:
+        self.policy = policy
         self.registry = registry
-        self.fingerprint = model_fingerprint(engine)
+        self.fingerprint = model_fingerprint(policy)
         self.loaded: AdapterVersion | None = None
         self.state: dict[str, torch.Tensor] = {}
         self._seen: tuple[int, int] | None = None
 
     def start(self, initial: dict[str, torch.Tensor] | None = None, label: str = "") -> AdapterVersion:
-        """Load the current version, or publish one first: ``initial`` when given, else the engine's own.
+        """Load the current version, or publish one first: ``initial`` when given, else the policy's own.
 
         A current version of another base model is left in the history; this model's latest version (or, when it
         has none, its initial adapter) is published again and served.
         """
         current = self.registry.current()
-        reference = self.engine.adapter.params  # the running model's LoRA layout: names and shapes
+        reference = self.policy.adapter.params  # the running model's LoRA layout: names and shapes
         if initial is not None:
             current = self.registry.publish(initial, label or "imported", self.fingerprint, reference)
         elif current is None or current.model != self.fingerprint:
@@ -296,7 +296,7 @@ class LiveAdapter:
                 current = self.registry.publish(self.registry.load(mine[-1]), mine[-1].label, self.fingerprint,
                                                 reference)
             else:
-                current = self.registry.publish(self.engine.global_state, "initial", self.fingerprint, reference)
+                current = self.registry.publish(self.policy.global_state, "initial", self.fingerprint, reference)
         self._load(current)
         return current
 
@@ -327,7 +327,7 @@ class LiveAdapter:
 
     def _load(self, version: AdapterVersion, seen: tuple[int, int] | None = None) -> None:
         state = self.registry.load(version)
-        self.engine.adapter.set(state)  # raises KeyError when the layout differs
+        self.policy.adapter.set(state)  # raises KeyError when the layout differs
         self.state = {k: v.clone() for k, v in state.items()}
         self.loaded = version
         if seen is None:
@@ -336,5 +336,5 @@ class LiveAdapter:
         self._seen = seen
 
     def restore(self) -> None:
-        """Put the loaded version back into the live model (after the engine trained)."""
-        self.engine.adapter.set(self.state)
+        """Put the loaded version back into the live model (after the policy trained)."""
+        self.policy.adapter.set(self.state)

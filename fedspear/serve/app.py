@@ -343,7 +343,7 @@ def create_app(runtime: ClientRuntime, options: ServeOptions | None = None) -> F
     """The FastAPI app of one served client.
 
     Args:
-        runtime: the client (engine, store, adapters).
+        runtime: the client (policy, store, adapters).
         options: web-layer settings.
 
     Returns:

@@ -105,10 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, model=replace(cfg.model, torch_threads=str(args.threads)))
     run = assemble(cfg, data=False, oracle=False)  # a served client: people give the feedback
-    engine, cfg = run.policy, run.cfg  # cfg: a copy with the policy's capped model.max_seq_len
+    policy, cfg = run.policy, run.cfg  # cfg: a copy with the policy's capped model.max_seq_len
     if initial is not None:  # refuse an adapter of another model or rank before the folder changes
-        check_adapter(initial, engine.adapter.params, f"--adapter {args.adapter}")
-    runtime = ClientRuntime(engine, run.task, cfg, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
+        check_adapter(initial, policy.adapter.params, f"--adapter {args.adapter}")
+    runtime = ClientRuntime(policy, run.task, cfg, state, token_delay_s=args.token_delay_ms / 1000.0, initial_adapter=initial,
                             initial_label=f"from {args.adapter}" if args.adapter else "", seed=args.seed)
     (state / CONFIG_FILE).write_text(cfg.to_yaml())
     try:

@@ -120,14 +120,14 @@ class StoreRollouts(Rollouts):
             self.store.mark_trained([it.id for it in self.interactions], self.label, result.metrics)
 
 
-def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore, job: ClientJob,
+def update_from_store(policy: Policy, task: Task, cfg: Config, store: TraceStore, job: ClientJob,
                       label: str | None = None, release: bool = True) -> LocalUpdateResult:
     """One client update from the people's traces: :func:`fedspear.federation.client.client_update` with the store
     as its rollout source (:class:`StoreRollouts`), trained with SPEAR exactly as
     :meth:`fedspear.algorithms.spear.Spear.train`.
 
     Args:
-        engine: the policy.
+        policy: the policy.
         task: the client's task (prompts, verifier).
         cfg: the client's config (algorithm, fl, optim, ...), with the policy's ``model.max_seq_len``.
         store: the client's trace store.
@@ -148,10 +148,10 @@ def update_from_store(engine: Policy, task: Task, cfg: Config, store: TraceStore
     if name not in ALGORITHMS or not isinstance(algorithm, Spear):
         raise ValueError(f"training from people's feedback supports algorithm.name in {ALGORITHMS}, not '{name}'")
     source = StoreRollouts(store, cfg.fl.local_rollout_steps, label or f"round {job.round_idx}")
-    return client_update(engine, algorithm, job, cfg, rollouts=source, release=release)  # feedback_sft: no losses
+    return client_update(policy, algorithm, job, cfg, rollouts=source, release=release)  # feedback_sft: no losses
 
 
-def publish_global(registry: AdapterRegistry, engine: Policy, state: dict[str, torch.Tensor],
+def publish_global(registry: AdapterRegistry, policy: Policy, state: dict[str, torch.Tensor],
                    label: str) -> AdapterVersion:
     """Make ``state`` the client's current adapter (a running app loads it before its next answer).
 
@@ -160,27 +160,27 @@ def publish_global(registry: AdapterRegistry, engine: Policy, state: dict[str, t
     round's job) is one version.
 
     Raises:
-        AdapterError: ``state`` does not fit the engine's adapter (names, shapes, float dtype, finite values);
+        AdapterError: ``state`` does not fit the policy's adapter (names, shapes, float dtype, finite values);
             nothing is published.
     """
-    model = model_fingerprint(engine)
+    model = model_fingerprint(policy)
     current = registry.current()
     if current is not None and current.model == model:
         served = registry.load(current)
         if served.keys() == state.keys() and all(torch.equal(served[k], state[k].detach().cpu()) for k in state):
             return current
-    return registry.publish(state, label, model, reference=engine.adapter.params)
+    return registry.publish(state, label, model, reference=policy.adapter.params)
 
 
-def train_local(engine: Policy, task: Task, cfg: Config, state_dir: str | Path, client_id: int = 0,
+def train_local(policy: Policy, task: Task, cfg: Config, state_dir: str | Path, client_id: int = 0,
                 lr: float | None = None) -> dict[str, Any]:
     """``fedspear train-local``: one SPEAR update from the store, published as the next adapter version.
 
-    The update starts from the client's current adapter (or the engine's initial one when none of this model
+    The update starts from the client's current adapter (or the policy's initial one when none of this model
     exists). With no wins there is no update and nothing is published.
 
     Args:
-        engine: a loaded policy for the client's config.
+        policy: a loaded policy for the client's config.
         task: the client's task.
         cfg: the client's config, with the policy's ``model.max_seq_len`` (``models.fit_config``).
         state_dir: the client's state folder (``traces.sqlite``, ``adapters/``).
@@ -192,20 +192,20 @@ def train_local(engine: Policy, task: Task, cfg: Config, state_dir: str | Path, 
     """
     state_dir = Path(state_dir)
     registry = AdapterRegistry(state_dir / ADAPTERS_DIR)
-    fingerprint = model_fingerprint(engine)
+    fingerprint = model_fingerprint(policy)
     current = registry.current()
     if current is not None and current.model == fingerprint:
         start = registry.load(current)
     else:
-        current, start = None, engine.global_state  # the policy's initial adapter
+        current, start = None, policy.global_state  # the policy's initial adapter
     with TraceStore(state_dir / STORE_FILE) as store:
         round_idx = len(store.trainings()) + 1
         job = ClientJob(client_id, round_idx, [], cfg.optim.lr if lr is None else lr,
                         client_seed(cfg.data.seed, round_idx, client_id), start)
-        result = update_from_store(engine, task, cfg, store, job, label=f"local round {round_idx}", release=False)
+        result = update_from_store(policy, task, cfg, store, job, label=f"local round {round_idx}", release=False)
     published = None
     if result.adapter is not None:
-        published = publish_global(registry, engine, result.adapter, f"local round {round_idx}")
+        published = publish_global(registry, policy, result.adapter, f"local round {round_idx}")
     return {"round": round_idx, "from_version": current.version if current else None,
             "published": published.to_dict() if published else None, "weight": result.weight,
             "metrics": result.metrics}

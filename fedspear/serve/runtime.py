@@ -1,4 +1,4 @@
-"""A served client without the web layer: engine, trace store, live adapter and the interaction steps.
+"""A served client without the web layer: policy, trace store, live adapter and the interaction steps.
 
 :class:`ClientRuntime` answers questions (streamed), records verdicts and hints, and generates revisions
 from the revision prompt built exactly as in training (:func:`fedspear.tasks.prompts.build_revision_prompt`
@@ -116,10 +116,10 @@ def person_feedback(task: Task, prompt: str, previous_answer: str, hint: str) ->
 
 
 class ClientRuntime:
-    """A served client: the engine, its state folder (store + adapters) and the steps of an interaction.
+    """A served client: the policy, its state folder (store + adapters) and the steps of an interaction.
 
     Args:
-        engine: a loaded policy (model, tokenizer, adapter).
+        policy: a loaded policy (model, tokenizer, adapter).
         task: the served task (prompts, answer format, verifier).
         cfg: the client's config, with the policy's (capped) ``model.max_seq_len`` (``models.fit_config``).
         state_dir: the client's state folder; holds ``traces.sqlite`` and ``adapters/`` (made owner-only,
@@ -131,10 +131,10 @@ class ClientRuntime:
         seed: seeds the answers' samplers (None = fresh randomness per answer).
     """
 
-    def __init__(self, engine: Policy, task: Task, cfg: Config, state_dir: str | Path,
+    def __init__(self, policy: Policy, task: Task, cfg: Config, state_dir: str | Path,
                  limits: Limits | None = None, token_delay_s: float = 0.0, initial_adapter: dict | None = None, initial_label: str = "",
                  seed: int | None = None) -> None:
-        self.engine, self.cfg, self.task = engine, cfg, task
+        self.policy, self.cfg, self.task = policy, cfg, task
         self.state_dir = Path(state_dir)
         self.limits = limits or Limits()
         self.token_delay_s = token_delay_s
@@ -142,7 +142,7 @@ class ClientRuntime:
         secure_state(self.state_dir)  # owner-only folder
         self.store = TraceStore(self.state_dir / STORE_FILE)
         self.registry = AdapterRegistry(self.state_dir / ADAPTERS_DIR)
-        self.live = LiveAdapter(engine, self.registry)
+        self.live = LiveAdapter(policy, self.registry)
         self.live.start(initial_adapter, initial_label)
         self.fingerprint = self.live.fingerprint
         self._rng: random.Random = random.Random(seed) if seed is not None else random.SystemRandom()
@@ -196,7 +196,7 @@ class ClientRuntime:
         return rollout_settings(self.cfg.gen, revision)
 
     def _encode(self, prompt: str, settings: GenSettings, what: str, fix: str = "") -> list[int]:
-        ids = self.engine.encode(prompt)
+        ids = self.policy.encode(prompt)
         room = self.cfg.model.max_seq_len - settings.max_new_tokens
         if len(ids) > room:
             raise ValueError(f"{what} is too long: {len(ids)} tokens, at most {room} fit this model{fix}")
@@ -218,7 +218,7 @@ class ClientRuntime:
             return  # this client never revises
         skeleton = build_revision_prompt(prompt, "", person_feedback(self.task, prompt, "", "x"),
                                          self.task.answer_format, gen.revision_template)
-        needed = len(self.engine.encode(skeleton)) + gen.max_new_tokens_y0 \
+        needed = len(self.policy.encode(skeleton)) + gen.max_new_tokens_y0 \
             + HINT_ROOM_TOKENS
         room = self.cfg.model.max_seq_len - gen.max_new_tokens_y1
         if needed > room:
@@ -289,7 +289,7 @@ class ClientRuntime:
             seed = self._rng.getrandbits(62)
             yield {"event": "start", "attempt": plan.attempt, "adapter": version.to_dict() if version else None}
             result: StreamResult | None = None
-            for item in stream_answer(self.engine, plan.prompt_ids, plan.settings, seed, cancel, self.token_delay_s):
+            for item in stream_answer(self.policy, plan.prompt_ids, plan.settings, seed, cancel, self.token_delay_s):
                 if isinstance(item, StreamResult):
                     result = item
                 else:
@@ -329,9 +329,9 @@ class ClientRuntime:
         return self.store.close_interaction(interaction_id)
 
     def train_from_store(self, job: Any) -> Any:
-        """One SPEAR update from this client's store on its own engine, between answers (holds the lock).
+        """One SPEAR update from this client's store on its own policy, between answers (holds the lock).
 
-        The engine trains from the job's start state (``job.start_state``; None: the adapter the page serves);
+        The policy trains from the job's start state (``job.start_state``; None: the adapter the page serves);
         afterwards the served adapter is back in the live model. This is the in-process path for a Flower client
         or a simulation; ``fedspear train-local`` trains in its own process instead.
 
@@ -347,7 +347,7 @@ class ClientRuntime:
             try:
                 if job.start_state is None:
                     job = replace(job, start_state=self.live.state)
-                return update_from_store(self.engine, self.task, self.cfg, self.store, job)
+                return update_from_store(self.policy, self.task, self.cfg, self.store, job)
             finally:
                 self.live.restore()
 

@@ -306,7 +306,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
 
     def publish(round_idx: int, global_state: dict[str, Any]) -> None:
         for rt in runtimes:
-            publish_global(rt.registry, rt.engine, global_state, f"server round {round_idx}")
+            publish_global(rt.registry, rt.policy, global_state, f"server round {round_idx}")
 
     rows: list[dict[str, Any]] = []
     try:

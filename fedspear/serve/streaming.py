@@ -84,13 +84,13 @@ class _Cancel:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def stream_answer(engine: Policy, prompt_ids: list[int], settings: GenSettings, seed: int,
+def stream_answer(policy: Policy, prompt_ids: list[int], settings: GenSettings, seed: int,
                   cancel: threading.Event | None = None, token_delay_s: float = 0.0) -> Iterator[str | StreamResult]:
     """Generate one completion with the live model, yielding text pieces as they come, then a StreamResult.
 
     Args:
-        engine: the policy (its live adapter answers).
-        prompt_ids: the prompt's token ids (left-truncated to ``engine.max_seq_len - max_new_tokens``).
+        policy: the policy (its live adapter answers).
+        prompt_ids: the prompt's token ids (left-truncated to ``policy.max_seq_len - max_new_tokens``).
         settings: decoding settings.
         seed: seeds the sampler (same prompt, settings and seed give the same answer).
         cancel: set it to stop generation early (e.g. the client went away).
@@ -99,14 +99,14 @@ def stream_answer(engine: Policy, prompt_ids: list[int], settings: GenSettings, 
     Yields:
         Text pieces (``str``) in order, then exactly one :class:`StreamResult`.
     """
-    tok, model = engine.tokenizer, engine.model
-    max_prompt = max(1, engine.max_seq_len - settings.max_new_tokens)
-    prompt_ids = left_truncate(prompt_ids, max_prompt, engine.bos_id)
+    tok, model = policy.tokenizer, policy.model
+    max_prompt = max(1, policy.max_seq_len - settings.max_new_tokens)
+    prompt_ids = left_truncate(prompt_ids, max_prompt, policy.bos_id)
     cancel = cancel or threading.Event()
     pieces: queue.Queue = queue.Queue()
     start = time.perf_counter()
     streamer = _PieceStreamer(tok, pieces, start, token_delay_s)
-    eos = eos_ids(engine)
+    eos = eos_ids(policy)
     gen_kwargs = decode_kwargs(settings, tok.pad_token_id, eos)
     result: dict[str, Any] = {}
 
@@ -117,8 +117,8 @@ def stream_answer(engine: Policy, prompt_ids: list[int], settings: GenSettings, 
         model.eval()
         try:
             torch.manual_seed(seed)
-            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=engine.device)
-            with torch.no_grad(), merged_lora(engine):
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=policy.device)
+            with torch.no_grad(), merged_lora(policy):
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                      streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel(cancel)]),
                                      **gen_kwargs)

@@ -34,53 +34,53 @@ def test_make_batch_right_aligns_completions():
 
 
 def test_completion_logprobs_match_unpadded_forward(tiny_llama):
-    engine = _engine(tiny_llama)
-    traces = [Trace(engine.encode("Which is hot?\nAnswer:"), [5, 6]),
-              Trace(engine.encode("Plants need light and water to grow.\nAnswer:"), [7, 8, 9])]
-    batch = make_batch(traces, engine.tokenizer.pad_token_id, 512, engine.device)
+    policy = _engine(tiny_llama)
+    traces = [Trace(policy.encode("Which is hot?\nAnswer:"), [5, 6]),
+              Trace(policy.encode("Plants need light and water to grow.\nAnswer:"), [7, 8, 9])]
+    batch = make_batch(traces, policy.tokenizer.pad_token_id, 512, policy.device)
     with torch.no_grad():
-        logp_BL = completion_logprobs(engine.model, batch)
+        logp_BL = completion_logprobs(policy.model, batch)
         for i, t in enumerate(traces):
             ids = torch.tensor([t.prompt_ids + t.completion_ids])
-            logits = engine.model(input_ids=ids).logits[0].log_softmax(-1)
+            logits = policy.model(input_ids=ids).logits[0].log_softmax(-1)
             n = len(t.completion_ids)
             expected = [logits[len(t.prompt_ids) - 1 + j, t.completion_ids[j]].item() for j in range(n)]
             torch.testing.assert_close(logp_BL[i, -n:], torch.tensor(expected), atol=1e-5, rtol=1e-5)
 
 
 def test_nonfinite_gradient_skips_step(tiny_qwen):
-    engine = _engine(tiny_qwen)
-    before = engine.adapter.get()
+    policy = _engine(tiny_qwen)
+    before = policy.adapter.get()
 
     def nan_step(rng):
-        p = next(iter(engine.adapter.params.values()))
+        p = next(iter(policy.adapter.params.values()))
         return p.sum() * float("nan"), 1, {}
 
-    stats = optimise(engine, RunSettings.from_config(engine.cfg), lr=1e-2, seed=0, micro_step=nan_step)
+    stats = optimise(policy, RunSettings.from_config(policy.cfg), lr=1e-2, seed=0, micro_step=nan_step)
     assert stats.skipped_steps == 2 and stats.steps == 0
-    after = engine.adapter.get()
+    after = policy.adapter.get()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_regulariser_hooks_are_added_to_every_micro_step_loss(tiny_qwen):
     # One step of one micro-step whose own loss is 0 * (...): only the hook's gradient moves the adapter. The hook
     # is sum(theta), gradient 1 everywhere, so AdamW's first step is theta * (1 - lr * wd) - lr * 1 / (1 + eps).
-    engine = _engine(tiny_qwen, **{"fl.local_train_steps": 1, "optim.weight_decay": 0.1})
-    run = RunSettings.from_config(engine.cfg)
-    first = next(iter(engine.adapter.params.values()))
+    policy = _engine(tiny_qwen, **{"fl.local_train_steps": 1, "optim.weight_decay": 0.1})
+    run = RunSettings.from_config(policy.cfg)
+    first = next(iter(policy.adapter.params.values()))
     calls = []
 
     def hook(live, anchor):
         calls.append(set(live) == set(anchor))
         return sum(p.sum() for p in live.values())
 
-    before = {k: v.clone() for k, v in engine.global_state.items()}
-    stats = optimise(engine, run, lr=1e-2, seed=0, micro_step=lambda rng: (first.sum() * 0.0, 1, {}),
+    before = {k: v.clone() for k, v in policy.global_state.items()}
+    stats = optimise(policy, run, lr=1e-2, seed=0, micro_step=lambda rng: (first.sum() * 0.0, 1, {}),
                      regularisers=[hook])
     assert calls == [True] and stats.steps == 1
     expected_total = sum(float(v.sum()) for v in before.values())
     assert stats.terms["total"] == pytest.approx(expected_total, abs=1e-4)
-    after = engine.adapter.get()
+    after = policy.adapter.get()
     for k in before:
         torch.testing.assert_close(after[k], before[k] * (1 - 1e-2 * 0.1) - 1e-2 / (1 + 1e-8), rtol=0, atol=1e-6)
 

@@ -25,8 +25,8 @@ def _engine(model_dir, **kw):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
 
 
-def _algo(engine):
-    return GRPO.from_config(engine.cfg, engine.task)
+def _algo(policy):
+    return GRPO.from_config(policy.cfg, policy.task)
 
 
 def _examples(n):
@@ -52,14 +52,14 @@ def test_grpo_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 
 def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
-    engine = _engine(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
-    assert sampling_settings(engine.cfg.gen, 5) == GenSettings(5, True, 0.7, engine.cfg.gen.top_p, engine.cfg.gen.top_k)
+    policy = _engine(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
+    assert sampling_settings(policy.cfg.gen, 5) == GenSettings(5, True, 0.7, policy.cfg.gen.top_p, policy.cfg.gen.top_k)
     jobs = [ClientJob(0, 1, _examples(5), 1e-3, seed=11), ClientJob(1, 1, _examples(2), 1e-3, seed=12)]
-    out = _algo(engine).rollout(engine, jobs)
+    out = _algo(policy).rollout(policy, jobs)
     assert [r.metrics["prompts"] for r in out] == [3, 2]  # min(|D_c|, P = 3)
     assert [len(r.traces) for r in out] == [6, 4] and [r.metrics["generations"] for r in out] == [6, 4]
-    expected = [ex.prompt for ex, _ in choose_prompts(engine, jobs[0], 3)]
-    prompts = [engine.tokenizer.decode(t.prompt_ids) for t in out[0].traces]
+    expected = [ex.prompt for ex, _ in choose_prompts(policy, jobs[0], 3)]
+    prompts = [policy.tokenizer.decode(t.prompt_ids) for t in out[0].traces]
     assert prompts == [p for p in expected for _ in range(2)]  # group-major, x0 unchanged (no gold facts)
     for r in out:
         adv = torch.tensor([t.reward for t in r.traces]).reshape(-1, 2)
@@ -68,41 +68,41 @@ def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
 
 
 def test_old_logprobs_come_from_the_round_start_adapter(tiny_qwen):
-    engine = _engine(tiny_qwen)
-    traces = [Trace(engine.encode("Which is hot?\nAnswer:"), [5, 6]), Trace(engine.encode("Sun?\nAnswer:"), [7])]
+    policy = _engine(tiny_qwen)
+    traces = [Trace(policy.encode("Which is hot?\nAnswer:"), [5, 6]), Trace(policy.encode("Sun?\nAnswer:"), [7])]
     with torch.no_grad():
-        expected = completion_logprobs(engine.model, make_batch(traces, 0, 512, engine.device))
-        for p in engine.adapter.params.values():  # the live adapter has moved (e.g. a previous client trained)
+        expected = completion_logprobs(policy.model, make_batch(traces, 0, 512, policy.device))
+        for p in policy.adapter.params.values():  # the live adapter has moved (e.g. a previous client trained)
             p.add_(0.5)
-    rows, tokens = score_traces(engine, RunSettings.from_config(engine.cfg), traces)
+    rows, tokens = score_traces(policy, RunSettings.from_config(policy.cfg), traces)
     assert [len(r) for r in rows] == [2, 1]
     torch.testing.assert_close(torch.tensor(rows[0]), expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(rows[1]), expected[1, -1:], atol=1e-5, rtol=1e-5)
     assert tokens == sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
 
 
-def _first_step_grads(engine, rewards):
-    x0 = engine.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")
+def _first_step_grads(policy, rewards):
+    x0 = policy.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")
     adv = group_advantages(torch.tensor([rewards]), normalize=True)[0].tolist()
     traces = [Trace(x0, ids, reward=a) for ids, a in zip([[5, 6, 7], [8, 9], [10]], adv, strict=True)]
-    old_rows, _ = score_traces(engine, RunSettings.from_config(engine.cfg), traces)
-    engine.model.train()
-    engine.model.zero_grad(set_to_none=True)
-    loss, tokens, terms = _algo(engine).micro_loss(engine, traces, old_rows)
+    old_rows, _ = score_traces(policy, RunSettings.from_config(policy.cfg), traces)
+    policy.model.train()
+    policy.model.zero_grad(set_to_none=True)
+    loss, tokens, terms = _algo(policy).micro_loss(policy, traces, old_rows)
     loss.backward()
-    grads = torch.cat([p.grad.flatten() for p in engine.adapter.params.values() if p.grad is not None])
+    grads = torch.cat([p.grad.flatten() for p in policy.adapter.params.values() if p.grad is not None])
     return loss, tokens, terms, grads
 
 
 def test_constant_group_leaves_only_kl_and_zero_gradient_at_round_start(tiny_qwen):
-    engine = _engine(tiny_qwen)
+    policy = _engine(tiny_qwen)
     # Constant rewards: A = 0, so the policy term is 0; at theta = theta_old = theta_ref the k3 term is exp(0)-0-1 = 0
     # with gradient (1 - exp(0)) * dlogp = 0.
-    loss, tokens, terms, grads = _first_step_grads(engine, [1.0, 1.0, 1.0])
+    loss, tokens, terms, grads = _first_step_grads(policy, [1.0, 1.0, 1.0])
     assert loss.item() == 0.0 and terms["kl"] == 0.0 and terms["ratio"] == 1.0
     assert torch.count_nonzero(grads) == 0
     # A mixed group [1, 1, 0]: A = (r - 2/3) / std = [0.577, 0.577, -1.155]; at ratio 1 the loss is -mean(A) = 0,
     # but the gradient -mean_i A_i * mean_t dlogp_it is not.
-    loss, tokens, terms, grads = _first_step_grads(engine, [1.0, 1.0, 0.0])
+    loss, tokens, terms, grads = _first_step_grads(policy, [1.0, 1.0, 0.0])
     assert abs(loss.item()) < 1e-6 and grads.abs().max() > 1e-4
-    assert tokens == 3 * len(engine.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")) + 6
+    assert tokens == 3 * len(policy.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")) + 6

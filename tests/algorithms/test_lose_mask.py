@@ -70,16 +70,16 @@ def _engine(tok, eos=(0,), max_seq_len=512, **spear):
     return SimpleNamespace(cfg=cfg, tokenizer=tok, model=model, task=SimpleNamespace(answer_marker="Answer:"))
 
 
-def lose_masks(engine, losses):
-    """SPEAR's lose masks for ``engine``'s settings (the algorithm object built from its config)."""
-    return Spear.from_config(engine.cfg, engine.task).lose_masks(engine, losses)
+def lose_masks(policy, losses):
+    """SPEAR's lose masks for ``policy``'s settings (the algorithm object built from its config)."""
+    return Spear.from_config(policy.cfg, policy.task).lose_masks(policy, losses)
 
 
 def _penalised(tok, text, eos_suffix=(), **spear):
     """The pieces of ``text`` (plus raw ids ``eos_suffix``) that lose_masks penalises."""
     ids = tok(text, add_special_tokens=False)["input_ids"] + list(eos_suffix)
-    engine = _engine(tok, eos=(0, 1), **spear)
-    (mask,) = lose_masks(engine, [Trace([5], ids)])
+    policy = _engine(tok, eos=(0, 1), **spear)
+    (mask,) = lose_masks(policy, [Trace([5], ids)])
     assert len(mask) == len(ids)
     return [piece for piece, m in zip(tok.convert_ids_to_tokens(ids), mask) if m]
 
@@ -128,8 +128,8 @@ def test_math_ops_protect_the_authors_list(tok):
 def test_mask_stays_aligned_with_a_truncated_completion(tok):
     ids = tok(" Answer: B because water: light", add_special_tokens=False)["input_ids"]
     # max_seq_len 4 keeps the first 3 completion pieces: ĠAnswer : ĠB (make_batch's cut)
-    engine = _engine(tok, max_seq_len=4, ul_answer_only=True)
-    (mask,) = lose_masks(engine, [Trace([5, 6], ids)])
+    policy = _engine(tok, max_seq_len=4, ul_answer_only=True)
+    (mask,) = lose_masks(policy, [Trace([5, 6], ids)])
     assert mask == [0.0, 0.0, 1.0]
     batch = make_batch([Trace([5, 6], ids)], pad_id=0, max_len=4, device=torch.device("cpu"))
     assert batch.targets_BL.tolist() == [ids[:3]]

@@ -27,8 +27,8 @@ def _engine(model_dir, **kw):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
 
 
-def _algo(engine):
-    return OPSD.from_config(engine.cfg, engine.task)
+def _algo(policy):
+    return OPSD.from_config(policy.cfg, policy.task)
 
 
 def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
@@ -46,23 +46,23 @@ def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 
 def test_teacher_reads_privileged_context_before_the_task_and_the_student_does_not(tiny_qwen):
-    engine = _engine(tiny_qwen)
-    data = _algo(engine).rollout(engine, [ClientJob(0, 1, [EXAMPLE], 1e-3, seed=5)])[0]
+    policy = _engine(tiny_qwen)
+    data = _algo(policy).rollout(policy, [ClientJob(0, 1, [EXAMPLE], 1e-3, seed=5)])[0]
     (pair,) = data.pairs
-    teacher_text = engine.tokenizer.decode(pair.teacher.prompt_ids)
+    teacher_text = policy.tokenizer.decode(pair.teacher.prompt_ids)
     assert teacher_text.index("Correct answer: B. carbon dioxide") < teacher_text.index(EXAMPLE.prompt)
     assert teacher_text.endswith(EXAMPLE.prompt)
-    assert pair.student.prompt_ids == engine.encode(EXAMPLE.prompt)
+    assert pair.student.prompt_ids == policy.encode(EXAMPLE.prompt)
     assert pair.teacher.completion_ids == pair.student.completion_ids  # the same sampled ids
     assert data.metrics["generations"] == 1 and data.metrics["y0_accuracy"] in (0.0, 1.0)
 
 
 def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen, monkeypatch):
     # LoRA dropout on: a teacher pass in train mode would give different logits at every micro-step.
-    engine = _engine(tiny_qwen, **{"lora.dropout": 0.3, "fl.local_train_steps": 3, "optim.batch_size": 1,
+    policy = _engine(tiny_qwen, **{"lora.dropout": 0.3, "fl.local_train_steps": 3, "optim.batch_size": 1,
                                    "optim.grad_accum_steps": 1, "optim.lr": 5e-2, "spear.lambda_anchor": 0.0})
     job = ClientJob(0, 1, [EXAMPLE], 5e-2, seed=5)
-    data = _algo(engine).rollout(engine, [job])[0]
+    data = _algo(policy).rollout(policy, [job])[0]
     calls = []
     real = opsd.teacher_logits
 
@@ -72,14 +72,14 @@ def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen
         return calls[-1][0]
 
     monkeypatch.setattr(opsd, "teacher_logits", spy)
-    result = _algo(engine).train(engine, job, data)
+    result = _algo(policy).train(policy, job, data)
     assert len(calls) == 3 and [moved for _, moved in calls] == [False, True, True]
     for logits, _ in calls[1:]:
         assert torch.equal(logits, calls[0][0])  # unchanged across micro-steps
-    engine.load_global()
-    engine.model.eval()
-    batch = make_batch([data.pairs[0].teacher], engine.tokenizer.pad_token_id, 512, engine.device)
+    policy.load_global()
+    policy.model.eval()
+    batch = make_batch([data.pairs[0].teacher], policy.tokenizer.pad_token_id, 512, policy.device)
     with torch.no_grad():
-        torch.testing.assert_close(calls[0][0], completion_logits(engine.model, batch), rtol=0, atol=1e-6)
+        torch.testing.assert_close(calls[0][0], completion_logits(policy.model, batch), rtol=0, atol=1e-6)
     assert result.weight == 1.0 and result.metrics["steps"] == 3
-    assert any(not torch.equal(v, engine.global_state[k]) for k, v in result.adapter.items())  # the student moved
+    assert any(not torch.equal(v, policy.global_state[k]) for k, v in result.adapter.items())  # the student moved

@@ -44,8 +44,8 @@ def _engine(model_dir, task, **kw):
     return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), task)
 
 
-def _algo(engine):
-    return rltf_sd.RLTFSD.from_config(engine.cfg, engine.task)
+def _algo(policy):
+    return rltf_sd.RLTFSD.from_config(policy.cfg, policy.task)
 
 
 def _examples():
@@ -74,8 +74,8 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
     # 2 prompts x N = 2: first answers [right, wrong | wrong, wrong], then the revisions of the 3 wrong ones:
     # [right, wrong, wrong]
     task = ScriptedTask([True, False, False, False, True, False, False])
-    engine = _engine(tiny_qwen, task)
-    data = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
+    policy = _engine(tiny_qwen, task)
+    data = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert task.verdicts == [] and len(task.feedback_on) == 3
     s = data.samples
     assert [x.revised for x in s] == [False, True, True, True] and s[0].sd is None
@@ -86,31 +86,31 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
     # A_RL1 = [0, 1 - 1]; group 2: all rewards 0 -> all advantages 0
     assert [(x.adv_sd, x.adv_rl0, x.adv_rl1) for x in s] == [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.0, 0.0),
                                                               (0.0, 0.0, 0.0)]
-    x1_text = engine.tokenizer.decode(s[1].rl1.prompt_ids)
+    x1_text = policy.tokenizer.decode(s[1].rl1.prompt_ids)
     assert "x" * 40 in x1_text and "x" * 41 not in x1_text  # feedback cut to distill.feedback_max_chars
     assert s[1].sd.prompt_ids == s[1].rl0.prompt_ids and s[1].sd.completion_ids == s[1].rl1.completion_ids
 
     # At theta = theta_ref (k3 = 0) with A_RL0 = A_RL1 = 0, only SD is left, averaged over the revised samples:
     # with [not revised, revised] it is -0.5 * log pi(y1 | x0) (it would be -0.25 * ... if s[0] were counted).
-    assert _algo(engine).set_reference_logprobs(engine, s) > 0
-    engine.model.train()
-    loss, tokens, terms = _algo(engine).micro_loss(engine, [s[0], s[1]])
+    assert _algo(policy).set_reference_logprobs(policy, s) > 0
+    policy.model.train()
+    loss, tokens, terms = _algo(policy).micro_loss(policy, [s[0], s[1]])
     with torch.no_grad():
-        batch = make_batch([s[1].sd], engine.tokenizer.pad_token_id, 512, engine.device)
-        logp_y1_x0 = completion_logprobs(engine.model, batch).sum().item()
+        batch = make_batch([s[1].sd], policy.tokenizer.pad_token_id, 512, policy.device)
+        logp_y1_x0 = completion_logprobs(policy.model, batch).sum().item()
     assert terms["sd"] == pytest.approx(-0.5 * logp_y1_x0, rel=1e-5)
     assert terms["rl0"] == pytest.approx(0.0, abs=1e-6) and terms["rl1"] == pytest.approx(0.0, abs=1e-6)
-    assert loss.item() == pytest.approx(engine.cfg.rltf_sd.sd_coeff * terms["sd"], rel=1e-5)
+    assert loss.item() == pytest.approx(policy.cfg.rltf_sd.sd_coeff * terms["sd"], rel=1e-5)
     # with only the non-revised sample, the SD and RL1 terms are empty
-    _, _, terms = _algo(engine).micro_loss(engine, [s[0]])
+    _, _, terms = _algo(policy).micro_loss(policy, [s[0]])
     assert terms["sd"] == 0.0 and terms["rl1"] == 0.0
 
 
 def test_without_early_termination_correct_answers_are_revised_without_oracle_feedback(tiny_qwen):
     task = ScriptedTask([True, False, True, True, True, True, False, True])
-    engine = _engine(tiny_qwen, task, **{"rltf_sd.early_termination": False})
-    data = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
+    policy = _engine(tiny_qwen, task, **{"rltf_sd.early_termination": False})
+    data = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert all(x.revised for x in data.samples) and len(task.feedback_on) == 1  # the oracle sees wrong answers only
-    assert rltf_sd.CORRECT_FEEDBACK[:40] in engine.tokenizer.decode(data.samples[0].rl1.prompt_ids)
+    assert rltf_sd.CORRECT_FEEDBACK[:40] in policy.tokenizer.decode(data.samples[0].rl1.prompt_ids)
     m = data.metrics
     assert (m["needs_revision"], m["revision_successes"], m["generations"]) == (1, 1, 8)

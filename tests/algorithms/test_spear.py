@@ -38,7 +38,7 @@ def _scripted_generate(script):
     """generate() stand-in: the i-th call returns script[i] (a text per prompt), with fake token ids."""
     calls = []
 
-    def fake(engine, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
+    def fake(policy, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
         texts = script[len(calls)]
         calls.append(prompts)
         assert len(texts) == len(prompts)
@@ -50,25 +50,25 @@ def _scripted_generate(script):
 
 
 @pytest.fixture()
-def engine(tiny_qwen):
+def policy(tiny_qwen):
     cfg = load_config(None, [f"model.model_name={tiny_qwen}", "model.dtype=fp32", "model.device_map=cpu",
                              "model.gradient_checkpointing=false", "gen.num_revisions=2",
                              "fl.local_rollout_steps=3"])
     return build_engine(cfg, ScriptTask())
 
 
-def _algo(engine):
-    return Spear.from_config(engine.cfg, engine.task)
+def _algo(policy):
+    return Spear.from_config(policy.cfg, policy.task)
 
 
 def _examples():
     return [Example(f"e{i}", f"question {i}\nAnswer:", answer=a, label="x") for i, a in enumerate(["p", "q", "r"])]
 
 
-def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
+def test_rollout_wins_losses_and_revisions(policy, monkeypatch):
     exs = _examples()
     # sample order is seeded; map outputs by prompt text so the script does not depend on it
-    by_prompt = {engine.encode(e.prompt)[-1]: e for e in exs}
+    by_prompt = {policy.encode(e.prompt)[-1]: e for e in exs}
     del by_prompt
     # first answers: e0 right, e1 wrong, e2 wrong; attempt 1: both still wrong; attempt 2: e1 fixed, e2 not
     script = {0: {"e0": "p", "e1": "x", "e2": "y"}, 1: {"e1": "x2", "e2": "y2"}, 2: {"e1": "q", "e2": "y3"}}
@@ -95,12 +95,12 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
 
     monkeypatch.setattr(rollout_queue, "generate", fake)
     job = ClientJob(0, 1, exs, 1e-3, seed=5)
-    (out,) = _algo(engine).rollout(engine, [job])
+    (out,) = _algo(policy).rollout(policy, [job])
     m = out.metrics
     assert m["prompts"] == 3 and m["wins_y0"] == 1 and m["needs_revision"] == 2
     assert m["revision_attempts_1"] == 2 and m["revision_attempts_2"] == 2 and m["revision_successes_2"] == 1
     assert len(out.wins) == 2 and len(out.losses) == 2
-    x0 = {e.id: engine.encode(e.prompt) for e in exs}
+    x0 = {e.id: policy.encode(e.prompt) for e in exs}
     revision_win = [w for w in out.wins if w.text == "q"][0]
     assert revision_win.prompt_ids == x0["e1"]  # the revision is trained under the ORIGINAL prompt
     assert revision_win.completion_ids[0] == 202  # the sampled ids of attempt 2, not re-encoded text
@@ -110,24 +110,24 @@ def test_rollout_wins_losses_and_revisions(engine, monkeypatch):
     assert chains[0][0] == [None] * 3
     assert chains[1][1] == [True, True] and chains[2][1] == [False, False]
     assert sorted(chains[1][0]) == sorted(chains[2][0]) and None not in chains[1][0]
-    assert [c[0] for c in engine.task.feedback_calls] == ["e1", "e2", "e1", "e2"] or \
-        sorted(c[0] for c in engine.task.feedback_calls) == ["e1", "e1", "e2", "e2"]
-    assert ("e1", "x2") in engine.task.feedback_calls  # feedback is on the LATEST answer
+    assert [c[0] for c in policy.task.feedback_calls] == ["e1", "e2", "e1", "e2"] or \
+        sorted(c[0] for c in policy.task.feedback_calls) == ["e1", "e1", "e2", "e2"]
+    assert ("e1", "x2") in policy.task.feedback_calls  # feedback is on the LATEST answer
 
 
-def test_no_feedback_source_makes_every_wrong_answer_a_half_confidence_loss(engine, monkeypatch):
-    engine.cfg.feedback.provider = "none"
+def test_no_feedback_source_makes_every_wrong_answer_a_half_confidence_loss(policy, monkeypatch):
+    policy.cfg.feedback.provider = "none"
     fake, calls = _scripted_generate([["zz", "zz", "zz"]])
     monkeypatch.setattr(rollout_queue, "generate", fake)
-    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    (out,) = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert len(calls) == 1 and not out.wins and [t.confidence for t in out.losses] == [0.5] * 3
 
 
-def test_client_without_wins_returns_no_update(engine, monkeypatch):
+def test_client_without_wins_returns_no_update(policy, monkeypatch):
     fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
     monkeypatch.setattr(rollout_queue, "generate", fake)
     job = ClientJob(0, 1, _examples(), 1e-3, seed=1)
-    result = _algo(engine).local_update(engine, job)
+    result = _algo(policy).local_update(policy, job)
     assert result.adapter is None and result.weight == 0.0 and result.metrics["skipped_no_wins"] == 1
 
 
@@ -159,16 +159,16 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
                         lambda self, k, ids: reused.append(real_lookup(self, k, ids)[0]) or real_lookup(self, k, ids))
     results = {}
     for name, cfg in (("fast", fast_cfg), ("plain", plain_cfg)):
-        engine = build_engine(cfg, task)
+        policy = build_engine(cfg, task)
         with torch.no_grad():  # start from a non-zero global adapter so generation depends on the merge
-            for k, v in engine.global_state.items():
+            for k, v in policy.global_state.items():
                 v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
         jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
         if name == "fast":
-            rollouts = _algo(engine).rollout(engine, jobs)
+            rollouts = _algo(policy).rollout(policy, jobs)
         else:
-            rollouts = [_algo(engine).rollout(engine, [j])[0] for j in jobs]
-        results[name] = [_algo(engine).train(engine, j, r) for j, r in zip(jobs, rollouts)]
+            rollouts = [_algo(policy).rollout(policy, [j])[0] for j in jobs]
+        results[name] = [_algo(policy).train(policy, j, r) for j, r in zip(jobs, rollouts)]
     for fast, plain in zip(results["fast"], results["plain"]):
         for key in ("wins", "losses", "wins_y0", "wins_revision", "losses_fixed", "losses_unfixed", "tokens_trained"):
             assert fast.metrics[key] == plain.metrics[key], key
@@ -184,42 +184,42 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
 
 
 @pytest.mark.parametrize(("dedup", "dropout", "rows"), [(True, 0.0, 3), (False, 0.0, 8), (True, 0.1, 8)])
-def test_tokens_trained_counts_every_draw(engine, monkeypatch, dedup, dropout, rows):
+def test_tokens_trained_counts_every_draw(policy, monkeypatch, dedup, dropout, rows):
     # 2 wins + 1 loss, each 3 prompt + 2 completion ids, drawn 4 + 4 times per micro-step (with replacement):
     # every draw is 5 tokens, so tokens_trained = S * A * 8 * 5 whether or not repeated draws are computed once.
-    engine.cfg.optim.batch_size, engine.cfg.optim.dedup_draws, engine.cfg.lora.dropout = 4, dedup, dropout
-    engine.cfg.fl.local_train_steps, engine.cfg.optim.grad_accum_steps = 2, 3
+    policy.cfg.optim.batch_size, policy.cfg.optim.dedup_draws, policy.cfg.lora.dropout = 4, dedup, dropout
+    policy.cfg.fl.local_train_steps, policy.cfg.optim.grad_accum_steps = 2, 3
     data = spear.FeedbackRollout(wins=[spear.Trace([5, 6, 7], [8, 9]), spear.Trace([5, 6, 10], [11, 9])],
                                  losses=[spear.Trace([5, 6, 12], [13, 9], confidence=0.5)])
     widths = []
     real_make_batch = spear.make_batch
     monkeypatch.setattr(spear, "make_batch", lambda traces, *a: widths.append(len(traces)) or real_make_batch(traces, *a))
-    result = _algo(engine).train(engine, ClientJob(0, 1, [], 1e-3, seed=3), data)
+    result = _algo(policy).train(policy, ClientJob(0, 1, [], 1e-3, seed=3), data)
     assert result.metrics["tokens_trained"] == 2 * 3 * 8 * 5  # before: distinct traces only (<= 3 a step)
     # dedup computes the distinct traces once (at most 3); without it, or with LoRA dropout (off automatically),
     # all 8 draws
     assert len(widths) == 6 and (max(widths) <= 3 if rows == 3 else widths == [8] * 6)
-def test_imperfect_feedback_reaches_the_rollout(engine, monkeypatch):
+def test_imperfect_feedback_reaches_the_rollout(policy, monkeypatch):
     """The rollout asks the feedback model, not the oracle: false accepts make wrong answers wins, drops remove
     prompts, and the client's metrics count what was corrupted; the loss confidences come from the config."""
     fake, calls = _scripted_generate([["zz"] * 3])
     monkeypatch.setattr(rollout_queue, "generate", fake)
-    engine.cfg.feedback.false_accept_rate = 1.0
-    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    policy.cfg.feedback.false_accept_rate = 1.0
+    (out,) = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     m = out.metrics
     assert len(calls) == 1 and len(out.wins) == 3 and not out.losses  # every wrong answer reported correct
     assert m["wins_y0"] == 3 and m["feedback_false_accepts"] == m["feedback_corrupted_verdicts"] == 3
-    engine.cfg.feedback.false_accept_rate = 0.0
-    engine.cfg.feedback.drop_rate = 1.0
+    policy.cfg.feedback.false_accept_rate = 0.0
+    policy.cfg.feedback.drop_rate = 1.0
     fake, calls = _scripted_generate([["zz"] * 3])
     monkeypatch.setattr(rollout_queue, "generate", fake)
-    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    (out,) = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert out.metrics["prompts"] == 0 and out.metrics["feedback_dropped"] == 3 and not out.wins and not out.losses
-    engine.cfg.feedback.drop_rate = 0.0
-    engine.cfg.spear.confidence_unfixed = 1.0  # uniform confidences
+    policy.cfg.feedback.drop_rate = 0.0
+    policy.cfg.spear.confidence_unfixed = 1.0  # uniform confidences
     fake, _ = _scripted_generate([["zz"] * 3, ["zz"] * 3, ["zz"] * 3])
     monkeypatch.setattr(rollout_queue, "generate", fake)
-    (out,) = _algo(engine).rollout(engine, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
+    (out,) = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=1)])
     assert [t.confidence for t in out.losses] == [1.0] * 3 and out.metrics["feedback_corrupted_verdicts"] == 0
 
 
@@ -236,13 +236,13 @@ def test_continuous_scheduler_equals_batched(tiny_qwen, tmp_path):
         cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / scheduler, **common,
                                                **{"gen.scheduler": scheduler}))
         data = task.load(cfg)
-        engine = build_engine(cfg, task)
+        policy = build_engine(cfg, task)
         with torch.no_grad():
-            for k, v in engine.global_state.items():
+            for k, v in policy.global_state.items():
                 v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
         jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
-        rollouts = _algo(engine).rollout(engine, jobs)
-        results[scheduler] = (rollouts, [_algo(engine).train(engine, j, r) for j, r in zip(jobs, rollouts)])
+        rollouts = _algo(policy).rollout(policy, jobs)
+        results[scheduler] = (rollouts, [_algo(policy).train(policy, j, r) for j, r in zip(jobs, rollouts)])
     (batched, b_updates), (continuous, c_updates) = results["batched"], results["continuous"]
     for b, c in zip(batched, continuous):
         assert [(t.prompt_ids, t.completion_ids) for t in b.wins] == [(t.prompt_ids, t.completion_ids) for t in c.wins]

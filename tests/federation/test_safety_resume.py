@@ -143,23 +143,23 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
 
     cfg = load_config(None, _overrides(tiny_qwen, tmp_path / "r", **{"data.eval_method": method}))
     task = get_task(cfg.data.dataset)
-    engine = build_policy(cfg)
+    policy = build_policy(cfg)
     examples = task.load(cfg).eval[:4]
-    ok = evaluate(engine, task, cfg, examples)
+    ok = evaluate(policy, task, cfg, examples)
     assert ok["accuracy"] is not None and "diverged" not in ok
-    engine.global_state = {k: torch.full_like(v, math.nan) for k, v in engine.global_state.items()}
-    engine.load_global()
-    bad = evaluate(engine, task, cfg, examples)
+    policy.global_state = {k: torch.full_like(v, math.nan) for k, v in policy.global_state.items()}
+    policy.load_global()
+    bad = evaluate(policy, task, cfg, examples)
     assert bad["accuracy"] is None and bad[f"{method}_accuracy"] is None and bad["diverged"] is True
     # NaN logits from finite LoRA weights (scores, not the adapter): the score check catches them too
-    engine.global_state = {k: torch.full_like(v, 1e38) for k, v in engine.global_state.items()}
-    engine.load_global()
-    assert evaluate(engine, task, cfg, examples)["diverged"] is True
+    policy.global_state = {k: torch.full_like(v, 1e38) for k, v in policy.global_state.items()}
+    policy.load_global()
+    assert evaluate(policy, task, cfg, examples)["diverged"] is True
 
 
 def test_idle_rounds_stop_the_run_with_a_report(tiny_qwen, tmp_path, monkeypatch, capsys):
     require_shared_data()
-    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
+    monkeypatch.setattr(simulator, "run_clients", lambda policy, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
     from fedspear.tracking import Trackers
 
     aborted = []
@@ -196,15 +196,15 @@ def test_max_seq_len_above_position_limit_is_capped(tiny_qwen, tmp_path, caplog)
     tok.save_pretrained(gpt)
     cfg = load_config(None, _overrides(gpt, tmp_path / "r", **{"model.max_seq_len": 2048}))
     task = get_task(cfg.data.dataset)
-    engine = load_policy(cfg)
-    fitted = fit_config(cfg, engine)
+    policy = load_policy(cfg)
+    fitted = fit_config(cfg, policy)
     assert cfg.model.max_seq_len == 2048  # the caller's config is not written; the copy carries the cap
     cfg = fitted
-    assert cfg.model.max_seq_len == 64 == engine.max_seq_len and "position limit (64)" in caplog.text
+    assert cfg.model.max_seq_len == 64 == policy.max_seq_len and "position limit (64)" in caplog.text
     ex = task.load(cfg).eval[0]
     long = dataclasses.replace(ex, prompt="water light heat " * 100 + ex.prompt)
-    assert len(engine.encode(long.prompt)) > 300
-    assert evaluate(engine, task, cfg, [long, ex])["n"] == 2
+    assert len(policy.encode(long.prompt)) > 300
+    assert evaluate(policy, task, cfg, [long, ex])["n"] == 2
 
 
 def test_left_truncated_prompts_keep_bos(tiny_llama, tmp_path):
@@ -213,10 +213,10 @@ def test_left_truncated_prompts_keep_bos(tiny_llama, tmp_path):
     from fedspear.models import build_policy
 
     cfg = load_config(None, _overrides(tiny_llama, tmp_path / "r", **{"model.max_seq_len": 16}))
-    engine = build_policy(cfg)
-    bos = engine.tokenizer.bos_token_id
-    assert engine.bos_id == bos is not None
-    prompt = engine.encode("which best describes the plant water energy light heat earth sun Answer:")
+    policy = build_policy(cfg)
+    bos = policy.tokenizer.bos_token_id
+    assert policy.bos_id == bos is not None
+    prompt = policy.encode("which best describes the plant water energy light heat earth sun Answer:")
     assert len(prompt) > 13 and prompt[0] == bos
-    (done,) = generate(engine, [prompt], GenSettings(3, False, 1.0, 1.0), seed=0)
+    (done,) = generate(policy, [prompt], GenSettings(3, False, 1.0, 1.0), seed=0)
     assert done.prompt_ids == [bos, *prompt[-12:]]  # 16 - 3 new tokens = 13 prompt tokens, BOS first

@@ -13,7 +13,7 @@ from fedspear.records import RunRecord
 
 
 class FakeEngine:
-    """Just the engine's global-adapter interface (aggregation never touches a model)."""
+    """Just the policy's global-adapter interface (aggregation never touches a model)."""
 
     def __init__(self, state):
         self.global_state = state
@@ -26,8 +26,8 @@ class FakeEngine:
 def _server(tmp_path, **overrides):
     items = {"data.num_clients": 4, "fl.clients_per_round": 3, "fl.rounds": 2, "data.seed": 5, **overrides}
     cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
-    engine = FakeEngine({"w": torch.tensor([1.0, 1.0])})
-    return FederatedServer(cfg, RunRecord(tmp_path / "run"), engine, [])
+    policy = FakeEngine({"w": torch.tensor([1.0, 1.0])})
+    return FederatedServer(cfg, RunRecord(tmp_path / "run"), policy, [])
 
 
 def test_plan_is_a_function_of_config_and_round(tmp_path):

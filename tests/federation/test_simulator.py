@@ -102,14 +102,14 @@ def test_single_client_equals_centralized_update(tiny_qwen, tmp_path):
     run_dir = simulator.run(cfg)
     task = get_task(cfg.data.dataset)
     data = task.load(cfg)
-    engine = build_policy(cfg)
+    policy = build_policy(cfg)
     (indices,) = dirichlet_partition([ex.label for ex in data.train], 1, cfg.data.dirichlet_alpha,
                                      cfg.data.max_examples_per_client, cfg.data.seed)
     job = ClientJob(0, 1, [data.train[i] for i in indices], round_lr(1, 1, cfg.optim), client_seed(cfg.data.seed, 1, 0))
-    result = Spear.from_config(cfg, task).local_update(engine, job)
+    result = Spear.from_config(cfg, task).local_update(policy, job)
     final = _final_state(run_dir)
     if result.adapter is None:  # no wins: the global adapter must stay at its initial value
-        expected = engine.global_state
+        expected = policy.global_state
     else:
         expected = result.adapter
     for k, v in expected.items():
@@ -120,10 +120,10 @@ def test_failing_client_is_recorded_and_excluded(tiny_qwen, tmp_path, monkeypatc
     require_shared_data()
     real_train = Spear.train
 
-    def flaky(self, engine, job, data):
+    def flaky(self, policy, job, data):
         if job.client_id == 0:
             raise RuntimeError("device lost")
-        return real_train(self, engine, job, data)
+        return real_train(self, policy, job, data)
 
     monkeypatch.setattr(Spear, "train", flaky)
     run_dir = simulator.run(load_config(None, tiny_overrides(tiny_qwen, tmp_path / "flaky", **{"fl.rounds": 1})))

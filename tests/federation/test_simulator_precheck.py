@@ -183,7 +183,7 @@ def test_a_resumed_run_counts_the_rounds_before_the_resume(tiny_qwen, tmp_path, 
     assert main(_args(tiny_qwen, out)) == 0
     first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1]
     assert first["aggregation"]["num_failed_clients"] == 0
-    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
+    monkeypatch.setattr(simulator, "run_clients", lambda policy, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
     assert main(["run", "--resume", str(out), "fl.rounds=2"]) == 0  # 1 idle round of 2 (fl.max_idle_rounds=5)
 
 
@@ -191,7 +191,7 @@ def test_idle_rounds_in_a_row_are_counted_across_a_resume(tiny_qwen, tmp_path, m
     require_shared_data()
     from fedspear.federation import simulator
 
-    monkeypatch.setattr(simulator, "run_clients", lambda engine, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
+    monkeypatch.setattr(simulator, "run_clients", lambda policy, algo, jobs, cfg, batched: [RuntimeError("boom")] * len(jobs))
     out = tmp_path / "run"
     assert main(_args(tiny_qwen, out, **{"fl.max_idle_rounds": 2})) == 3  # its only round was idle
     assert "any of the 1 rounds of this run" in _error_line(capsys)

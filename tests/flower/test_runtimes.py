@@ -75,10 +75,10 @@ def references(tiny_qwen, tmp_path_factory):
         if name not in cache:
             real = client.client_update
 
-            def flaky(engine, algorithm, job, *args, **kwargs):
+            def flaky(policy, algorithm, job, *args, **kwargs):
                 if name == "client0_fails_round1" and (job.client_id, job.round_idx) == (0, 1):
                     raise RuntimeError("killed")
-                return real(engine, algorithm, job, *args, **kwargs)
+                return real(policy, algorithm, job, *args, **kwargs)
 
             client.client_update = flaky
             try:

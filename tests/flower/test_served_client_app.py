@@ -27,13 +27,13 @@ def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     teach(served, "What color is the zorvik?", "Where does the zorvik live?", secret_hint)
     texts = [a.text for it in served.store.recent() for a in it.attempts if len(a.text) >= 12]  # no chance matches
 
-    engine = make_engine(world)  # the SuperNode's own process and model
-    global_state = {k: v + 0.01 for k, v in engine.global_state.items()}
+    policy = make_engine(world)  # the SuperNode's own process and model
+    global_state = {k: v + 0.01 for k, v in policy.global_state.items()}
     content = wire.RecordDict({
         wire.GLOBAL: wire.state_to_record(global_state),
-        wire.JOB: wire.job_record(0, 3, 1e-2, 77, engine.cfg.to_yaml()),
+        wire.JOB: wire.job_record(0, 3, 1e-2, 77, policy.cfg.to_yaml()),
     })
-    reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, engine=engine)
+    reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, policy=policy)
 
     wire.check_client_content(reply, content[wire.GLOBAL])
     assert set(reply.keys()) == {wire.ADAPTER, wire.METRICS}
@@ -46,7 +46,7 @@ def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     # the received global adapter is what the running page answers with next
     again = served.run_to_end(served.prepare_ask(question="What color is the zorvik?"))
     assert again["adapter"]["label"] == "global of server round 3"
-    live = served.engine.adapter.get()
+    live = served.policy.adapter.get()
     assert all(torch.allclose(live[k], global_state[k]) for k in global_state)
     served.close()
 
@@ -64,25 +64,25 @@ def test_evaluate_message_publishes_the_global_once(tmp_path_factory, tmp_path):
     from fedspear.serve.runtime import ADAPTERS_DIR
 
     world = tiny_world_dir(tmp_path_factory)
-    engine = make_engine(world)
+    policy = make_engine(world)
     node = {"client-id": 1, "state-dir": str(tmp_path / "device")}
-    after_round = {k: v - 0.02 for k, v in engine.global_state.items()}
+    after_round = {k: v - 0.02 for k, v in policy.global_state.items()}
 
     def message(round_idx: int) -> wire.RecordDict:
         return wire.RecordDict({wire.GLOBAL: wire.state_to_record(after_round),
-                                wire.JOB: wire.job_record(1, round_idx, 0.0, 0, engine.cfg.to_yaml())})
+                                wire.JOB: wire.job_record(1, round_idx, 0.0, 0, policy.cfg.to_yaml())})
 
-    reply = publish_content(message(4), node, engine=engine)
+    reply = publish_content(message(4), node, policy=policy)
     wire.check_client_content(reply)
     assert dict(reply[wire.METRICS]) == {wire.PUBLISHED_KEY: 1}
     registry = AdapterRegistry(tmp_path / "device" / ADAPTERS_DIR)
     assert registry.current().label == "global after server round 4"
     assert all(torch.equal(registry.load(registry.current())[k], after_round[k]) for k in after_round)
     # the same tensors again (e.g. with the next round's job) are not a new version
-    assert dict(publish_content(message(5), node, engine=engine)[wire.METRICS]) == {wire.PUBLISHED_KEY: 0}
+    assert dict(publish_content(message(5), node, policy=policy)[wire.METRICS]) == {wire.PUBLISHED_KEY: 0}
     assert [v.label for v in registry.history()] == ["global after server round 4"]
     with pytest.raises(ValueError, match="this node is client 0"):
-        publish_content(message(4), {"client-id": 0, "state-dir": str(tmp_path / "other")}, engine=engine)
+        publish_content(message(4), {"client-id": 0, "state-dir": str(tmp_path / "other")}, policy=policy)
 
 
 @pytest.mark.parametrize("taught", [True, False])
@@ -97,11 +97,11 @@ def test_local_dp_noises_the_store_update_and_sends_no_counts(tmp_path_factory, 
         served.close()
     dp = {"dp.mode": "local", "dp.clip_norm": 0.001, "dp.seed": 2}
     for sigma in (0.0, 1.0):
-        engine = make_engine(world, **dp, **{"dp.noise_multiplier": sigma})
-        global_state = {k: v.clone() for k, v in engine.global_state.items()}
+        policy = make_engine(world, **dp, **{"dp.noise_multiplier": sigma})
+        global_state = {k: v.clone() for k, v in policy.global_state.items()}
         content = wire.RecordDict({wire.GLOBAL: wire.state_to_record(global_state),
-                                   wire.JOB: wire.job_record(0, 1, 1e-1, 77, engine.cfg.to_yaml())})
-        reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, engine=engine)
+                                   wire.JOB: wire.job_record(0, 1, 1e-1, 77, policy.cfg.to_yaml())})
+        reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, policy=policy)
         assert dict(reply[wire.METRICS]) == {wire.WEIGHT_KEY: 1.0}  # no wins, losses or norms leave
         sent = wire.record_to_state(reply[wire.ADAPTER], global_state)
         norm = update_norm({k: sent[k].double() - global_state[k].double() for k in global_state})

@@ -63,8 +63,8 @@ def make_engine(model_dir: Path, **extra: object):
 
 def make_client(model_dir: Path, **extra: object):
     """(policy, task, config) of a served client: the first arguments of ``ClientRuntime`` / ``train_local``."""
-    engine = make_engine(model_dir, **extra)
-    return engine, engine.task, engine.cfg
+    policy = make_engine(model_dir, **extra)
+    return policy, policy.task, policy.cfg
 
 
 def teach(served, right: str, fixed: str, hint: str) -> None:

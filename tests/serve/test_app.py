@@ -70,7 +70,7 @@ def test_ask_wrong_hint_revise_accept(client, runtime):
     expected = build_revision_prompt(it["prompt"], y0, feedback, runtime.task.answer_format,
                                      runtime.cfg.gen.revision_template)
     stored = runtime.store.get(iid).attempts[1]
-    assert a1["prompt"] == expected and stored.prompt_ids == runtime.engine.encode(expected)
+    assert a1["prompt"] == expected and stored.prompt_ids == runtime.policy.encode(expected)
     final = client.post(f"/api/interactions/{iid}/verdict", json={"attempt": 1, "correct": True}).json()
     assert final["state"] == "fixed" and [a["verdict"] for a in final["attempts"]] == [False, True]
     assert client.get(f"/api/interactions/{iid}").json()["state"] == "fixed"
@@ -122,7 +122,7 @@ def test_a_question_must_leave_room_for_a_revision(client, runtime):
             return False
 
     words = next(n for n in range(150, 0, -1) if fits(n))
-    limit = len(runtime.engine.encode(question_prompt(runtime.task, "zorvik " * words)))
+    limit = len(runtime.policy.encode(question_prompt(runtime.task, "zorvik " * words)))
     y1, seq = runtime.cfg.gen.max_new_tokens_y1, runtime.cfg.model.max_seq_len
     assert limit + 1 <= seq - runtime.cfg.gen.max_new_tokens_y0  # one word more passed the old check
     before = runtime.store.counts()["total"]
@@ -179,12 +179,12 @@ def test_rate_limit_per_client(runtime):
 
 
 def test_a_new_global_adapter_answers_without_restart(client, runtime):
-    state = {k: v + 0.01 for k, v in runtime.engine.global_state.items()}
+    state = {k: v + 0.01 for k, v in runtime.policy.global_state.items()}
     published = runtime.registry.publish(state, "server round 1", runtime.fingerprint)
     done = client.post("/api/ask", json={"question": "What color is the zorvik?"}).json()
     assert done["adapter"]["version"] == published.version and done["adapter"]["label"] == "server round 1"
     assert done["interaction"]["attempts"][0]["adapter_version"] == published.version
-    live = runtime.engine.adapter.get()
+    live = runtime.policy.adapter.get()
     assert all(torch.allclose(live[k], state[k]) for k in state)
     assert client.get("/api/status").json()["adapter"]["version"] == published.version
 
@@ -287,7 +287,7 @@ def test_a_new_start_on_the_same_state_folder_accepts_no_earlier_login(runtime):
         cookie = f"fedspear_session_80={c.cookies['fedspear_session_80']}"
     unused = old.state.login.issue()
     # the next `fedspear serve` of the folder: a new runtime on the same state folder, a new app
-    again = ClientRuntime(runtime.engine, runtime.task, runtime.cfg, runtime.state_dir, seed=0)
+    again = ClientRuntime(runtime.policy, runtime.task, runtime.cfg, runtime.state_dir, seed=0)
     try:
         new = create_app(again)
         assert new.state.secret != old.state.secret and not (runtime.state_dir / "token").exists()

@@ -54,13 +54,13 @@ def test_traces_follow_the_verdicts_as_oracle_feedback_would():
     assert m["generation_s"] == pytest.approx(1 + 2 + 2)
 
 
-def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_code(engine, tmp_path, monkeypatch):
+def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_code(policy, tmp_path, monkeypatch):
     """spear.confidence_fixed / confidence_unfixed reach the people's traces; the outcome metrics are SPEAR's own."""
     from dataclasses import replace
 
     from fedspear.algorithms import spear as spear_module
 
-    cfg = replace(engine.cfg, spear=replace(engine.cfg.spear, confidence_fixed=0.8, confidence_unfixed=0.3))
+    cfg = replace(policy.cfg, spear=replace(policy.cfg.spear, confidence_fixed=0.8, confidence_unfixed=0.3))
     seen = {}
 
     def capture(self, policy, job, data):
@@ -73,9 +73,9 @@ def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_cod
     monkeypatch.setattr("fedspear.serve.learning.outcome_metrics",
                         lambda m, n: (called.append(n), shared(m, n))[1])
     with TraceStore(tmp_path / "t.sqlite") as store:
-        _store_interaction(store, engine, " red", [False, True])  # fixed by a revision
-        _store_interaction(store, engine, " red", [False, False, False])  # never fixed
-        update_from_store(engine, engine.task, cfg, store, ClientJob(0, 1, [], 1e-3, 5))
+        _store_interaction(store, policy, " red", [False, True])  # fixed by a revision
+        _store_interaction(store, policy, " red", [False, False, False])  # never fixed
+        update_from_store(policy, policy.task, cfg, store, ClientJob(0, 1, [], 1e-3, 5))
     losses = seen["rollout"].losses
     assert sorted(t.confidence for t in losses) == pytest.approx([0.3, 0.8])
     assert called == [2]
@@ -83,16 +83,16 @@ def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_cod
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_world):
+def policy(tiny_world):
     return make_engine(tiny_world)
 
 
-def _store_interaction(store: TraceStore, engine, completion: str, verdicts: list[bool], hint: str = "think of sky"):
-    x0 = engine.encode("Question: What color is the zorvik?\nAnswer:")
-    ids = engine.tokenizer(completion, add_special_tokens=False)["input_ids"]
+def _store_interaction(store: TraceStore, policy, completion: str, verdicts: list[bool], hint: str = "think of sky"):
+    x0 = policy.encode("Question: What color is the zorvik?\nAnswer:")
+    ids = policy.tokenizer(completion, add_special_tokens=False)["input_ids"]
     first = NewAttempt("Question: What color is the zorvik?\nAnswer:", x0, ids, completion, False, 0, 0, 0.1)
     it = store.create_interaction(session="s", question="What color is the zorvik?", prompt=first.prompt,
-                                  model=model_fingerprint(engine), max_revisions=2, first=first)
+                                  model=model_fingerprint(policy), max_revisions=2, first=first)
     store.set_verdict(it.id, 0, verdicts[0])
     for k, verdict in enumerate(verdicts[1:], start=1):
         store.add_revision(it.id, NewAttempt("rev", [4], ids, completion, False, 0, 0, 0.1, feedback=hint))
@@ -100,24 +100,24 @@ def _store_interaction(store: TraceStore, engine, completion: str, verdicts: lis
     return store.get(it.id)
 
 
-def test_no_wins_no_update_and_nothing_marked(engine, tmp_path):
+def test_no_wins_no_update_and_nothing_marked(policy, tmp_path):
     with TraceStore(tmp_path / "t.sqlite") as store:
-        it = _store_interaction(store, engine, " red", [False, False, False])
-        result = update_from_store(engine, engine.task, engine.cfg, store, ClientJob(0, 1, [], 1e-3, 5))
+        it = _store_interaction(store, policy, " red", [False, False, False])
+        result = update_from_store(policy, policy.task, policy.cfg, store, ClientJob(0, 1, [], 1e-3, 5))
         assert result.adapter is None and result.weight == 0.0
         assert result.metrics["losses"] == 1 and result.metrics["store_interactions"] == 1
         assert store.get(it.id).trained_count == 0 and store.trainings() == []
 
 
-def test_update_trains_from_the_global_adapter_and_only_numbers_leave(engine, tmp_path):
+def test_update_trains_from_the_global_adapter_and_only_numbers_leave(policy, tmp_path):
     with TraceStore(tmp_path / "t.sqlite") as store:
         secret = "the glorvik is purple-ish"
         ids = [
-            _store_interaction(store, engine, " blue", [True]).id,
-            _store_interaction(store, engine, " red", [False, True], hint=secret).id,
+            _store_interaction(store, policy, " blue", [True]).id,
+            _store_interaction(store, policy, " red", [False, True], hint=secret).id,
         ]
-        before = {k: v.clone() for k, v in engine.global_state.items()}
-        result = update_from_store(engine, engine.task, engine.cfg, store, ClientJob(0, 1, [], 1e-2, 5))
+        before = {k: v.clone() for k, v in policy.global_state.items()}
+        result = update_from_store(policy, policy.task, policy.cfg, store, ClientJob(0, 1, [], 1e-2, 5))
         assert result.weight == 2.0  # n_eff = wins: the accepted answer and the accepted revision
         assert set(result.adapter) == set(before)
         assert any(not torch.equal(result.adapter[k], before[k]) for k in before)
@@ -140,20 +140,20 @@ def test_update_trains_from_the_global_adapter_and_only_numbers_leave(engine, tm
             assert text.encode() not in payload
 
 
-def _logp(engine, x0: list[int], ids: list[int]) -> float:
+def _logp(policy, x0: list[int], ids: list[int]) -> float:
     from fedspear.algorithms.base import Trace
     from fedspear.algorithms.common import completion_logprobs, make_batch
 
-    batch = make_batch([Trace(x0, ids)], engine.tokenizer.pad_token_id, 256, engine.device)
+    batch = make_batch([Trace(x0, ids)], policy.tokenizer.pad_token_id, 256, policy.device)
     with torch.no_grad():
-        return float(completion_logprobs(engine.model, batch).sum())
+        return float(completion_logprobs(policy.model, batch).sum())
 
 
 def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp_path):
     """Teach a wrong answer away through the steps the page calls: wrong, hint, accept the revision, train."""
     # top_k 0: the sampled revision this test was written against (gen.top_k=50 samples another one)
-    engine = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
-    runtime = ClientRuntime(engine, engine.task, engine.cfg, tmp_path / "client", seed=3)
+    policy = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
+    runtime = ClientRuntime(policy, policy.task, policy.cfg, tmp_path / "client", seed=3)
     ex_id = runtime.list_examples(1, group="misconception", kind="mc")[0]["id"]
     done = runtime.run_to_end(runtime.prepare_ask(example_id=ex_id))
     it_id = done["interaction"]["id"]
@@ -162,14 +162,14 @@ def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp
     runtime.verdict(it_id, 1, True)
     stored = runtime.store.get(it_id)
     x0, y0, y1 = stored.attempts[0].prompt_ids, stored.attempts[0].completion_ids, stored.attempts[1].completion_ids
-    assert stored.state == "fixed" and x0 == engine.encode(runtime.examples[ex_id].prompt)
-    win_before, lose_before = _logp(engine, x0, y1), _logp(engine, x0, y0)
+    assert stored.state == "fixed" and x0 == policy.encode(runtime.examples[ex_id].prompt)
+    win_before, lose_before = _logp(policy, x0, y1), _logp(policy, x0, y0)
     result = runtime.train_from_store(ClientJob(0, 1, [], 0.02, 11))
     assert result.metrics["wins_revision"] == 1 and result.metrics["losses_fixed"] == 1
-    served = engine.adapter.get()
-    assert all(torch.equal(served[k], engine.global_state[k]) for k in served)  # the app still serves the global
-    engine.adapter.set(result.adapter)
-    win_after, lose_after = _logp(engine, x0, y1), _logp(engine, x0, y0)
+    served = policy.adapter.get()
+    assert all(torch.equal(served[k], policy.global_state[k]) for k in served)  # the app still serves the global
+    policy.adapter.set(result.adapter)
+    win_after, lose_after = _logp(policy, x0, y1), _logp(policy, x0, y0)
     # the revision, trained under the original prompt x0 (without the hint), became much more likely
     assert result.metrics["steps"] == 10 and result.metrics["skipped_steps"] == 0
     assert win_after > win_before + 1.0  # e times more likely at least (tiny model: +1.4 nats in 10 steps)
@@ -188,7 +188,7 @@ def test_train_local_publishes_a_version_the_running_client_picks_up(tiny_world,
     again = runtime.run_to_end(runtime.prepare_ask(question="What color is the zorvik?"))
     assert again["adapter"]["version"] == 1
     assert again["interaction"]["attempts"][0]["adapter_label"] == "local round 1"
-    live = runtime.engine.adapter.get()
+    live = runtime.policy.adapter.get()
     published = runtime.registry.load(runtime.registry.current())
     assert all(torch.equal(live[k], published[k]) for k in published)
     # a second round starts from the published version

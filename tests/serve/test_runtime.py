@@ -16,7 +16,7 @@ def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_f
     a = ClientRuntime(*make_client(world), state, seed=0)
     done = a.run_to_end(a.prepare_ask(question="What color is the zorvik?"))
     a.verdict(done["interaction"]["id"], 0, True)
-    trained = {k: v + 0.5 for k, v in a.engine.global_state.items()}
+    trained = {k: v + 0.5 for k, v in a.policy.global_state.items()}
     a.registry.publish(trained, "local round 1", a.fingerprint)
     model_a = a.fingerprint
     a.close()
@@ -33,7 +33,7 @@ def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_f
     # back to the first model: it continues from its own latest adapter, and its trace is there
     a2 = ClientRuntime(*make_client(world), state, seed=0)
     assert a2.fingerprint == model_a and a2.live.loaded.label == "local round 1" and a2.live.loaded.version == 3
-    live = a2.engine.adapter.get()
+    live = a2.policy.adapter.get()
     assert all(torch.allclose(live[k], trained[k]) for k in trained)
     assert a2.store.counts(model_a)["accepted"] == 1
     a2.close()
