@@ -520,7 +520,14 @@ def validate(cfg: Config) -> None:
            "is empty (the run would be written into the current folder); set e.g. output_dir=runs/my-run")
     resolve_algorithm_name(cfg.algorithm.name)
     _one_of_or_dotted(cfg.data.dataset, "data.dataset", TASKS)
-    _one_of(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
+    _one_of_or_dotted(cfg.fl.aggregation, "fl.aggregation", AGGREGATIONS)
+    if ":" in cfg.fl.aggregation:  # a user's rule: importable and callable before any work
+        from fedspear.dotted import describe, load_object
+
+        rule = load_object(cfg.fl.aggregation, "fl.aggregation")
+        _check(callable(rule) and not isinstance(rule, type), "fl.aggregation",
+               f"'{cfg.fl.aggregation}' is {describe(rule)}, not a function; name a function "
+               "rule(states, weights, fl_cfg) -> new state (docs/extending.md)")
     _one_of(cfg.model.dtype, "model.dtype", DTYPES)
     threads = str(cfg.model.torch_threads).strip().lower()
     _check(threads == "auto" or (threads.isdigit() and int(threads) >= 1), "model.torch_threads",

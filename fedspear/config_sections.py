@@ -95,7 +95,8 @@ class FLConfig:
     local_train_steps: int = _f(50, "optimizer steps S per client-round")
     local_rollout_steps: int = _f(25, "rollout prompts P per client-round")
     aggregation: str = _f("fedavg", "fedavg | fedadam | fedyogi | median | trimmed_mean | krum | multi_krum "
-                          "(the last four are robust to a few bad clients; docs/privacy-and-robustness.md)")
+                          "(the last four are robust to a few bad clients; docs/privacy-and-robustness.md), or module:function, "
+                          "your own rule (docs/extending.md)")
     trim_ratio: float = _f(0.1, "(fedspear) trimmed_mean: share of clients dropped at each end, per coordinate")
     krum_f: int = _f(1, "(fedspear) krum / multi_krum: number of Byzantine clients f tolerated")
     multi_krum_m: int | None = _f(None, "(fedspear) multi_krum: updates averaged; None = clients - f")

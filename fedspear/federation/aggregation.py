@@ -10,11 +10,13 @@ returns the last client's adapter because its states alias the live weights; doc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from fedspear.config import FLConfig
+from fedspear.dotted import describe, is_dotted, load_object
 from fedspear.models import is_finite_state
 from fedspear.privacy import usable_results  # the one filter of both aggregations (also importable from here)
 
@@ -223,6 +225,44 @@ def robust_aggregate(states: list[State], fl_cfg: FLConfig) -> tuple[State, dict
     return state, info
 
 
+def user_rule(fl_cfg: FLConfig | None) -> Callable[..., Any] | None:
+    """The user's aggregation rule when ``fl.aggregation`` is a dotted path ``module:function`` (docs/extending.md,
+    "Your own aggregation rule"), else None (a built-in name)."""
+    if fl_cfg is None or not is_dotted(fl_cfg.aggregation):
+        return None
+    return load_object(fl_cfg.aggregation, "fl.aggregation")
+
+
+def apply_user_rule(rule: Callable[..., Any], states: list[State], weights: list[float],
+                    fl_cfg: FLConfig) -> tuple[State, dict[str, Any]]:
+    """Call a user's rule as ``rule(states, weights, fl_cfg)`` on the usable client updates.
+
+    Args:
+        rule: the function ``fl.aggregation`` names.
+        states: the finite client adapters with an update (same keys and shapes).
+        weights: their aggregation weights (n_eff, > 0), in the same order.
+        fl_cfg: the ``fl`` section (the rule may read its own settings from it).
+
+    Returns:
+        (new state as fresh tensors in each key's input dtype, info with ``aggregation_rule`` = the dotted path and
+        whatever dict the rule returned as the second item of a pair).
+
+    Raises:
+        ValueError: the rule returned something other than a state or (state, dict), or a state whose keys or
+            shapes differ from the clients'.
+    """
+    out = rule([{k: t.clone() for k, t in s.items()} for s in states], list(weights), fl_cfg)
+    extra: dict[str, Any] = {}
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+        out, extra = out
+    if not isinstance(out, dict) or not all(isinstance(t, torch.Tensor) for t in out.values()):
+        raise ValueError(f"fl.aggregation={fl_cfg.aggregation}: {describe(rule)} must return the new adapter state "
+                         "(dict of tensors) or (state, dict of figures)")
+    _check_same_layout(states[0], out, f"fl.aggregation={fl_cfg.aggregation}")
+    state = {k: out[k].detach().to(dtype=states[0][k].dtype, device="cpu").clone() for k in states[0]}
+    return state, {**extra, "aggregation_rule": fl_cfg.aggregation}
+
+
 class ServerOptimizer:
     """FedAdam / FedYogi server optimizer (Reddi et al. 2020, "Adaptive Federated Optimization").
 
@@ -360,7 +400,8 @@ def aggregate(
         results: (adapter state or None, weight) per selected client.
         server_opt: FedAdam/FedYogi optimizer, or None for plain FedAvg (the average becomes the new global).
         fl_cfg: when its ``aggregation`` is a robust rule (:data:`ROBUST_RULES`), that rule replaces FedAvg
-            (unweighted, see :func:`robust_aggregate`); None or any other value = FedAvg.
+            (unweighted, see :func:`robust_aggregate`); a dotted path ``module:function`` is a user's rule
+            (:func:`apply_user_rule`); None or any other value = FedAvg.
 
     Returns:
         (new global state, info). The new state is always new memory; when nothing was aggregated it is a
@@ -373,7 +414,11 @@ def aggregate(
     """
     kept_states, kept_weights, num_without_update, num_nonfinite = usable_results(results)
     robust_info: dict[str, Any] = {}
-    if fl_cfg is not None and fl_cfg.aggregation in ROBUST_RULES and kept_states:
+    rule = user_rule(fl_cfg)
+    if rule is not None and kept_states:
+        assert fl_cfg is not None
+        avg, robust_info = apply_user_rule(rule, kept_states, kept_weights, fl_cfg)
+    elif fl_cfg is not None and fl_cfg.aggregation in ROBUST_RULES and kept_states:
         avg, robust_info = robust_aggregate(kept_states, fl_cfg)
     else:
         avg = fedavg(kept_states, kept_weights)

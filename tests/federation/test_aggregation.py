@@ -186,3 +186,68 @@ def test_server_optimizer_config_and_errors():
         adam.load_state_dict(opt.state_dict())
     with pytest.raises(ValueError, match="no server optimizer state"):
         adam.from_tensors({"w": torch.zeros(1)})
+
+
+def _write_rule(tmp_path, monkeypatch, body: str) -> str:
+    """A user's module ``user_agg_rules`` with ``body`` in it, importable for this test only."""
+    import sys
+
+    (tmp_path / "user_agg_rules.py").write_text("import torch\n\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_agg_rules", raising=False)
+    return "user_agg_rules"
+
+
+def test_a_users_aggregation_rule_by_dotted_path_replaces_fedavg(tmp_path, monkeypatch):
+    """fl.aggregation=module:function: the rule gets the usable states (non-finite and weight-0 dropped) and their
+    weights; its result is the new global adapter (fresh memory, input dtype), its figures go into info."""
+    from fedspear.config import FLConfig
+
+    mod = _write_rule(tmp_path, monkeypatch, "def cmax(states, weights, fl_cfg):\n"
+                      "    return {k: torch.stack([s[k] for s in states]).amax(0) for k in states[0]}, "
+                      "{'seen_weights': weights}\n")
+    g = {"a": torch.zeros(2)}
+    results = [({"a": torch.tensor([1.0, -5.0])}, 2.0), ({"a": torch.tensor([0.0, 3.0])}, 1.0),
+               ({"a": torch.tensor([float("nan"), 9.0])}, 1.0), ({"a": torch.tensor([7.0, 7.0])}, 0.0)]
+    new, info = aggregate(g, results, None, FLConfig(aggregation=f"{mod}:cmax"))
+    assert new["a"].tolist() == [1.0, 3.0] and new["a"].dtype == torch.float32
+    assert info["aggregation_rule"] == f"{mod}:cmax" and info["seen_weights"] == [2.0, 1.0]
+    assert info["num_aggregated"] == 2 and info["num_excluded_nonfinite"] == 1
+
+
+def test_a_users_rule_returning_another_layout_stops_with_its_name(tmp_path, monkeypatch):
+    from fedspear.config import FLConfig
+
+    mod = _write_rule(tmp_path, monkeypatch, "def bad(states, weights, fl_cfg):\n    return {'b': states[0]['a']}\n")
+    with pytest.raises(ValueError, match=f"fl.aggregation={mod}:bad: adapter keys differ"):
+        aggregate({"a": torch.zeros(2)}, [({"a": torch.ones(2)}, 1.0)], None, FLConfig(aggregation=f"{mod}:bad"))
+
+
+def test_check_refuses_a_rule_that_is_not_a_function_or_does_not_import(tmp_path, monkeypatch):
+    from fedspear.config import ConfigError, load_config
+
+    mod = _write_rule(tmp_path, monkeypatch, "class NotAFunction:\n    pass\n\n\n"
+                      "def ok(states, weights, fl_cfg):\n    return states[0]\n")
+    with pytest.raises(ConfigError, match=f"fl.aggregation.*{mod}.NotAFunction, not a function"):
+        load_config(None, [f"fl.aggregation={mod}:NotAFunction"])
+    with pytest.raises(ConfigError, match="fl.aggregation=no_such_pkg_xyz:f: cannot import 'no_such_pkg_xyz'"):
+        load_config(None, ["fl.aggregation=no_such_pkg_xyz:f"])
+    with pytest.raises(ConfigError, match="central DP adds noise to the sum"):
+        load_config(None, [f"fl.aggregation={mod}:ok", "dp.mode=central"])
+    assert load_config(None, [f"fl.aggregation={mod}:ok"]).fl.aggregation == f"{mod}:ok"
+
+
+def test_a_run_aggregates_with_the_users_rule(tmp_path, monkeypatch, tiny_qwen):
+    """End to end through the simulator: the rule's result is the new global adapter of every round (here a rule
+    that keeps the round-start adapter's layout but zeroes it), and each row names the rule."""
+    from conftest import require_shared_data, run_tiny
+    from safetensors.torch import load_file as load
+
+    require_shared_data()
+    mod = _write_rule(tmp_path, monkeypatch, "def zero(states, weights, fl_cfg):\n"
+                      "    return {k: torch.zeros_like(t) for k, t in states[0].items()}\n")
+    run_dir, rows = run_tiny(tiny_qwen, tmp_path / "run", **{"fl.rounds": 1, "fl.aggregation": f"{mod}:zero"})
+    trained = [r for r in rows if r["round"] == 1]
+    assert trained and trained[0]["aggregation"]["aggregation_rule"] == f"{mod}:zero"
+    final = load(str(next(run_dir.glob("**/adapter_model.safetensors"))))
+    assert final and all(float(t.abs().max()) == 0.0 for t in final.values())
