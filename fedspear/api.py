@@ -135,13 +135,15 @@ def check_before_work(cfg: _config.Config) -> None:
         check_lora_targets(cfg)
 
 
-def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
+def run(config: ConfigInput = None, overrides: Overrides = None, observers: Sequence[Any] = ()) -> RunResult:
     """Run a federation in this process (what ``fedspear run`` does) and return its run folder and metrics.
 
     Args:
         config: a Config (not modified), or what :func:`load_config` takes (a YAML path, a preset name, None, or a
             mapping of config values on the default preset).
         overrides: ``KEY=VALUE`` items, or a mapping ``{"fl.rounds": 3}``, applied on top of ``config``.
+        observers: round observers (``fedspear.federation.observers.RoundObserver``), told of every round's
+            ``RoundRow`` after the run's own writer, trackers and console line (docs/extending.md).
 
     Returns:
         The :class:`RunResult`.
@@ -157,5 +159,5 @@ def run(config: ConfigInput = None, overrides: Overrides = None) -> RunResult:
     from fedspear.federation import simulator  # imports torch
     from fedspear.records import RunRecord
 
-    run_dir = simulator.run(replace(cfg))
+    run_dir = simulator.run(replace(cfg), observers=observers)
     return RunResult(run_dir, RunRecord(run_dir).read_metrics())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_run_given_a_mapping_runs_that_config(tmp_path, monkeypatch):
     from fedspear.federation import simulator
 
     seen: list[Config] = []
-    monkeypatch.setattr(simulator, "run", lambda cfg: seen.append(cfg) or tmp_path)
+    monkeypatch.setattr(simulator, "run", lambda cfg, observers=(): seen.append(cfg) or tmp_path)
     result = fedspear.run({"fl": {"rounds": 1}, "output_dir": str(tmp_path)}, {"data.seed": 3})
     assert result.run_dir == tmp_path and result.rows == []
     expected = fedspear.load_config(None, ["fl.rounds=1", f"output_dir={tmp_path}", "data.seed=3"])
@@ -67,6 +68,31 @@ def test_run_given_a_mapping_runs_that_config(tmp_path, monkeypatch):
     cfg = fedspear.load_config(None, ["fl.rounds=2"])
     fedspear.run(cfg, {"fl.rounds": 1})
     assert seen[1].fl.rounds == 1 and cfg.fl.rounds == 2  # the caller's Config is not modified
+
+
+def test_run_tells_the_callers_observers_every_round_after_the_record(tmp_path):
+    """fedspear.run(..., observers=[...]): each observer gets every round's RoundRow, in order, after the row is in
+    metrics.jsonl (the record is written first), then on_finish; the rows it saw are the run's rows."""
+    from fedspear.federation.observers import RoundObserver
+    from fedspear.records import RunRecord
+
+    class Watch(RoundObserver):
+        def __init__(self) -> None:
+            self.rounds, self.on_disk, self.finished = [], [], 0
+
+        def on_round(self, row) -> None:
+            self.rounds.append(row.round)
+            self.on_disk.append(len(RunRecord(Path(cfg.output_dir)).read_metrics()))
+
+        def on_finish(self, final_adapter, report) -> None:
+            self.finished += 1
+
+    watch = Watch()
+    cfg = fedspear.load_config(None, ["fl.rounds=2", "fl.local_rollout_steps=4", "fl.local_train_steps=2",
+                                      "data.max_eval_examples=8", "model.torch_threads=1", f"output_dir={tmp_path / 'r'}"])
+    result = fedspear.run(cfg, observers=[watch])
+    assert watch.rounds == [0, 1, 2] and watch.on_disk == [1, 2, 3] and watch.finished == 1
+    assert [r["round"] for r in result.rows] == [0, 1, 2]
 
 
 def test_the_error_classes_are_exported():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from fedspear.config import Config, load_config
 from fedspear.federation.aggregation import ServerOptimizer, build_server_optimizer
 from fedspear.federation.assembly import assemble
 from fedspear.federation.client import run_clients
+from fedspear.federation.observers import RoundObserver
 from fedspear.federation.rounds import RoundRow
 from fedspear.federation.server import (
     COUNT_KEYS,
@@ -87,8 +88,10 @@ class LocalClients:
                 else ClientReport.from_result(job.client_id, res) for job, res in zip(jobs, results, strict=True)]
 
 
-def _server(fed: Federation, server_opt: ServerOptimizer | None) -> FederatedServer:
-    return FederatedServer(fed.cfg, fed.record, fed.policy, fed.eval_set, server_opt, task=fed.task)
+def _server(fed: Federation, server_opt: ServerOptimizer | None,
+            observers: Sequence[RoundObserver] = ()) -> FederatedServer:
+    return FederatedServer(fed.cfg, fed.record, fed.policy, fed.eval_set, server_opt, task=fed.task,
+                           observers=observers)
 
 
 def run_round(fed: Federation, round_idx: int, server_opt: Any) -> RoundRow:
@@ -106,8 +109,11 @@ def train_loop(fed: Federation, start_round: int, server_opt: Any) -> None:
     _server(fed, server_opt).run_rounds(LocalClients(fed), start_round, _after_round)
 
 
-def run(cfg: Config) -> Path:
+def run(cfg: Config, observers: Sequence[RoundObserver] = ()) -> Path:
     """Start a new run in ``cfg.output_dir`` (placeholders expanded); returns the run folder.
+
+    ``observers`` (:class:`~fedspear.federation.observers.RoundObserver`) are told of every round after the run's
+    own (metrics.jsonl and checkpoint, trackers, console line); docs/extending.md, "Watching the rounds".
 
     The run holds its folder until it ends (:meth:`RunRecord.create`); with ``{time}`` in ``output_dir`` it makes a
     new folder (``-1``, ``-2``... appended when runs start in the same second, :func:`new_output_dir`). A folder
@@ -125,10 +131,11 @@ def run(cfg: Config) -> Path:
     record = RunRecord(Path(cfg.output_dir))
     if Path(cfg.output_dir) != Path(expanded):  # a suffixed name ("-1") that this start created itself
         made = Path(cfg.output_dir)
-    return _start(cfg, record, keep_config=False, made=made)
+    return _start(cfg, record, keep_config=False, made=made, observers=observers)
 
 
-def _start(cfg: Config, record: RunRecord, keep_config: bool, made: Path | None) -> Path:
+def _start(cfg: Config, record: RunRecord, keep_config: bool, made: Path | None,
+           observers: Sequence[RoundObserver] = ()) -> Path:
     """Create the run folder, set up, open the trackers, then round 0 and the rounds; the folder is this run's
     (locked, :meth:`RunRecord.lock`) until it returns or raises.
 
@@ -142,7 +149,7 @@ def _start(cfg: Config, record: RunRecord, keep_config: bool, made: Path | None)
             fed = setup(cfg, record)
             with disk_errors(record.run_dir / "data_stats.json", "the data statistics", record.resume_advice()):
                 (record.run_dir / "data_stats.json").write_text(json.dumps(fed.load_stats, indent=1))
-            server = _server(fed, build_server_optimizer(fed.cfg.fl))
+            server = _server(fed, build_server_optimizer(fed.cfg.fl), observers)
             server.open_trackers()
         except BaseException:
             record.discard_start(remove_config=not keep_config, made=made)
@@ -160,8 +167,8 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     return load_config(Path(run_dir) / "config.yaml", overrides)
 
 
-def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
-    """Continue an interrupted run from its last checkpoint (round k+1 onward).
+def resume(run_dir: Path, overrides: list[str] | None = None, observers: Sequence[RoundObserver] = ()) -> Path:
+    """Continue an interrupted run from its last checkpoint (round k+1 onward); ``observers`` as in :func:`run`.
 
     A folder whose run never completed round 0 (no checkpoint) is started again from its config.yaml.
 
@@ -181,10 +188,11 @@ def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
                                    f"round 0; this run cannot be resumed: start it again with a new output_dir")
             logger.warning("%s has no checkpoint (its start failed before round 0 completed); starting it again",
                            run_dir)
-            return _start(replace(cfg, output_dir=str(run_dir)), record, keep_config=True, made=None)
+            return _start(replace(cfg, output_dir=str(run_dir)), record, keep_config=True, made=None,
+                          observers=observers)
         record.read_checkpoint()  # verify before loading data and model (RunFileError names a damaged file)
         fed = setup(cfg, record)
-        server = _server(fed, build_server_optimizer(fed.cfg.fl))
+        server = _server(fed, build_server_optimizer(fed.cfg.fl), observers)
         done = server.resume()
         server.open_trackers()  # a tracker that cannot start fails before the first resumed round
         server.run_rounds(LocalClients(fed), done + 1, _after_round)
