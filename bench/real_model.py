@@ -131,17 +131,9 @@ def plot_task(task: str, runs: dict[tuple[str, int], list[dict]], out_dir: Path)
 
 def _ci(values: list[float], spec: str = ".3f") -> str:
     """``mean [low, high]`` (95% Student-t over seeds, :func:`fedspear.sweep.mean_ci`); the mean alone for one seed."""
-    from fedspear.sweep import mean_ci
+    from fedspear.sweep import format_ci, mean_ci
 
-    return _fmt_ci(mean_ci(values), spec)
-
-
-def _fmt_ci(ci: dict, spec: str = ".3f") -> str:
-    if ci["mean"] is None:
-        return "-"
-    if ci["low"] is None:
-        return format(ci["mean"], spec)
-    return f"{ci['mean']:{spec}} [{ci['low']:{spec}}, {ci['high']:{spec}}]"
+    return format_ci(mean_ci(values), spec)
 
 
 def base_accuracy(runs: dict[tuple[str, int], list[dict]]) -> dict[int, tuple[float, int]]:
@@ -164,7 +156,7 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
     """One row per algorithm (and the base model): accuracy before/after as mean [95% t interval] over seeds, the
     paired difference to no training (end - round 0 per seed, on item counts) with the paired t p over seeds and
     its Holm adjustment over the algorithms, and the mean cost figures per round / client-round."""
-    from fedspear.sweep import holm, mcnemar_items, paired_tests
+    from fedspear.sweep import format_ci, holm, mcnemar_items, paired_tests
 
     base = base_accuracy(runs)
     algorithms = sorted({a for a, _ in runs})
@@ -207,7 +199,7 @@ def summary_table(runs: dict[tuple[str, int], list[dict]]) -> list[str]:
         up = [x["bytes_up"] for x in sums.values() if x["bytes_up"] is not None]
         lines.append(
             f"| {algorithm} | {','.join(map(str, seeds))} | {_ci([sums[s]['before'] for s in seeds])} | {_ci(end)} | "
-            f"{_fmt_ci(test['diff'], '+.3f')} | {p} | {test['mcnemar']} | "
+            f"{format_ci(test['diff'], '+.3f')} | {p} | {test['mcnemar']} | "
             f"{f'{fixed:.0f}/{needs:.0f} ({fixed / needs:.0%})' if needs else '-'} | "
             f"{_ci([x['round_s'] for x in sums.values() if x['round_s'] is not None], '.0f')} | "
             f"{per_round('tokens_generated'):.0f} | {per_round('tokens_trained'):.0f} | "

@@ -491,7 +491,8 @@ def reference_of(cell: Cell, ref: tuple[str, str, str]) -> Cell | None:
     return None if other == cell else other
 
 
-def _fmt_ci(ci: dict[str, Any], spec: str = ".3f") -> str:
+def format_ci(ci: dict[str, Any], spec: str = ".3f") -> str:
+    """A :func:`mean_ci` result as ``mean [low, high]`` (the mean alone without an interval, "-" without a mean)."""
     if ci["mean"] is None:
         return "-"
     if ci["low"] is None:
@@ -517,7 +518,7 @@ def _fmt_mcnemar(tests: dict[str, dict[str, Any]]) -> str:
 def _fmt_bootstrap(test: dict[str, Any] | None) -> str:
     if test is None:
         return "-"
-    return f"{_fmt_ci(test, '+.3f')} {_fmt_p(test)}"
+    return f"{format_ci(test, '+.3f')} {_fmt_p(test)}"
 
 
 def collect(cells: list[Cell], seeds: list[int], dirs: dict[tuple[Cell, int], Path]) -> dict[Cell, dict[str, Any]]:
@@ -597,8 +598,8 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
     for cell in cells:
         s = stats[cell]
         n = f"{s['accuracy']['n']}" + (f" (missing {s['missing']})" if s["missing"] else "")
-        lines.append("| " + " | ".join([cell.label, n, _fmt_ci(s["accuracy"]),
-                                        *(_fmt_ci(s["groups"][g]) if g in s["groups"] else "-" for g in groups)])
+        lines.append("| " + " | ".join([cell.label, n, format_ci(s["accuracy"]),
+                                        *(format_ci(s["groups"][g]) if g in s["groups"] else "-" for g in groups)])
                      + " |")
     lines.append("")
     if comparisons:
@@ -618,8 +619,8 @@ def write_sweep(base: Path, grid: list[tuple[str, list[str]]], algorithms: list[
                 "Wilcoxon p (Holm)", "bootstrap Δ p (Holm)", "McNemar per seed b/c p (Holm)"]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for cell, other, c in comparisons:
-            lines.append("| " + " | ".join([cell.label, other.label, _fmt_ci(c["diff"], "+.3f"),
-                                            *(_fmt_ci(c["group_diff"][g], "+.3f") if g in c["group_diff"] else "-"
+            lines.append("| " + " | ".join([cell.label, other.label, format_ci(c["diff"], "+.3f"),
+                                            *(format_ci(c["group_diff"][g], "+.3f") if g in c["group_diff"] else "-"
                                               for g in groups),
                                             _fmt_p(c["t_test"]), _fmt_p(c["wilcoxon"]),
                                             _fmt_bootstrap(c["bootstrap"]), _fmt_mcnemar(c["mcnemar"])]) + " |")
