@@ -132,6 +132,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def metrics_line(row: RoundRow | dict[str, Any]) -> str:
+    """A row as its metrics.jsonl line, without the newline: JSON, NaN/inf as null (``json.loads`` of it is what
+    :meth:`RunRecord.read_metrics` returns for that row)."""
+    data = row.to_dict() if isinstance(row, RoundRow) else row
+    return json.dumps(_jsonable(data), allow_nan=False, ensure_ascii=False)
+
+
 def _jsonable(value: Any) -> Any:
     """A copy of ``value`` that ``json.dumps(allow_nan=False)`` accepts: NaN/inf become None,
     numpy/torch scalars become Python numbers, tuples and sets become lists, other objects their str()."""
@@ -413,9 +420,9 @@ class RunRecord:
 
         A partial last line left by a crash is cut off first, so the new row starts on its own line.
         """
-        data = row.to_dict() if isinstance(row, RoundRow) else row
-        line = json.dumps(_jsonable(data), allow_nan=False, ensure_ascii=False)
-        with disk_errors(self.metrics_path, f"the row of round {data.get('round')}", self.resume_advice()):
+        line = metrics_line(row)
+        what = f"the row of round {row.round if isinstance(row, RoundRow) else row.get('round')}"
+        with disk_errors(self.metrics_path, what, self.resume_advice()):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._drop_partial_last_line()
             _fsync_write(self.metrics_path, line + "\n", "a")

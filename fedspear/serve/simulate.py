@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedspear.config import Config, load_config
+from fedspear.federation.observers import RoundObserver
 from fedspear.log import setup_logging
 from fedspear.presets import resolve_config
 from fedspear.tasks.base import Example, Task
 
 if TYPE_CHECKING:  # the server module imports torch; the scripted person does not need it
+    from fedspear.federation.rounds import RoundRow
     from fedspear.federation.server import ClientReport, RoundPlan
     from fedspear.serve.runtime import ClientRuntime
 
@@ -244,6 +246,28 @@ class ServedClients:
         return reports
 
 
+class FederationLog(RoundObserver):
+    """Observes a served federation's rounds: keeps each row as metrics.jsonl holds it (round 0 included), logs
+    the interface figures of each training round and rewrites ``federation.json`` (all rows so far) after each.
+
+    Args:
+        path: the ``federation.json`` to write.
+        runner: the federation's client runner; its ``fields`` (the round's interface figures) are logged by name.
+    """
+
+    def __init__(self, path: Path, runner: ServedClients) -> None:
+        self.path, self.runner = path, runner
+        self.rows: list[dict[str, Any]] = []
+
+    def on_round(self, row: RoundRow) -> None:
+        from fedspear.records import metrics_line  # torch: imported once the federation runs
+
+        self.rows.append(json.loads(metrics_line(row)))
+        if row.round:
+            logger.info("round %d: %s", row.round, {k: self.rows[-1][k] for k in self.runner.fields})
+            self.path.write_text(json.dumps(self.rows, indent=1, default=float))
+
+
 def _served_config(cfg: Config, out_dir: Path, clients: int, rounds: int, evaluate_global: bool) -> Config:
     """``cfg`` for a served federation: every client in every round, the run folder ``out_dir/server``."""
     from dataclasses import replace
@@ -308,23 +332,17 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         for rt in runtimes:
             publish_global(rt.registry, rt.policy, global_state, f"server round {round_idx}")
 
-    rows: list[dict[str, Any]] = []
     try:
         for srv in servers:
             srv.__enter__()
         people = [ScriptedPerson(ApiClient(srv.url, session=f"person{i}", token=srv.app.state.secret), run.task, cfg)
                   for i, srv in enumerate(servers)]
         runner = ServedClients(runtimes, people, run.clients, questions)
-        server = FederatedServer(cfg, record, run.policy, run.eval_set, publish=publish, task=run.verifier)
+        log = FederationLog(out_dir / "federation.json", runner)
+        server = FederatedServer(cfg, record, run.policy, run.eval_set, publish=publish, task=run.verifier,
+                                 observers=[log])
         server.start()
-        rows.append(record.read_metrics()[-1])
-
-        def after_round(r: int) -> None:
-            rows.append(record.read_metrics()[-1])
-            logger.info("round %d: %s", r, {k: rows[-1][k] for k in runner.fields})
-            (out_dir / "federation.json").write_text(json.dumps(rows, indent=1, default=float))
-
-        server.run_rounds(runner, 1, after_round)  # the one round loop: a stop or failure closes the trackers
+        server.run_rounds(runner, 1)  # the one round loop: a stop or failure closes the trackers
         server.finish()
     finally:
         for srv in servers:
@@ -332,7 +350,7 @@ def run_federation(cfg: Config, out_dir: str | Path, clients: int = 3, rounds: i
         for rt in runtimes:
             rt.close()
         record.release()  # the run folder is free again, however the federation ended
-    return rows
+    return log.rows
 
 
 def measure_latency(cfg: Config, out_dir: str | Path, conversations: int = 40, seed: int = 0) -> dict[str, Any]:
