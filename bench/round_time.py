@@ -180,7 +180,7 @@ def time_algorithm(bench_dir: Path, algorithm: str, rounds: int, extra: list[str
     ev_start = time.perf_counter()
     from fedspear.evaluation import evaluate
 
-    fed.policy.load_global()
+    # the live model holds the last round's global adapter (the server puts it there after aggregating)
     ev = evaluate(fed.policy, fed.task, fed.cfg, fed.eval_set)
     out["eval_s"] = time.perf_counter() - ev_start
     out["eval_n"] = ev["n"]

@@ -334,20 +334,18 @@ class AdapterHandle:
 
 @dataclass
 class Policy:
-    """The model being trained: live PEFT model, tokenizer, adapter handle and the round-start global adapter.
+    """The model being trained: live PEFT model, tokenizer, adapter handle and sequence limit.
 
-    It holds no config and no task: an algorithm gets those itself (``Algorithm.task``, ``Algorithm.run``), and
-    the few model-side settings generation needs are typed fields fixed when the model is loaded.
+    It holds no config, no task and no global adapter: an algorithm gets the first two itself (``Algorithm.task``,
+    ``Algorithm.run``) and each client job carries the round-start adapter it trains from
+    (``ClientJob.start_state``, owned by the server); the few model-side settings generation needs are typed
+    fields fixed when the model is loaded.
 
     Attributes:
         model: the PEFT model (base frozen, LoRA "default" trainable).
         tokenizer: the tokenizer (left padding).
         device: where the model lives.
         adapter: handle on the live LoRA parameters.
-        global_state: the round-start global adapter (CPU tensors) the algorithms train from, anchor to and score
-            against. Only its owner writes it: the server (:class:`~fedspear.federation.server.FederatedServer`)
-            and, at the start of each client job, the job's start state
-            (:func:`~fedspear.federation.client.start_job`).
         model_name: the base model's name (``model.model_name``), for fingerprints.
         max_seq_len: prompt + completion tokens kept (``model.max_seq_len``).
         gen_batch_size: prompts per generation batch (``gen.rollout_batch_size``).
@@ -366,7 +364,6 @@ class Policy:
     tokenizer: Any
     device: torch.device
     adapter: AdapterHandle
-    global_state: dict[str, torch.Tensor]
     model_name: str = ""
     max_seq_len: int = 2048
     gen_batch_size: int = 8
@@ -402,10 +399,6 @@ class Policy:
         """A scored continuation as the model writes it after a prompt: under the chat template the assistant
         turn starts on a fresh line, so the leading space of e.g. " B" (which follows "Answer:") is dropped."""
         return text.lstrip(" ") if self.chat_template else text
-
-    def load_global(self) -> None:
-        """Put the round-start global adapter into the live model."""
-        self.adapter.set(self.global_state)
 
 
 def encode_prompt(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
@@ -561,7 +554,7 @@ def load_policy(cfg: Any) -> Policy:
                                  cfg.model.tokenizer_name or cfg.model.model_name)
     model = attach_lora(base, cfg, seed=cfg.data.seed)
     handle = AdapterHandle.from_model(model)
-    return Policy(model, tokenizer, device, handle, handle.get(), model_name=cfg.model.model_name,
+    return Policy(model, tokenizer, device, handle, model_name=cfg.model.model_name,
                   max_seq_len=max_seq_len, gen_batch_size=cfg.gen.rollout_batch_size,
                   merge_lora=cfg.gen.merge_lora and not cfg.model.load_in_4bit, prefix_cache=cfg.gen.prefix_cache,
                   cache_implementation=cfg.gen.cache, chat_template=chat,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_rig as build_engine
+from conftest import build_rig
 
 from fedspear.config import ConfigError, load_config
 from fedspear.generation import GenSettings, cut_at_eos, generate
@@ -14,10 +14,10 @@ class _NoTask:
     name = "none"
 
 
-def _engine(model_dir, batch_size):
+def _rig(model_dir, batch_size):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "gen.rollout_batch_size": batch_size}
-    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), _NoTask())
+    return build_rig(load_config(None, [f"{k}={v}" for k, v in over.items()]), _NoTask())
 
 
 def testcut_at_eos():
@@ -28,10 +28,10 @@ def testcut_at_eos():
 def test_batched_greedy_equals_one_by_one(tiny_qwen):
     prompts_text = ["Which gas do plants take in?\nAnswer:", "Water boils at\nAnswer:", "Light\nAnswer:"]
     settings = GenSettings(max_new_tokens=5, do_sample=False)
-    batched = _engine(tiny_qwen, 8)
+    batched = _rig(tiny_qwen, 8)
     prompts = [batched.encode(p) for p in prompts_text]
     together = generate(batched, prompts, settings, seed=0)
-    single = _engine(tiny_qwen, 1)
+    single = _rig(tiny_qwen, 1)
     alone = [generate(single, [p], settings, seed=0)[0] for p in prompts]
     assert [c.ids for c in together] == [c.ids for c in alone]  # left padding does not change greedy output
     for comp, prompt in zip(together, prompts):
@@ -44,7 +44,7 @@ def test_batched_greedy_equals_one_by_one(tiny_qwen):
 
 
 def test_sampling_is_seeded(tiny_qwen):
-    policy = _engine(tiny_qwen, 4)
+    policy = _rig(tiny_qwen, 4)
     prompts = [policy.encode("Which is hot?\nAnswer:")] * 6
     settings = GenSettings(max_new_tokens=4, do_sample=True, temperature=1.0, top_p=1.0)
     a = generate(policy, prompts, settings, seed=3)
@@ -54,7 +54,7 @@ def test_sampling_is_seeded(tiny_qwen):
 
 
 def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen):
-    policy = _engine(tiny_qwen, 8)
+    policy = _rig(tiny_qwen, 8)
     with torch.no_grad():  # a non-trivial adapter, so merging really changes the weights
         for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
@@ -71,7 +71,7 @@ def test_merged_generation_matches_unmerged_and_restores_base_exactly(tiny_qwen)
 
 
 def test_top_k_filters_sampling(tiny_qwen):
-    policy = _engine(tiny_qwen, 8)
+    policy = _rig(tiny_qwen, 8)
     prompts = [policy.encode(t) for t in ("Which is hot?\nAnswer:", "Light\nAnswer:", "Water boils at\nAnswer:")] * 3
     greedy = [c.ids for c in generate(policy, prompts, GenSettings(6, False), seed=0)]
     top1 = GenSettings(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=1)
@@ -105,7 +105,7 @@ def test_shared_prefix_len():
 def test_prefix_cache_gives_the_plain_completions(tiny_qwen, batch_size):
     """Greedy completions with the shared prefix computed once equal those of the plain path, for rows of
     different lengths (padding between prefix and suffix), batch by batch, and with a non-trivial merged adapter."""
-    policy = _engine(tiny_qwen, batch_size)
+    policy = _rig(tiny_qwen, batch_size)
     with torch.no_grad():
         for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
@@ -128,7 +128,7 @@ def test_prefix_cache_prefill_logits_match(tiny_qwen):
     """The logits that start generation agree with the unshared forward pass to float rounding (max |diff| < 1e-4)."""
     import copy
 
-    policy = _engine(tiny_qwen, 8)
+    policy = _rig(tiny_qwen, 8)
     model = policy.model
     a, b = policy.encode(SHARED + "Light\nAnswer:"), policy.encode(SHARED + "Which gas do plants take in?\nAnswer:")
     from fedspear.generation import shared_prefix_len
@@ -173,7 +173,7 @@ def test_chain_reuse_gives_the_plain_completions(tiny_qwen, batch_size, monkeypa
     new lengths in one batch, a row with no key, a merged non-trivial adapter."""
     from fedspear.generation import PromptKVStore
 
-    policy = _engine(tiny_qwen, batch_size)
+    policy = _rig(tiny_qwen, batch_size)
     with torch.no_grad():
         for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)
@@ -226,7 +226,7 @@ def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypat
     whole prompts and no cache, and nothing is stored."""
     from fedspear.generation import PromptKVStore, supports_prefix_reuse
 
-    policy = _engine(tiny_qwen, 8)
+    policy = _rig(tiny_qwen, 8)
     assert supports_prefix_reuse(policy.model)
     config = policy.model.config.get_text_config()
     monkeypatch.setattr(config, "layer_types", ["full_attention", "sliding_attention"])
@@ -250,7 +250,7 @@ def test_prefix_reuse_steps_aside_for_sliding_window_models(tiny_qwen, monkeypat
 def test_static_cache_gives_the_dynamic_completions(tiny_qwen):
     """gen.cache=static (preallocated KV cache; compiled decoding on CUDA) returns the dynamic cache's greedy
     completions, batch by batch, with a merged non-trivial adapter."""
-    policy = _engine(tiny_qwen, 2)
+    policy = _rig(tiny_qwen, 2)
     with torch.no_grad():
         for p in policy.adapter.params.values():
             p.copy_(torch.randn_like(p) * 0.05)

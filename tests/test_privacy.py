@@ -182,17 +182,13 @@ def test_central_denominator_is_qn_not_the_realised_count_and_an_empty_round_is_
 
 
 def test_an_empty_poisson_round_is_noised_and_counted(tmp_path):
+    from fixtures.fake_policy import FakePolicy
+
     from fedspear.federation.server import FederatedServer
     from fedspear.records import RunRecord
 
-    class Engine:
-        global_state = {"w": torch.zeros(4)}
-
-        def load_global(self):
-            pass
-
     cfg = _issue_config(**{"data.num_clients": 200, "fl.clients_per_round": 1, "dp.seed": 1})  # q = 0.005
-    server = FederatedServer(cfg, RunRecord(tmp_path / "run"), Engine(), [])
+    server = FederatedServer(cfg, RunRecord(tmp_path / "run"), FakePolicy({"w": torch.zeros(4)}), [])
     round_idx = next(r for r in range(1, 100) if not privacy.sample_round(cfg, r))
 
     def runner(plan, state):

@@ -220,17 +220,12 @@ def test_make_batch_keeps_bos_when_cutting():
 
 
 def test_every_excluded_update_is_a_warning(tmp_path, caplog):
+    from fixtures.fake_policy import FakePolicy
+
     from fedspear.federation.server import ClientReport, FederatedServer
 
-    class FakeEngine:
-        def __init__(self):
-            self.global_state = {"w": torch.zeros(2)}
-
-        def load_global(self):
-            pass
-
     cfg = load_config(None, ["data.num_clients=3", "fl.clients_per_round=3", "fl.max_idle_rounds=0"])
-    server = FederatedServer(cfg, RunRecord(tmp_path / "run"), FakeEngine(), [])
+    server = FederatedServer(cfg, RunRecord(tmp_path / "run"), FakePolicy({"w": torch.zeros(2)}), [])
     plan = server.plan_round(1)
     nan = {"w": torch.tensor([float("nan"), 0.0])}
     reports = [ClientReport(plan.selected[0], nan, 2.0), ClientReport(plan.selected[1], {"w": torch.ones(2)}, math.inf),

@@ -9,7 +9,7 @@ dataclass (its config section), and does a client update in two phases:
         Generation + feedback for several clients that share the round-start adapter, batched together
         (the simulator passes all of a round's clients; a Flower client passes one).
     train(policy, job: ClientJob, rollout: R) -> LocalUpdateResult
-        The local optimisation for one client, from the global adapter, on that client's rollout.
+        The local optimisation for one client, from the job's start state, on that client's rollout.
 
 and ``local_update(policy, job) = train(policy, job, rollout(policy, [job])[0])``. The objectives, settings
 and how to add an algorithm: ``docs/algorithms.md``.
@@ -59,8 +59,10 @@ class ClientJob:
         examples: the client's local prompts.
         lr: the round's learning rate.
         seed: the seed of this (run seed, round, client) triple, collision-free.
-        start_state: the round-start global adapter the client trains from (CPU tensors), set on the policy when the
-            job starts (:func:`fedspear.federation.client.start_job`); None runs from the adapter the policy holds.
+        start_state: the round-start global adapter the client trains from, anchors to and scores against (CPU
+            tensors): the adapter the server sent. :func:`start_job` puts it into the policy's live model; a job
+            without one (an algorithm called directly, e.g. in a notebook) gets the adapter the live model holds
+            when the job starts.
     """
 
     client_id: int
@@ -116,6 +118,36 @@ class RunSettings:
         """The shared sections of ``cfg`` (the same objects, not copies; nothing here writes them)."""
         return cls(cfg.fl, cfg.optim, cfg.gen, cfg.feedback, cfg.model.max_seq_len, cfg.data.seed,
                    bool(cfg.optim.dedup_draws) and cfg.lora.dropout == 0)
+
+
+def start_job(policy: Policy, job: ClientJob) -> dict[str, torch.Tensor]:
+    """Put the job's round-start adapter (``job.start_state``) into the policy's live model and return it.
+
+    A job without a start state is given a CPU copy of the adapter the live model holds now, so the rollout and
+    the training of one job start from, anchor to and score against one state. The policy itself keeps no global
+    adapter: the server owns it and sends it with each job (docs/architecture.md).
+    """
+    if job.start_state is None:
+        job.start_state = policy.adapter.get()
+    policy.adapter.set(job.start_state)
+    return job.start_state
+
+
+def start_jobs(policy: Policy, jobs: list[ClientJob]) -> dict[str, torch.Tensor] | None:
+    """:func:`start_job` for the clients of one batched rollout, which must share one start state (the same
+    object, or all None: then they all get the live adapter's copy). Returns it (None for no jobs).
+
+    Raises:
+        ValueError: the jobs start from different adapters.
+    """
+    if not jobs:
+        return None
+    if any(job.start_state is not jobs[0].start_state for job in jobs):
+        raise ValueError("a batched rollout needs every job to start from the same adapter")
+    state = start_job(policy, jobs[0])
+    for job in jobs[1:]:
+        job.start_state = state
+    return state
 
 
 R = TypeVar("R")

@@ -24,6 +24,8 @@ from fedspear.generation import GenSettings
 from fedspear.models import Policy, left_truncate
 from fedspear.tasks.base import Example
 
+State = dict[str, torch.Tensor]  # adapter tensors by PEFT state-dict name (CPU)
+
 
 @dataclass
 class SeqBatch:
@@ -175,9 +177,10 @@ def fedprox(run: RunSettings) -> list[Regulariser]:
     return [l2_to_global(0.5 * mu, "sum")] if mu > 0 else []
 
 
-def optimise(policy: Policy, run: RunSettings, lr: float, seed: int, micro_step: MicroStep,
+def optimise(policy: Policy, start: State, run: RunSettings, lr: float, seed: int, micro_step: MicroStep,
              regularisers: Sequence[Regulariser] = ()) -> TrainStats:
-    """Run S optimizer steps of A micro-steps each on the live adapter, starting from the global adapter.
+    """Run S optimizer steps of A micro-steps each on the live adapter, starting from ``start`` (the job's
+    round-start adapter, ``job.start_state``), which the regularisers anchor to.
 
     Each micro-step's loss gets every hook in ``regularisers`` added, in order (e.g. SPEAR's anchor, then
     FedProx: :func:`fedprox`); clips the gradient norm; skips (and counts) a step whose gradient norm is not
@@ -185,15 +188,15 @@ def optimise(policy: Policy, run: RunSettings, lr: float, seed: int, micro_step:
     """
     model = policy.model
     stats = TrainStats()
-    start = time.perf_counter()
-    policy.load_global()
+    began = time.perf_counter()
+    policy.adapter.set(start)
     params = list(policy.adapter.params.values())
     if run.fl.local_train_steps == 0:
         return stats
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=run.optim.weight_decay)
     anchor = None
     if regularisers:
-        anchor = {k: v.to(policy.device) for k, v in policy.global_state.items()}
+        anchor = {k: v.to(policy.device) for k, v in start.items()}
     rng = random.Random(seed)
     torch.manual_seed(seed)  # LoRA dropout
     model.train()
@@ -217,15 +220,16 @@ def optimise(policy: Policy, run: RunSettings, lr: float, seed: int, micro_step:
         optimizer.step()
         stats.steps += 1
     model.eval()
-    stats.seconds = time.perf_counter() - start
+    stats.seconds = time.perf_counter() - began
     return stats
 
 
-def finish_update(policy: Policy, ema_decay: float = 0.0) -> dict[str, torch.Tensor]:
-    """The trained adapter as CPU copies, after ``theta <- ema*global + (1-ema)*theta`` when ``ema_decay > 0``."""
+def finish_update(policy: Policy, start: State, ema_decay: float = 0.0) -> dict[str, torch.Tensor]:
+    """The trained adapter as CPU copies, after ``theta <- ema*start + (1-ema)*theta`` when ``ema_decay > 0``
+    (``start``: the job's round-start adapter)."""
     state = policy.adapter.get()
     if ema_decay > 0:
-        state = {k: ema_decay * policy.global_state[k].to(v.dtype) + (1 - ema_decay) * v for k, v in state.items()}
+        state = {k: ema_decay * start[k].to(v.dtype) + (1 - ema_decay) * v for k, v in state.items()}
     return state
 
 
@@ -278,10 +282,11 @@ def split_by_count(total: float, counts: list[int]) -> list[float]:
 
 
 @torch.no_grad()
-def score_traces(policy: Policy, run: RunSettings, traces: list[Trace]) -> tuple[list[list[float]], int]:
-    """Per-token completion log-probs of ``traces`` under the ROUND-START global adapter (eval mode, no grad).
+def score_traces(policy: Policy, start: State, run: RunSettings, traces: list[Trace]) -> tuple[list[list[float]], int]:
+    """Per-token completion log-probs of ``traces`` under the round-start adapter ``start`` (``job.start_state``;
+    eval mode, no grad).
 
-    Loads the global adapter into the live model (the caller trains from it next). Forwards are chunked by
+    Loads ``start`` into the live model (the caller trains from it next). Forwards are chunked by
     ``optim.micro_batch_size`` (else ``gen.rollout_batch_size``).
 
     Returns:
@@ -289,7 +294,7 @@ def score_traces(policy: Policy, run: RunSettings, traces: list[Trace]) -> tuple
         number of forward tokens).
     """
     model = policy.model
-    policy.load_global()
+    policy.adapter.set(start)
     was_training = model.training
     model.eval()
     size = run.optim.micro_batch_size or run.gen.rollout_batch_size

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace, start_job, start_jobs
 from fedspear.algorithms.common import (
     binary_reward,
     choose_prompts,
@@ -97,14 +97,14 @@ class GRPO(Algorithm[GroupRollout]):
         group-normalised advantages.
 
         Args:
-            policy: the policy; the round-start global adapter is loaded first.
+            policy: the policy; the jobs' shared start state is loaded first (:func:`start_jobs`).
             jobs: the round's clients (they share the round-start adapter).
 
         Returns:
             One GroupRollout per job.
         """
         run = self.run
-        policy.load_global()
+        start_jobs(policy, jobs)
         group = self.settings.num_generations
         chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
         prompts = [x0 for items in chosen for _, x0 in items for _ in range(group)]
@@ -174,7 +174,7 @@ class GRPO(Algorithm[GroupRollout]):
         """S optimizer steps of A micro-steps of the clipped GRPO objective on the client's P * G traces.
 
         Args:
-            policy: the policy; the live model is reset to the global adapter first.
+            policy: the policy; the live model is reset to the job's start state first.
             job: the client's round job (lr, seed).
             data: the client's rollout.
 
@@ -186,20 +186,21 @@ class GRPO(Algorithm[GroupRollout]):
         traces = data.traces
         if not traces:
             return no_update(metrics, tokens_forward=0)
-        start = time.perf_counter()
-        old_rows, forward_tokens = score_traces(policy, run, traces)
-        score_seconds = time.perf_counter() - start
+        start = start_job(policy, job)
+        began = time.perf_counter()
+        old_rows, forward_tokens = score_traces(policy, start, run, traces)
+        score_seconds = time.perf_counter() - began
         old_of = {id(t): row for t, row in zip(traces, old_rows, strict=True)}
 
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
             picked = draw(step_rng, traces, run.optim.batch_size)
             return self.micro_loss(policy, picked, [old_of[id(t)] for t in picked])
 
-        stats = optimise(policy, run, job.lr, job.seed, micro_step, fedprox(run))
+        stats = optimise(policy, start, run, job.lr, job.seed, micro_step, fedprox(run))
         metrics.update(train_metrics(stats, run))
         metrics["training_s"] += score_seconds
         metrics["tokens_forward"] = forward_tokens
-        return LocalUpdateResult(finish_update(policy), float(data.metrics["prompts"]), metrics)
+        return LocalUpdateResult(finish_update(policy, start), float(data.metrics["prompts"]), metrics)
 
 
 def _repeat(items: list[Any], times: int) -> list[Any]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace, start_job, start_jobs
 from fedspear.algorithms.common import (
     SeqBatch,
     choose_prompts,
@@ -109,14 +109,14 @@ class OPSD(Algorithm[DistillRollout]):
         teacher's prompt.
 
         Args:
-            policy: the policy; the round-start global adapter is loaded first.
+            policy: the policy; the jobs' shared start state is loaded first (:func:`start_jobs`).
             jobs: the round's clients.
 
         Returns:
             One DistillRollout per job.
         """
         run, task = self.run, self.task
-        policy.load_global()
+        start_jobs(policy, jobs)
         chosen = [choose_prompts(policy, job, run.fl.local_rollout_steps) for job in jobs]
         settings = rollout_settings(run.gen)
         gen_stats = GenStats()
@@ -169,7 +169,7 @@ class OPSD(Algorithm[DistillRollout]):
         """S optimizer steps of A micro-steps of the distillation loss toward the frozen round-start teacher.
 
         Args:
-            policy: the policy; the live model is reset to the global adapter first.
+            policy: the policy; the live model is reset to the job's start state first.
             job: the client's round job (lr, seed).
             data: the client's rollout.
 
@@ -181,7 +181,8 @@ class OPSD(Algorithm[DistillRollout]):
         pairs = data.pairs
         if not pairs:
             return no_update(metrics, tokens_forward=0)
-        params = teacher_parameters(policy)
+        start = start_job(policy, job)
+        params = teacher_parameters(policy, start)
         forward_tokens = 0
 
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
@@ -190,16 +191,17 @@ class OPSD(Algorithm[DistillRollout]):
             forward_tokens += forward
             return loss, trained, terms
 
-        stats = optimise(policy, run, job.lr, job.seed, micro_step, fedprox(run))
+        stats = optimise(policy, start, run, job.lr, job.seed, micro_step, fedprox(run))
         metrics.update(train_metrics(stats, run))
         metrics["tokens_forward"] = forward_tokens
-        return LocalUpdateResult(finish_update(policy), float(len(pairs)), metrics)
+        return LocalUpdateResult(finish_update(policy, start), float(len(pairs)), metrics)
 
 
-def teacher_parameters(policy: Policy) -> dict[str, torch.Tensor]:
-    """The round-start global adapter on the model's device, keyed by the live parameter names."""
+def teacher_parameters(policy: Policy, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The round-start adapter ``start`` (``job.start_state``) on the model's device, keyed by the live parameter
+    names."""
     names = {id(p): name for name, p in policy.model.named_parameters()}
-    return {names[id(p)]: policy.global_state[key].to(device=p.device, dtype=p.dtype)
+    return {names[id(p)]: start[key].to(device=p.device, dtype=p.dtype)
             for key, p in policy.adapter.params.items()}
 
 

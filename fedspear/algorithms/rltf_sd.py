@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, Trace, start_job, start_jobs
 from fedspear.algorithms.common import (
     binary_reward,
     choose_prompts,
@@ -124,14 +124,14 @@ class RLTFSD(Algorithm[SDRollout]):
         """First answers (N per prompt), feedback and one revision for every client of the round, batched.
 
         Args:
-            policy: the policy; the round-start global adapter is loaded first.
+            policy: the policy; the jobs' shared start state is loaded first (:func:`start_jobs`).
             jobs: the round's clients.
 
         Returns:
             One SDRollout per job.
         """
         run, task, settings = self.run, self.task, self.settings
-        policy.load_global()
+        start_jobs(policy, jobs)
         group = settings.num_generations
         per_client = max(1, run.fl.local_rollout_steps // group)
         # (job index, example, x0) per sample: clients in order, the N samples of a prompt next to each other.
@@ -243,15 +243,15 @@ class RLTFSD(Algorithm[SDRollout]):
         terms = {k: float(v) for k, v in stats._asdict().items() if k != "loss"}
         return loss, tokens, terms
 
-    def set_reference_logprobs(self, policy: Policy, samples: list[SDSample]) -> int:
+    def set_reference_logprobs(self, policy: Policy, start: dict[str, torch.Tensor], samples: list[SDSample]) -> int:
         """Set ``ref_rl0`` / ``ref_rl1``: sequence log-probs of (x0, y0) and (x1, y1) under the round-start
-        adapter.
+        adapter ``start`` (``job.start_state``).
 
         Returns:
             The number of forward tokens.
         """
         revised = [s for s in samples if s.revised]
-        rows, tokens = score_traces(policy, self.run, [s.rl0 for s in samples] + [s.rl1 for s in revised])
+        rows, tokens = score_traces(policy, start, self.run, [s.rl0 for s in samples] + [s.rl1 for s in revised])
         sums = [sum(row) for row in rows]
         for s, v in zip(samples, sums[: len(samples)], strict=True):
             s.ref_rl0 = v
@@ -263,7 +263,7 @@ class RLTFSD(Algorithm[SDRollout]):
         """Reference log-probs under the round-start adapter, then S optimizer steps of A micro-steps.
 
         Args:
-            policy: the policy; the live model is reset to the global adapter first.
+            policy: the policy; the live model is reset to the job's start state first.
             job: the client's round job (lr, seed).
             data: the client's rollout.
 
@@ -275,18 +275,19 @@ class RLTFSD(Algorithm[SDRollout]):
         samples = data.samples
         if not samples:
             return no_update(metrics, tokens_forward=0)
-        start = time.perf_counter()
-        forward_tokens = self.set_reference_logprobs(policy, samples)
-        score_seconds = time.perf_counter() - start
+        start = start_job(policy, job)
+        began = time.perf_counter()
+        forward_tokens = self.set_reference_logprobs(policy, start, samples)
+        score_seconds = time.perf_counter() - began
 
         def micro_step(step_rng: random.Random) -> tuple[torch.Tensor, int, dict[str, float]]:
             return self.micro_loss(policy, draw(step_rng, samples, run.optim.batch_size))
 
-        stats = optimise(policy, run, job.lr, job.seed, micro_step, fedprox(run))
+        stats = optimise(policy, start, run, job.lr, job.seed, micro_step, fedprox(run))
         metrics.update(train_metrics(stats, run))
         metrics["training_s"] += score_seconds
         metrics["tokens_forward"] = forward_tokens
-        return LocalUpdateResult(finish_update(policy), float(len(samples)), metrics)
+        return LocalUpdateResult(finish_update(policy, start), float(len(samples)), metrics)
 
 
 def _rollout_metrics(samples: list[SDSample], ok0: list[bool], ok1: list[bool | None], prompts: int

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, RunSettings, Trace
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, RunSettings, Trace, start_job, start_jobs
 from fedspear.algorithms.common import (
     Regulariser,
     collapse,
@@ -95,7 +95,7 @@ class Spear(Algorithm[FeedbackRollout]):
         prompts were sampled within each wave, whatever the scheduler.
         """
         run, task = self.run, self.task
-        policy.load_global()
+        start_jobs(policy, jobs)
         users = feedback_models(task, run, jobs)  # the oracle, through the imperfect-feedback knobs
         rollouts = [FeedbackRollout(metrics={"prompts": 0, "wins_y0": 0, "needs_revision": 0}) for _ in jobs]
         gen_stats = GenStats()
@@ -158,7 +158,7 @@ class Spear(Algorithm[FeedbackRollout]):
         """Train the client's adapter on its wins (likelihood) and losses (unlikelihood) (docs/algorithms.md).
 
         Args:
-            policy: the policy; the live model is reset to the global adapter first.
+            policy: the policy; the live model is reset to the job's start state first.
             job: the client's round job (lr, seed).
             data: the client's rollout.
 
@@ -167,6 +167,7 @@ class Spear(Algorithm[FeedbackRollout]):
             ``spear.lambda_lose == 0`` (feedback-SFT) the losses are dropped.
         """
         run, settings = self.run, self.settings
+        start = start_job(policy, job)
         metrics = dict(data.metrics)
         wins, losses = data.wins, data.losses if settings.lambda_lose > 0 else []
         metrics.update(wins=len(wins), losses=len(losses))
@@ -202,9 +203,9 @@ class Spear(Algorithm[FeedbackRollout]):
             terms = {k: float(v) for k, v in stats._asdict().items()}
             return loss, tokens, terms
 
-        stats = optimise(policy, run, job.lr, job.seed, micro_step, self.regularisers())
+        stats = optimise(policy, start, run, job.lr, job.seed, micro_step, self.regularisers())
         metrics.update(train_metrics(stats, run))
-        return LocalUpdateResult(finish_update(policy, settings.ema_decay), float(len(wins)), metrics)
+        return LocalUpdateResult(finish_update(policy, start, settings.ema_decay), float(len(wins)), metrics)
 
 
 class _RevisionChain:

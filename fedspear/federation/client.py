@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from fedspear import privacy
-from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult
+from fedspear.algorithms.base import Algorithm, ClientJob, LocalUpdateResult, start_job, start_jobs
 from fedspear.config import Config
 from fedspear.federation.partition import dirichlet_partition
 from fedspear.federation.resources import measured, merge_memory
@@ -104,20 +104,6 @@ class _Ready(Rollouts):
         result.metrics.update(merge_memory(self.memory, result.metrics))  # the shared rollout, then its training
 
 
-def start_job(policy: Policy, job: ClientJob) -> State:
-    """Put the job's round-start adapter into the policy and its live model; returns it.
-
-    The only place outside :class:`~fedspear.federation.server.FederatedServer` that sets ``policy.global_state``
-    (the adapter the algorithms train from, anchor to and score against). A job without a start state
-    (``job.start_state`` None, e.g. a notebook calling an algorithm directly) runs from the adapter the policy
-    holds.
-    """
-    if job.start_state is not None:
-        policy.global_state = job.start_state
-    policy.load_global()
-    return policy.global_state
-
-
 def client_update(policy: Policy, algorithm: Algorithm[Any], job: ClientJob, cfg: Config,
                   rollouts: Rollouts | None = None, release: bool = True) -> LocalUpdateResult:
     """One client job, the same in every front end: from its start state, the rollout, the training, the
@@ -169,10 +155,7 @@ def run_clients(policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]
             except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
                 out.append(exc)
         return out
-    if any(job.start_state is not jobs[0].start_state for job in jobs):
-        raise ValueError("a batched rollout needs every job to start from the same adapter")
-    if jobs:
-        start_job(policy, jobs[0])
+    start_jobs(policy, jobs)
     rollouts, rollout_memory = measured(lambda: _batched_rollouts(policy, algorithm, jobs))
     for job, data in zip(jobs, rollouts, strict=True):
         if isinstance(data, Exception):

@@ -1,6 +1,6 @@
 """The server side of a federated run, shared by the in-process simulator and the Flower ServerApp.
 
-A :class:`FederatedServer` owns the global adapter (``policy.global_state``), the server optimizer and the run
+A :class:`FederatedServer` owns the global adapter (``FederatedServer.global_state``), the server optimizer and the run
 folder. Each round it plans who takes part (:meth:`FederatedServer.plan_round`: the sampled clients, the round's
 learning rate and every client's seed), hands the plan to a *client runner* (in-process clients for the simulator,
 Flower messages for the ServerApp), then aggregates what came back (:meth:`FederatedServer.aggregate_round`:
@@ -149,8 +149,8 @@ class FederatedServer:
     Args:
         cfg: the run configuration.
         record: the run folder.
-        policy: the server's policy; ``policy.global_state`` is the global adapter (evaluation and adapter
-            saving use its model). ``cfg.model.max_seq_len`` must be its (capped) length (``models.fit_config``).
+        policy: the server's policy: its live adapter at construction is the initial global adapter, and
+            evaluation and adapter saving use its model. ``cfg.model.max_seq_len`` must be its (capped) length (``models.fit_config``).
         eval_set: the evaluation examples.
         server_opt: FedAdam/FedYogi state; None builds the one ``fl.aggregation`` names (None for FedAvg).
         publish: called as ``publish(round_idx, global_state)`` with each round's new global adapter, right after
@@ -168,6 +168,7 @@ class FederatedServer:
         self._task = task
         self.record = record
         self.policy = policy
+        self.global_state: State = policy.adapter.get()  # the global adapter (CPU tensors); the server owns it
         self.eval_set = eval_set
         self.server_opt = server_opt if server_opt is not None else build_server_optimizer(cfg.fl)
         self.publish = publish
@@ -190,10 +191,10 @@ class FederatedServer:
             self._task = get_task(self.cfg.data.dataset)
         return self._task
 
-    @property
-    def global_state(self) -> State:
-        """The current global adapter (CPU tensors)."""
-        return self.policy.global_state
+    def set_global(self, state: State) -> None:
+        """Make ``state`` the global adapter and put it into the policy's live model (evaluation reads it)."""
+        self.global_state = state
+        self.policy.adapter.set(state)
 
     # ----------------------------------------------------------------------------------------- rounds
 
@@ -261,8 +262,7 @@ class FederatedServer:
                 logger.warning("round %d: the aggregate of %d client updates is not finite (NaN/inf); it is refused "
                                "and the global adapter is unchanged", plan.round_idx, info["num_aggregated"])
         info["num_failed_clients"] = sum(1 for c in client_rows if c.error is not None)
-        self.policy.global_state = new_state
-        self.policy.load_global()
+        self.set_global(new_state)
         if self.publish is not None:
             self.publish(plan.round_idx, new_state)
         agg = sum_client_metrics([c.metrics or {} for c in client_rows])
@@ -296,7 +296,7 @@ class FederatedServer:
 
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Evaluate the global adapter on the eval set and save it as ``adapters/round_NNNN``."""
-        self.policy.load_global()
+        self.policy.adapter.set(self.global_state)
         result = evaluate(self.policy, self.task, self.cfg, self.eval_set)
         if result.get("diverged"):
             logger.warning("round %d: the model diverged: %s; no accuracy is reported", round_idx,
@@ -479,7 +479,7 @@ class FederatedServer:
         round_idx, tensors = self.record.read_checkpoint()
         state = {k[len("global."):]: v for k, v in tensors.items() if k.startswith("global.")}
         path = self.record.checkpoint_path()
-        expected = set(self.policy.global_state)
+        expected = set(self.global_state)
         if set(state) != expected:
             raise RunFileError(f"{path}: its adapter keys do not match this run's model and LoRA settings "
                                f"({len(state)} saved, {len(expected)} expected); resume with the run's own config")
@@ -492,8 +492,7 @@ class FederatedServer:
         except (ValueError, KeyError) as exc:
             raise RunFileError(f"{path}: no usable server optimizer state ({exc}); keep fl.aggregation as the run "
                                "had it") from None
-        self.policy.global_state = state
-        self.policy.load_global()
+        self.set_global(state)
         return round_idx
 
 

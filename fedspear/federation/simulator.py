@@ -95,7 +95,10 @@ def _server(fed: Federation, server_opt: ServerOptimizer | None,
 
 
 def run_round(fed: Federation, round_idx: int, server_opt: Any) -> RoundRow:
-    """One federated round: sample, rollout, train, aggregate. Returns the round's row (without eval)."""
+    """One federated round: sample, rollout, train, aggregate. Returns the round's row (without eval).
+
+    The round starts from the adapter the policy's live model holds (the previous call's new global adapter, which
+    the server puts there after aggregating) and ends with the new one there."""
     return _server(fed, server_opt).run_round(round_idx, LocalClients(fed))
 
 

@@ -158,7 +158,7 @@ def train_content(content: RecordDict, node_config: dict[str, Any], policy: Any 
         client_job = ClientJob(client_id, round_idx, [], float(job["lr"]), int(job["seed"]), start)
         result = update_from_store(policy, run.task, run.cfg, store, client_job,  # dp.mode=local: noised there
                                    label=f"server round {round_idx}")
-    policy.load_global()  # the global adapter stays in the live model
+    policy.adapter.set(start)  # the global adapter stays in the live model
     logger.info("client %d round %d from the store: weight %.1f", client_id, round_idx, result.weight)
     return train_reply_content(result)
 

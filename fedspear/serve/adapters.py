@@ -277,7 +277,8 @@ class LiveAdapter:
         self._seen: tuple[int, int] | None = None
 
     def start(self, initial: dict[str, torch.Tensor] | None = None, label: str = "") -> AdapterVersion:
-        """Load the current version, or publish one first: ``initial`` when given, else the policy's own.
+        """Load the current version, or publish one first: ``initial`` when given, else the adapter the policy's
+        live model holds (a freshly loaded policy's initial adapter).
 
         A current version of another base model is left in the history; this model's latest version (or, when it
         has none, its initial adapter) is published again and served.
@@ -296,7 +297,7 @@ class LiveAdapter:
                 current = self.registry.publish(self.registry.load(mine[-1]), mine[-1].label, self.fingerprint,
                                                 reference)
             else:
-                current = self.registry.publish(self.policy.global_state, "initial", self.fingerprint, reference)
+                current = self.registry.publish(self.policy.adapter.get(), "initial", self.fingerprint, reference)
         self._load(current)
         return current
 

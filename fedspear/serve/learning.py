@@ -197,7 +197,7 @@ def train_local(policy: Policy, task: Task, cfg: Config, state_dir: str | Path, 
     if current is not None and current.model == fingerprint:
         start = registry.load(current)
     else:
-        current, start = None, policy.global_state  # the policy's initial adapter
+        current, start = None, policy.adapter.get()  # the freshly loaded policy's initial adapter
     with TraceStore(state_dir / STORE_FILE) as store:
         round_idx = len(store.trainings()) + 1
         job = ClientJob(client_id, round_idx, [], cfg.optim.lr if lr is None else lr,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_rig as build_engine
+from conftest import build_rig
 
 from fedspear.algorithms.base import RunSettings, Trace
 from fedspear.algorithms.common import completion_logprobs, l2_to_global, make_batch, optimise
@@ -16,12 +16,12 @@ class _Task:
     answer_marker = "Answer:"
 
 
-def _engine(model_dir, **kw):
+def _rig(model_dir, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "lora.dropout": 0.0, "fl.local_train_steps": 2,
             "optim.grad_accum_steps": 1, "spear.lambda_anchor": 0.0}
     over.update(kw)
-    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), _Task())
+    return build_rig(load_config(None, [f"{k}={v}" for k, v in over.items()]), _Task())
 
 
 def test_make_batch_right_aligns_completions():
@@ -34,7 +34,7 @@ def test_make_batch_right_aligns_completions():
 
 
 def test_completion_logprobs_match_unpadded_forward(tiny_llama):
-    policy = _engine(tiny_llama)
+    policy = _rig(tiny_llama)
     traces = [Trace(policy.encode("Which is hot?\nAnswer:"), [5, 6]),
               Trace(policy.encode("Plants need light and water to grow.\nAnswer:"), [7, 8, 9])]
     batch = make_batch(traces, policy.tokenizer.pad_token_id, 512, policy.device)
@@ -49,14 +49,14 @@ def test_completion_logprobs_match_unpadded_forward(tiny_llama):
 
 
 def test_nonfinite_gradient_skips_step(tiny_qwen):
-    policy = _engine(tiny_qwen)
+    policy = _rig(tiny_qwen)
     before = policy.adapter.get()
 
     def nan_step(rng):
         p = next(iter(policy.adapter.params.values()))
         return p.sum() * float("nan"), 1, {}
 
-    stats = optimise(policy, RunSettings.from_config(policy.cfg), lr=1e-2, seed=0, micro_step=nan_step)
+    stats = optimise(policy, before, RunSettings.from_config(policy.cfg), lr=1e-2, seed=0, micro_step=nan_step)
     assert stats.skipped_steps == 2 and stats.steps == 0
     after = policy.adapter.get()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -65,7 +65,7 @@ def test_nonfinite_gradient_skips_step(tiny_qwen):
 def test_regulariser_hooks_are_added_to_every_micro_step_loss(tiny_qwen):
     # One step of one micro-step whose own loss is 0 * (...): only the hook's gradient moves the adapter. The hook
     # is sum(theta), gradient 1 everywhere, so AdamW's first step is theta * (1 - lr * wd) - lr * 1 / (1 + eps).
-    policy = _engine(tiny_qwen, **{"fl.local_train_steps": 1, "optim.weight_decay": 0.1})
+    policy = _rig(tiny_qwen, **{"fl.local_train_steps": 1, "optim.weight_decay": 0.1})
     run = RunSettings.from_config(policy.cfg)
     first = next(iter(policy.adapter.params.values()))
     calls = []
@@ -74,8 +74,8 @@ def test_regulariser_hooks_are_added_to_every_micro_step_loss(tiny_qwen):
         calls.append(set(live) == set(anchor))
         return sum(p.sum() for p in live.values())
 
-    before = {k: v.clone() for k, v in policy.global_state.items()}
-    stats = optimise(policy, run, lr=1e-2, seed=0, micro_step=lambda rng: (first.sum() * 0.0, 1, {}),
+    before = policy.adapter.get()
+    stats = optimise(policy, before, run, lr=1e-2, seed=0, micro_step=lambda rng: (first.sum() * 0.0, 1, {}),
                      regularisers=[hook])
     assert calls == [True] and stats.steps == 1
     expected_total = sum(float(v.sum()) for v in before.values())

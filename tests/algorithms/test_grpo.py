@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import build_rig as build_engine
-from conftest import require_shared_data, run_tiny
+from conftest import build_rig, require_shared_data, run_tiny
 
 from fedspear.algorithms.base import ClientJob, RunSettings, Trace
 from fedspear.algorithms.common import choose_prompts, completion_logprobs, make_batch, sampling_settings, score_traces
@@ -17,12 +16,12 @@ from fedspear.tasks.base import Example
 
 
 # Evaluate only at rounds 0 and 2, on 4 rows.
-def _engine(model_dir, **kw):
+def _rig(model_dir, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "lora.dropout": 0.0, "grpo.num_generations": 2,
             "gen.max_new_tokens_y0": 3, "fl.local_rollout_steps": 3}
     over.update(kw)
-    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
+    return build_rig(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
 
 
 def _algo(policy):
@@ -52,7 +51,7 @@ def test_grpo_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 
 def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
-    policy = _engine(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
+    policy = _rig(tiny_qwen, **{"gen.do_sample": False, "gen.temperature": 0.2})
     assert sampling_settings(policy.cfg.gen, 5) == GenSettings(5, True, 0.7, policy.cfg.gen.top_p, policy.cfg.gen.top_k)
     jobs = [ClientJob(0, 1, _examples(5), 1e-3, seed=11), ClientJob(1, 1, _examples(2), 1e-3, seed=12)]
     out = _algo(policy).rollout(policy, jobs)
@@ -68,13 +67,14 @@ def test_rollout_groups_g_samples_of_the_plain_prompt(tiny_qwen):
 
 
 def test_old_logprobs_come_from_the_round_start_adapter(tiny_qwen):
-    policy = _engine(tiny_qwen)
+    policy = _rig(tiny_qwen)
     traces = [Trace(policy.encode("Which is hot?\nAnswer:"), [5, 6]), Trace(policy.encode("Sun?\nAnswer:"), [7])]
+    start = policy.adapter.get()
     with torch.no_grad():
         expected = completion_logprobs(policy.model, make_batch(traces, 0, 512, policy.device))
         for p in policy.adapter.params.values():  # the live adapter has moved (e.g. a previous client trained)
             p.add_(0.5)
-    rows, tokens = score_traces(policy, RunSettings.from_config(policy.cfg), traces)
+    rows, tokens = score_traces(policy, start, RunSettings.from_config(policy.cfg), traces)
     assert [len(r) for r in rows] == [2, 1]
     torch.testing.assert_close(torch.tensor(rows[0]), expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(rows[1]), expected[1, -1:], atol=1e-5, rtol=1e-5)
@@ -85,7 +85,7 @@ def _first_step_grads(policy, rewards):
     x0 = policy.encode("Which one is hot?\nA. ice\nB. fire\nAnswer:")
     adv = group_advantages(torch.tensor([rewards]), normalize=True)[0].tolist()
     traces = [Trace(x0, ids, reward=a) for ids, a in zip([[5, 6, 7], [8, 9], [10]], adv, strict=True)]
-    old_rows, _ = score_traces(policy, RunSettings.from_config(policy.cfg), traces)
+    old_rows, _ = score_traces(policy, policy.adapter.get(), RunSettings.from_config(policy.cfg), traces)
     policy.model.train()
     policy.model.zero_grad(set_to_none=True)
     loss, tokens, terms = _algo(policy).micro_loss(policy, traces, old_rows)
@@ -95,7 +95,7 @@ def _first_step_grads(policy, rewards):
 
 
 def test_constant_group_leaves_only_kl_and_zero_gradient_at_round_start(tiny_qwen):
-    policy = _engine(tiny_qwen)
+    policy = _rig(tiny_qwen)
     # Constant rewards: A = 0, so the policy term is 0; at theta = theta_old = theta_ref the k3 term is exp(0)-0-1 = 0
     # with gradient (1 - exp(0)) * dlogp = 0.
     loss, tokens, terms, grads = _first_step_grads(policy, [1.0, 1.0, 1.0])

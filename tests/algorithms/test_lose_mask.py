@@ -61,7 +61,7 @@ def tok(tmp_path_factory):
     return build_tokenizer(tmp_path_factory.mktemp("bpe"), bos=False)
 
 
-def _engine(tok, eos=(0,), max_seq_len=512, **spear):
+def _rig(tok, eos=(0,), max_seq_len=512, **spear):
     cfg = Config()
     cfg.model.max_seq_len = max_seq_len
     for key, value in spear.items():
@@ -78,7 +78,7 @@ def lose_masks(policy, losses):
 def _penalised(tok, text, eos_suffix=(), **spear):
     """The pieces of ``text`` (plus raw ids ``eos_suffix``) that lose_masks penalises."""
     ids = tok(text, add_special_tokens=False)["input_ids"] + list(eos_suffix)
-    policy = _engine(tok, eos=(0, 1), **spear)
+    policy = _rig(tok, eos=(0, 1), **spear)
     (mask,) = lose_masks(policy, [Trace([5], ids)])
     assert len(mask) == len(ids)
     return [piece for piece, m in zip(tok.convert_ids_to_tokens(ids), mask) if m]
@@ -128,7 +128,7 @@ def test_math_ops_protect_the_authors_list(tok):
 def test_mask_stays_aligned_with_a_truncated_completion(tok):
     ids = tok(" Answer: B because water: light", add_special_tokens=False)["input_ids"]
     # max_seq_len 4 keeps the first 3 completion pieces: ĠAnswer : ĠB (make_batch's cut)
-    policy = _engine(tok, max_seq_len=4, ul_answer_only=True)
+    policy = _rig(tok, max_seq_len=4, ul_answer_only=True)
     (mask,) = lose_masks(policy, [Trace([5, 6], ids)])
     assert mask == [0.0, 0.0, 1.0]
     batch = make_batch([Trace([5, 6], ids)], pad_id=0, max_len=4, device=torch.device("cpu"))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import build_rig as build_engine
-from conftest import require_shared_data, run_tiny
+from conftest import build_rig, require_shared_data, run_tiny
 
 from fedspear.algorithms import opsd
 from fedspear.algorithms.base import ClientJob
@@ -19,12 +18,12 @@ EXAMPLE = Example("q1", "Which gas do plants take in?\nA. oxygen\nB. carbon diox
 
 
 # Evaluate only at rounds 0 and 2, on 4 rows.
-def _engine(model_dir, **kw):
+def _rig(model_dir, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "gen.max_new_tokens_y0": 4, "gen.do_sample": True,
             "gen.temperature": 1.0}
     over.update(kw)
-    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
+    return build_rig(load_config(None, [f"{k}={v}" for k, v in over.items()]), get_task("arc_challenge"))
 
 
 def _algo(policy):
@@ -46,7 +45,7 @@ def test_opsd_federated_run_two_rounds_two_clients(tiny_qwen, tmp_path):
 
 
 def test_teacher_reads_privileged_context_before_the_task_and_the_student_does_not(tiny_qwen):
-    policy = _engine(tiny_qwen)
+    policy = _rig(tiny_qwen)
     data = _algo(policy).rollout(policy, [ClientJob(0, 1, [EXAMPLE], 1e-3, seed=5)])[0]
     (pair,) = data.pairs
     teacher_text = policy.tokenizer.decode(pair.teacher.prompt_ids)
@@ -59,7 +58,7 @@ def test_teacher_reads_privileged_context_before_the_task_and_the_student_does_n
 
 def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen, monkeypatch):
     # LoRA dropout on: a teacher pass in train mode would give different logits at every micro-step.
-    policy = _engine(tiny_qwen, **{"lora.dropout": 0.3, "fl.local_train_steps": 3, "optim.batch_size": 1,
+    policy = _rig(tiny_qwen, **{"lora.dropout": 0.3, "fl.local_train_steps": 3, "optim.batch_size": 1,
                                    "optim.grad_accum_steps": 1, "optim.lr": 5e-2, "spear.lambda_anchor": 0.0})
     job = ClientJob(0, 1, [EXAMPLE], 5e-2, seed=5)
     data = _algo(policy).rollout(policy, [job])[0]
@@ -67,7 +66,7 @@ def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen
     real = opsd.teacher_logits
 
     def spy(eng, params, batch):
-        live_moved = any(not torch.equal(p.detach(), eng.global_state[k]) for k, p in eng.adapter.params.items())
+        live_moved = any(not torch.equal(p.detach(), job.start_state[k]) for k, p in eng.adapter.params.items())
         calls.append((real(eng, params, batch).clone(), live_moved))
         return calls[-1][0]
 
@@ -76,10 +75,10 @@ def test_teacher_stays_the_round_start_adapter_while_the_student_moves(tiny_qwen
     assert len(calls) == 3 and [moved for _, moved in calls] == [False, True, True]
     for logits, _ in calls[1:]:
         assert torch.equal(logits, calls[0][0])  # unchanged across micro-steps
-    policy.load_global()
+    policy.adapter.set(job.start_state)
     policy.model.eval()
     batch = make_batch([data.pairs[0].teacher], policy.tokenizer.pad_token_id, 512, policy.device)
     with torch.no_grad():
         torch.testing.assert_close(calls[0][0], completion_logits(policy.model, batch), rtol=0, atol=1e-6)
     assert result.weight == 1.0 and result.metrics["steps"] == 3
-    assert any(not torch.equal(v, policy.global_state[k]) for k, v in result.adapter.items())  # the student moved
+    assert any(not torch.equal(v, job.start_state[k]) for k, v in result.adapter.items())  # the student moved

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_rig as build_engine
-from conftest import require_shared_data, run_tiny
+from conftest import build_rig, require_shared_data, run_tiny
 
 from fedspear.algorithms import rltf_sd
 from fedspear.algorithms.base import ClientJob
@@ -35,13 +34,13 @@ class ScriptedTask:
 
 
 # Evaluate only at rounds 0 and 2, on 4 rows.
-def _engine(model_dir, task, **kw):
+def _rig(model_dir, task, **kw):
     over = {"model.model_name": str(model_dir), "model.dtype": "fp32", "model.device_map": "cpu",
             "model.gradient_checkpointing": False, "lora.r": 4, "lora.dropout": 0.0, "grpo.num_generations": 2,
             "fl.local_rollout_steps": 4, "gen.max_new_tokens_y0": 3, "gen.max_new_tokens_y1": 3,
             "distill.feedback_max_chars": 40}
     over.update(kw)
-    return build_engine(load_config(None, [f"{k}={v}" for k, v in over.items()]), task)
+    return build_rig(load_config(None, [f"{k}={v}" for k, v in over.items()]), task)
 
 
 def _algo(policy):
@@ -74,7 +73,7 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
     # 2 prompts x N = 2: first answers [right, wrong | wrong, wrong], then the revisions of the 3 wrong ones:
     # [right, wrong, wrong]
     task = ScriptedTask([True, False, False, False, True, False, False])
-    policy = _engine(tiny_qwen, task)
+    policy = _rig(tiny_qwen, task)
     data = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert task.verdicts == [] and len(task.feedback_on) == 3
     s = data.samples
@@ -92,7 +91,7 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
 
     # At theta = theta_ref (k3 = 0) with A_RL0 = A_RL1 = 0, only SD is left, averaged over the revised samples:
     # with [not revised, revised] it is -0.5 * log pi(y1 | x0) (it would be -0.25 * ... if s[0] were counted).
-    assert _algo(policy).set_reference_logprobs(policy, s) > 0
+    assert _algo(policy).set_reference_logprobs(policy, policy.adapter.get(), s) > 0
     policy.model.train()
     loss, tokens, terms = _algo(policy).micro_loss(policy, [s[0], s[1]])
     with torch.no_grad():
@@ -108,7 +107,7 @@ def test_correct_first_answers_get_no_revision_and_stay_out_of_sd(tiny_qwen):
 
 def test_without_early_termination_correct_answers_are_revised_without_oracle_feedback(tiny_qwen):
     task = ScriptedTask([True, False, True, True, True, True, False, True])
-    policy = _engine(tiny_qwen, task, **{"rltf_sd.early_termination": False})
+    policy = _rig(tiny_qwen, task, **{"rltf_sd.early_termination": False})
     data = _algo(policy).rollout(policy, [ClientJob(0, 1, _examples(), 1e-3, seed=3)])[0]
     assert all(x.revised for x in data.samples) and len(task.feedback_on) == 1  # the oracle sees wrong answers only
     assert rltf_sd.CORRECT_FEEDBACK[:40] in policy.tokenizer.decode(data.samples[0].rl1.prompt_ids)

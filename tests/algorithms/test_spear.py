@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_rig as build_engine
-from conftest import require_shared_data, tiny_overrides
+from conftest import build_rig, require_shared_data, tiny_overrides
 
 from fedspear import rollout_queue
 from fedspear.algorithms import spear
@@ -54,7 +53,7 @@ def policy(tiny_qwen):
     cfg = load_config(None, [f"model.model_name={tiny_qwen}", "model.dtype=fp32", "model.device_map=cpu",
                              "model.gradient_checkpointing=false", "gen.num_revisions=2",
                              "fl.local_rollout_steps=3"])
-    return build_engine(cfg, ScriptTask())
+    return build_rig(cfg, ScriptTask())
 
 
 def _algo(policy):
@@ -76,12 +75,12 @@ def test_rollout_wins_losses_and_revisions(policy, monkeypatch):
 
     chains = []  # per call: (chain keys, keep flags) the rollout passed
 
-    def fake(engine_, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
+    def fake(policy_, prompts, settings, seed, stats=None, store=None, keys=None, keep=None):
         call = len(order)
         order[call] = prompts
         chains.append((keys, keep))
         if call == 0:
-            ids = {tuple(engine_.encode(e.prompt)): e.id for e in exs}
+            ids = {tuple(policy_.encode(e.prompt)): e.id for e in exs}
             keys = [ids[tuple(p)] for p in prompts]
             fake.pending = [k for k in keys if script[0][k] != exs[int(k[1])].answer]
         else:
@@ -159,10 +158,10 @@ def test_fast_path_equals_plain_reference_path(tiny_qwen, tmp_path, cache, monke
                         lambda self, k, ids: reused.append(real_lookup(self, k, ids)[0]) or real_lookup(self, k, ids))
     results = {}
     for name, cfg in (("fast", fast_cfg), ("plain", plain_cfg)):
-        policy = build_engine(cfg, task)
+        policy = build_rig(cfg, task)
         with torch.no_grad():  # start from a non-zero global adapter so generation depends on the merge
-            for k, v in policy.global_state.items():
-                v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
+            policy.adapter.set({k: torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02
+                                for k, v in policy.adapter.get().items()})
         jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
         if name == "fast":
             rollouts = _algo(policy).rollout(policy, jobs)
@@ -236,10 +235,10 @@ def test_continuous_scheduler_equals_batched(tiny_qwen, tmp_path):
         cfg = load_config(None, tiny_overrides(tiny_qwen, tmp_path / scheduler, **common,
                                                **{"gen.scheduler": scheduler}))
         data = task.load(cfg)
-        policy = build_engine(cfg, task)
+        policy = build_rig(cfg, task)
         with torch.no_grad():
-            for k, v in policy.global_state.items():
-                v.copy_(torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02)
+            policy.adapter.set({k: torch.randn(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.02
+                                for k, v in policy.adapter.get().items()})
         jobs = [ClientJob(c, 1, data.train[c * 40 : (c + 1) * 40], 1e-2, seed=c) for c in range(2)]
         rollouts = _algo(policy).rollout(policy, jobs)
         results[scheduler] = (rollouts, [_algo(policy).train(policy, j, r) for j, r in zip(jobs, rollouts)])

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from fixtures.fake_policy import FakePolicy
 
 from fedspear import records
 from fedspear.config import load_config
@@ -17,18 +18,10 @@ from fedspear.federation.server import ClientReport, FederatedServer
 from fedspear.records import RunRecord
 
 
-class FakeEngine:
-    def __init__(self):
-        self.global_state = {"w": torch.tensor([1.0, 1.0])}
-
-    def load_global(self):
-        pass
-
-
 def _server(tmp_path, observers=(), **overrides):
     items = {"data.num_clients": 4, "fl.clients_per_round": 2, "fl.rounds": 2, "data.seed": 5, **overrides}
     cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
-    return FederatedServer(cfg, RunRecord(tmp_path / "run"), FakeEngine(), [], observers=observers)
+    return FederatedServer(cfg, RunRecord(tmp_path / "run"), FakePolicy({"w": torch.tensor([1.0, 1.0])}), [], observers=observers)
 
 
 def test_a_training_row_lists_its_keys_in_metrics_jsonl_order():

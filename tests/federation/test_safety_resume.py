@@ -147,13 +147,11 @@ def test_diverged_model_gets_no_accuracy(tiny_qwen, tmp_path, method):
     examples = task.load(cfg).eval[:4]
     ok = evaluate(policy, task, cfg, examples)
     assert ok["accuracy"] is not None and "diverged" not in ok
-    policy.global_state = {k: torch.full_like(v, math.nan) for k, v in policy.global_state.items()}
-    policy.load_global()
+    policy.adapter.set({k: torch.full_like(v, math.nan) for k, v in policy.adapter.get().items()})
     bad = evaluate(policy, task, cfg, examples)
     assert bad["accuracy"] is None and bad[f"{method}_accuracy"] is None and bad["diverged"] is True
     # NaN logits from finite LoRA weights (scores, not the adapter): the score check catches them too
-    policy.global_state = {k: torch.full_like(v, 1e38) for k, v in policy.global_state.items()}
-    policy.load_global()
+    policy.adapter.set({k: torch.full_like(v, 1e38) for k, v in policy.adapter.get().items()})
     assert evaluate(policy, task, cfg, examples)["diverged"] is True
 
 

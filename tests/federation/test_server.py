@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.fake_policy import FakePolicy
 
 from fedspear.config import load_config
 from fedspear.federation.partition import client_seed
@@ -12,21 +13,10 @@ from fedspear.federation.server import ClientReport, FederatedServer, sum_client
 from fedspear.records import RunRecord
 
 
-class FakeEngine:
-    """Just the policy's global-adapter interface (aggregation never touches a model)."""
-
-    def __init__(self, state):
-        self.global_state = state
-        self.loaded = 0
-
-    def load_global(self):
-        self.loaded += 1
-
-
 def _server(tmp_path, **overrides):
     items = {"data.num_clients": 4, "fl.clients_per_round": 3, "fl.rounds": 2, "data.seed": 5, **overrides}
     cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
-    policy = FakeEngine({"w": torch.tensor([1.0, 1.0])})
+    policy = FakePolicy({"w": torch.tensor([1.0, 1.0])})
     return FederatedServer(cfg, RunRecord(tmp_path / "run"), policy, [])
 
 

@@ -29,7 +29,7 @@ def test_local_dp_reply_is_a_clipped_update_with_weight_one_and_no_counts(tmp_pa
                                                             "dp.noise_multiplier": 0.0, "data.num_clients": 2,
                                                             "fl.clients_per_round": 2,
                                                             "optim.lr": 0.1})
-    global_state = {k: v.clone() for k, v in build_policy(cfg).global_state.items()}
+    global_state = build_policy(cfg).adapter.get()
     content = RecordDict({wire.GLOBAL: wire.state_to_record(global_state),
                           wire.JOB: wire.job_record(1, 1, 0.1, 5, cfg.to_yaml())})
     for key in ("_task_id", "_run_id", "_node_id"):  # what a Flower process sets before it builds messages

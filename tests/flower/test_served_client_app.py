@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_fixtures import make_client, make_engine, teach, tiny_world_dir  # noqa: E402
+from serve_fixtures import make_client, make_policy, teach, tiny_world_dir  # noqa: E402
 
 pytest.importorskip("flwr")
 wire = pytest.importorskip("fedspear.flower.wire")
@@ -27,8 +27,8 @@ def test_train_message_from_the_store(tmp_path_factory, tmp_path):
     teach(served, "What color is the zorvik?", "Where does the zorvik live?", secret_hint)
     texts = [a.text for it in served.store.recent() for a in it.attempts if len(a.text) >= 12]  # no chance matches
 
-    policy = make_engine(world)  # the SuperNode's own process and model
-    global_state = {k: v + 0.01 for k, v in policy.global_state.items()}
+    policy = make_policy(world)  # the SuperNode's own process and model
+    global_state = {k: v + 0.01 for k, v in policy.adapter.get().items()}
     content = wire.RecordDict({
         wire.GLOBAL: wire.state_to_record(global_state),
         wire.JOB: wire.job_record(0, 3, 1e-2, 77, policy.cfg.to_yaml()),
@@ -64,9 +64,9 @@ def test_evaluate_message_publishes_the_global_once(tmp_path_factory, tmp_path):
     from fedspear.serve.runtime import ADAPTERS_DIR
 
     world = tiny_world_dir(tmp_path_factory)
-    policy = make_engine(world)
+    policy = make_policy(world)
     node = {"client-id": 1, "state-dir": str(tmp_path / "device")}
-    after_round = {k: v - 0.02 for k, v in policy.global_state.items()}
+    after_round = {k: v - 0.02 for k, v in policy.adapter.get().items()}
 
     def message(round_idx: int) -> wire.RecordDict:
         return wire.RecordDict({wire.GLOBAL: wire.state_to_record(after_round),
@@ -97,8 +97,8 @@ def test_local_dp_noises_the_store_update_and_sends_no_counts(tmp_path_factory, 
         served.close()
     dp = {"dp.mode": "local", "dp.clip_norm": 0.001, "dp.seed": 2}
     for sigma in (0.0, 1.0):
-        policy = make_engine(world, **dp, **{"dp.noise_multiplier": sigma})
-        global_state = {k: v.clone() for k, v in policy.global_state.items()}
+        policy = make_policy(world, **dp, **{"dp.noise_multiplier": sigma})
+        global_state = policy.adapter.get()
         content = wire.RecordDict({wire.GLOBAL: wire.state_to_record(global_state),
                                    wire.JOB: wire.job_record(0, 1, 1e-1, 77, policy.cfg.to_yaml())})
         reply = train_content(content, {"client-id": 0, "state-dir": str(tmp_path / "device")}, policy=policy)

@@ -1,4 +1,4 @@
-"""Helpers for the served client's tests: a tiny world base model, configs, engines, `fedspear serve` processes.
+"""Helpers for the served client's tests: a tiny world base model, configs, policies, `fedspear serve` processes.
 
 Test modules import what they need (``import serve_fixtures``) and wrap :func:`tiny_world_dir` in a fixture.
 This is not a conftest.py:
@@ -51,7 +51,7 @@ def serve_config(model_dir: Path, **extra: object):
     return load_config(resolve_config("default"), serve_overrides(model_dir, **extra))
 
 
-def make_engine(model_dir: Path, **extra: object):
+def make_policy(model_dir: Path, **extra: object):
     """A policy for the serve config, carrying its fitted config and task as ``.cfg`` / ``.task`` (conftest.build_rig)."""
     from conftest import build_rig
 
@@ -63,7 +63,7 @@ def make_engine(model_dir: Path, **extra: object):
 
 def make_client(model_dir: Path, **extra: object):
     """(policy, task, config) of a served client: the first arguments of ``ClientRuntime`` / ``train_local``."""
-    policy = make_engine(model_dir, **extra)
+    policy = make_policy(model_dir, **extra)
     return policy, policy.task, policy.cfg
 
 

@@ -179,7 +179,7 @@ def test_rate_limit_per_client(runtime):
 
 
 def test_a_new_global_adapter_answers_without_restart(client, runtime):
-    state = {k: v + 0.01 for k, v in runtime.policy.global_state.items()}
+    state = {k: v + 0.01 for k, v in runtime.policy.adapter.get().items()}
     published = runtime.registry.publish(state, "server round 1", runtime.fingerprint)
     done = client.post("/api/ask", json={"question": "What color is the zorvik?"}).json()
     assert done["adapter"]["version"] == published.version and done["adapter"]["label"] == "server round 1"

@@ -112,13 +112,13 @@ def test_clear_errors_before_loading_anything(tiny_world, tmp_path):
 
 
 def test_an_adapter_of_another_rank_is_refused_and_the_folder_is_unchanged(tiny_world, tmp_path):
-    from serve_fixtures import make_client, make_engine, serve_overrides
+    from serve_fixtures import make_client, make_policy, serve_overrides
 
     from fedspear.models import save_adapter
     from fedspear.serve.runtime import ClientRuntime
 
-    other = make_engine(tiny_world, **{"lora.r": 4})
-    save_adapter(other, other.global_state, tmp_path / "rank4")
+    other = make_policy(tiny_world, **{"lora.r": 4})
+    save_adapter(other, other.adapter.get(), tmp_path / "rank4")
     state = tmp_path / "client"
     ClientRuntime(*make_client(tiny_world), state, seed=0).close()  # a client that served its initial adapter
 

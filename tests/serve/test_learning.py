@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_fixtures import make_client, make_engine, tiny_world_dir
+from serve_fixtures import make_client, make_policy, tiny_world_dir
 
 from fedspear.algorithms.base import ClientJob
 from fedspear.serve.adapters import model_fingerprint
@@ -84,7 +84,7 @@ def test_served_losses_take_the_configured_confidences_and_the_oracle_metric_cod
 
 @pytest.fixture(scope="module")
 def policy(tiny_world):
-    return make_engine(tiny_world)
+    return make_policy(tiny_world)
 
 
 def _store_interaction(store: TraceStore, policy, completion: str, verdicts: list[bool], hint: str = "think of sky"):
@@ -116,7 +116,7 @@ def test_update_trains_from_the_global_adapter_and_only_numbers_leave(policy, tm
             _store_interaction(store, policy, " blue", [True]).id,
             _store_interaction(store, policy, " red", [False, True], hint=secret).id,
         ]
-        before = {k: v.clone() for k, v in policy.global_state.items()}
+        before = policy.adapter.get()
         result = update_from_store(policy, policy.task, policy.cfg, store, ClientJob(0, 1, [], 1e-2, 5))
         assert result.weight == 2.0  # n_eff = wins: the accepted answer and the accepted revision
         assert set(result.adapter) == set(before)
@@ -152,7 +152,7 @@ def _logp(policy, x0: list[int], ids: list[int]) -> float:
 def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp_path):
     """Teach a wrong answer away through the steps the page calls: wrong, hint, accept the revision, train."""
     # top_k 0: the sampled revision this test was written against (gen.top_k=50 samples another one)
-    policy = make_engine(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
+    policy = make_policy(tiny_world, **{"fl.local_train_steps": 10, "optim.lr": 0.02, "gen.top_k": 0})
     runtime = ClientRuntime(policy, policy.task, policy.cfg, tmp_path / "client", seed=3)
     ex_id = runtime.list_examples(1, group="misconception", kind="mc")[0]["id"]
     done = runtime.run_to_end(runtime.prepare_ask(example_id=ex_id))
@@ -167,7 +167,7 @@ def test_accepted_revision_is_taught_under_the_original_question(tiny_world, tmp
     result = runtime.train_from_store(ClientJob(0, 1, [], 0.02, 11))
     assert result.metrics["wins_revision"] == 1 and result.metrics["losses_fixed"] == 1
     served = policy.adapter.get()
-    assert all(torch.equal(served[k], policy.global_state[k]) for k in served)  # the app still serves the global
+    assert all(torch.equal(served[k], runtime.live.state[k]) for k in served)  # the app still serves the global
     policy.adapter.set(result.adapter)
     win_after, lose_after = _logp(policy, x0, y1), _logp(policy, x0, y0)
     # the revision, trained under the original prompt x0 (without the hint), became much more likely

@@ -16,7 +16,7 @@ def test_restart_and_model_change_keep_traces_and_each_models_adapter(tmp_path_f
     a = ClientRuntime(*make_client(world), state, seed=0)
     done = a.run_to_end(a.prepare_ask(question="What color is the zorvik?"))
     a.verdict(done["interaction"]["id"], 0, True)
-    trained = {k: v + 0.5 for k, v in a.policy.global_state.items()}
+    trained = {k: v + 0.5 for k, v in a.policy.adapter.get().items()}
     a.registry.publish(trained, "local round 1", a.fingerprint)
     model_a = a.fingerprint
     a.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from serve_fixtures import make_engine, tiny_world_dir
+from serve_fixtures import make_policy, tiny_world_dir
 
 from fedspear.generation import GenSettings, generate
 from fedspear.serve.streaming import StreamResult, cut_at_eos, stream_answer
@@ -18,7 +18,7 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(tiny_world):
-    return make_engine(tiny_world)
+    return make_policy(tiny_world)
 
 
 def _run(policy, ids, settings, seed, cancel=None):
