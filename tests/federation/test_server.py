@@ -204,3 +204,19 @@ def test_local_dp_counts_each_clients_participations_and_a_resume_recounts_them(
     assert row["privacy"]["local_epsilon"] == {str(c): privacy.epsilon(1.0, 1.0, n, 1e-5) for c, n in sorted(seen.items())}
     again = _server(tmp_path, **dp)
     assert again.resume() == 2 and again.participations == seen
+
+
+def test_the_server_owns_the_global_adapter_and_clients_only_get_copies(tmp_path):
+    server = _server(tmp_path)
+    policy = server.policy
+    plan = server.plan_round(1)
+    job = plan.job(plan.selected[0], [], server.global_state)
+    policy.adapter.set({"w": torch.tensor([9.0, 9.0])})  # a client trained the shared policy's live adapter
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 1.0]))  # the global did not move
+    assert job.start_state is server.global_state
+    reports = [ClientReport(c, {"w": torch.tensor([float(i), 2.0 * i])}, 1.0) for i, c in enumerate(plan.selected)]
+    server.aggregate_round(plan, reports)
+    # FedAvg of (0, 0), (1, 2), (2, 4) with equal weights: (1, 2), now in the server and in the live model
+    torch.testing.assert_close(server.global_state["w"], torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(policy.adapter.state["w"], torch.tensor([1.0, 2.0]))
+    assert not hasattr(policy, "global_state")
