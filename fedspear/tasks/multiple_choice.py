@@ -1,7 +1,7 @@
 """Shared parts of the multiple-choice tasks: lettered prompts, letter verifiers and the oracle's hint.
 
 The oracle hint for a wrong answer is the first ``feedback.mc_hint_words`` words of the correct option's
-text (docs/extending.md, "A task"), with two guards against the reference's leaks (reference-notes section 4.9):
+text (docs/extending.md, "A task"), with two guards against the reference's leaks (docs/deviations.md, section 4, item 9):
 when those words are the whole option, fewer are given (at most half of its words, at least one; none for a
 one-word option), and a word that names the gold letter (``\\bB\\b``, full-width ``Ｂ``, ``(b)``) is dropped,
 so the feedback never names the gold letter or states the gold option, in any case or width. A word shaped like an

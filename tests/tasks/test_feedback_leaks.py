@@ -66,7 +66,7 @@ def letter_leaks(task: MultipleChoiceTask, examples: list[Example], cfg: Config)
 
 
 class _ReferenceHintArc(ArcChallengeTask):
-    """The reference's hint: the first words of the gold option, unguarded (reference-notes 4.9)."""
+    """The reference's hint: the first words of the gold option, unguarded (docs/deviations.md, section 4, item 9)."""
 
     def hint(self, example: Example, cfg: Config) -> str:
         words = example.choices[LETTERS.index(example.answer)].split()[: cfg.feedback.mc_hint_words]
