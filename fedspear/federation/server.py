@@ -421,11 +421,10 @@ class FederatedServer:
         """Load the verified checkpoint (metrics rows after it are dropped) and return the last completed round; the
         idle-round counts (``fl.max_idle_rounds``) continue from the rows before it."""
         done = self.load_checkpoint()
-        self.participations = privacy.count_participations(r for r in self.record.read_metrics()
-                                                            if 0 < r.get("round", 0) <= done)
-        for row in self.record.read_rows():  # the idle-round counts continue where the run left them
-            if row.round is not None and 1 <= row.round <= done:
-                self._count_round(row)
+        rows = [row for row in self.record.read_rows() if row.round is not None and 1 <= row.round <= done]
+        self.participations = privacy.count_participations({"selected_clients": row.selected_clients} for row in rows)
+        for row in rows:  # the idle-round counts continue where the run left them
+            self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")
         return done
 
