@@ -10,19 +10,19 @@ All sweeps run on the default preset with every fact group (``data.groups=[]``) 
 whose configuration equals another's (e.g. the paper setting of SPEAR in every set) is one run, reused. Each run
 uses one CPU thread; ``--jobs`` sweeps run at a time (2 by default), from queues balanced by their number of new
 runs: the five-algorithm set per seed first (it holds every run the other sets share), then the other sets, each
-waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Set (a)
-runs 3 seeds; sets (b) and (c) run seed 0 (``--ablation-seeds``); each ablation moves one knob to one other value
-(two for λ_lose). The statistics are the sweep's (fedspear.sweep, docs/testbed.md "Statistics"): the paired t
+waiting until the five-algorithm runs of its seeds exist, so no two processes ever write one run folder. Every set
+runs seeds 0, 1, 2 (``--seeds``; ``--ablation-seeds`` gives sets (b) and (c) fewer); each ablation moves one knob
+to one other value (two for λ_lose). The statistics are the sweep's (fedspear.sweep, docs/testbed.md "Statistics"): the paired t
 over seeds is the primary test; with one seed only McNemar within that seed is left, a test of those two runs on
 those items, not of the settings. Every p has its Holm adjustment over its sweep, and the report adds the Holm
-adjustment over all of (c)'s ablations together (:func:`ablation_holm`). 44 runs in all; OPSD's and RLTF-SD's runs are the longest (about 11 and 7-10 minutes each at
-one thread), and the set takes about 2 hours with 2 jobs on the 2-core machine (docs/testbed.md, "Time"). A
-second invocation reuses every finished run and only rewrites the reports. Each set's report is
+adjustment over all of (c)'s ablations together (:func:`ablation_holm`). 105 runs in all
+(44 with ``--ablation-seeds 0``); RLTF-SD's and OPSD's runs are the longest, and 95 of them took 66 minutes with
+2 jobs on the 2-core machine on 2026-12-07 (docs/testbed.md, "How the results are produced"). A second invocation reuses every finished run and only rewrites the reports. Each set's report is
 ``<out-dir>/<set>/sweep.md``; ``bench/testbed.md`` collects them.
 
 Usage:
-    python bench/testbed.py                                   # everything: (a) 3 seeds, (b) and (c) seed 0
-    python bench/testbed.py --ablation-seeds 0,1,2            # (b) and (c) on 3 seeds too (about 2.5x longer)
+    python bench/testbed.py                                   # everything, seeds 0, 1, 2 (105 runs)
+    python bench/testbed.py --ablation-seeds 0                # (b) and (c) on seed 0 only (44 runs)
     python bench/testbed.py --sets a --seeds 0                # one set, one seed
     python bench/testbed.py --seeds 0 fl.rounds=1 data.max_eval_examples=8   # a smoke run (extra overrides)
 """
@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated sets (default: all: {', '.join(SETS)})")
     parser.add_argument("--seeds", default="0,1,2", help="data.seed values of set (a) (default: 0,1,2)")
-    parser.add_argument("--ablation-seeds", default="0", help="data.seed values of sets (b) and (c) (default: 0; "
-                        "with one seed only McNemar within it is left, a test of the two runs; 0,1,2 gives the "
-                        "paired t over seeds)")
+    parser.add_argument("--ablation-seeds", default=None, help="data.seed values of sets (b) and (c) (default: "
+                        "--seeds; with one seed only McNemar within it is left, a test of the two runs, not of the "
+                        "settings)")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps run at a time (default: 2)")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "testbed"), help="the shared folder of runs")
     parser.add_argument("--report", default=str(HERE / "testbed.md"), help="the collected report")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                      else "--jobs must be >= 1")
     out_dir = Path(args.out_dir).resolve()
     seeds = [s for s in args.seeds.split(",") if s]
-    ablation_seeds = [s for s in args.ablation_seeds.split(",") if s]
+    ablation_seeds = [s for s in (args.ablation_seeds or args.seeds).split(",") if s]
     if not set(ablation_seeds) <= set(seeds):
         parser.error("--ablation-seeds must be among --seeds (sets (b) and (c) reuse the five-algorithm runs)")
     start = time.perf_counter()

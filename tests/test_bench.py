@@ -249,7 +249,7 @@ def test_testbed_adjusts_the_ablations_together_with_holm():
         return {"cell": {"label": label}, "reference": {"label": "spear"}, "diff": {"mean": diff}, "t_test": None,
                 "mcnemar": {"0": {"cell_only": b, "ref_only": c, "pvalue": p}}}
 
-    # the testbed's six ablations at seed 0 (bench/testbed.json): only λ_lose = 0 had p < 0.05
+    # the 12-01 testbed's six ablations at seed 0 (the figures issue 24 quotes): only λ_lose = 0 had p < 0.05
     summary = {"a": {"comparisons": [comparison("feedback_sft", 0.03, 1, 1, 0.001)]},  # not an ablation
                "c-confidence": {"comparisons": [comparison("conf", 0.014, 2, 0, 0.5)]},
                "c-margin": {"comparisons": [comparison("margin", 0.007, 4, 3, 1.0)]},
@@ -264,6 +264,15 @@ def test_testbed_adjusts_the_ablations_together_with_holm():
     summary["c-tail"]["comparisons"][0]["t_test"] = {"pvalue": None}  # 3 seeds, every difference equal
     assert "| tail | spear | -0.049 | paired t: no variance | - | - |" in testbed.ablation_holm(summary)
     assert testbed.ablation_holm({"a": summary["a"]}) == []
+    # the 3-seed testbed of 12-07 (bench/testbed.json): the paired t over seeds is the test; the one raw p below
+    # 0.05 (whole-completion unlikelihood, 0.0342) is 6 x 0.0342 = 0.205 over the six, the others reach 1
+    recorded = {"conf": 0.604, "margin": 0.697, "tail": 0.0342, "rev": 0.208, "lose0": 0.267, "lose1": 0.209}
+    for entry in summary.values():
+        for comp in entry["comparisons"]:
+            comp["t_test"] = {"pvalue": recorded.get(comp["cell"]["label"], 0.001)}
+    lines = testbed.ablation_holm(summary)
+    assert "| tail | spear | -0.049 | paired t over seeds | 0.0342 | 0.205 |" in lines
+    assert "| lose1 | spear | +0.000 | paired t over seeds | 0.209 | 1 |" in lines
 
 
 def _real_model_run(root: Path, algorithm: str, seed: int, evals: tuple[str, str], rounds: int = 1) -> None:

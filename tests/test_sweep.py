@@ -96,7 +96,7 @@ def test_holm_by_hand():
     # sorted 0.01, 0.03, 0.04, 0.20 (m = 4): 4 * 0.01, 3 * 0.03, max(0.09, 2 * 0.04), max(0.09, 0.20)
     assert holm([0.01, 0.04, 0.03, None, 0.20]) == pytest.approx([0.04, 0.09, 0.09, None, 0.20])
     assert holm([None, None]) == [None, None] and holm([0.3]) == [0.3]
-    # the testbed's six SPEAR ablations (seed 0, McNemar, bench/testbed.json): λ_lose = 0's p = 0.0386 was the one
+    # the 12-01 testbed's six SPEAR ablations (seed 0, McNemar, as issue 24 quotes them): λ_lose = 0's p = 0.0386 was the one
     # below 0.05; over the six it is 6 x 0.0386 = 0.23
     recorded = [0.5, 1.0, 0.23013934, 1.0, 0.03857422, 1.0]
     adjusted = holm(recorded)
