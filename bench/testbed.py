@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                      else "--jobs must be >= 1")
     out_dir = Path(args.out_dir).resolve()
     seeds = [s for s in args.seeds.split(",") if s]
-    ablation_seeds = [s for s in (args.ablation_seeds or args.seeds).split(",") if s]
+    ablation_seeds = [s for s in (args.seeds if args.ablation_seeds is None else args.ablation_seeds).split(",") if s]
     if not set(ablation_seeds) <= set(seeds):
         parser.error("--ablation-seeds must be among --seeds (sets (b) and (c) reuse the five-algorithm runs)")
     start = time.perf_counter()

@@ -472,6 +472,10 @@ def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
             an algorithm class (no ``name``, ``rollout`` and ``train``).
     """
     if ":" not in name:
+        if "." in name and name not in known_algorithms():  # sft_wins.SFTWins: a dotted path missing its colon
+            module, _, attr = name.rpartition(".")
+            raise ConfigError(f"{key}: '{name}' is not a built-in algorithm; a class of your own is named "
+                              f"module:Class, e.g. {module}:{attr}")
         _one_of(name, key, known_algorithms())
         return
     if name in EXTRA_ALGORITHMS:
@@ -483,13 +487,33 @@ def resolve_algorithm_name(name: str, key: str = "algorithm.name") -> None:
         callable(getattr(obj, m, None)) for m in ("rollout", "train", "from_config"))
     _check(fits, f"{key}={name}", f"{describe(obj)} is not a subclass of fedspear.algorithms.base.Algorithm "
                                   "with a name (see docs/extending.md)")
-    section, settings = getattr(obj, "section", None), getattr(obj, "Settings", None)
-    if section is not None and section not in Config.__dataclass_fields__:
-        known = EXTRA_SECTIONS.get(section, settings)
-        _check(known is settings and settings is not None, key,
-               f"section '{section}' of '{name}' needs a Settings dataclass of its own")
-        EXTRA_SECTIONS[section] = settings
+    clash = claim_section(getattr(obj, "section", None), getattr(obj, "Settings", None), obj.name)
+    _check(clash is None, f"{key}={name}", clash or "")
     EXTRA_ALGORITHMS.append(name)
+
+
+def claim_section(section: str | None, settings: type | None, algorithm: str) -> str | None:
+    """Let the config accept the settings section of a user's algorithm (``Class.section``, ``Class.Settings``).
+
+    A new section is added (:data:`EXTRA_SECTIONS`); a section that already exists must hold the same settings
+    class (e.g. a SPEAR variant reading ``spear.*`` with ``SpearSettings``). Returns None when the section is
+    usable, else the one-line reason (the caller raises it): a built-in section such as ``fl`` or ``spear``, or
+    another algorithm's section, with other settings.
+    """
+    if section is None:
+        return None
+    builtin = Config.__dataclass_fields__.get(section)
+    if builtin is not None:
+        holds = builtin.default_factory() if builtin.default_factory is not dataclasses.MISSING else None
+        if settings is None or type(holds) is not settings:
+            return (f"algorithm '{algorithm}' names section '{section}', which is fedspear's own; give it a "
+                    f"section of its own (e.g. section = \"{algorithm}\") with its Settings dataclass")
+        return None
+    known = EXTRA_SECTIONS.get(section, settings)
+    if settings is None or known is not settings:
+        return f"section '{section}' of algorithm '{algorithm}' needs a Settings dataclass of its own"
+    EXTRA_SECTIONS[section] = settings
+    return None
 
 
 def _one_of_or_dotted(value: str, key: str, options: tuple[str, ...]) -> None:

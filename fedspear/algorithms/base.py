@@ -123,9 +123,13 @@ class RunSettings:
 def start_job(policy: Policy, job: ClientJob) -> dict[str, torch.Tensor]:
     """Put the job's round-start adapter (``job.start_state``) into the policy's live model and return it.
 
-    A job without a start state is given a CPU copy of the adapter the live model holds now, so the rollout and
-    the training of one job start from, anchor to and score against one state. The policy itself keeps no global
-    adapter: the server owns it and sends it with each job (docs/architecture.md).
+    A job without a start state is given a CPU copy of the adapter the live model holds now, recorded on the job,
+    so the rollout and the training of one job start from, anchor to and score against one state. A job is one
+    client-round: do not reuse one for another round. Several jobs meant to start from one adapter must share it:
+    give them the same ``start_state``, or start them together (:func:`start_jobs`,
+    :func:`fedspear.federation.client.run_clients`); jobs without one started one after another would each start
+    from the adapter the previous one trained. The policy itself keeps no global adapter: the server owns it and
+    sends it with each job (docs/architecture.md).
     """
     if job.start_state is None:
         job.start_state = policy.adapter.get()

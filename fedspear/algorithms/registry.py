@@ -40,17 +40,14 @@ def register_algorithm(cls: type[Algorithm[Any]]) -> type[Algorithm[Any]]:
 
     Raises:
         ValueError: ``cls.name`` is already taken by another class, or ``cls.section`` names a section
-            that is not new and not ``cls.Settings``'s.
+            that is not new and not ``cls.Settings``'s (:func:`fedspear.config.claim_section`).
     """
     name = cls.name
     if ALGORITHMS.get(name, cls) is not cls:
         raise ValueError(f"algorithm '{name}' is already registered as {ALGORITHMS[name].__name__}")
-    section = cls.section
-    if section is not None and section not in Config.__dataclass_fields__:
-        known = config_module.EXTRA_SECTIONS.get(section, cls.Settings)
-        if known is not cls.Settings or cls.Settings is None:
-            raise ValueError(f"section '{section}' of algorithm '{name}' needs a Settings dataclass of its own")
-        config_module.EXTRA_SECTIONS[section] = cls.Settings
+    clash = config_module.claim_section(cls.section, cls.Settings, name)
+    if clash is not None:
+        raise ValueError(clash)
     ALGORITHMS[name] = cls
     if name not in config_module.ALGORITHMS and name not in config_module.EXTRA_ALGORITHMS:
         config_module.EXTRA_ALGORITHMS.append(name)

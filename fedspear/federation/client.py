@@ -146,8 +146,12 @@ def run_clients(policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]
 
     Returns:
         Per job, its released result or the exception it raised.
+
+    Raises:
+        ValueError: the jobs start from different adapters (:func:`~fedspear.algorithms.base.start_jobs`).
     """
     out: list[LocalUpdateResult | Exception] = []
+    start_jobs(policy, jobs)  # one start state for all (jobs without one: the live adapter now, before any trains)
     if not batched:
         for job in jobs:
             try:
@@ -155,7 +159,6 @@ def run_clients(policy: Policy, algorithm: Algorithm[Any], jobs: list[ClientJob]
             except Exception as exc:  # noqa: BLE001 - a failing client must not stop the round
                 out.append(exc)
         return out
-    start_jobs(policy, jobs)
     rollouts, rollout_memory = measured(lambda: _batched_rollouts(policy, algorithm, jobs))
     for job, data in zip(jobs, rollouts, strict=True):
         if isinstance(data, Exception):

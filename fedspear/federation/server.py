@@ -422,7 +422,7 @@ class FederatedServer:
         idle-round counts (``fl.max_idle_rounds``) continue from the rows before it."""
         done = self.load_checkpoint()
         rows = [row for row in self.record.read_rows() if row.round is not None and 1 <= row.round <= done]
-        self.participations = privacy.count_participations({"selected_clients": row.selected_clients} for row in rows)
+        self.participations = privacy.count_participations(row.to_dict() for row in rows)  # the ids as written
         for row in rows:  # the idle-round counts continue where the run left them
             self._count_round(row)
         tqdm.write(f"resuming {self.record.run_dir} after round {done}")

@@ -56,3 +56,35 @@ def test_unknown_name_and_duplicate_registration_are_errors(monkeypatch):
 
     with pytest.raises(ValueError, match="already registered"):
         registry.register_algorithm(Other)
+
+
+def test_an_algorithm_may_not_take_over_a_built_in_section(monkeypatch, tmp_path):
+    # the newcomer's mistake: section = "spear" with settings of its own used to pass `check` and fail every round
+    monkeypatch.setattr(config, "EXTRA_ALGORITHMS", [])
+    monkeypatch.setattr(config, "EXTRA_SECTIONS", {})
+    monkeypatch.setattr(registry, "ALGORITHMS", dict(registry.ALGORITHMS))
+    (tmp_path / "clash_algo.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from fedspear.algorithms.spear import Spear\n"
+        "from fedspear.config_sections import SpearSettings\n"
+        "@dataclass\nclass Own:\n    k: int = 1\n"
+        "class Clash(Spear):\n    name = 'clash'\n    section = 'fl'\n    Settings = Own\n"
+        "class Variant(Spear):\n    name = 'variant'\n    section = 'spear'\n    Settings = SpearSettings\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="names section 'fl', which is fedspear's own"):
+        load_config(None, ["algorithm.name=clash_algo:Clash"])
+    assert load_config(None, ["algorithm.name=clash_algo:Variant"]).algorithm.name == "clash_algo:Variant"
+
+    class Clash2(Spear):
+        name = "clash2"
+        section = "spear"
+        Settings = type("Own", (), {})
+
+    with pytest.raises(ValueError, match="names section 'spear', which is fedspear's own"):
+        registry.register_algorithm(Clash2)
+    assert "clash2" not in registry.ALGORITHMS
+
+
+def test_a_dotted_path_without_its_colon_names_the_form():
+    with pytest.raises(ConfigError, match=r"named module:Class, e\.g\. my_pkg\.algo:PG$"):
+        load_config(None, ["algorithm.name=my_pkg.algo.PG"])
